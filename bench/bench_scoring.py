@@ -1,0 +1,225 @@
+"""Scoring speed, side by side in one run, on a SQLite MLflow store:
+
+1. A code scorer over 10,000 bulk-loaded traces: our ``backfill`` against
+   ``mlflow.genai.evaluate(data=<search_traces frame>, scorers=[same scorer])``,
+   which also logs the feedback onto the original traces. evaluate is timed on a
+   sample (``BENCH_SCORING_EVAL_SAMPLE``) and compared per trace. Goal: >= 5x.
+2. An LLM judge with 200 ms latency and concurrency 16 (fake OpenAI-compatible
+   server): traces/s against the ideal 16 / 0.2 s = 80 traces/s. Goal: >= 80%.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+for _k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+    os.environ.pop(_k, None)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import sqlalchemy as sa  # noqa: E402
+
+N = int(os.environ.get("BENCH_SCORING_TRACES", "10000"))
+EVAL_SAMPLE = int(os.environ.get("BENCH_SCORING_EVAL_SAMPLE", "60"))
+JUDGE_TRACES = int(os.environ.get("BENCH_SCORING_JUDGE_TRACES", "800"))
+JUDGE_LATENCY_S = 0.2
+JUDGE_CONCURRENCY = 16
+START = datetime(2026, 3, 1, tzinfo=UTC)
+START_MS = int(START.timestamp() * 1000)
+ANSWERS = ["Paris is the capital of France.", "", "Mail bob@example.com", "Sure: 42."]
+
+
+def make_db(path: Path, n: int) -> tuple[str, str]:
+    from mlflow import MlflowClient
+
+    from mlflow_llmops.testing.seed import SeedSpan, SeedTrace, bulk_load
+
+    uri = f"sqlite:///{path}"
+    exp_id = MlflowClient(uri).create_experiment("bench")
+    engine = sa.create_engine(uri)
+    bulk_load(
+        engine,
+        exp_id,
+        (
+            SeedTrace(
+                timestamp_ms=START_MS + i * 100,
+                latency_ms=200 + i % 900,
+                request=f"question {i}",
+                response=ANSWERS[i % len(ANSWERS)],
+                spans=(SeedSpan(model="gpt-4o-mini"),),
+            )
+            for i in range(n)
+        ),
+        seed=1,
+    )
+    engine.dispose()
+    return uri, exp_id
+
+
+def config(uri: str, state_url: str, concurrency: int):  # noqa: ANN201
+    from mlflow_llmops.config import load_config
+
+    return load_config(None, env={}, overrides={
+        "tracking": {"uri": uri, "experiment_name": "bench"},
+        "state_store": {"url": state_url},
+        "scoring": {"concurrency": concurrency, "completion_buffer_s": 0},
+    })  # fmt: skip
+
+
+def count_assessments(uri: str) -> int:
+    e = sa.create_engine(uri)
+    with e.connect() as c:
+        n = c.execute(sa.text("SELECT COUNT(*) FROM assessments")).scalar_one()
+    e.dispose()
+    return int(n)
+
+
+def ours_code(uri: str, work: Path) -> tuple[float, int]:
+    from mlflow_llmops.scoring import ScorerRegistry, ScorerSpec, backfill
+    from mlflow_llmops.store.state import StateStore
+
+    store = StateStore(f"sqlite:///{work / 'state-code.db'}")
+    ScorerRegistry(store).register(ScorerSpec(name="pii", ref="builtin:pii_leak"), now=START)
+    t0 = time.perf_counter()
+    r = backfill(config(uri, store.url, 4), store, scorer="pii", progress=False)
+    took = time.perf_counter() - t0
+    assert r.status == "done" and r.errors == 0, r.summary()
+    return took, r.scored
+
+
+def mlflow_evaluate(uri: str, exp_id: str, n: int) -> tuple[float, int]:
+    import mlflow
+
+    from mlflow_llmops.scoring.builtin import pii_leak
+
+    mlflow.set_tracking_uri(uri)
+    t0 = time.perf_counter()
+    df = mlflow.search_traces(locations=[exp_id], max_results=n, order_by=["timestamp_ms ASC"])
+    mlflow.genai.evaluate(data=df, scorers=[pii_leak()])
+    took = time.perf_counter() - t0
+    return took, len(df)
+
+
+def log_assessment_ceiling(uri: str, n: int = 60) -> float:
+    """Assessments/s that MLflow's own ``log_assessment`` reaches on this store, one thread:
+    the ceiling of any scorer that logs one assessment per trace."""
+    from mlflow.entities import AssessmentSource, Feedback
+    from mlflow.tracing.client import TracingClient
+
+    client = TracingClient(uri)
+    ids = [t.info.trace_id for t in client.search_traces(
+        locations=["1"], include_spans=False, max_results=n, order_by=["timestamp_ms DESC"])]  # fmt: skip
+    t0 = time.perf_counter()
+    for tid in ids:
+        client.log_assessment(tid, Feedback(name="probe", value=True,
+                                            source=AssessmentSource("CODE", "probe")))  # fmt: skip
+    return len(ids) / (time.perf_counter() - t0)
+
+
+def pg_judge_db(n: int) -> tuple[str, str] | None:
+    from mlflow import MlflowClient
+
+    from mlflow_llmops.testing.postgres import create_database, pg_available
+    from mlflow_llmops.testing.seed import SeedTrace, bulk_load
+
+    if not pg_available():
+        return None
+    url = create_database("bench_scoring")
+    exp_id = MlflowClient(url).create_experiment("bench")
+    engine = sa.create_engine(url)
+    bulk_load(engine, exp_id, (SeedTrace(timestamp_ms=START_MS + i * 100, request=f"q {i}",
+                                         response=ANSWERS[i % 4]) for i in range(n)), seed=2)  # fmt: skip
+    engine.dispose()
+    return url, exp_id
+
+
+def ours_judge(uri: str, work: Path, n: int, state_url: str | None = None
+               ) -> tuple[float, int, float]:  # fmt: skip
+    from mlflow_llmops.scoring import ScorerRegistry, ScorerSpec, backfill
+    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.testing.fake_llm import FakeLLMConfig, FakeLLMServer
+
+    verdict = json.dumps({"faithfulness": 1, "relevance": 1, "safety": 1, "rationale": "ok"})
+    store = StateStore(state_url or f"sqlite:///{work / 'state-judge.db'}")
+    with FakeLLMServer(FakeLLMConfig(responder=lambda r: verdict,
+                                     latency_s=JUDGE_LATENCY_S)) as llm:  # fmt: skip
+        ScorerRegistry(store).register(
+            ScorerSpec(name="judge", ref="judge", params={"base_url": llm.base_url}), now=START
+        )
+        cfg = config(uri, store.url, JUDGE_CONCURRENCY)
+        until = START_MS + n * 100
+        t0 = time.perf_counter()
+        r = backfill(cfg, store, scorer="judge", since_ms=START_MS, until_ms=until,
+                     progress=False)  # fmt: skip
+        took = time.perf_counter() - t0
+    assert r.status == "done" and r.errors == 0 and r.scored == n, r.summary()
+    return took, r.scored, r.spent_usd
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-scoring-"))
+    try:
+        t0 = time.perf_counter()
+        base = work / "base.db"
+        make_db(base, N)
+        print(f"seeded {N} traces (bulk loader) in {time.perf_counter() - t0:.1f}s", flush=True)
+        ours_db, eval_db, judge_db = (work / f"{k}.db" for k in ("ours", "eval", "judge"))
+        for p in (ours_db, eval_db, judge_db):
+            shutil.copy(base, p)
+        exp_id = "1"
+
+        took, scored = ours_code(f"sqlite:///{ours_db}", work)
+        assert count_assessments(f"sqlite:///{ours_db}") == N
+        ours_per = took / scored
+        print(f"ours: backfill of a code scorer over {scored} traces: {took:.1f}s "
+              f"({scored / took:.0f} traces/s)", flush=True)  # fmt: skip
+
+        sample = min(EVAL_SAMPLE, N)
+        eval_took, eval_n = mlflow_evaluate(f"sqlite:///{eval_db}", exp_id, sample)
+        eval_per = eval_took / eval_n
+        print(f"baseline: mlflow.genai.evaluate over {eval_n} traces: {eval_took:.1f}s "
+              f"({eval_n / eval_took:.0f} traces/s)", flush=True)  # fmt: skip
+        print(f"RESULT code_scorer_backfill_per_trace_ms={ours_per * 1000:.2f} "
+              f"evaluate_per_trace_ms={eval_per * 1000:.2f} "
+              f"speedup={eval_per / ours_per:.1f}x goal>=5x traces={scored} "
+              f"evaluate_sample={eval_n}")  # fmt: skip
+
+        jn = min(JUDGE_TRACES, N)
+        ideal = JUDGE_CONCURRENCY / JUDGE_LATENCY_S
+        ceiling = log_assessment_ceiling(f"sqlite:///{ours_db}")
+        jt, jscored, spent = ours_judge(f"sqlite:///{judge_db}", work, jn)
+        rate = jscored / jt
+        print(f"RESULT judge_throughput_sqlite_traces_per_s={rate:.1f} ideal={ideal:.0f} "
+              f"ratio={rate / ideal:.0%} goal>=80% mlflow_log_assessment_ceiling_per_s="
+              f"{ceiling:.0f} latency_ms={JUDGE_LATENCY_S * 1000:.0f} "
+              f"concurrency={JUDGE_CONCURRENCY} traces={jn} judge_cost_usd={spent:.4f}")  # fmt: skip
+        pg = pg_judge_db(jn)
+        if pg is None:
+            print("RESULT judge_throughput_postgres=skipped (no PostgreSQL on 127.0.0.1:5432)")
+        else:
+            from mlflow_llmops.testing.postgres import create_database, drop_database
+
+            state_pg = create_database("bench_scoring_state")
+            try:
+                jt, jscored, spent = ours_judge(pg[0], work, jn, state_url=state_pg)
+                rate = jscored / jt
+                print(f"RESULT judge_throughput_postgres_traces_per_s={rate:.1f} "
+                      f"ideal={ideal:.0f} ratio={rate / ideal:.0%} goal>=80% "
+                      f"concurrency={JUDGE_CONCURRENCY} traces={jn}")  # fmt: skip
+            finally:
+                drop_database(pg[0])
+                drop_database(state_pg)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

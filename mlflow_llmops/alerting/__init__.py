@@ -1,0 +1,54 @@
+"""Alerting: rules, signals, the alert engine, the monitor, dispatch and rollback.
+
+Public names are imported lazily so ``mlflow_llmops.config`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from mlflow_llmops.lazy import lazy_exports
+
+_EXPORTS: dict[str, str] = {
+    "Alert": "mlflow_llmops.alerting.model",
+    "AlertState": "mlflow_llmops.alerting.model",
+    "Severity": "mlflow_llmops.alerting.model",
+    "fingerprint": "mlflow_llmops.alerting.model",
+    "ThresholdRule": "mlflow_llmops.alerting.rules",
+    "BaselineRule": "mlflow_llmops.alerting.rules",
+    "BurnRateRule": "mlflow_llmops.alerting.rules",
+    "SignalSpec": "mlflow_llmops.alerting.rules",
+    "parse_rules": "mlflow_llmops.alerting.rules",
+    "load_rule_file": "mlflow_llmops.alerting.rules",
+    "load_pack": "mlflow_llmops.alerting.rules",
+    "available_packs": "mlflow_llmops.alerting.rules",
+    "budget_consumed": "mlflow_llmops.alerting.rules",
+    "burn_rate_for_budget": "mlflow_llmops.alerting.rules",
+    "SignalSource": "mlflow_llmops.alerting.signals",
+    "SqlSignalSource": "mlflow_llmops.alerting.signals",
+    "MemorySignalSource": "mlflow_llmops.alerting.signals",
+    "TraceEvent": "mlflow_llmops.alerting.signals",
+    "AlertEngine": "mlflow_llmops.alerting.engine",
+    "AlertInstance": "mlflow_llmops.alerting.engine",
+    "Evaluation": "mlflow_llmops.alerting.engine",
+    "ALERTING_MIGRATIONS": "mlflow_llmops.alerting.engine",
+    "replay": "mlflow_llmops.alerting.engine",
+    "Monitor": "mlflow_llmops.alerting.monitor",
+    "CycleReport": "mlflow_llmops.alerting.monitor",
+    "evaluate_rules": "mlflow_llmops.alerting.monitor",
+    "ConsoleSink": "mlflow_llmops.alerting.console",
+    "export_prometheus_rules": "mlflow_llmops.alerting.prometheus",
+    "grafana_dashboard": "mlflow_llmops.alerting.prometheus",
+    **{
+        n: "mlflow_llmops.alerting.dispatch"
+        for n in ("Dispatcher", "DispatchReport", "AlertSink", "Silences")
+    },
+    **{
+        n: "mlflow_llmops.alerting.rollback"
+        for n in ("RollbackManager", "RollbackRecord", "promote")
+    },
+}
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+
+
+__all__ = list(_EXPORTS)

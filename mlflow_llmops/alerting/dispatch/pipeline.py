@@ -1,0 +1,767 @@
+"""The dispatcher: the ``AlertSink`` the monitor submits alerts to.
+
+``submit`` routes each alert to its receivers and files it in an aggregation
+group (state store). ``flush`` runs the due groups through inhibit, silence
+and dedup, writes each notification to the outbox together with the
+notification-log update (one transaction: decided once, never lost), then
+delivers due outbox rows: rate limit, send, retry with backoff and jitter
+that honours Retry-After. A row is claimed before it is sent, so it is sent
+at most once per (receiver, group, sequence) unless the sender dies mid-send;
+then the claim expires and the row is re-sent (PagerDuty deduplicates by
+``dedup_key``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from mlflow_llmops.alerting.dispatch import tables as t
+from mlflow_llmops.alerting.dispatch.stages import (
+    Inhibitor,
+    Matcher,
+    NflogEntry,
+    Silence,
+    TokenBucket,
+    backoff,
+    gives_up,
+    group_key,
+    group_labels_for,
+    match_routes,
+    needs_update,
+    silenced_by,
+)
+from mlflow_llmops.alerting.model import Alert, AlertState
+from mlflow_llmops.alerting.notifiers import Notification, Notifier, NotifyError, build_notifier
+from mlflow_llmops.alerting.notifiers.base import alert_from_dict, alert_to_dict
+from mlflow_llmops.alerting.notify_config import NotificationsConfig, Route
+from mlflow_llmops.clock import Clock
+from mlflow_llmops.errors import ConfigError
+from mlflow_llmops.store.state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+class AlertSink(Protocol):
+    """What the monitor hands alerts to (contract in docs/contracts.md)."""
+
+    def submit(self, alerts: Sequence[Alert], now: datetime) -> None: ...
+
+    def flush(self, now: datetime) -> DispatchReport: ...
+
+
+@dataclass
+class DispatchReport:
+    """What one flush did, for the monitor's log line and for tests."""
+
+    groups_flushed: int = 0
+    notifications_enqueued: int = 0
+    sent: int = 0
+    retry_scheduled: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    inhibited: int = 0
+    silenced: int = 0
+    deduplicated: int = 0
+    rate_limited: int = 0
+    pending: int = 0
+    requests: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{self.sent} sent, {self.notifications_enqueued} new, {self.pending} pending, "
+            f"{self.retry_scheduled} to retry, {len(self.failed)} failed, "
+            f"{self.inhibited} inhibited, {self.silenced} silenced"
+        )
+
+
+def _utc(d: datetime | None) -> datetime | None:
+    if d is None:
+        return None
+    return d if d.tzinfo else d.replace(tzinfo=UTC)
+
+
+def _now_utc(now: datetime) -> datetime:
+    return now if now.tzinfo else now.replace(tzinfo=UTC)
+
+
+class SqlThreadStore:
+    """Slack Web API threads kept in the state store (survive restarts)."""
+
+    def __init__(self, store: StateStore, clock: Callable[[], datetime] | None = None) -> None:
+        self.store = store
+        self.clock = clock or (lambda: datetime.now(UTC))
+
+    def get(self, receiver: str, group_id: str) -> tuple[str, str] | None:
+        with self.store.engine.connect() as c:
+            row = c.execute(
+                sa.select(t.threads.c.channel, t.threads.c.ts).where(
+                    t.threads.c.receiver == receiver, t.threads.c.group_id == group_id
+                )
+            ).first()
+        return (row[0], row[1]) if row else None
+
+    def put(self, receiver: str, group_id: str, channel: str, ts: str) -> None:
+        with self.store.engine.begin() as c:
+            c.execute(
+                t.threads.delete().where(
+                    t.threads.c.receiver == receiver, t.threads.c.group_id == group_id
+                )
+            )
+            c.execute(
+                t.threads.insert().values(
+                    receiver=receiver,
+                    group_id=group_id,
+                    channel=channel,
+                    ts=ts,
+                    created_at=self.clock(),
+                )
+            )
+
+    def delete(self, receiver: str, group_id: str) -> None:
+        with self.store.engine.begin() as c:
+            c.execute(
+                t.threads.delete().where(
+                    t.threads.c.receiver == receiver, t.threads.c.group_id == group_id
+                )
+            )
+
+
+class Silences:
+    """Silences in the state store (``alerts silence add|list|expire``)."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        store.ensure_schema(t.NOTIFY_MIGRATIONS)
+
+    def add(
+        self,
+        matchers: Sequence[str | Matcher],
+        *,
+        starts_at: datetime,
+        ends_at: datetime,
+        created_by: str,
+        comment: str,
+        now: datetime,
+    ) -> str:
+        import uuid
+
+        parsed = tuple(m if isinstance(m, Matcher) else Matcher.parse(m) for m in matchers)
+        if not parsed:
+            raise ValueError("a silence needs at least one matcher, e.g. alertname=HighCost")
+        if ends_at <= starts_at:
+            raise ValueError("a silence must end after it starts (check --duration / --ends)")
+        sid = str(uuid.uuid4())
+        with self.store.engine.begin() as c:
+            c.execute(
+                t.silences.insert().values(
+                    id=sid,
+                    matchers=json.dumps([[m.name, m.op, m.value] for m in parsed]),
+                    starts_at=starts_at,
+                    ends_at=ends_at,
+                    created_by=created_by,
+                    comment=comment,
+                    created_at=now,
+                )
+            )
+        return sid
+
+    def list(self, now: datetime, *, include_expired: bool = False) -> list[Silence]:
+        q = sa.select(t.silences)
+        if not include_expired:
+            q = q.where(t.silences.c.ends_at > now)
+        with self.store.engine.connect() as c:
+            rows = c.execute(q.order_by(t.silences.c.created_at)).mappings().all()
+        return [
+            Silence(
+                id=r["id"],
+                matchers=tuple(Matcher(*m) for m in json.loads(r["matchers"])),
+                starts_at=_utc(r["starts_at"]),  # type: ignore[arg-type]
+                ends_at=_utc(r["ends_at"]),  # type: ignore[arg-type]
+                created_by=r["created_by"],
+                comment=r["comment"],
+            )
+            for r in rows
+        ]
+
+    def expire(self, silence_id: str, now: datetime) -> bool:
+        with self.store.engine.begin() as c:
+            n = c.execute(
+                t.silences.update()
+                .where(t.silences.c.id == silence_id, t.silences.c.ends_at > now)
+                .values(ends_at=now)
+            ).rowcount
+        return bool(n)
+
+
+def _default_route(cfg: NotificationsConfig) -> Route:
+    names = [r.name for r in cfg.receivers]
+    return Route(
+        receiver=names[0],
+        routes=tuple(Route(receiver=n, continue_=True) for n in names),
+    )
+
+
+class Dispatcher:
+    """Routes, groups, deduplicates and delivers alerts through an outbox (``AlertSink``)."""
+
+    def __init__(
+        self,
+        config: NotificationsConfig,
+        store: StateStore,
+        *,
+        notifiers: Mapping[str, Notifier] | None = None,
+        rng: random.Random | None = None,
+        max_sends_per_flush: int = 1000,
+        rollback: Any = None,
+    ) -> None:
+        if not config.receivers:
+            raise ConfigError(
+                "alerting.notifications.receivers is empty; add a receiver "
+                "(type: slack | pagerduty | alertmanager | webhook | console)"
+            )
+        self.config = config
+        self.store = store
+        store.ensure_schema(t.NOTIFY_MIGRATIONS)
+        self.route = config.route or _default_route(config)
+        self.threads = SqlThreadStore(store)
+        self.silences = Silences(store)
+        self._receivers = {r.name: r for r in config.receivers}
+        self._notifiers: dict[str, Notifier] = dict(notifiers or {})
+        self._buckets = {
+            r.name: TokenBucket(r.rate_limit) for r in config.receivers if r.rate_limit is not None
+        }
+        self._rate_wait: dict[str, datetime] = {}
+        self.rng = rng or random.Random()
+        self.max_sends_per_flush = max_sends_per_flush
+        #: a RollbackManager: fed every submitted batch (its notes go through this outbox)
+        self.rollback = rollback
+        self._last_purge: datetime | None = None
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_config(cls, config: Any, store: StateStore, **kw: Any) -> Dispatcher:
+        """Notifications and rollback hooks from a whole ``LlmopsConfig``: what the monitor
+        should use as its sink once receivers are configured."""
+        d = cls(config.alerting.notifications, store, **kw)
+        if config.alerting.rollback.hooks:
+            from mlflow_llmops.alerting.rollback import RollbackManager
+
+            d.rollback = RollbackManager(
+                config.alerting.rollback, store, config.tracking.uri, notifier=d
+            )
+        return d
+
+    def notifier(self, name: str) -> Notifier:
+        if name not in self._notifiers:
+            self._notifiers[name] = build_notifier(self._receivers[name], self.threads)
+        return self._notifiers[name]
+
+    # -- submit ---------------------------------------------------------
+    def submit(self, alerts: Sequence[Alert], now: datetime) -> None:
+        """File firing and newly resolved alerts into their aggregation groups."""
+        now = _now_utc(now)
+        if not alerts:
+            return
+        self._file(alerts, now)
+        if self.rollback is not None:
+            try:
+                self.rollback.process(alerts, now)
+            except Exception:  # noqa: BLE001 - a rollback failure must not stop notifications
+                log.exception("rollback hooks failed")
+
+    def _file(self, alerts: Sequence[Alert], now: datetime) -> None:
+        with self._lock, self.store.engine.begin() as c:
+            existing = {
+                r[0]: bool(r[1])
+                for r in c.execute(sa.select(t.groups.c.group_id, t.groups.c.active))
+            }
+            known = set(
+                c.execute(
+                    sa.select(t.group_alerts.c.group_id, t.group_alerts.c.fingerprint)
+                ).tuples()
+            )
+            updates: dict[tuple[str, str], dict[str, Any]] = {}
+            inserts: dict[tuple[str, str], dict[str, Any]] = {}
+            for a in alerts:
+                for m in match_routes(
+                    a.labels,
+                    self.route,
+                    group_by=self.config.group_by,
+                    group_wait=self.config.group_wait,
+                    group_interval=self.config.group_interval,
+                    repeat_interval=self.config.repeat_interval,
+                ):
+                    rcv = self._receivers[m.receiver]
+                    glabels = group_labels_for(a.labels, m.group_by)
+                    gkey = group_key(m.path, m.receiver, glabels)
+                    gid = hashlib.sha256(gkey.encode()).hexdigest()[:32]
+                    active = existing.get(gid)
+                    if not active and a.resolved:
+                        continue  # the receiver never heard of it
+                    if active is None:
+                        c.execute(
+                            t.groups.insert().values(
+                                group_id=gid,
+                                receiver=m.receiver,
+                                group_key=gkey,
+                                group_labels=json.dumps(glabels),
+                                send_resolved=rcv.send_resolved,
+                                group_wait_s=m.group_wait.total_seconds(),
+                                group_interval_s=m.group_interval.total_seconds(),
+                                repeat_interval_s=m.repeat_interval.total_seconds(),
+                                created_at=now,
+                                next_flush_at=now + m.group_wait,
+                                active=True,
+                                notified_firing="[]",
+                                notified_resolved="[]",
+                                seq=0,
+                            )
+                        )
+                    elif not active:
+                        # an idle group wakes up: a fresh group_wait, same log and sequence
+                        c.execute(
+                            t.groups.update()
+                            .where(t.groups.c.group_id == gid)
+                            .values(
+                                active=True,
+                                created_at=now,
+                                next_flush_at=now + m.group_wait,
+                                send_resolved=rcv.send_resolved,
+                                group_wait_s=m.group_wait.total_seconds(),
+                                group_interval_s=m.group_interval.total_seconds(),
+                                repeat_interval_s=m.repeat_interval.total_seconds(),
+                            )
+                        )
+                    existing[gid] = True
+                    blob = json.dumps(alert_to_dict(a))
+                    key = (gid, a.fingerprint)
+                    if key in known:
+                        updates[key] = {"g": gid, "f": a.fingerprint, "j": blob, "r": a.resolved}
+                    elif not a.resolved:
+                        inserts[key] = {
+                            "group_id": gid,
+                            "fingerprint": a.fingerprint,
+                            "alert_json": blob,
+                            "resolved": False,
+                            "updated_at": now,
+                        }
+            if updates:
+                c.execute(
+                    t.group_alerts.update()
+                    .where(
+                        t.group_alerts.c.group_id == sa.bindparam("g"),
+                        t.group_alerts.c.fingerprint == sa.bindparam("f"),
+                    )
+                    .values(
+                        alert_json=sa.bindparam("j"), resolved=sa.bindparam("r"), updated_at=now
+                    ),
+                    list(updates.values()),
+                )
+            if inserts:
+                c.execute(t.group_alerts.insert(), list(inserts.values()))
+
+    # -- flush ----------------------------------------------------------
+    def flush(self, now: datetime) -> DispatchReport:
+        """Notify the due groups, then deliver the due outbox rows."""
+        now = _now_utc(now)
+        report = DispatchReport()
+        with self._lock:
+            self.decide(now, report)
+            self.deliver(now, report)
+            if self._last_purge is None or now - self._last_purge > timedelta(hours=1):
+                self._last_purge = now
+                self.purge(now)
+        return report
+
+    def decide(self, now: datetime, report: DispatchReport | None = None) -> DispatchReport:
+        """Run the due groups through inhibit, silence and dedup; write what is to be sent
+        to the outbox (without sending it)."""
+        now = _now_utc(now)
+        report = report or DispatchReport()
+        self._flush_groups(now, report)
+        return report
+
+    def _flush_groups(self, now: datetime, report: DispatchReport) -> None:
+        with self.store.engine.connect() as c:
+            due = (
+                c.execute(
+                    sa.select(t.groups).where(
+                        t.groups.c.active.is_(True), t.groups.c.next_flush_at <= now
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            if not due:
+                return
+            all_rows = c.execute(
+                sa.select(t.group_alerts.c.alert_json, t.group_alerts.c.resolved)
+            ).all()
+        firing_all = {}
+        for blob, resolved in all_rows:
+            if not resolved:
+                a = alert_from_dict(json.loads(blob))
+                firing_all[a.fingerprint] = a
+        inhibitor = Inhibitor(self.config.inhibit_rules, firing_all.values())
+        active_silences = [s for s in self.silences.list(now) if s.active(now)]
+        for g in due:
+            self._flush_group(dict(g), now, inhibitor, active_silences, report)
+
+    def _flush_group(
+        self,
+        g: dict[str, Any],
+        now: datetime,
+        inhibitor: Inhibitor,
+        silences: list[Silence],
+        report: DispatchReport,
+    ) -> None:
+        gid = g["group_id"]
+        with self.store.engine.begin() as c:
+            rows = c.execute(
+                sa.select(t.group_alerts.c.alert_json, t.group_alerts.c.updated_at).where(
+                    t.group_alerts.c.group_id == gid
+                )
+            ).all()
+            alerts = []
+            stale_before = now - self.config.resolve_timeout
+            for blob, updated_at in rows:
+                a = alert_from_dict(json.loads(blob))
+                if not a.resolved and _utc(updated_at) < stale_before:  # type: ignore[operator]
+                    # not re-submitted for resolve_timeout: resolved, as in Alertmanager
+                    a = dataclasses.replace(
+                        a,
+                        state=AlertState.RESOLVED,
+                        ends_at=_utc(updated_at) + self.config.resolve_timeout,
+                    )
+                    c.execute(
+                        t.group_alerts.update()
+                        .where(
+                            t.group_alerts.c.group_id == gid,
+                            t.group_alerts.c.fingerprint == a.fingerprint,
+                        )
+                        .values(alert_json=json.dumps(alert_to_dict(a)), resolved=True)
+                    )
+                alerts.append(a)
+            report.groups_flushed += 1
+            kept: list[Alert] = []
+            for a in alerts:
+                if not a.resolved and inhibitor.mutes(a):
+                    report.inhibited += 1
+                    continue
+                if silenced_by(a, silences, now) is not None:
+                    report.silenced += 1
+                    continue
+                kept.append(a)
+            firing = {a.fingerprint for a in kept if not a.resolved}
+            resolved = {a.fingerprint for a in kept if a.resolved}
+            entry = (
+                NflogEntry(
+                    notified_at=_utc(g["notified_at"]),  # type: ignore[arg-type]
+                    firing=frozenset(json.loads(g["notified_firing"])),
+                    resolved=frozenset(json.loads(g["notified_resolved"])),
+                )
+                if g["notified_at"] is not None
+                else None
+            )
+            send_resolved = bool(g["send_resolved"])
+            values: dict[str, Any] = {
+                "next_flush_at": now + timedelta(seconds=g["group_interval_s"])
+            }
+            if needs_update(
+                entry,
+                firing,
+                resolved,
+                send_resolved=send_resolved,
+                repeat_interval=timedelta(seconds=g["repeat_interval_s"]),
+                now=now,
+            ):
+                payload_alerts = [a for a in kept if not a.resolved] + (
+                    [a for a in kept if a.resolved] if send_resolved else []
+                )
+                seq = int(g["seq"]) + 1
+                if payload_alerts and (firing or send_resolved):
+                    n = Notification(
+                        receiver=g["receiver"],
+                        group_id=gid,
+                        group_key=g["group_key"],
+                        seq=seq,
+                        kind="alert",
+                        status="firing" if firing else "resolved",
+                        group_labels=json.loads(g["group_labels"]),
+                        alerts=tuple(payload_alerts),
+                        created_at=now,
+                        mlflow_ui_url=self.config.mlflow_ui_url,
+                    )
+                    self._insert_outbox(c, n, now)
+                    report.notifications_enqueued += 1
+                values.update(
+                    notified_at=now,
+                    notified_firing=json.dumps(sorted(firing)),
+                    notified_resolved=json.dumps(sorted(resolved)),
+                    seq=seq,
+                )
+            elif alerts:
+                report.deduplicated += 1
+            c.execute(t.groups.update().where(t.groups.c.group_id == gid).values(**values))
+            # resolved alerts are done once a flush has seen them (not re-submitted since)
+            c.execute(
+                t.group_alerts.delete().where(
+                    t.group_alerts.c.group_id == gid,
+                    t.group_alerts.c.resolved.is_(True),
+                    t.group_alerts.c.updated_at <= now,
+                )
+            )
+            left = c.execute(
+                sa.select(sa.func.count()).where(t.group_alerts.c.group_id == gid)
+            ).scalar_one()
+            if not left:
+                c.execute(t.groups.update().where(t.groups.c.group_id == gid).values(active=False))
+
+    def _insert_outbox(self, c: sa.Connection, n: Notification, now: datetime) -> int:
+        res = c.execute(
+            t.outbox.insert().values(
+                receiver=n.receiver,
+                group_id=n.group_id,
+                seq=n.seq,
+                kind=n.kind,
+                payload=json.dumps(n.to_json(), default=str),
+                status="pending",
+                attempts=0,
+                created_at=now,
+                next_attempt_at=now,
+            )
+        )
+        return int(res.inserted_primary_key[0])
+
+    def enqueue(self, n: Notification, now: datetime) -> int:
+        """Write a notification that is not about a group (rollback note, test) to the outbox."""
+        if n.receiver not in self._receivers:
+            raise ConfigError(
+                f"unknown receiver {n.receiver!r}; known: {sorted(self._receivers)} "
+                "(alerting.notifications.receivers)"
+            )
+        now = _now_utc(now)
+        with self.store.engine.begin() as c:
+            return self._insert_outbox(c, n, now)
+
+    # -- deliver --------------------------------------------------------
+    def deliver(self, now: datetime, report: DispatchReport | None = None) -> DispatchReport:
+        """Send the due outbox rows (in order per group), at most once each."""
+        now = _now_utc(now)
+        report = report or DispatchReport()
+        policy = self.config.retry
+        with self.store.engine.connect() as c:
+            rows = (
+                c.execute(
+                    sa.select(t.outbox)
+                    .where(t.outbox.c.status.in_(("pending", "sending")))
+                    .order_by(t.outbox.c.id)
+                )
+                .mappings()
+                .all()
+            )
+        blocked: set[tuple[str, str]] = set()
+        sends = 0
+        for r in rows:
+            key = (r["receiver"], r["group_id"])
+            if key in blocked:
+                continue
+            blocked.add(key)  # later rows of this group wait for this one
+            if r["status"] == "pending" and _utc(r["next_attempt_at"]) > now:  # type: ignore[operator]
+                continue
+            if r["status"] == "sending" and _utc(r["claimed_until"]) > now:  # type: ignore[operator]
+                continue
+            if sends >= self.max_sends_per_flush:
+                continue
+            if r["receiver"] not in self._receivers:
+                self._finish(
+                    r["id"], "failed", now, error=f"receiver {r['receiver']!r} no longer configured"
+                )
+                report.failed.append((r["receiver"], "receiver no longer configured"))
+                continue
+            n = Notification.from_json(json.loads(r["payload"]))
+            bucket = self._buckets.get(r["receiver"])
+            if bucket is not None:
+                # PagerDuty gets one event per alert; Slack one message per notification
+                need = max(1, len(n.alerts)) if self._is_pd(r["receiver"]) else 1
+                wait = bucket.take(now, min(need, bucket.capacity))
+                if wait > 0:
+                    report.rate_limited += 1
+                    self._rate_wait[r["receiver"]] = now + timedelta(seconds=wait)
+                    continue
+            if not self._claim(r["id"], now, policy.claim_timeout):
+                continue
+            sends += 1
+            attempts = int(r["attempts"]) + 1
+            try:
+                result = self.notifier(r["receiver"]).send(n)
+            except NotifyError as e:
+                self._failed_attempt(r, attempts, e, now, report)
+                continue
+            except Exception as e:  # noqa: BLE001 - a notifier bug must not stop the others
+                log.exception("notifier %s raised", r["receiver"])
+                self._failed_attempt(
+                    r, attempts, NotifyError(f"{type(e).__name__}: {e}"), now, report
+                )
+                continue
+            self._finish(r["id"], "sent", now, ref=result.external_ref)
+            blocked.discard(key)  # the next of this group may follow in this pass
+            report.sent += 1
+            report.requests += result.requests
+        with self.store.engine.connect() as c:
+            report.pending = c.execute(
+                sa.select(sa.func.count()).where(t.outbox.c.status.in_(("pending", "sending")))
+            ).scalar_one()
+        return report
+
+    def _is_pd(self, name: str) -> bool:
+        return getattr(self._receivers[name], "type", "") == "pagerduty"
+
+    def _claim(self, row_id: int, now: datetime, timeout: timedelta) -> bool:
+        with self.store.engine.begin() as c:
+            n = c.execute(
+                t.outbox.update()
+                .where(
+                    t.outbox.c.id == row_id,
+                    sa.or_(
+                        t.outbox.c.status == "pending",
+                        sa.and_(t.outbox.c.status == "sending", t.outbox.c.claimed_until <= now),
+                    ),
+                )
+                .values(
+                    status="sending",
+                    claimed_until=now + timeout,
+                    attempts=t.outbox.c.attempts + 1,
+                )
+            ).rowcount
+        return n == 1
+
+    def _finish(
+        self,
+        row_id: int,
+        status: str,
+        now: datetime,
+        *,
+        ref: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"status": status, "claimed_until": None}
+        if status == "sent":
+            values.update(sent_at=now, external_ref=ref)
+        if error is not None:
+            values["last_error"] = error[:2000]
+        with self.store.engine.begin() as c:
+            c.execute(t.outbox.update().where(t.outbox.c.id == row_id).values(**values))
+
+    def _failed_attempt(
+        self,
+        r: Mapping[str, Any],
+        attempts: int,
+        e: NotifyError,
+        now: datetime,
+        report: DispatchReport,
+    ) -> None:
+        policy = self.config.retry
+        created = _utc(r["created_at"])
+        assert created is not None
+        if e.permanent or gives_up(attempts, created, now, policy):
+            why = "permanent" if e.permanent else f"gave up after {attempts} attempt(s)"
+            log.warning("notification %s to %s failed (%s): %s", r["id"], r["receiver"], why, e)
+            self._finish(r["id"], "failed", now, error=f"{why}: {e}")
+            report.failed.append((r["receiver"], str(e)))
+            return
+        delay = backoff(attempts, policy, retry_after=e.retry_after, rng=self.rng)
+        log.info(
+            "notification %s to %s: %s; retry in %.1fs",
+            r["id"],
+            r["receiver"],
+            e,
+            delay.total_seconds(),
+        )
+        with self.store.engine.begin() as c:
+            c.execute(
+                t.outbox.update()
+                .where(t.outbox.c.id == r["id"])
+                .values(
+                    status="pending",
+                    claimed_until=None,
+                    next_attempt_at=now + delay,
+                    last_error=str(e)[:2000],
+                )
+            )
+        report.retry_scheduled += 1
+
+    # -- timers ---------------------------------------------------------
+    def next_due(self, now: datetime) -> datetime | None:
+        """When the next flush has work: a group timer, a retry, an expiring claim, a rate limit."""
+        now = _now_utc(now)
+        with self.store.engine.connect() as c:
+            g = c.execute(
+                sa.select(sa.func.min(t.groups.c.next_flush_at)).where(t.groups.c.active.is_(True))
+            ).scalar()
+            p = c.execute(
+                sa.select(sa.func.min(t.outbox.c.next_attempt_at)).where(
+                    t.outbox.c.status == "pending"
+                )
+            ).scalar()
+            s = c.execute(
+                sa.select(sa.func.min(t.outbox.c.claimed_until)).where(
+                    t.outbox.c.status == "sending"
+                )
+            ).scalar()
+        cands = [_utc(x) for x in (g, p, s) if x is not None]
+        waits = [w for w in self._rate_wait.values() if w > now]
+        if p is not None and waits:
+            cands.append(min(waits))
+        return max(now, min(cands)) if cands else None  # type: ignore[type-var]
+
+    def serve(self, clock: Clock, stop: threading.Event, *, max_sleep_s: float = 1.0) -> None:
+        """Flush whenever a timer is due until ``stop`` is set (a delivery thread beside the
+        monitor, so ``group_wait`` and retries do not wait for the next evaluation cycle)."""
+        while not stop.is_set():
+            self.flush(clock.now())
+            now = clock.now()
+            due = self.next_due(now)
+            wait = max_sleep_s if due is None else (due - now).total_seconds()
+            if stop.wait(min(max_sleep_s, max(0.005, wait))):
+                break
+
+    # -- inspection -----------------------------------------------------
+    def outbox_rows(self, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        q = sa.select(
+            t.outbox.c.id,
+            t.outbox.c.receiver,
+            t.outbox.c.kind,
+            t.outbox.c.seq,
+            t.outbox.c.status,
+            t.outbox.c.attempts,
+            t.outbox.c.created_at,
+            t.outbox.c.next_attempt_at,
+            t.outbox.c.sent_at,
+            t.outbox.c.last_error,
+            t.outbox.c.group_id,
+        ).order_by(t.outbox.c.id.desc())
+        if status:
+            q = q.where(t.outbox.c.status == status)
+        with self.store.engine.connect() as c:
+            return [dict(r) for r in c.execute(q.limit(limit)).mappings()]
+
+    def purge(self, now: datetime) -> int:
+        """Delete sent and failed rows older than ``outbox_retention``."""
+        cutoff = _now_utc(now) - self.config.outbox_retention
+        with self.store.engine.begin() as c:
+            return c.execute(
+                t.outbox.delete().where(
+                    t.outbox.c.status.in_(("sent", "failed")), t.outbox.c.created_at < cutoff
+                )
+            ).rowcount

@@ -1,0 +1,49 @@
+"""Receivers: Slack, PagerDuty, Alertmanager, signed webhook, console.
+
+Each notifier has one method, ``send(notification)``, and raises
+``NotifyError`` (permanent or retryable); retries belong to the outbox.
+"""
+
+from __future__ import annotations
+
+from mlflow_llmops.alerting.notifiers.base import (
+    Notification,
+    Notifier,
+    NotifyError,
+    SendResult,
+)
+from mlflow_llmops.alerting.notify_config import (
+    AlertmanagerReceiver,
+    ConsoleReceiver,
+    PagerDutyReceiver,
+    SlackReceiver,
+    WebhookReceiver,
+)
+
+
+def build_notifier(cfg: object, threads: object = None) -> Notifier:
+    """The notifier for one receiver config (``threads``: Slack Web API thread store)."""
+    if isinstance(cfg, SlackReceiver):
+        from mlflow_llmops.alerting.notifiers.slack import SlackNotifier
+
+        return SlackNotifier(cfg, threads)  # type: ignore[arg-type]
+    if isinstance(cfg, PagerDutyReceiver):
+        from mlflow_llmops.alerting.notifiers.pagerduty import PagerDutyNotifier
+
+        return PagerDutyNotifier(cfg)
+    if isinstance(cfg, AlertmanagerReceiver):
+        from mlflow_llmops.alerting.notifiers.alertmanager import AlertmanagerNotifier
+
+        return AlertmanagerNotifier(cfg)
+    if isinstance(cfg, WebhookReceiver):
+        from mlflow_llmops.alerting.notifiers.webhook import WebhookNotifier
+
+        return WebhookNotifier(cfg)
+    if isinstance(cfg, ConsoleReceiver):
+        from mlflow_llmops.alerting.notifiers.console import ConsoleNotifier
+
+        return ConsoleNotifier(cfg)
+    raise TypeError(f"no notifier for {type(cfg).__name__}")
+
+
+__all__ = ["Notification", "Notifier", "NotifyError", "SendResult", "build_notifier"]

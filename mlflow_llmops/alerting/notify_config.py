@@ -1,0 +1,309 @@
+"""Configuration of notifications (receivers, routes) and rollback hooks:
+``alerting.notifications`` and ``alerting.rollback``. Import-light: models only.
+
+Shaped like Alertmanager's configuration (receivers, a route tree, inhibit
+rules) so SREs read it without a manual. Secrets are written as ``${VAR}`` and
+filled from the environment by the config loader; they are ``SecretStr`` so
+they never appear in logs or ``config show``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from mlflow_llmops.alerting.rules import Duration
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RateLimit(_Section):
+    """Token bucket: ``per_second`` sustained, ``burst`` at once (Slack: about 1/s per channel)."""
+
+    per_second: float = Field(default=1.0, gt=0)
+    burst: int = Field(default=5, ge=1)
+
+
+class _Receiver(_Section):
+    name: str
+    #: also notify when alerts resolve
+    send_resolved: bool = True
+    #: None = unlimited
+    rate_limit: RateLimit | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]+", v):
+            raise ValueError("receiver names use letters, digits and _ . : - only")
+        return v
+
+
+class SlackReceiver(_Receiver):
+    """Slack through an incoming webhook (``webhook_url``) or the Web API (``token`` + ``channel``).
+
+    The Web API posts once per group, answers repeats in the thread and edits the
+    first message when the group resolves; a webhook can only post.
+    """
+
+    type: Literal["slack"] = "slack"
+    webhook_url: SecretStr | None = None
+    token: SecretStr | None = None
+    channel: str | None = None
+    #: Web API base URL (tests point it at the fake server)
+    base_url: str = "https://slack.com/api/"
+    rate_limit: RateLimit | None = Field(default_factory=RateLimit)
+    timeout_s: float = 10.0
+
+    @model_validator(mode="after")
+    def _mode(self) -> SlackReceiver:
+        if bool(self.webhook_url) == bool(self.token):
+            raise ValueError(
+                f"receiver {self.name!r}: set exactly one of webhook_url (incoming webhook) "
+                "or token (+ channel, Web API)"
+            )
+        if self.token and not self.channel:
+            raise ValueError(
+                f"receiver {self.name!r}: token needs channel (e.g. '#alerts' or C0123)"
+            )
+        return self
+
+
+class PagerDutyReceiver(_Receiver):
+    """PagerDuty Events API v2: one incident per alert instance (stable ``dedup_key``)."""
+
+    type: Literal["pagerduty"] = "pagerduty"
+    routing_key: SecretStr
+    base_url: str = "https://events.pagerduty.com"
+    #: ``pagerduty`` (maintained) or ``pdpyras`` (deprecated upstream; optional extra)
+    backend: Literal["pagerduty", "pdpyras"] = "pagerduty"
+    #: CA bundle to trust (a private proxy, tests); default: system CAs
+    ca_bundle: str | None = None
+    #: ``source`` of the events (default: the ``service`` label, else mlflow-llmops)
+    source: str | None = None
+    timeout_s: float = 10.0
+    rate_limit: RateLimit | None = Field(
+        default_factory=lambda: RateLimit(per_second=2.0, burst=20)
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        if not v.startswith("https://"):
+            raise ValueError("the PagerDuty clients require an https:// base_url")
+        return v.rstrip("/")
+
+
+class AlertmanagerReceiver(_Receiver):
+    """Forward to a Prometheus Alertmanager (``POST /api/v2/alerts``); it groups on its own."""
+
+    type: Literal["alertmanager"] = "alertmanager"
+    url: str
+    timeout_s: float = 10.0
+
+
+class WebhookReceiver(_Receiver):
+    """POST Alertmanager-webhook-shaped JSON, signed with HMAC-SHA256 when ``secret`` is set."""
+
+    type: Literal["webhook"] = "webhook"
+    url: str
+    secret: SecretStr | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = 10.0
+
+
+class ConsoleReceiver(_Receiver):
+    """Print to standard output (the demo, a first try)."""
+
+    type: Literal["console"] = "console"
+
+
+Receiver = Annotated[
+    SlackReceiver | PagerDutyReceiver | AlertmanagerReceiver | WebhookReceiver | ConsoleReceiver,
+    Field(discriminator="type"),
+]
+
+
+class Route(_Section):
+    """A node of the route tree: alerts matching ``match``/``match_re`` go to ``receiver``.
+
+    Children are tried first (depth first, in order); the first matching child
+    wins unless it sets ``continue: true``. Timings and ``group_by`` inherit.
+    """
+
+    receiver: str | None = None
+    match: dict[str, str] = Field(default_factory=dict)
+    match_re: dict[str, str] = Field(default_factory=dict)
+    group_by: tuple[str, ...] | None = None
+    group_wait: Duration | None = None
+    group_interval: Duration | None = None
+    repeat_interval: Duration | None = None
+    continue_: bool = Field(default=False, alias="continue")
+    routes: tuple[Route, ...] = ()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("match_re")
+    @classmethod
+    def _regex(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, pattern in v.items():
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(
+                    f"match_re.{k}: invalid regular expression {pattern!r}: {e}"
+                ) from None
+        return v
+
+
+class InhibitRule(_Section):
+    """While an alert matching ``source_match`` fires, alerts matching ``target_match`` with
+    the same values of ``equal`` are not notified (critical inhibits warning)."""
+
+    source_match: dict[str, str]
+    target_match: dict[str, str]
+    equal: tuple[str, ...] = ("alertname",)
+
+
+def _default_inhibit() -> tuple[InhibitRule, ...]:
+    return (
+        InhibitRule(
+            source_match={"severity": "critical"},
+            target_match={"severity": "warning"},
+            equal=("alertname",),
+        ),
+    )
+
+
+class RetryPolicy(_Section):
+    """How the outbox retries transient failures (429, 5xx, network)."""
+
+    initial_backoff: Duration = timedelta(seconds=1)
+    max_backoff: Duration = timedelta(minutes=5)
+    #: give up (status ``failed``, reported) after this many attempts...
+    max_attempts: int = Field(default=12, ge=1)
+    #: ...or once the notification is this old
+    max_age: Duration = timedelta(hours=6)
+    #: an in-flight send not confirmed within this is presumed lost and retried
+    claim_timeout: Duration = timedelta(seconds=60)
+
+
+class NotificationsConfig(_Section):
+    """Receivers and routing of alert notifications."""
+
+    receivers: tuple[Receiver, ...] = ()
+    route: Route | None = None
+    inhibit_rules: tuple[InhibitRule, ...] = Field(default_factory=_default_inhibit)
+    group_by: tuple[str, ...] = ("alertname",)
+    group_wait: Duration = timedelta(seconds=30)
+    group_interval: Duration = timedelta(minutes=5)
+    repeat_interval: Duration = timedelta(hours=4)
+    #: a firing alert not re-submitted for this long is taken as resolved (a deleted rule,
+    #: a stopped monitor); keep it well above the evaluation interval
+    resolve_timeout: Duration = timedelta(minutes=30)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    #: the MLflow UI, for links to traces (``{mlflow_ui_url}/#/experiments/...``)
+    mlflow_ui_url: str | None = None
+    #: sent outbox rows are deleted after this
+    outbox_retention: Duration = timedelta(days=7)
+
+    @model_validator(mode="after")
+    def _references(self) -> NotificationsConfig:
+        names = [r.name for r in self.receivers]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"receivers: duplicate name(s) {sorted(dupes)}; names must be unique")
+        if self.route is not None:
+            if self.route.receiver is None:
+                raise ValueError("route.receiver: the root route needs a receiver (the default)")
+
+            def walk(r: Route, where: str) -> None:
+                if r.receiver is not None and r.receiver not in names:
+                    raise ValueError(
+                        f"{where}.receiver: unknown receiver {r.receiver!r}; "
+                        f"define it under notifications.receivers (known: {names})"
+                    )
+                for i, child in enumerate(r.routes):
+                    walk(child, f"{where}.routes[{i}]")
+
+            walk(self.route, "route")
+        return self
+
+    def receiver(
+        self, name: str
+    ) -> (
+        SlackReceiver | PagerDutyReceiver | AlertmanagerReceiver | WebhookReceiver | ConsoleReceiver
+    ):
+        for r in self.receivers:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+
+class RollbackHook(_Section):
+    """What to roll back when which alert fires, and how carefully."""
+
+    name: str
+    #: ``model_alias`` (registered model), ``prompt_alias`` or ``function`` (``module:function``)
+    target: Literal["model_alias", "prompt_alias", "function"]
+    #: registered model or prompt name (alias targets)
+    model: str | None = None
+    prompt: str | None = None
+    alias: str | None = None
+    function: str | None = None
+    #: rule names (``alertname``) that may trigger it; empty = none (explicit opt-in)
+    rules: tuple[str, ...]
+    severities: tuple[str, ...] = ("critical",)
+    #: extra label matchers on the alert (e.g. ``model: gpt-4o``)
+    match: dict[str, str] = Field(default_factory=dict)
+    #: ``dry_run`` (default: plan and audit only), ``confirm`` (wait for
+    #: ``alerts rollback approve ID``), ``auto``
+    mode: Literal["dry_run", "confirm", "auto"] = "dry_run"
+    #: the alert must have fired at least this long
+    min_firing: Duration = timedelta(minutes=5)
+    #: no second rollback of the same alias within this
+    cooldown: Duration = timedelta(hours=1)
+    #: at most this many executed rollbacks per alias per UTC day
+    daily_budget: int = Field(default=2, ge=0)
+    #: receivers that get the audit note (Slack note, PagerDuty change event)
+    notify: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _target(self) -> RollbackHook:
+        need = {
+            "model_alias": ("model", "alias"),
+            "prompt_alias": ("prompt", "alias"),
+            "function": ("function",),
+        }[self.target]
+        missing = [k for k in need if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"rollback hook {self.name!r} (target {self.target}): set {missing}")
+        if self.function and not re.fullmatch(r"[\w.]+:[\w.]+", self.function):
+            raise ValueError(
+                f"rollback hook {self.name!r}: function must be 'package.module:function'"
+            )
+        if not self.rules:
+            raise ValueError(
+                f"rollback hook {self.name!r}: rules must name at least one alert rule"
+            )
+        return self
+
+
+class RollbackConfig(_Section):
+    """Rollback hooks and their guards."""
+
+    #: the kill switch: false stops every rollback (also env MLFLOW_LLMOPS_ROLLBACK_DISABLED=1)
+    enabled: bool = True
+    hooks: tuple[RollbackHook, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> RollbackConfig:
+        names = [h.name for h in self.hooks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rollback.hooks: duplicate hook names in {names}")
+        return self

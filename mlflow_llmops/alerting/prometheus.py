@@ -1,0 +1,341 @@
+"""Export rules as Prometheus alerting rules over the OTel GenAI metrics, and a Grafana
+dashboard for the same metrics.
+
+Tracing records ``gen_ai.client.operation.duration`` (seconds) and
+``gen_ai.client.token.usage`` for 100% of calls; through the OTel Prometheus
+exporter or an OTLP->Prometheus pipeline they are named
+``gen_ai_client_operation_duration_seconds_{bucket,sum,count}`` and
+``gen_ai_client_token_usage_{bucket,sum,count}``, with labels
+``gen_ai_request_model``, ``gen_ai_provider_name``, ``gen_ai_operation_name``,
+``gen_ai_token_type`` and ``error_type``. Signals those metrics cannot express
+(cost, unpriced share, scores) are left out with a comment saying why: the
+monitor evaluates them from traces.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import yaml
+
+from mlflow_llmops.alerting.rules import (
+    BaselineRule,
+    BurnRateRule,
+    SignalSpec,
+    ThresholdRule,
+    format_duration,
+    percentile_of,
+)
+
+DURATION = "gen_ai_client_operation_duration_seconds"
+TOKENS = "gen_ai_client_token_usage"
+#: duration buckets of the GenAI semantic conventions (seconds)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
+                    40.96, 81.92)  # fmt: skip
+#: rule label -> Prometheus label of the GenAI metrics
+LABEL_MAP = {
+    "model": "gen_ai_request_model",
+    "environment": "deployment_environment_name",
+    "service": "service_name",
+    "route": "llmops_route",
+    "task_type": "llmops_task_type",
+}
+
+
+class NotExportable(Exception):
+    """The rule uses a signal or label the GenAI metrics do not carry."""
+
+
+def _labels(spec_labels: Sequence[str]) -> list[str]:
+    out = []
+    for label in spec_labels:
+        if label not in LABEL_MAP:
+            raise NotExportable(f"label {label!r} is not on the GenAI metrics")
+        out.append(LABEL_MAP[label])
+    return out
+
+
+def _matchers(where: dict[str, str], extra: str = "") -> str:
+    parts = [f'{lbl}="{v}"' for lbl, v in zip(_labels(list(where)), where.values(), strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ", ".join(parts) + "}" if parts else ""
+
+
+def _by(groups: list[str], *extra: str) -> str:
+    cols = [*extra, *groups]
+    return f" by ({', '.join(cols)})" if cols else ""
+
+
+def signal_expr(
+    spec: SignalSpec, window: timedelta | None = None, offset: timedelta | None = None
+) -> str:
+    """PromQL for one signal over its window (or ``window``), optionally ``offset`` back."""
+    w = format_duration(window or spec.window)
+    rng = f"[{w}]" + (f" offset {format_duration(offset)}" if offset else "")
+    g = _labels(spec.group_by)
+    m = _matchers(spec.where)
+    s = spec.signal
+    if s == "request_count":
+        return f"sum{_by(g)} (increase({DURATION}_count{m}{rng}))"
+    if s == "error_rate":
+        bad = _matchers(spec.where, 'error_type!=""')
+        return (
+            f"sum{_by(g)} (rate({DURATION}_count{bad}{rng})) / "
+            f"sum{_by(g)} (rate({DURATION}_count{m}{rng}))"
+        )
+    if s == "latency_over":
+        thr = (spec.latency_threshold_ms or 0) / 1000.0
+        le = next((b for b in DURATION_BUCKETS if b >= thr - 1e-9), None)
+        if le is None:
+            raise NotExportable(f"latency threshold {thr}s is above the largest bucket")
+        good = _matchers(spec.where, f'le="{le:g}"')
+        return (
+            f"1 - (sum{_by(g)} (rate({DURATION}_bucket{good}{rng})) / "
+            f"sum{_by(g)} (rate({DURATION}_count{m}{rng})))"
+        )
+    if s in ("tokens", "input_tokens", "output_tokens"):
+        kind = {"input_tokens": 'gen_ai_token_type="input"',
+                "output_tokens": 'gen_ai_token_type="output"'}.get(s, "")  # fmt: skip
+        return f"sum{_by(g)} (increase({TOKENS}_sum{_matchers(spec.where, kind)}{rng}))"
+    if s.startswith("latency_p"):
+        _, q = percentile_of(s)
+        return (
+            f"histogram_quantile({q:g}, sum{_by(g, 'le')} (rate({DURATION}_bucket{m}{rng}))) * 1000"
+        )
+    raise NotExportable(f"signal {s!r} is computed from traces only (no GenAI metric carries it)")
+
+
+def _volume(
+    spec: SignalSpec, window: timedelta | None = None, offset: timedelta | None = None
+) -> str:
+    w = format_duration(window or spec.window)
+    rng = f"[{w}]" + (f" offset {format_duration(offset)}" if offset else "")
+    return (
+        f"sum{_by(_labels(spec.group_by))} (increase({DURATION}_count{_matchers(spec.where)}{rng}))"
+    )
+
+
+_TEMPLATE = re.compile(r"\{(\w+)\}")
+
+
+def _annotations(
+    rule: Any, threshold: str, window: timedelta, baseline: str = "n/a"
+) -> dict[str, str]:
+    def sub(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key == "value":
+            return "{{ $value | humanize }}"
+        if key == "threshold":
+            return threshold
+        if key == "window":
+            return format_duration(window)
+        if key == "baseline":
+            return baseline
+        if key in LABEL_MAP:
+            return "{{ $labels." + LABEL_MAP[key] + " }}"
+        if key == "group":
+            groups = rule.group_by if isinstance(rule, BurnRateRule) else rule.query.group_by
+            return (
+                ", ".join(f"{g}={{{{ $labels.{LABEL_MAP.get(g, g)} }}}}" for g in groups)
+                or "all traffic"
+            )
+        return m.group(0)
+
+    out = {k: _TEMPLATE.sub(sub, v) for k, v in rule.annotations.items()}
+    out.setdefault("summary", f"{rule.name}: {{{{ $value | humanize }}}} (threshold {threshold})")
+    out["source"] = "exported by mlflow-llmops alerts export-prometheus"
+    return out
+
+
+def _alert(rule: Any, expr: str, *, severity: str, extra_labels: dict[str, str] | None = None,
+           threshold: str, window: timedelta, baseline: str = "n/a") -> dict[str, Any]:  # fmt: skip
+    out: dict[str, Any] = {"alert": rule.name, "expr": expr}
+    if rule.for_:
+        out["for"] = format_duration(rule.for_)
+    if rule.keep_firing_for:
+        out["keep_firing_for"] = format_duration(rule.keep_firing_for)
+    out["labels"] = {**rule.labels, **(extra_labels or {}), "severity": severity}
+    out["annotations"] = _annotations(rule, threshold, window, baseline)
+    return out
+
+
+def rule_to_prometheus(rule: Any) -> list[dict[str, Any]]:
+    """One mlflow-llmops rule as Prometheus alerting rules (raises NotExportable)."""
+    sev = str(rule.severity)
+    if isinstance(rule, ThresholdRule):
+        spec = rule.query
+        expr = f"({signal_expr(spec)}) {rule.op} {rule.threshold:g}"
+        if spec.min_samples > 1:
+            expr += f" and on({', '.join(_labels(spec.group_by))}) ({_volume(spec)} >= {spec.min_samples})"  # noqa: E501
+        return [_alert(rule, expr, severity=sev, threshold=f"{rule.threshold:g}",
+                       window=spec.window)]  # fmt: skip
+    if isinstance(rule, BaselineRule):
+        if rule.median_of_days:
+            raise NotExportable("median_of_days baselines have no direct PromQL equivalent")
+        spec = rule.query
+        cur = signal_expr(spec)
+        past = f"({signal_expr(spec, offset=rule.offset)})"
+        on = f" on({', '.join(_labels(spec.group_by))})"
+        if rule.direction == "above":
+            expr = f"({cur}) > {rule.factor:g} * {past}"
+            if rule.floor is not None:
+                expr += f" and ({cur}) >= {rule.floor:g}"
+        else:
+            expr = f"({cur}) < {past} / {rule.factor:g}"
+            if rule.floor is not None:
+                expr += f" and ({cur}) <= {rule.floor:g}"
+        vol_past = _volume(spec, offset=rule.offset)
+        expr += f" and{on} ({vol_past} >= {rule.min_baseline_samples})"
+        return [_alert(rule, expr, severity=sev, threshold=f"{rule.factor:g}x the baseline",
+                       window=spec.window,
+                       baseline=f"the same {format_duration(spec.window)} "
+                                f"{format_duration(rule.offset)} earlier")]  # fmt: skip
+    if isinstance(rule, BurnRateRule):
+        if rule.sli == "quality":
+            raise NotExportable("quality SLIs come from scorer assessments, not metrics")
+        out = []
+        budget = rule.error_budget
+        for tier in rule.tiers:
+            long_spec, short_spec = rule.query_for(tier.long), rule.query_for(tier.short)
+            on = f" on({', '.join(_labels(long_spec.group_by))})"
+            expr = (
+                f"({signal_expr(long_spec)}) / {budget:g} > {tier.factor:g}\nand{on}\n"
+                f"({signal_expr(short_spec)}) / {budget:g} > {tier.factor:g}"
+            )
+            if rule.min_samples > 1:
+                expr += f"\nand{on} ({_volume(long_spec)} >= {rule.min_samples})"
+            out.append(
+                _alert(
+                    rule,
+                    expr,
+                    severity=str(tier.severity),
+                    extra_labels={"slo_window": format_duration(tier.long)},
+                    threshold=f"{tier.factor:g}",
+                    window=tier.long,
+                )  # fmt: skip
+            )
+        return out
+    raise NotExportable(f"unknown rule type {type(rule).__name__}")
+
+
+@dataclass
+class PrometheusExport:
+    groups: dict[str, Any]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_yaml(self) -> str:
+        head = "# Generated by `mlflow-llmops alerts export-prometheus`; check with promtool.\n"
+        if self.skipped:
+            head += "# Rules left out (evaluated by `mlflow-llmops monitor` instead):\n"
+            head += "".join(f"#   {n}: {why}\n" for n, why in sorted(self.skipped.items()))
+        return head + yaml.safe_dump(self.groups, sort_keys=False, width=120)
+
+
+def export_prometheus_rules(
+    rules: Sequence[Any],
+    *,
+    group: str = "mlflow-llmops",
+    interval: timedelta = timedelta(minutes=1),
+) -> PrometheusExport:
+    """Prometheus rule groups for every exportable rule; the others are listed as skipped."""
+    alerts: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    for rule in rules:
+        try:
+            alerts.extend(rule_to_prometheus(rule))
+        except NotExportable as e:
+            skipped[rule.name] = str(e)
+    groups = {"groups": [{"name": group, "interval": format_duration(interval), "rules": alerts}]}
+    return PrometheusExport(groups, skipped)
+
+
+def _panel(pid: int, title: str, exprs: list[tuple[str, str]], unit: str, x: int, y: int,
+           thresholds: list[float] | None = None) -> dict[str, Any]:  # fmt: skip
+    steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
+    steps += [{"color": "red", "value": t} for t in thresholds or []]
+    return {
+        "id": pid,
+        "type": "timeseries",
+        "title": title,
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "gridPos": {"h": 8, "w": 12, "x": x, "y": y},
+        "fieldConfig": {
+            "defaults": {"unit": unit, "thresholds": {"mode": "absolute", "steps": steps}},
+            "overrides": [],
+        },
+        "targets": [
+            {"refId": chr(65 + i), "expr": e, "legendFormat": legend}
+            for i, (e, legend) in enumerate(exprs)
+        ],
+    }
+
+
+def grafana_dashboard(title: str = "LLM operations (mlflow-llmops)") -> dict[str, Any]:
+    """A Grafana dashboard over the same GenAI metrics as the exported rules."""
+    sel = '{gen_ai_request_model=~"$model"}'
+    by = "sum by (gen_ai_request_model)"
+    panels = [
+        _panel(1, "Requests per second by model",
+               [(f"{by} (rate({DURATION}_count{sel}[$__rate_interval]))",
+                 "{{gen_ai_request_model}}")], "reqps", 0, 0),
+        _panel(2, "Error rate by model",
+               [(f'{by} (rate({DURATION}_count{{gen_ai_request_model=~"$model", error_type!=""}}'
+                 f"[$__rate_interval])) / {by} (rate({DURATION}_count{sel}[$__rate_interval]))",
+                 "{{gen_ai_request_model}}")], "percentunit", 12, 0, [0.05]),
+        _panel(3, "Latency P50 / P95 / P99",
+               [(f"histogram_quantile({q}, sum by (le) (rate({DURATION}_bucket{sel}"
+                 f"[$__rate_interval])))", f"p{int(q * 100)}") for q in (0.5, 0.95, 0.99)],
+               "s", 0, 8, [5.0]),
+        _panel(4, "P95 latency by model",
+               [(f"histogram_quantile(0.95, sum by (le, gen_ai_request_model) "
+                 f"(rate({DURATION}_bucket{sel}[$__rate_interval])))",
+                 "{{gen_ai_request_model}}")], "s", 12, 8, [5.0]),
+        _panel(5, "Tokens per second by type",
+               [(f"sum by (gen_ai_token_type) (rate({TOKENS}_sum{sel}[$__rate_interval]))",
+                 "{{gen_ai_token_type}}")], "short", 0, 16),
+        _panel(6, "Tokens per second by model",
+               [(f"{by} (rate({TOKENS}_sum{sel}[$__rate_interval]))",
+                 "{{gen_ai_request_model}}")], "short", 12, 16),
+    ]  # fmt: skip
+    return {
+        "title": title,
+        "uid": "mlflow-llmops",
+        "tags": ["llm", "mlflow-llmops", "gen_ai"],
+        "timezone": "utc",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "1m",
+        "time": {"from": "now-6h", "to": "now"},
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "label": "Prometheus",
+                },
+                {
+                    "name": "model",
+                    "type": "query",
+                    "label": "Model",
+                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                    "query": f"label_values({DURATION}_count, gen_ai_request_model)",
+                    "includeAll": True,
+                    "multi": True,
+                    "allValue": ".*",
+                    "current": {"text": "All", "value": "$__all"},
+                },
+            ]
+        },  # fmt: skip
+        "panels": panels,
+    }
+
+
+def dashboard_json() -> str:
+    return json.dumps(grafana_dashboard(), indent=2) + "\n"

@@ -1,0 +1,377 @@
+"""Signals: windowed aggregates over traces, spans and assessments, per label group.
+
+``SqlSignalSource`` computes them in SQL over the ``llmops_*`` views (one query
+per signal and window, written once for SQLite and PostgreSQL). Sampled
+traffic is extrapolated with ``sample_weight``: counts, rates, tokens and cost
+are weighted sums, and percentiles are *weighted* nearest-rank percentiles
+computed with window functions (``SUM(weight) OVER (ORDER BY value)``), so a
+tail-kept slow trace (weight 1) does not outweigh head-sampled fast ones
+(weight 1/r). PostgreSQL's ``percentile_cont`` cannot take weights, which is
+why both dialects share the window-function query.
+
+``MemorySignalSource`` computes the same signals from in-memory events: for
+engine tests and to cross-check the SQL.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from mlflow_llmops.alerting.rules import SCORER_LABEL, SignalSpec, percentile_of, signal_kind
+from mlflow_llmops.errors import StoreError
+
+VIEWS = ("llmops_traces", "llmops_spans", "llmops_assessments")
+
+
+@dataclass(frozen=True)
+class SignalValue:
+    """One group's value of a signal over a window; ``samples`` = rows behind it."""
+
+    labels: Mapping[str, str]
+    value: float | None
+    samples: int
+
+    @property
+    def key(self) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted(self.labels.items()))
+
+
+class SignalSource(Protocol):
+    """Anything that computes a signal for ``[start_ms, end_ms)``."""
+
+    def query(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]: ...
+
+
+# --------------------------------------------------------------------------- SQL
+
+
+def _weight(alias: str = "t") -> str:
+    return f"COALESCE({alias}.sample_weight, 1.0)"
+
+
+_TRACE_VALUE = {
+    "request_count": "SUM({w})",
+    "error_rate": "SUM(CASE WHEN t.status = 'ERROR' THEN {w} ELSE 0 END) * 1.0 / SUM({w})",
+    "tokens": "SUM({w} * COALESCE(t.total_tokens, 0))",
+    "input_tokens": "SUM({w} * COALESCE(t.input_tokens, 0))",
+    "output_tokens": "SUM({w} * COALESCE(t.output_tokens, 0))",
+    "cost_usd": "SUM({w} * t.cost_usd)",
+    "unpriced_share": (
+        "SUM(CASE WHEN COALESCE(t.unpriced_spans, 0) > 0 THEN {w} ELSE 0 END) * 1.0 / SUM({w})"
+    ),
+    "latency_over": "SUM(CASE WHEN t.latency_ms > :lat_thr THEN {w} ELSE 0 END) * 1.0 / SUM({w})",
+}
+_TRACE_FILTER = {
+    "unpriced_share": "t.model IS NOT NULL",
+    "latency_over": "t.latency_ms IS NOT NULL",
+}
+_ASSESSMENT_VALUE = {
+    "scorer_pass_rate": "AVG(CASE WHEN a.value_num >= :pass_thr THEN 1.0 ELSE 0.0 END)",
+    "scorer_fail_rate": "AVG(CASE WHEN a.value_num < :pass_thr THEN 1.0 ELSE 0.0 END)",
+    "mean_score": "AVG(a.value_num)",
+    "feedback_score": "AVG(a.value_num)",
+}
+
+
+def _label_expr(label: str) -> str:
+    if label == SCORER_LABEL:
+        return "a.name"
+    if label == "experiment_id":
+        return "CAST(t.experiment_id AS VARCHAR(64))"
+    return f"t.{label}"
+
+
+class SqlSignalSource:
+    """Signals in SQL over the ``llmops_*`` views of the tracking database."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        experiment_ids: Sequence[str] = (),
+        ensure_views: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.experiment_ids = tuple(str(e) for e in experiment_ids)
+        if ensure_views:
+            self._ensure_views()
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: object) -> SqlSignalSource:
+        from mlflow_llmops.store.state import make_engine
+
+        return cls(make_engine(url), **kwargs)  # type: ignore[arg-type]
+
+    def _ensure_views(self) -> None:
+        have = set(sa.inspect(self.engine).get_view_names())
+        if all(v in have for v in VIEWS):
+            return
+        try:
+            from mlflow_llmops.store.views import create_views
+        except ImportError as e:  # pragma: no cover - views ship with the package
+            raise StoreError("mlflow_llmops.store.views is missing; reinstall mlflow-llmops") from e
+        try:
+            create_views(self.engine)
+        except sa.exc.SQLAlchemyError as e:
+            raise StoreError(
+                f"cannot create the llmops_* views on {self.engine.url!r}: {e}. Is it an MLflow "
+                "tracking database (run `mlflow server` or log a trace once to create it)?"
+            ) from e
+
+    def _where(
+        self, spec: SignalSpec, params: dict[str, object], *, time_col: str
+    ) -> tuple[list[str], list[sa.BindParameter]]:
+        clauses = [f"{time_col} >= :start_ms", f"{time_col} < :end_ms"]
+        binds: list[sa.BindParameter] = []
+        if self.experiment_ids:
+            clauses.append("CAST(t.experiment_id AS VARCHAR(64)) IN :exp_ids")
+            params["exp_ids"] = list(self.experiment_ids)
+            binds.append(sa.bindparam("exp_ids", expanding=True))
+        for i, (label, value) in enumerate(sorted(spec.where.items())):
+            clauses.append(f"{_label_expr(label)} = :where_{i}")
+            params[f"where_{i}"] = value
+        return clauses, binds
+
+    def build(self, spec: SignalSpec, start_ms: int, end_ms: int) -> tuple[sa.TextClause, dict]:
+        """The SQL text and bind parameters of one signal query (public for EXPLAIN)."""
+        kind = signal_kind(spec.signal)
+        params: dict[str, object] = {"start_ms": start_ms, "end_ms": end_ms}
+        groups = [_label_expr(g) for g in spec.group_by]
+        sel = "".join(f"{g} AS g{i}, " for i, g in enumerate(groups))
+        group_clause = f" GROUP BY {', '.join(groups)}" if groups else ""
+        w = _weight()
+        if kind == "trace":
+            clauses, binds = self._where(spec, params, time_col="t.timestamp_ms")
+            clauses.append("t.status <> 'IN_PROGRESS'")
+            if spec.signal in _TRACE_FILTER:
+                clauses.append(_TRACE_FILTER[spec.signal])
+            if spec.signal == "latency_over":
+                params["lat_thr"] = float(spec.latency_threshold_ms or 0)
+            value = _TRACE_VALUE[spec.signal].format(w=w)
+            sql = (
+                f"SELECT {sel}{value} AS value, COUNT(*) AS n FROM llmops_traces t "
+                f"WHERE {' AND '.join(clauses)}{group_clause}"
+            )
+        elif kind == "assessment":
+            needs_trace = bool(self.experiment_ids) or any(
+                lbl != SCORER_LABEL for lbl in (*spec.group_by, *spec.where)
+            )
+            time_col = "t.timestamp_ms" if needs_trace else "a.trace_timestamp_ms"
+            clauses, binds = self._where(spec, params, time_col=time_col)
+            clauses += [
+                "a.assessment_type = 'feedback'",
+                "a.value_num IS NOT NULL",
+                "a.error IS NULL",
+                "(a.valid IS NULL OR a.valid = :valid)",
+            ]
+            params["valid"] = True
+            if spec.signal == "feedback_score":
+                clauses.append("a.source_type = 'HUMAN'")
+            else:
+                clauses.append("(a.source_type IS NULL OR a.source_type <> 'HUMAN')")
+            if spec.scorer:
+                clauses.append("a.name = :scorer")
+                params["scorer"] = spec.scorer
+            params["pass_thr"] = spec.pass_threshold
+            src = "llmops_assessments a"
+            if needs_trace:
+                src += " JOIN llmops_traces t ON t.trace_id = a.trace_id"
+            sql = (
+                f"SELECT {sel}{_ASSESSMENT_VALUE[spec.signal]} AS value, COUNT(*) AS n "
+                f"FROM {src} WHERE {' AND '.join(clauses)}{group_clause}"
+            )
+        else:
+            what, q = percentile_of(spec.signal)
+            params["q"] = q
+            clauses, binds = self._where(spec, params, time_col="t.timestamp_ms")
+            clauses.append("t.status <> 'IN_PROGRESS'")
+            if what == "latency":
+                src, v = "llmops_traces t", "t.latency_ms"
+            else:
+                src = "llmops_spans s JOIN llmops_traces t ON t.trace_id = s.trace_id"
+                v = "s.ttft_ms"
+            clauses.append(f"{v} IS NOT NULL")
+            gcols = [f"g{i}" for i in range(len(groups))]
+            part = f"PARTITION BY {', '.join(gcols)} " if gcols else ""
+            outer_sel = "".join(f"{g}, " for g in gcols)
+            outer_group = f" GROUP BY {', '.join(gcols)}" if gcols else ""
+            sql = (
+                f"WITH base AS (SELECT {sel}{v} AS v, {w} AS wt FROM {src} "
+                f"WHERE {' AND '.join(clauses)}), "
+                f"ranked AS (SELECT {outer_sel}v, "
+                f"SUM(wt) OVER ({part}ORDER BY v ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+                f" AS cum, SUM(wt) OVER ({part.strip()}) AS tot, "
+                f"COUNT(*) OVER ({part.strip()}) AS n FROM base) "
+                f"SELECT {outer_sel}MIN(v) AS value, MAX(n) AS n FROM ranked "
+                f"WHERE cum >= :q * tot - 1e-9{outer_group}"
+            )
+        stmt = sa.text(sql)
+        if binds:
+            stmt = stmt.bindparams(*binds)
+        return stmt, params
+
+    def query(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]:
+        stmt, params = self.build(spec, start_ms, end_ms)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt, params).all()
+        out = []
+        for row in rows:
+            n = int(row[-1] or 0)
+            if n == 0:
+                continue
+            labels = {g: "" if row[i] is None else str(row[i]) for i, g in enumerate(spec.group_by)}
+            value = row[len(spec.group_by)]
+            out.append(SignalValue(labels, None if value is None else float(value), n))
+        return out
+
+
+# --------------------------------------------------------------------------- memory
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    """One trace as the in-memory source sees it (the columns of ``llmops_traces``)."""
+
+    timestamp_ms: int
+    status: str = "OK"
+    latency_ms: float | None = 100.0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    total_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+    unpriced_spans: int = 0
+    sample_weight: float = 1.0
+    ttft_ms: float | None = None
+    #: scorer name -> score (``value_num``); HUMAN feedback under ``feedback:<name>``
+    scores: Mapping[str, float] = field(default_factory=dict)
+
+
+def weighted_percentile(values: Iterable[tuple[float, float]], q: float) -> float | None:
+    """Nearest-rank percentile of (value, weight) pairs: the SQL query's definition."""
+    pairs = sorted(values)
+    total = sum(w for _, w in pairs)
+    if not pairs:
+        return None
+    cum = 0.0
+    for v, w in pairs:
+        cum += w
+        if cum >= q * total - 1e-9:
+            return v
+    return pairs[-1][0]
+
+
+class MemorySignalSource:
+    """The same signals over in-memory ``TraceEvent``s."""
+
+    def __init__(self, events: Iterable[TraceEvent] = ()) -> None:
+        self.events: list[TraceEvent] = list(events)
+        self.fail: Exception | None = None
+        self._sorted = False
+        self._keys: list[int] = []
+
+    def add(self, *events: TraceEvent) -> None:
+        self.events.extend(events)
+        self._sorted = False
+
+    def _window(self, start_ms: int, end_ms: int) -> list[TraceEvent]:
+        if not self._sorted:
+            self.events.sort(key=lambda e: e.timestamp_ms)
+            self._keys = [e.timestamp_ms for e in self.events]
+            self._sorted = True
+        lo, hi = bisect_left(self._keys, start_ms), bisect_left(self._keys, end_ms)
+        return self.events[lo:hi]
+
+    def query(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]:
+        if self.fail is not None:
+            raise self.fail
+        kind = signal_kind(spec.signal)
+        groups: dict[tuple[str, ...], list] = defaultdict(list)
+        for e in self._window(start_ms, end_ms):
+            if e.status == "IN_PROGRESS":
+                continue
+            if any(e.labels.get(k) != v for k, v in spec.where.items() if k != SCORER_LABEL):
+                continue
+            key = tuple(e.labels.get(g, "") for g in spec.group_by if g != SCORER_LABEL)
+            if kind == "assessment":
+                human = spec.signal == "feedback_score"
+                for name, score in e.scores.items():
+                    is_human = name.startswith("feedback:")
+                    name = name.removeprefix("feedback:")
+                    if is_human != human or (spec.scorer and name != spec.scorer):
+                        continue
+                    if spec.where.get(SCORER_LABEL, name) != name:
+                        continue
+                    full = tuple(
+                        name if g == SCORER_LABEL else e.labels.get(g, "") for g in spec.group_by
+                    )
+                    groups[full].append(score)
+            else:
+                groups[key].append(e)
+        out = []
+        for key, rows in groups.items():
+            labels = dict(zip(spec.group_by, key, strict=True))
+            value = self._value(spec, kind, rows)
+            n = len(rows) if kind != "percentile" else value[1]
+            if n:
+                out.append(SignalValue(labels, value[0], n))
+        return out
+
+    @staticmethod
+    def _value(spec: SignalSpec, kind: str, rows: list) -> tuple[float | None, int]:
+        if kind == "assessment":
+            if spec.signal == "scorer_pass_rate":
+                return sum(s >= spec.pass_threshold for s in rows) / len(rows), len(rows)
+            if spec.signal == "scorer_fail_rate":
+                return sum(s < spec.pass_threshold for s in rows) / len(rows), len(rows)
+            return sum(rows) / len(rows), len(rows)
+        if kind == "percentile":
+            what, q = percentile_of(spec.signal)
+            attr = "latency_ms" if what == "latency" else "ttft_ms"
+            pairs = [(getattr(e, attr), e.sample_weight) for e in rows]
+            pairs = [(v, w) for v, w in pairs if v is not None]
+            return weighted_percentile(pairs, q), len(pairs)
+        w = [e.sample_weight for e in rows]
+        s = spec.signal
+        if s == "unpriced_share":
+            rows = [e for e in rows if e.labels.get("model")]
+            w = [e.sample_weight for e in rows]
+            if not rows:
+                return None, 0
+            return sum(x for e, x in zip(rows, w, strict=True) if e.unpriced_spans) / sum(w), len(
+                rows
+            )
+        if s == "latency_over":
+            rows = [e for e in rows if e.latency_ms is not None]
+            w = [e.sample_weight for e in rows]
+            if not rows:
+                return None, 0
+            thr = spec.latency_threshold_ms or 0
+            bad = sum(x for e, x in zip(rows, w, strict=True) if e.latency_ms > thr)
+            return bad / sum(w), len(rows)
+        if s == "request_count":
+            return float(sum(w)), len(rows)
+        if s == "error_rate":
+            bad = sum(x for e, x in zip(rows, w, strict=True) if e.status == "ERROR")
+            return bad / sum(w), len(rows)
+        if s in ("tokens", "input_tokens", "output_tokens"):
+            attr = "total_tokens" if s == "tokens" else s
+            return float(sum(getattr(e, attr) * x for e, x in zip(rows, w, strict=True))), len(rows)
+        if s == "cost_usd":
+            priced = [
+                (e.cost_usd, x) for e, x in zip(rows, w, strict=True) if e.cost_usd is not None
+            ]
+            return (sum(c * x for c, x in priced) if priced else None), len(rows)
+        raise ValueError(f"unknown signal {s!r}")  # pragma: no cover - validated by SignalSpec
+
+
+def is_number(v: float | None) -> bool:
+    return v is not None and not math.isnan(v)

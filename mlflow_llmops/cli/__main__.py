@@ -1,0 +1,3 @@
+from mlflow_llmops.cli import main
+
+main()

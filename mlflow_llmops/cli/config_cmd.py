@@ -1,0 +1,46 @@
+"""``mlflow-llmops config check|show``."""
+
+from __future__ import annotations
+
+import click
+import yaml
+
+from mlflow_llmops.cli import AppContext, pass_app
+
+
+@click.group("config")
+def config_group() -> None:
+    """Validate and show the configuration."""
+
+
+@config_group.command("check")
+@pass_app
+def check(app: AppContext) -> None:
+    """Validate the configuration file and environment; exit 2 with the fix if invalid."""
+    app.config  # noqa: B018 - loading validates
+    click.echo(f"configuration OK ({app.config_path or 'defaults and environment'})")
+
+
+@config_group.command("show")
+@pass_app
+def show(app: AppContext) -> None:
+    """Print the effective configuration (secrets masked)."""
+    data = app.config.model_dump(mode="json")
+    click.echo(yaml.safe_dump(_mask(data), sort_keys=False))
+
+
+_SECRET_WORDS = ("token", "secret", "password", "routing_key", "api_key", "headers", "webhook_url")
+
+
+def _mask(node):  # noqa: ANN001, ANN202
+    if isinstance(node, dict):
+        return {
+            k: ("***" if any(w in k.lower() for w in _SECRET_WORDS) and node[k] else _mask(v))
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_mask(v) for v in node]
+    return node
+
+
+COMMANDS = [config_group]

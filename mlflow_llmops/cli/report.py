@@ -1,0 +1,63 @@
+"""``mlflow-llmops report daily``: the daily cost report (Markdown + PNG), cron-friendly."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import click
+
+from mlflow_llmops.cli import AppContext, pass_app
+
+
+@click.group("report")
+def report_group() -> None:
+    """Reports built from the SQL analyses."""
+
+
+@report_group.command("daily")
+@click.option("--date", "day", help="UTC day (YYYY-MM-DD); default: yesterday.")
+@click.option("--out", type=click.Path(file_okay=False), help="Default: analytics.report_dir.")
+@click.option("--parquet", type=click.Path(file_okay=False), help="Read a Parquet export.")
+@click.option("--experiment-id", help="Only this experiment.")
+@click.option("--no-chart", is_flag=True, help="Skip the PNG chart.")
+@pass_app
+def daily_cmd(
+    app: AppContext,
+    day: str | None,
+    out: str | None,
+    parquet: str | None,
+    experiment_id: str | None,
+    no_chart: bool,
+) -> None:
+    """Write cost-report-DAY.md (and .png): totals, by model and task type, top traces,
+    changes against the previous day and week. Example cron line (06:00 UTC daily):
+    `0 6 * * * mlflow-llmops report daily --out /srv/reports`."""
+    from mlflow_llmops.errors import ConfigError
+    from mlflow_llmops.reports.daily import daily_report, previous_day
+    from mlflow_llmops.store.queries import open_target
+
+    now = datetime.now(UTC)
+    try:
+        d = date.fromisoformat(day) if day else previous_day(now)
+    except ValueError:
+        raise ConfigError(f"--date {day!r}: write the day as YYYY-MM-DD") from None
+    cfg = app.config.analytics
+    exp = experiment_id or (cfg.experiment_ids[0] if len(cfg.experiment_ids) == 1 else None)
+    report = daily_report(
+        open_target(app.config, parquet),
+        d,
+        out or cfg.report_dir,
+        now=now,
+        experiment_id=exp,
+        top_n=cfg.report_top_traces,
+        chart=not no_chart,
+        sql_dir=cfg.sql_dir,
+    )
+    t = report.totals
+    spend = "n/a" if t["cost_usd"] is None else f"${t['cost_usd']:.4f}"
+    click.echo(f"wrote {report.markdown_path} ({t['requests']} requests, spend {spend})")
+    if report.chart_path:
+        click.echo(f"wrote {report.chart_path}")
+
+
+COMMANDS = [report_group]

@@ -1,0 +1,182 @@
+"""One typed configuration: a YAML file plus the environment.
+
+Values may reference the environment as ``${VAR}`` or ``${VAR:-default}``.
+Any key can also be set as ``MLFLOW_LLMOPS__SECTION__KEY=value`` (double
+underscores separate levels). Errors name the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mlflow_llmops.alerting.config import AlertingConfig
+from mlflow_llmops.errors import ConfigError
+from mlflow_llmops.pricing.config import PricingConfig
+from mlflow_llmops.scoring.config import ScoringConfig
+from mlflow_llmops.store.config import AnalyticsConfig
+from mlflow_llmops.tracing.config import TracingConfig
+
+ENV_PREFIX = "MLFLOW_LLMOPS__"
+DEFAULT_CONFIG_FILES = ("mlflow-llmops.yaml", "mlflow-llmops.yml")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrackingConfig(Section):
+    """Where MLflow keeps traces (the system of record)."""
+
+    uri: str = Field(
+        default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    )
+    experiment_name: str = "llmops-demo"
+    #: SQLAlchemy URL of the tracking database, for SQL analyses when ``uri`` is an
+    #: HTTP server. Defaults to ``uri`` itself when that is a database URL.
+    database_url: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty; use e.g. sqlite:///mlflow.db or http://host:5000")
+        return v
+
+    def sql_url(self) -> str | None:
+        """The tracking database's SQLAlchemy URL, or None for a REST-only server."""
+        if self.database_url:
+            return self.database_url
+        if self.uri.startswith(("http://", "https://", "databricks")):
+            return None
+        return self.uri
+
+
+class StateStoreConfig(Section):
+    """Our own state (watermarks, price versions, alert instances, outbox)."""
+
+    url: str = "sqlite:///.mlflow-llmops/state.db"
+
+
+class LlmopsConfig(Section):
+    """The whole configuration of mlflow-llmops."""
+
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    state_store: StateStoreConfig = Field(default_factory=StateStoreConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    alerting: AlertingConfig = Field(default_factory=AlertingConfig)
+    analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
+
+
+def interpolate(value: Any, env: Mapping[str, str], *, where: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a nested structure."""
+    if isinstance(value, str):
+
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(
+                f"{where or 'config'}: environment variable ${{{name}}} is not set; "
+                f"export {name}=... or write ${{{name}:-default}}"
+            )
+
+        return _VAR.sub(repl, value)
+    if isinstance(value, dict):
+        return {
+            k: interpolate(v, env, where=f"{where}.{k}" if where else str(k))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [interpolate(v, env, where=f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+        node = tree
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            node[parts[-1]] = raw
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(root)"
+        got = e.get("input")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key; remove it or check its spelling")
+        elif e["type"] == "missing":
+            lines.append(f"  - {key}: required; add it")
+        else:
+            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            lines.append(f"  - {key}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> LlmopsConfig:
+    """Load the configuration from ``path`` (or the default files, or nothing) and the env."""
+    env = os.environ if env is None else env
+    source = "defaults"
+    data: dict[str, Any] = {}
+    if path is None:
+        path = env.get("MLFLOW_LLMOPS_CONFIG") or next(
+            (p for p in DEFAULT_CONFIG_FILES if Path(p).is_file()), None
+        )
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found; pass --config with an existing file")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}"
+            )
+        data = interpolate(loaded, env, where="")
+    data = _merge(data, _env_overrides(env))
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return LlmopsConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None

@@ -1,0 +1,734 @@
+"""The re-pricing job: price every LLM span with one catalog version, keep history.
+
+Reads spans with SQL on MLflow's ``spans`` table when the tracking store is a
+database (``content`` holds the span JSON), or with ``search_traces`` when it
+is an HTTP server without database access. Writes one row per LLM span to
+``llmops_span_costs`` (the latest pricing) and records each run, its catalog
+version and the per-model difference to the previous pricing in the state
+store. Idempotent: a span already priced with the current catalog version is
+skipped. Incremental: a watermark on trace time (minus a look-back for late
+traces) limits the scan; when the catalog version changes, the whole history
+is re-priced and the difference is reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from mlflow_llmops.errors import StoreError
+from mlflow_llmops.pricing.calculator import CostCalculator, CostResult
+from mlflow_llmops.pricing.config import PricingConfig
+from mlflow_llmops.pricing.usage import TokenUsage, UsageError, usage_from_span_attributes
+from mlflow_llmops.store.state import Migration, StateStore, create_tables, make_engine
+from mlflow_llmops.store.tables import ANALYTICS_MIGRATIONS, span_costs
+
+_logger = logging.getLogger(__name__)
+
+pricing_metadata = sa.MetaData()
+
+#: Every catalog version the job has priced with (what it was built from).
+price_versions = sa.Table(
+    "llmops_price_versions",
+    pricing_metadata,
+    sa.Column("catalog_version", sa.String(64), primary_key=True),
+    sa.Column("sources", sa.Text, nullable=False),  # JSON [[name, sha256], ...]
+    sa.Column("entries", sa.Integer, nullable=False),
+    sa.Column("first_used_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: One row per run of the job: what changed, per model, against the previous pricing.
+reprice_runs = sa.Table(
+    "llmops_reprice_runs",
+    pricing_metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("scope", sa.String(200), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("catalog_version", sa.String(64), nullable=False),
+    sa.Column("previous_version", sa.String(64), nullable=True),
+    sa.Column("full_history", sa.Boolean, nullable=False),
+    sa.Column("spans_seen", sa.Integer, nullable=False),
+    sa.Column("spans_written", sa.Integer, nullable=False),
+    sa.Column("spans_changed", sa.Integer, nullable=False),
+    sa.Column("spans_unpriced", sa.Integer, nullable=False),
+    sa.Column("cost_before_usd", sa.Text, nullable=True),  # exact decimal text
+    sa.Column("cost_after_usd", sa.Text, nullable=True),
+    sa.Column("diff", sa.Text, nullable=False),  # JSON list of ModelDiff
+    sa.Index("ix_llmops_reprice_runs_scope", "scope", "id"),
+)
+
+PRICING_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "pricing",
+        1,
+        "price versions and re-pricing runs",
+        create_tables(price_versions, reprice_runs),
+    ),
+)
+
+_Q12 = Decimal("0.000000000001")
+LLM_SPAN_TYPES = ("LLM", "CHAT_MODEL")
+
+
+@dataclass
+class ModelDiff:
+    """How the cost of one model's spans moved between the stored and the new pricing."""
+
+    model: str | None
+    provider: str | None
+    spans: int = 0
+    new_spans: int = 0
+    changed_spans: int = 0
+    before_usd: Decimal = Decimal(0)  # stored total of the re-priced spans that had a row
+    after_usd: Decimal = Decimal(0)  # new total of those same spans
+    new_usd: Decimal = Decimal(0)  # total of spans priced for the first time
+
+    @property
+    def delta_usd(self) -> Decimal:
+        return self.after_usd - self.before_usd
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "provider": self.provider,
+            "spans": self.spans,
+            "new_spans": self.new_spans,
+            "changed_spans": self.changed_spans,
+            "before_usd": str(self.before_usd),
+            "after_usd": str(self.after_usd),
+            "delta_usd": str(self.delta_usd),
+            "new_usd": str(self.new_usd),
+        }
+
+
+@dataclass
+class RepriceResult:
+    """What one run of the re-pricing job did."""
+
+    catalog_version: str
+    previous_version: str | None
+    full_history: bool
+    source: str  # "sql" | "rest"
+    spans_seen: int = 0
+    spans_written: int = 0
+    spans_skipped: int = 0  # already priced with this catalog version
+    spans_changed: int = 0
+    status_counts: dict[str, int] = field(default_factory=dict)
+    cost_by_model: dict[str, Decimal] = field(default_factory=dict)  # spans written this run
+    unpriced: dict[tuple[str | None, str | None], int] = field(default_factory=dict)
+    diffs: list[ModelDiff] = field(default_factory=list)
+    watermark_ms: int | None = None
+    run_id: int | None = None
+
+    @property
+    def total_usd(self) -> Decimal:
+        return sum(self.cost_by_model.values(), Decimal(0))
+
+    def summary(self) -> str:
+        s = self.status_counts
+        return (
+            f"catalog {self.catalog_version} (previous {self.previous_version or '-'}): "
+            f"{self.spans_seen} LLM spans seen, {self.spans_written} written, "
+            f"{self.spans_skipped} already up to date, {self.spans_changed} changed cost; "
+            f"priced {s.get('priced', 0)}, partial {s.get('partial', 0)}, "
+            f"unpriced {s.get('unpriced', 0)}; total ${self.total_usd:.6f}"
+        )
+
+
+@dataclass(frozen=True)
+class LlmSpan:
+    """The fields of one LLM span that pricing needs."""
+
+    trace_id: str
+    span_id: str
+    experiment_id: str
+    trace_timestamp_ms: int
+    model: str | None
+    provider: str | None
+    service_tier: str | None
+    usage: TokenUsage | None
+    usage_error: str | None = None
+
+
+# ----------------------------------------------------------------------------
+# Reading spans
+# ----------------------------------------------------------------------------
+def _decode_attr(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
+
+
+def span_from_attributes(
+    trace_id: str,
+    span_id: str,
+    experiment_id: str,
+    ts_ms: int,
+    attrs: Mapping[str, Any],
+    *,
+    model_col: str | None = None,
+    provider_col: str | None = None,
+) -> LlmSpan | None:
+    """An :class:`LlmSpan` from decoded span attributes, or None when it has no usage."""
+    try:
+        usage = usage_from_span_attributes(attrs)
+        err = None
+    except UsageError as e:
+        usage, err = None, str(e)
+    if usage is None and err is None:
+        return None
+    model = (
+        attrs.get("mlflow.llm.model")
+        or model_col
+        or attrs.get("gen_ai.response.model")
+        or attrs.get("gen_ai.request.model")
+    )
+    provider = (
+        attrs.get("mlflow.llm.provider")
+        or provider_col
+        or attrs.get("gen_ai.provider.name")
+        or attrs.get("gen_ai.system")
+    )
+    tier = (
+        attrs.get("llmops.service_tier")
+        or attrs.get("openai.response.service_tier")
+        or attrs.get("gen_ai.openai.response.service_tier")
+    )
+    return LlmSpan(
+        trace_id,
+        span_id,
+        str(experiment_id),
+        int(ts_ms),
+        str(model) if model else None,
+        str(provider) if provider else None,
+        str(tier) if tier else None,
+        usage,
+        err,
+    )
+
+
+_WANTED = (
+    "mlflow.llm.model",
+    "mlflow.llm.provider",
+    "mlflow.chat.tokenUsage",
+    "llmops.service_tier",
+    "openai.response.service_tier",
+    "gen_ai.openai.response.service_tier",
+    "gen_ai.response.model",
+    "gen_ai.request.model",
+    "gen_ai.provider.name",
+    "gen_ai.system",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+    "gen_ai.usage.cache_read.input_tokens",
+    "gen_ai.usage.cache_creation.input_tokens",
+    "gen_ai.usage.reasoning.output_tokens",
+)
+
+
+def _iter_sql_spans(
+    engine: Engine,
+    experiment_ids: Sequence[str] | None,
+    lo_ms: int | None,
+    hi_ms: int | None,
+    batch_size: int,
+) -> Iterator[list[LlmSpan]]:
+    md = sa.MetaData()
+    try:
+        spans = sa.Table("spans", md, autoload_with=engine)
+        traces = sa.Table("trace_info", md, autoload_with=engine)
+    except sa.exc.NoSuchTableError as e:
+        raise StoreError(
+            f"{engine.url.render_as_string(hide_password=True)} has no MLflow table {e}; "
+            "is this the MLflow tracking database (run mlflow once against it)?"
+        ) from None
+    ts = traces.c.timestamp_ms
+    q = (
+        sa.select(
+            spans.c.trace_id,
+            spans.c.span_id,
+            spans.c.experiment_id,
+            ts,
+            spans.c.model_name,
+            spans.c.model_provider,
+            spans.c.content,
+        )
+        .select_from(spans.join(traces, traces.c.request_id == spans.c.trace_id))
+        .where(
+            sa.or_(
+                spans.c.content.like("%mlflow.chat.tokenUsage%"),
+                spans.c.content.like("%gen_ai.usage.%"),
+            )
+        )
+        .order_by(ts, spans.c.trace_id, spans.c.span_id)
+        .limit(batch_size)
+    )
+    if experiment_ids:
+        q = q.where(spans.c.experiment_id.in_([int(e) for e in experiment_ids]))
+    if lo_ms is not None:
+        q = q.where(ts >= lo_ms)
+    if hi_ms is not None:
+        q = q.where(ts < hi_ms)
+    last: tuple[int, str, str] | None = None
+    while True:
+        page = q
+        if last is not None:
+            lt, ltid, lsid = last
+            page = q.where(
+                sa.or_(
+                    ts > lt,
+                    sa.and_(
+                        ts == lt,
+                        sa.or_(
+                            spans.c.trace_id > ltid,
+                            sa.and_(spans.c.trace_id == ltid, spans.c.span_id > lsid),
+                        ),
+                    ),
+                )
+            )
+        with engine.connect() as conn:
+            rows = conn.execute(page).all()
+        if not rows:
+            return
+        out: list[LlmSpan] = []
+        for tid, sid, exp, t_ms, model_name, model_provider, content in rows:
+            try:
+                raw_attrs = json.loads(content).get("attributes") or {}
+            except (ValueError, AttributeError):
+                raw_attrs = {}
+            attrs = {k: _decode_attr(raw_attrs[k]) for k in _WANTED if k in raw_attrs}
+            s = span_from_attributes(
+                tid, sid, str(exp), t_ms, attrs, model_col=model_name, provider_col=model_provider
+            )
+            if s is not None:
+                out.append(s)
+        last = (rows[-1][3], rows[-1][0], rows[-1][1])
+        yield out
+        if len(rows) < batch_size:
+            return
+
+
+def _iter_rest_spans(
+    tracking_uri: str,
+    experiment_ids: Sequence[str] | None,
+    lo_ms: int | None,
+    hi_ms: int | None,
+    batch_size: int,
+) -> Iterator[list[LlmSpan]]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if not experiment_ids:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    filters = []
+    if lo_ms is not None:
+        filters.append(f"trace.timestamp_ms >= {int(lo_ms)}")
+    if hi_ms is not None:
+        filters.append(f"trace.timestamp_ms < {int(hi_ms)}")
+    token = None
+    while True:
+        page = client.search_traces(
+            locations=list(experiment_ids),
+            filter_string=" AND ".join(filters) or None,
+            max_results=min(batch_size, 500),
+            order_by=["timestamp_ms ASC"],
+            page_token=token,
+            include_spans=True,
+        )
+        out: list[LlmSpan] = []
+        for trace in page:
+            info = trace.info
+            exp = getattr(info, "experiment_id", None) or ""
+            for span in trace.data.spans:
+                s = span_from_attributes(
+                    info.trace_id, span.span_id, str(exp), info.timestamp_ms, span.attributes or {}
+                )
+                if s is not None:
+                    out.append(s)
+        yield out
+        token = page.token
+        if not token:
+            return
+
+
+# ----------------------------------------------------------------------------
+# Writing costs
+# ----------------------------------------------------------------------------
+def _q(d: Decimal | None) -> Decimal | None:
+    return None if d is None else d.quantize(_Q12, rounding=ROUND_HALF_EVEN)
+
+
+def cost_row(span: LlmSpan, r: CostResult | None, version: str, now: datetime) -> dict[str, Any]:
+    """The ``llmops_span_costs`` row of one span (``r`` None: usage unreadable)."""
+    u = span.usage or TokenUsage()
+    bd = r.breakdown if r is not None else {}
+    missing = r.unpriced_tokens if r is not None else {}
+    priced = r is not None and r.total is not None
+
+    def part(*buckets: str) -> Decimal | None:
+        if not priced:
+            return None
+        if any(b in missing for b in buckets) and not any(b in bd for b in buckets):
+            return None
+        return _q(sum((bd.get(b, Decimal(0)) for b in buckets), Decimal(0)))
+
+    return {
+        "trace_id": span.trace_id,
+        "span_id": span.span_id,
+        "experiment_id": span.experiment_id,
+        "trace_timestamp_ms": span.trace_timestamp_ms,
+        "model": span.model,
+        "provider": span.provider,
+        "matched_entry": r.matched_entry if r is not None else None,
+        "service_tier": (r.service_tier if r is not None and r.service_tier else span.service_tier),
+        "status": r.status if r is not None else "unpriced",
+        "currency": "USD",
+        "input_tokens": u.input + u.audio_input + u.image_input,
+        "cache_read_tokens": u.cache_read,
+        "cache_write_5m_tokens": u.cache_write_5m,
+        "cache_write_1h_tokens": u.cache_write_1h,
+        "output_tokens": u.output + u.audio_output,
+        "reasoning_tokens": u.reasoning,
+        "input_cost_usd": part("input"),
+        "cache_read_cost_usd": part("cache_read"),
+        "cache_write_cost_usd": part("cache_write_5m", "cache_write_1h"),
+        "output_cost_usd": part("output", "reasoning"),
+        "other_cost_usd": part("audio_input", "audio_output", "image_input"),
+        "total_cost_usd": _q(r.total) if priced else None,
+        "catalog_version": version,
+        "priced_at": now,
+    }
+
+
+def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    keys = ("trace_id", "span_id")
+    if dialect in ("sqlite", "postgresql"):
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        stmt = insert(span_costs)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(keys),
+            set_={c.name: stmt.excluded[c.name] for c in span_costs.c if c.name not in keys},
+        )
+        conn.execute(stmt, rows)
+        return
+    for r in rows:
+        conn.execute(
+            span_costs.delete().where(
+                span_costs.c.trace_id == r["trace_id"], span_costs.c.span_id == r["span_id"]
+            )
+        )
+    conn.execute(span_costs.insert(), rows)
+
+
+def _existing(
+    conn: Connection, spans: Sequence[LlmSpan]
+) -> dict[tuple[str, str], tuple[str, str, Decimal | None]]:
+    out: dict[tuple[str, str], tuple[str, str, Decimal | None]] = {}
+    trace_ids = sorted({s.trace_id for s in spans})
+    for i in range(0, len(trace_ids), 500):
+        chunk = trace_ids[i : i + 500]
+        for tid, sid, ver, status, total in conn.execute(
+            sa.select(
+                span_costs.c.trace_id,
+                span_costs.c.span_id,
+                span_costs.c.catalog_version,
+                span_costs.c.status,
+                span_costs.c.total_cost_usd,
+            ).where(span_costs.c.trace_id.in_(chunk))
+        ):
+            out[(tid, sid)] = (ver, status, None if total is None else _q(Decimal(str(total))))
+    return out
+
+
+# ----------------------------------------------------------------------------
+# The job
+# ----------------------------------------------------------------------------
+def _is_sql(uri: str) -> bool:
+    return not uri.startswith(("http://", "https://", "databricks", "file:", "/")) and "://" in uri
+
+
+def _ms(when: datetime) -> int:
+    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def reprice(
+    tracking_uri: str,
+    analytics_url: str | None = None,
+    state_store: StateStore | None = None,
+    experiment_ids: Sequence[str] | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    now: datetime | None = None,
+    *,
+    calculator: CostCalculator | None = None,
+    database_url: str | None = None,
+    force: bool = False,
+    lookback_s: float | None = None,
+    batch_size: int | None = None,
+    config: PricingConfig | None = None,
+) -> RepriceResult:
+    """Price every LLM span in scope; see the module docstring for the rules.
+
+    ``database_url`` is the tracking database when ``tracking_uri`` is an HTTP
+    server (SQL is much faster than ``search_traces``). ``since_ms`` bypasses the
+    watermark; ``force`` re-writes spans already priced with this catalog.
+    ``config`` (the ``pricing:`` section) gives the catalog sources, look-back and
+    batch size unless ``calculator`` / the explicit arguments say otherwise.
+    """
+    now = now or datetime.now(UTC)
+    config = config or PricingConfig()
+    calc = calculator or CostCalculator.from_config(config)
+    lookback_s = config.lookback_s if lookback_s is None else lookback_s
+    batch_size = config.batch_size if batch_size is None else batch_size
+    version = calc.catalog_version
+    sql_url = database_url or (tracking_uri if _is_sql(tracking_uri) else None)
+    if state_store is None:
+        state_store = StateStore()
+    state_store.ensure_schema(PRICING_MIGRATIONS)
+    analytics_url = analytics_url or sql_url or state_store.url
+    analytics = state_store if analytics_url == state_store.url else StateStore(analytics_url)
+    analytics.ensure_schema(ANALYTICS_MIGRATIONS)
+
+    exp_key = ",".join(sorted(str(e) for e in experiment_ids)) if experiment_ids else "*"
+    scope_text = f"{sql_url or tracking_uri}|{exp_key}"
+    scope = "pricing.reprice:" + hashlib.sha1(scope_text.encode()).hexdigest()[:16]
+    wm_raw = state_store.get_watermark(scope)
+    wm = json.loads(wm_raw) if wm_raw else {}
+    previous = wm.get("catalog_version")
+    full = previous != version
+    lo = since_ms
+    if lo is None and not full and not force and wm.get("ts_ms") is not None:
+        lo = int(wm["ts_ms"]) - int(lookback_s * 1000)
+    result = RepriceResult(
+        version, previous, full and since_ms is None, "sql" if sql_url else "rest"
+    )
+
+    with state_store.engine.begin() as conn:
+        if not conn.execute(
+            sa.select(price_versions.c.catalog_version).where(
+                price_versions.c.catalog_version == version
+            )
+        ).first():
+            conn.execute(
+                price_versions.insert().values(
+                    catalog_version=version,
+                    sources=json.dumps(list(calc.catalog.sources)),
+                    entries=len(calc.catalog),
+                    first_used_at=now,
+                )
+            )
+
+    if sql_url:
+        engine = make_engine(sql_url)
+        batches = _iter_sql_spans(engine, experiment_ids, lo, until_ms, batch_size)
+    else:
+        engine = None
+        batches = _iter_rest_spans(tracking_uri, experiment_ids, lo, until_ms, batch_size)
+    diffs: dict[tuple[str | None, str | None], ModelDiff] = {}
+    max_ts = wm.get("ts_ms")
+    before_total = Decimal(0)
+    after_total = Decimal(0)
+    try:
+        for batch in batches:
+            if not batch:
+                continue
+            result.spans_seen += len(batch)
+            with analytics.engine.begin() as conn:
+                existing = _existing(conn, batch)
+                rows = []
+                for s in batch:
+                    max_ts = (
+                        s.trace_timestamp_ms
+                        if max_ts is None
+                        else max(max_ts, s.trace_timestamp_ms)
+                    )
+                    old = existing.get((s.trace_id, s.span_id))
+                    if old is not None and old[0] == version and not force:
+                        result.spans_skipped += 1
+                        continue
+                    r = None
+                    if s.usage is not None:
+                        r = calc.cost(
+                            model=s.model,
+                            provider=s.provider,
+                            usage=s.usage,
+                            service_tier=s.service_tier,
+                            at=s.trace_timestamp_ms,
+                        )
+                    row = cost_row(s, r, version, now)
+                    rows.append(row)
+                    status = row["status"]
+                    result.status_counts[status] = result.status_counts.get(status, 0) + 1
+                    new_total = row["total_cost_usd"]
+                    mkey = s.model or "(none)"
+                    if new_total is not None:
+                        result.cost_by_model[mkey] = (
+                            result.cost_by_model.get(mkey, Decimal(0)) + new_total
+                        )
+                    if status != "priced":
+                        k = (s.model, s.provider)
+                        result.unpriced[k] = result.unpriced.get(k, 0) + 1
+                    d = diffs.setdefault((s.model, s.provider), ModelDiff(s.model, s.provider))
+                    d.spans += 1
+                    if old is None:
+                        d.new_spans += 1
+                        d.new_usd += new_total or Decimal(0)
+                    else:
+                        d.before_usd += old[2] or Decimal(0)
+                        d.after_usd += new_total or Decimal(0)
+                        before_total += old[2] or Decimal(0)
+                        after_total += new_total or Decimal(0)
+                        if old[2] != new_total or old[1] != status:
+                            d.changed_spans += 1
+                            result.spans_changed += 1
+                _upsert(conn, rows)
+                result.spans_written += len(rows)
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+    result.diffs = sorted(diffs.values(), key=lambda d: (-abs(d.delta_usd), str(d.model)))
+    result.watermark_ms = max_ts
+    with state_store.engine.begin() as conn:
+        run_id = conn.execute(
+            reprice_runs.insert().values(
+                scope=scope,
+                started_at=now,
+                catalog_version=version,
+                previous_version=previous,
+                full_history=result.full_history,
+                spans_seen=result.spans_seen,
+                spans_written=result.spans_written,
+                spans_changed=result.spans_changed,
+                spans_unpriced=result.status_counts.get("unpriced", 0),
+                cost_before_usd=str(before_total),
+                cost_after_usd=str(after_total),
+                diff=json.dumps([d.as_dict() for d in result.diffs]),
+            )
+        ).inserted_primary_key[0]
+        result.run_id = int(run_id)
+        if since_ms is None and until_ms is None:
+            state_store.set_watermark(
+                scope, json.dumps({"ts_ms": max_ts, "catalog_version": version}), conn=conn
+            )
+    if analytics is not state_store:
+        analytics.dispose()
+    return result
+
+
+# ----------------------------------------------------------------------------
+# Reading results (for the CLI, the demo and the monitor)
+# ----------------------------------------------------------------------------
+def unpriced_models(
+    analytics_url: str, *, since_ms: int | None = None, engine: Engine | None = None
+) -> list[dict[str, Any]]:
+    """Models seen on LLM spans without a (full) price, with volume, most spans first."""
+    eng = engine or make_engine(analytics_url)
+    c = span_costs.c
+    q = (
+        sa.select(
+            c.model,
+            c.provider,
+            c.status,
+            sa.func.count().label("spans"),
+            sa.func.sum(
+                c.input_tokens
+                + c.cache_read_tokens
+                + c.cache_write_5m_tokens
+                + c.cache_write_1h_tokens
+            ).label("input_tokens"),  # fmt: skip
+            sa.func.sum(c.output_tokens).label("output_tokens"),
+            sa.func.min(c.trace_timestamp_ms).label("first_ms"),
+            sa.func.max(c.trace_timestamp_ms).label("last_ms"),
+        )
+        .where(c.status != "priced")
+        .group_by(c.model, c.provider, c.status)
+        .order_by(sa.desc("spans"))
+    )
+    if since_ms is not None:
+        q = q.where(c.trace_timestamp_ms >= since_ms)
+    try:
+        with eng.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+    except sa.exc.OperationalError as e:
+        raise StoreError(f"cannot read llmops_span_costs: {e.orig}; run costs reprice first") from e
+    finally:
+        if engine is None:
+            eng.dispose()
+
+
+def cost_by_model(
+    analytics_url: str,
+    *,
+    experiment_ids: Sequence[str] | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    engine: Engine | None = None,
+) -> list[dict[str, Any]]:
+    """Spans and cost per model from ``llmops_span_costs`` (exact decimals), costliest first.
+
+    ``cost_usd`` is None for a model none of whose spans has a price.
+    """
+    eng = engine or make_engine(analytics_url)
+    c = span_costs.c
+    q = sa.select(c.model, c.provider, c.total_cost_usd)
+    if experiment_ids:
+        q = q.where(c.experiment_id.in_([str(e) for e in experiment_ids]))
+    if since_ms is not None:
+        q = q.where(c.trace_timestamp_ms >= since_ms)
+    if until_ms is not None:
+        q = q.where(c.trace_timestamp_ms < until_ms)
+    agg: dict[tuple[str | None, str | None], dict[str, Any]] = {}
+    try:
+        with eng.connect() as conn:
+            for model, provider, total in conn.execute(q):
+                a = agg.setdefault(
+                    (model, provider),
+                    {
+                        "model": model,
+                        "provider": provider,
+                        "spans": 0,
+                        "unpriced_spans": 0,
+                        "cost_usd": Decimal(0),
+                    },  # fmt: skip
+                )
+                a["spans"] += 1
+                if total is None:
+                    a["unpriced_spans"] += 1
+                else:
+                    a["cost_usd"] += _q(Decimal(str(total)))
+    finally:
+        if engine is None:
+            eng.dispose()
+    for a in agg.values():
+        if a["unpriced_spans"] == a["spans"]:
+            a["cost_usd"] = None  # unpriced is not $0
+    return sorted(agg.values(), key=lambda a: (-(a["cost_usd"] or -1), str(a["model"])))
+
+
+def reprice_history(state_store: StateStore, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest runs of the job (newest first), with their per-model diffs."""
+    state_store.ensure_schema(PRICING_MIGRATIONS)
+    with state_store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(reprice_runs).order_by(reprice_runs.c.id.desc()).limit(limit)
+        ).mappings()
+        return [{**r, "diff": json.loads(r["diff"])} for r in rows]

@@ -1,0 +1,400 @@
+"""Backfill: score history with one scorer version, within a budget, resumably.
+
+A backfill is a job in the state store: its work list (trace ids, sampled and
+filtered once at planning) and a spend counter. Any number of workers (the
+same command on several machines) lease batches of the list, PostgreSQL with
+``FOR UPDATE SKIP LOCKED``, SQLite under its write lock, so they split the work
+with no overlap. The job id is derived from its arguments: rerunning the same
+command resumes the same job from its checkpoint (the items not done). Each
+trace goes through the scoring ledger (claim, log, confirm), so a crash or a
+rerun never logs a second assessment for (trace, scorer, version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import threading
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from mlflow_llmops.clock import Clock, SystemClock, to_ms
+from mlflow_llmops.errors import LlmopsError
+from mlflow_llmops.scoring.ledger import Ledger, holder_is_dead, new_holder_id
+from mlflow_llmops.scoring.ratelimit import RateLimiter
+from mlflow_llmops.scoring.registry import (
+    SCORING_MIGRATIONS,
+    ScorerRegistry,
+    backfill_items_table,
+    backfill_jobs_table,
+)
+from mlflow_llmops.scoring.resolver import resolve
+from mlflow_llmops.scoring.runner import (
+    TraceOutcome,
+    TraceScorer,
+    combine_filters,
+    resolve_experiment_ids,
+    sampled,
+)
+from mlflow_llmops.store.state import StateStore
+
+
+class BackfillError(LlmopsError):
+    """The backfill cannot start as asked; the message says what to change."""
+
+
+@dataclass
+class BackfillReport:
+    job_id: str
+    scorer: str
+    version: int
+    worker: str
+    total: int = 0
+    already_done: int = 0  # items finished before this worker started
+    scored: int = 0
+    errors: int = 0
+    skipped: int = 0
+    not_applicable: int = 0
+    estimate_usd: float | None = None
+    spent_usd: float = 0.0
+    status: str = "running"  # running | done | budget_exhausted
+    error_samples: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        est = "n/a" if self.estimate_usd is None else f"${self.estimate_usd:.4f}"
+        lines = [
+            f"backfill {self.job_id} {self.scorer}@v{self.version}: {self.status}",
+            f"  traces in job {self.total}, done before this run {self.already_done}",
+            f"  this worker: scored {self.scored}, errors {self.errors}, already scored "
+            f"{self.skipped}, not applicable {self.not_applicable}",
+            f"  judge spend: estimate {est}, spent so far ${self.spent_usd:.4f}",
+        ]
+        lines.extend(f"  error {e}" for e in self.error_samples)
+        return "\n".join(lines)
+
+
+def job_id_for(
+    scorer: str, version: int, since_ms: int | None, until_ms: int | None,
+    filter_string: str | None, sample_rate: float, experiment_ids: Sequence[str],
+) -> str:  # fmt: skip
+    """Same arguments, same job: rerunning a command resumes it."""
+    key = json.dumps([scorer, version, since_ms, until_ms, filter_string or "", sample_rate,
+                      sorted(experiment_ids)])  # fmt: skip
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def _enumerate(
+    client: Any, exp_ids: list[str], flt: str | None, scorer: str, rate: float
+) -> list[tuple[str, int, str, str]]:
+    out, token = [], None
+    while True:
+        page = client.search_traces(
+            locations=exp_ids, filter_string=flt, max_results=500,
+            order_by=["timestamp_ms ASC"], include_spans=False, page_token=token,
+        )  # fmt: skip
+        for t in page:
+            i = t.info
+            if sampled(i.trace_id, scorer, rate):
+                out.append((i.trace_id, i.timestamp_ms, i.request_preview or "",
+                            i.response_preview or ""))  # fmt: skip
+        token = page.token
+        if not token:
+            return out
+
+
+class BackfillJob:
+    """State-store operations on one backfill job (work list, leases, spend)."""
+
+    def __init__(self, store: StateStore, job_id: str, holder: str, lease_ttl_ms: int) -> None:
+        self.store, self.job_id, self.holder, self.ttl = store, job_id, holder, lease_ttl_ms
+
+    def row(self) -> Any:
+        with self.store.engine.connect() as conn:
+            return conn.execute(
+                sa.select(backfill_jobs_table).where(backfill_jobs_table.c.job_id == self.job_id)
+            ).first()
+
+    def create(self, values: dict[str, Any], items: list[tuple[str, int]]) -> bool:
+        """Insert the job and its items at once; False if another worker already did."""
+        try:
+            with self.store.engine.begin() as conn:
+                conn.execute(backfill_jobs_table.insert().values(job_id=self.job_id, **values))
+                for i in range(0, len(items), 5000):
+                    conn.execute(
+                        backfill_items_table.insert(),
+                        [{"job_id": self.job_id, "trace_id": tid, "trace_timestamp_ms": ts,
+                          "state": "pending"} for tid, ts in items[i : i + 5000]],
+                    )  # fmt: skip
+            return True
+        except sa.exc.IntegrityError:
+            return False
+
+    def counts(self) -> dict[str, int]:
+        t = backfill_items_table.c
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.state, sa.func.count()).where(t.job_id == self.job_id).group_by(t.state)
+            )
+            return {s: int(n) for s, n in rows}
+
+    def lease(self, n: int, now_ms: int) -> list[str]:
+        """Up to ``n`` items for this worker: pending ones, or leases expired or held by a
+        dead local process."""
+        if n <= 0:
+            return []
+        t = backfill_items_table.c
+        with self.store.engine.connect() as conn:
+            holders = [r[0] for r in conn.execute(
+                sa.select(t.holder).distinct().where(t.job_id == self.job_id, t.state == "leased")
+            )]  # fmt: skip
+        dead = [h for h in holders if h and h != self.holder and holder_is_dead(h)]
+        reclaim = sa.and_(t.state == "leased", sa.or_(t.lease_expires_ms < now_ms,
+                                                       t.holder.in_(dead or ["-"])))  # fmt: skip
+        pick = (
+            sa.select(t.trace_id)
+            .where(t.job_id == self.job_id, sa.or_(t.state == "pending", reclaim))
+            .order_by(t.trace_timestamp_ms)
+            .limit(n)
+        )
+        values = {"state": "leased", "holder": self.holder, "lease_expires_ms": now_ms + self.ttl}
+        with self.store.engine.begin() as conn:
+            if self.store.dialect == "postgresql":
+                ids = [r[0] for r in conn.execute(
+                    backfill_items_table.update()
+                    .where(t.job_id == self.job_id,
+                           t.trace_id.in_(pick.with_for_update(skip_locked=True).scalar_subquery()))
+                    .values(**values)
+                    .returning(t.trace_id)
+                )]  # fmt: skip
+            else:
+                ids = [r[0] for r in conn.execute(pick)]
+                if ids:
+                    conn.execute(
+                        backfill_items_table.update()
+                        .where(t.job_id == self.job_id, t.trace_id.in_(ids))
+                        .values(**values)
+                    )
+        return ids
+
+    def finish(self, results: Sequence[tuple[str, str]], spent: float) -> None:
+        t = backfill_items_table.c
+        with self.store.engine.begin() as conn:
+            for state in {s for _, s in results}:
+                ids = [tid for tid, s in results if s == state]
+                conn.execute(
+                    backfill_items_table.update()
+                    .where(t.job_id == self.job_id, t.holder == self.holder, t.trace_id.in_(ids))
+                    .values(state=state, lease_expires_ms=None)
+                )
+            if spent:
+                j = backfill_jobs_table.c
+                conn.execute(
+                    backfill_jobs_table.update()
+                    .where(j.job_id == self.job_id)
+                    .values(spent_usd=j.spent_usd + spent)
+                )
+
+    def set_status(self, status: str, now_ms: int) -> None:
+        """Record this worker's view; a finished job is never set back to running."""
+        j = backfill_jobs_table.c
+        q = backfill_jobs_table.update().where(j.job_id == self.job_id)
+        if status == "running":
+            q = q.where(j.status != "done")
+        with self.store.engine.begin() as conn:
+            conn.execute(q.values(status=status, updated_ms=now_ms))
+
+    def set_budget(self, max_cost_usd: float) -> None:
+        with self.store.engine.begin() as conn:
+            conn.execute(
+                backfill_jobs_table.update()
+                .where(backfill_jobs_table.c.job_id == self.job_id)
+                .values(max_cost_usd=max_cost_usd)
+            )
+
+    def retry_errors(self) -> None:
+        t = backfill_items_table.c
+        with self.store.engine.begin() as conn:
+            conn.execute(
+                backfill_items_table.update()
+                .where(t.job_id == self.job_id, t.state == "error")
+                .values(state="pending", holder=None)
+            )
+
+
+def backfill(
+    config: Any,
+    store: StateStore,
+    *,
+    scorer: str,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    filter_string: str | None = None,
+    sample_rate: float | None = None,
+    max_cost_usd: float | None = None,
+    concurrency: int | None = None,
+    rate_limit_rps: float | None = None,
+    experiment_ids: Sequence[str] | None = None,
+    worker_id: str | None = None,
+    retry_errors: bool = False,
+    progress: bool = True,
+    clock: Clock | None = None,
+    on_plan: Any = None,
+) -> BackfillReport:
+    """Score every (sampled) trace of the window with the scorer's current version."""
+    from mlflow.tracing.client import TracingClient
+    from tqdm import tqdm
+
+    clock = clock or SystemClock()
+    store.ensure_schema(SCORING_MIGRATIONS)
+    sc = config.scoring
+    spec = ScorerRegistry(store).get(scorer)
+    rate = spec.sample_rate if sample_rate is None else sample_rate
+    if not 0 < rate <= 1:
+        raise BackfillError(f"--sample-rate must be in (0, 1], got {rate}")
+    if since_ms is not None and until_ms is not None and until_ms <= since_ms:
+        raise BackfillError("--until must be after --since")
+    if max_cost_usd is not None and max_cost_usd <= 0:
+        raise BackfillError(f"--max-cost-usd must be positive, got {max_cost_usd}")
+    exp_ids = list(experiment_ids or resolve_experiment_ids(
+        config.tracking.uri, sc.experiments or [config.tracking.experiment_name]))  # fmt: skip
+    conc = concurrency or sc.concurrency
+    limiter = RateLimiter(rate_limit_rps or sc.rate_limit_rps)
+    resolved = resolve(spec, judge_defaults=sc.judge.model_dump(), limiter=limiter)
+    flt = combine_filters(
+        filter_string if filter_string is not None else spec.filter_string,
+        None if since_ms is None else f"trace.timestamp_ms >= {since_ms}",
+        None if until_ms is None else f"trace.timestamp_ms < {until_ms}",
+    )
+    jid = job_id_for(spec.name, spec.version, since_ms, until_ms, flt, rate, exp_ids)
+    holder = worker_id or new_holder_id()
+    job = BackfillJob(store, jid, holder, int(sc.lease_ttl_s * 1000))
+    client = TracingClient(config.tracking.uri)
+    report = BackfillReport(jid, spec.name, spec.version, holder)
+    row = job.row()
+    if row is None:
+        items = _enumerate(client, exp_ids, flt, spec.name, rate)
+        estimate: float | None = 0.0
+        if resolved.estimate is not None:
+            for _, _, req, resp in items:
+                e = resolved.estimate(req, resp)
+                if e is None:
+                    estimate = None
+                    break
+                estimate += e
+        if estimate is None and max_cost_usd is not None:
+            raise BackfillError(
+                f"cannot keep to --max-cost-usd: the judge model of {spec.name!r} has no price; "
+                "add it to the pricing overrides (pricing.overrides_file) or drop --max-cost-usd"
+            )
+        now_ms = to_ms(clock.now())
+        job.create(
+            {"scorer": spec.name, "version": spec.version, "since_ms": since_ms,
+             "until_ms": until_ms, "filter_string": flt, "sample_rate": rate,
+             "max_cost_usd": max_cost_usd, "estimate_usd": estimate, "spent_usd": 0.0,
+             "total_items": len(items), "status": "running", "created_ms": now_ms,
+             "updated_ms": now_ms},
+            [(tid, ts) for tid, ts, _, _ in items],
+        )  # fmt: skip
+        row = job.row()
+    if retry_errors:
+        job.retry_errors()
+        Ledger(store, holder, lease_ttl_ms=job.ttl).forget_errors(spec.name, spec.version)
+    if max_cost_usd is None:
+        max_cost_usd = row.max_cost_usd  # a rerun keeps the job's budget unless given a new one
+    elif max_cost_usd != row.max_cost_usd:
+        job.set_budget(max_cost_usd)
+    report.total, report.estimate_usd = row.total_items, row.estimate_usd
+    counts = job.counts()
+    report.already_done = counts.get("done", 0) + counts.get("error", 0)
+    if on_plan is not None:
+        on_plan(report, max_cost_usd)
+    per_trace = (row.estimate_usd or 0.0) / row.total_items if row.total_items else 0.0
+    worker = TraceScorer(
+        resolved, tracking_uri=config.tracking.uri, store=store, clock=clock, holder=holder,
+        lease_ttl_s=sc.lease_ttl_s, job_id=jid, scorer_slots=threading.Semaphore(conc),
+    )  # fmt: skip
+    bar = tqdm(total=report.total, initial=report.already_done, file=sys.stderr,
+               disable=not progress, desc=f"backfill {spec.name}@v{spec.version}",
+               unit="trace", dynamic_ncols=True)  # fmt: skip
+    inflight: dict[Future[TraceOutcome], str] = {}
+    exhausted = budget_hit = False
+    spent_base = float(row.spent_usd or 0.0)
+    spent_mine = 0.0
+    costed = 0
+    batch = max(8, conc)
+    try:
+        # twice the threads of the scorer limit: half can be writing results meanwhile
+        with ThreadPoolExecutor(max_workers=2 * conc, thread_name_prefix="llmops-backfill") as pool:
+            while True:
+                while not exhausted and not budget_hit and len(inflight) < 3 * conc:
+                    n = batch
+                    if max_cost_usd is not None and per_trace > 0:
+                        spent_now = float(job.row().spent_usd or 0.0)
+                        if costed >= 5:  # learn the real cost per trace, with a margin
+                            per_trace = 1.2 * spent_mine / costed
+                        room = max_cost_usd - spent_now - per_trace * len(inflight)
+                        n = min(n, max(0, math.floor(room / per_trace + 1e-9)))
+                        if n == 0:
+                            budget_hit = True
+                            break
+                    ids = job.lease(n, to_ms(clock.now()))
+                    if not ids:
+                        exhausted = True
+                        break
+                    traces = client.batch_get_traces(ids)
+                    found = {t.info.trace_id for t in traces}
+                    missing = [(tid, "done") for tid in ids if tid not in found]
+                    if missing:  # deleted since planning: nothing to score
+                        job.finish(missing, 0.0)
+                        bar.update(len(missing))
+                    for t in traces:
+                        inflight[pool.submit(worker.score, t)] = t.info.trace_id
+                if not inflight:
+                    break
+                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                results, spent = [], 0.0
+                for fut in done:
+                    tid = inflight.pop(fut)
+                    o = fut.result()
+                    _count(report, o)
+                    spent += o.cost_usd or 0.0
+                    costed += o.cost_usd is not None
+                    results.append((tid, "error" if o.state == "error" else "done"))
+                job.finish(results, spent)
+                spent_mine += spent
+                bar.update(len(results))
+    finally:
+        bar.close()
+    report.spent_usd = spent_base + spent_mine
+    counts = job.counts()
+    if budget_hit:
+        report.status = "budget_exhausted"
+    elif counts.get("pending", 0) == 0 and counts.get("leased", 0) == 0:
+        report.status = "done"
+    job.set_status(report.status, to_ms(clock.now()))
+    final = job.row()
+    report.spent_usd = float(final.spent_usd or 0.0)
+    return report
+
+
+def _count(report: BackfillReport, o: TraceOutcome) -> None:
+    if o.state in ("done", "adopted"):
+        report.scored += 1
+    elif o.state == "error":
+        report.errors += 1
+        if len(report.error_samples) < 5:
+            report.error_samples.append(f"{o.trace_id}: {o.error}")
+    elif o.state == "not_applicable":
+        report.not_applicable += 1
+    else:
+        report.skipped += 1
+
+
+#: The name exported at the package top level (``mlflow_llmops.backfill_scorer``).
+backfill_scorer = backfill

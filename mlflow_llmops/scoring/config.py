@@ -1,0 +1,50 @@
+"""Configuration section `scoring:` of mlflow-llmops.yaml. Import-light: models only."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JudgeDefaults(_Section):
+    """Where LLM judges send their requests unless a scorer says otherwise."""
+
+    #: Any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, LiteLLM proxy, Azure...).
+    base_url: str | None = None
+    #: Name of the environment variable holding the API key (never the key itself).
+    api_key_env: str = "OPENAI_API_KEY"
+    model: str = "gpt-4o-mini"
+    #: Provider name used to price the judge's own calls.
+    provider: str = "openai"
+    timeout_s: float = Field(default=60.0, gt=0)
+    #: Retries for 429 / 5xx / connection errors / malformed answers (Retry-After honoured).
+    max_retries: int = Field(default=5, ge=0)
+
+
+class ScoringConfig(_Section):
+    """Settings for scoring; every field has a working default."""
+
+    enabled: bool = True
+    #: Experiments to score (names or ids); empty means ``tracking.experiment_name``.
+    experiments: list[str] = Field(default_factory=list)
+    #: Traces younger than this (or still IN_PROGRESS) wait for the next cycle.
+    completion_buffer_s: float = Field(default=120.0, ge=0)
+    #: An IN_PROGRESS trace older than this is given up on (it no longer holds the watermark).
+    max_in_progress_wait_s: float = Field(default=3600.0, ge=0)
+    #: Each cycle re-reads this far behind the watermark for traces that arrived late
+    #: (already scored ones are skipped through the ledger).
+    late_arrival_s: float = Field(default=900.0, ge=0)
+    #: A new scorer (or a new version) starts scoring this far back in time.
+    initial_lookback_s: float = Field(default=3600.0, ge=0)
+    #: Upper bound of traces one scorer handles per cycle (the rest waits for the next).
+    max_traces_per_cycle: int = Field(default=5000, ge=1)
+    #: Traces scored in parallel (threads) by the runner and by backfills.
+    concurrency: int = Field(default=8, ge=1, le=256)
+    #: Requests per second to judges, shared by all threads of a process (None: unlimited).
+    rate_limit_rps: float | None = Field(default=None, gt=0)
+    #: A claimed trace or a leased backfill item is taken over after this long.
+    lease_ttl_s: float = Field(default=300.0, gt=0)
+    judge: JudgeDefaults = Field(default_factory=JudgeDefaults)

@@ -1,0 +1,426 @@
+"""Scheduled scoring: each due scorer scores the new traces since its watermark.
+
+Called by the monitor each cycle (``run_due_scorers``) and by
+``mlflow-llmops scorers run --once``. Traces younger than the completion buffer
+or still IN_PROGRESS wait; sampling is deterministic by (scorer, trace id);
+every result is an MLflow assessment with the scorer's version in its source
+and metadata; a scorer that raises is recorded for that trace and the run
+goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from mlflow.entities import AssessmentSource, Feedback, Trace
+
+from mlflow_llmops.clock import Clock, SystemClock, to_ms
+from mlflow_llmops.scoring.ledger import Ledger, LedgerKey, new_holder_id
+from mlflow_llmops.scoring.ratelimit import RateLimiter
+from mlflow_llmops.scoring.registry import ScorerRegistry, ScorerSpec
+from mlflow_llmops.scoring.resolver import ResolvedScorer, resolve
+from mlflow_llmops.store.state import StateStore
+
+log = logging.getLogger(__name__)
+
+META_SCORER = "llmops.scorer"
+META_VERSION = "llmops.scorer_version"
+_PASS_WORDS = {"yes": True, "pass": True, "true": True, "no": False, "fail": False, "false": False}
+
+
+def sampled(trace_id: str, scorer: str, rate: float) -> bool:
+    """Deterministic: the same trace and scorer always give the same answer, for every
+    version and on every worker; about ``rate`` of all traces are kept."""
+    if rate >= 1.0:
+        return True
+    digest = hashlib.sha256(f"{scorer}\x00{trace_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
+
+def value_number(value: Any) -> float | None:
+    """The numeric form of a feedback value (true=1, yes=1, numbers as is)."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and value.strip().lower() in _PASS_WORDS:
+        return 1.0 if _PASS_WORDS[value.strip().lower()] else 0.0
+    return None
+
+
+def passed_of(value: Any, threshold: float) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    num = value_number(value)
+    return None if num is None else num >= threshold
+
+
+@dataclass
+class TraceOutcome:
+    trace_id: str
+    state: str  # done | error | skipped | adopted | not_applicable
+    value: float | None = None
+    passed: bool | None = None
+    cost_usd: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class ScorerRunStats:
+    """What one scorer did in one run."""
+
+    scorer: str
+    version: int
+    considered: int = 0
+    sampled_out: int = 0
+    scored: int = 0
+    errors: int = 0
+    skipped: int = 0
+    not_applicable: int = 0
+    cost_usd: float = 0.0
+    watermark_ms: int | None = None
+    problem: str | None = None
+    error_samples: list[str] = field(default_factory=list)
+
+    def add(self, o: TraceOutcome) -> None:
+        if o.state in ("done", "adopted"):
+            self.scored += 1
+        elif o.state == "error":
+            self.errors += 1
+            if len(self.error_samples) < 5:
+                self.error_samples.append(f"{o.trace_id}: {o.error}")
+        elif o.state == "not_applicable":
+            self.not_applicable += 1
+        else:
+            self.skipped += 1
+        self.cost_usd += o.cost_usd or 0.0
+
+
+@dataclass
+class ScoringRunReport:
+    """Returned by ``run_due_scorers``: one entry per scorer that was due."""
+
+    scorers: list[ScorerRunStats] = field(default_factory=list)
+    not_due: list[str] = field(default_factory=list)
+
+    @property
+    def scored(self) -> int:
+        return sum(s.scored for s in self.scorers)
+
+    @property
+    def errors(self) -> int:
+        return sum(s.errors for s in self.scorers)
+
+    def summary(self) -> str:
+        lines = []
+        for s in self.scorers:
+            if s.problem:
+                lines.append(f"{s.scorer}@v{s.version}: NOT RUN: {s.problem}")
+                continue
+            lines.append(
+                f"{s.scorer}@v{s.version}: scored {s.scored}, errors {s.errors}, "
+                f"already done {s.skipped}, not applicable {s.not_applicable}, "
+                f"sampled out {s.sampled_out} of {s.considered}"
+                + (f", judge cost ${s.cost_usd:.6f}" if s.cost_usd else "")
+            )
+            lines.extend(f"    error {e}" for e in s.error_samples)
+        if self.not_due:
+            lines.append("not due yet: " + ", ".join(self.not_due))
+        return "\n".join(lines) or "no active scorers"
+
+
+class TraceScorer:
+    """Scores traces with one resolved scorer, idempotently (claim, log, confirm)."""
+
+    def __init__(
+        self,
+        resolved: ResolvedScorer,
+        *,
+        tracking_uri: str,
+        store: StateStore,
+        clock: Clock,
+        holder: str | None = None,
+        lease_ttl_s: float = 300.0,
+        job_id: str | None = None,
+        scorer_slots: threading.Semaphore | None = None,
+    ) -> None:
+        from mlflow.tracing.client import TracingClient
+
+        #: Bounds concurrent scorer calls (the judge's concurrency), apart from the threads
+        #: that are logging results, so a slow write never idles the judge.
+        self.scorer_slots = scorer_slots
+
+        self.resolved = resolved
+        self.spec = resolved.spec
+        self.client = TracingClient(tracking_uri)
+        self.clock = clock
+        self.ledger = Ledger(store, holder or new_holder_id(), lease_ttl_ms=int(lease_ttl_s * 1000))
+        self.job_id = job_id
+
+    def _existing(self, trace_id: str) -> Any:
+        info = self.client.get_trace_info(trace_id)
+        for a in info.assessments or []:
+            meta = a.metadata or {}
+            if meta.get(META_SCORER) == self.spec.name and meta.get(META_VERSION) == str(
+                self.spec.version
+            ):
+                return a
+        return None
+
+    def score(self, trace: Trace) -> TraceOutcome:
+        spec, info = self.spec, trace.info
+        key = LedgerKey(info.trace_id, spec.name, spec.version)
+        now_ms = to_ms(self.clock.now())
+        claim = self.ledger.claim(
+            key, now_ms=now_ms, trace_timestamp_ms=info.timestamp_ms,
+            experiment_id=info.experiment_id, job_id=self.job_id,
+        )  # fmt: skip
+        if claim == "skip":
+            return TraceOutcome(info.trace_id, "skipped")
+        if claim == "takeover":
+            found = self._existing(info.trace_id)
+            if found is not None:
+                value = getattr(found, "value", None)
+                self.ledger.confirm(
+                    key, state="done", now_ms=now_ms, value_num=value_number(value),
+                    passed=passed_of(value, self.resolved.pass_threshold),
+                    assessment_id=found.assessment_id,
+                )  # fmt: skip
+                return TraceOutcome(info.trace_id, "adopted", value_number(value))
+        try:
+            if self.scorer_slots is None:
+                out = self.resolved.score(trace)
+            else:
+                with self.scorer_slots:
+                    out = self.resolved.score(trace)
+            errors = [f for f in out.feedbacks if f.error is not None]
+            if errors:
+                e = errors[0].error
+                raise RuntimeError(getattr(e, "error_message", None) or str(e))
+        except Exception as e:  # noqa: BLE001 - a scorer's failure is data, not a crash
+            msg = f"{type(e).__name__}: {e}"
+            cost = getattr(e, "cost_usd", None)
+            self.ledger.confirm(key, state="error", now_ms=to_ms(self.clock.now()), error=msg,
+                                cost_usd=cost)  # fmt: skip
+            return TraceOutcome(info.trace_id, "error", error=msg, cost_usd=cost)
+        done_ms = to_ms(self.clock.now())
+        if not out.feedbacks:
+            self.ledger.confirm(key, state="done", now_ms=done_ms, cost_usd=out.cost_usd)
+            return TraceOutcome(info.trace_id, "not_applicable", cost_usd=out.cost_usd)
+        source = AssessmentSource(source_type=self.resolved.source_type, source_id=spec.source_id)
+        meta = {META_SCORER: spec.name, META_VERSION: str(spec.version), **out.extra_metadata}
+        first_id, first_value = None, None
+        for i, fb in enumerate(out.feedbacks):
+            name = spec.name if (i == 0 or fb.name in (None, "feedback")) else fb.name
+            if i > 0 and name == spec.name:
+                name = f"{spec.name}/{i}"
+            logged = self.client.log_assessment(
+                info.trace_id,
+                Feedback(
+                    name=name, value=fb.value, rationale=fb.rationale, source=source,
+                    metadata={**(fb.metadata or {}), **meta},
+                ),
+            )  # fmt: skip
+            if i == 0:
+                first_id, first_value = logged.assessment_id, fb.value
+        self.ledger.confirm(
+            key, state="done", now_ms=done_ms, value_num=value_number(first_value),
+            passed=passed_of(first_value, self.resolved.pass_threshold),
+            assessment_id=first_id, cost_usd=out.cost_usd,
+        )  # fmt: skip
+        return TraceOutcome(
+            info.trace_id, "done", value_number(first_value),
+            passed_of(first_value, self.resolved.pass_threshold), out.cost_usd,
+        )  # fmt: skip
+
+
+def score_many(
+    worker: TraceScorer, traces: Sequence[Trace], *, concurrency: int, pool: Any = None
+) -> list[TraceOutcome]:
+    """Score traces in parallel; never raises for a trace's failure."""
+    if concurrency <= 1 or len(traces) <= 1:
+        return [worker.score(t) for t in traces]
+    if pool is not None:
+        return list(pool.map(worker.score, traces))
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llmops-score") as ex:
+        return list(ex.map(worker.score, traces))
+
+
+def resolve_experiment_ids(tracking_uri: str, names: Iterable[str]) -> list[str]:
+    """Experiment ids from names or ids; an unknown name is an error that says so."""
+    from mlflow import MlflowClient
+
+    from mlflow_llmops.errors import ConfigError
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    ids = []
+    for n in names:
+        if n.isdigit():
+            ids.append(n)
+            continue
+        exp = client.get_experiment_by_name(n)
+        if exp is None:
+            raise ConfigError(
+                f"scoring: no experiment named {n!r} in {tracking_uri}; check "
+                "scoring.experiments / tracking.experiment_name"
+            )
+        ids.append(exp.experiment_id)
+    return ids
+
+
+def combine_filters(*parts: str | None) -> str | None:
+    kept = [p.strip() for p in parts if p and p.strip()]
+    return " AND ".join(kept) or None
+
+
+def _search_page(client: Any, exp_ids: list[str], flt: str | None, limit: int,
+                 include_spans: bool, page_token: str | None = None) -> Any:  # fmt: skip
+    return client.search_traces(
+        locations=exp_ids, filter_string=flt, max_results=limit,
+        order_by=["timestamp_ms ASC"], include_spans=include_spans, page_token=page_token,
+    )  # fmt: skip
+
+
+_WM_LOCK = threading.Lock()
+
+
+def run_scorer_once(
+    spec: ScorerSpec,
+    *,
+    config: Any,
+    store: StateStore,
+    now: datetime,
+    exp_ids: list[str],
+    clock: Clock,
+    limiter: RateLimiter,
+) -> ScorerRunStats:
+    """One incremental pass of one scorer over the traces since its watermark."""
+    from mlflow.entities import TraceState
+    from mlflow.tracing.client import TracingClient
+
+    sc = config.scoring
+    stats = ScorerRunStats(spec.name, spec.version)
+    try:
+        resolved = resolve(spec, judge_defaults=sc.judge.model_dump(), limiter=limiter)
+    except Exception as e:  # noqa: BLE001 - a broken scorer must not stop the others
+        stats.problem = f"{type(e).__name__}: {e}"
+        return stats
+    wm_name = f"scoring:{spec.name}:v{spec.version}"
+    raw = store.get_watermark(wm_name)
+    now_ms = to_ms(now)
+    start_ms = int(json.loads(raw)["ts"]) if raw else now_ms - int(sc.initial_lookback_s * 1000)
+    upper_ms = now_ms - int(sc.completion_buffer_s * 1000)
+    if upper_ms <= start_ms:
+        stats.watermark_ms = start_ms
+        return stats
+    client = TracingClient(config.tracking.uri)
+    scan_from = max(0, start_ms - int(sc.late_arrival_s * 1000)) if raw else start_ms
+    flt = combine_filters(
+        spec.filter_string,
+        f"trace.timestamp_ms >= {scan_from}",
+        f"trace.timestamp_ms < {upper_ms}",
+    )
+    worker = TraceScorer(resolved, tracking_uri=config.tracking.uri, store=store, clock=clock,
+                         lease_ttl_s=sc.lease_ttl_s)  # fmt: skip
+    hold_ms: int | None = None
+    give_up_ms = now_ms - int(sc.max_in_progress_wait_s * 1000)
+    new_wm, token, budget = upper_ms, None, sc.max_traces_per_cycle
+    while budget > 0:
+        page = _search_page(client, exp_ids, flt, min(500, max(budget, 100)), False, token)
+        todo: list[Any] = []
+        for t in page:
+            info = t.info
+            if info.state == TraceState.IN_PROGRESS:
+                if info.timestamp_ms >= give_up_ms and hold_ms is None:
+                    hold_ms = info.timestamp_ms
+                continue
+            if not sampled(info.trace_id, spec.name, spec.sample_rate):
+                if info.timestamp_ms >= start_ms:
+                    stats.considered += 1
+                    stats.sampled_out += 1
+                continue
+            todo.append(info)
+        done = worker.ledger.finished(spec.name, spec.version, (i.trace_id for i in todo))
+        for i in todo:
+            if i.timestamp_ms >= start_ms or i.trace_id not in done:
+                stats.considered += 1
+                stats.skipped += i.trace_id in done
+        ids = [i.trace_id for i in todo if i.trace_id not in done]
+        if len(ids) > budget:  # stop here; the next cycle goes on from this trace
+            ids = ids[:budget]
+            new_wm = next(i.timestamp_ms for i in todo if i.trace_id == ids[-1])
+            page.token = None
+        budget -= len(ids)
+        for chunk in range(0, len(ids), 200):
+            full_traces = client.batch_get_traces(ids[chunk : chunk + 200])
+            for o in score_many(worker, full_traces, concurrency=sc.concurrency):
+                stats.add(o)
+        token = page.token
+        if not token:
+            break
+    else:
+        new_wm = min(new_wm, max(start_ms, todo[-1].timestamp_ms if todo else start_ms))
+    if hold_ms is not None:
+        new_wm = min(new_wm, hold_ms)
+    new_wm = max(new_wm, start_ms)
+    store.set_watermark(wm_name, json.dumps({"ts": new_wm, "last_run_ms": now_ms}))
+    stats.watermark_ms = new_wm
+    return stats
+
+
+def _last_run_ms(store: StateStore, spec: ScorerSpec) -> int | None:
+    raw = store.get_watermark(f"scoring:{spec.name}:v{spec.version}")
+    return int(json.loads(raw).get("last_run_ms", 0)) if raw else None
+
+
+def run_due_scorers(
+    config: Any,
+    store: StateStore,
+    now: datetime,
+    *,
+    names: Sequence[str] | None = None,
+    force: bool = False,
+    clock: Clock | None = None,
+) -> ScoringRunReport:
+    """Run every active scorer whose schedule is due (all of them with ``force``)."""
+    from mlflow_llmops.scoring.registry import SCORING_MIGRATIONS
+
+    store.ensure_schema(SCORING_MIGRATIONS)
+    report = ScoringRunReport()
+    sc = config.scoring
+    if not sc.enabled:
+        return report
+    registry = ScorerRegistry(store)
+    specs = [registry.get(n) for n in names] if names else registry.list(active_only=True)
+    if not specs:
+        return report
+    exp_ids = resolve_experiment_ids(
+        config.tracking.uri, sc.experiments or [config.tracking.experiment_name]
+    )
+    limiter = RateLimiter(sc.rate_limit_rps)
+    now_ms = to_ms(now)
+    for spec in specs:
+        last = _last_run_ms(store, spec)
+        if not force and last is not None and now_ms - last < spec.schedule_s * 1000:
+            report.not_due.append(spec.name)
+            continue
+        report.scorers.append(
+            run_scorer_once(
+                spec,
+                config=config,
+                store=store,
+                now=now,
+                exp_ids=exp_ids,
+                clock=clock or SystemClock(),
+                limiter=limiter,
+            )  # fmt: skip
+        )
+    return report

@@ -1,0 +1,496 @@
+"""Incremental, resumable export of the analytics views to partitioned Parquet.
+
+For MLflow servers without SQL access (REST-only, Databricks-hosted) and for Spark or
+DuckDB. The layout is Hive-style, one file per view and day::
+
+    OUT/traces/day=2026-03-02/part.parquet      (llmops_traces rows of that day)
+    OUT/spans/day=.../part.parquet              (llmops_spans, by span start)
+    OUT/assessments/day=.../part.parquet        (llmops_assessments, by trace time)
+    OUT/costs/day=.../part.parquet              (llmops_costs, by trace time)
+    OUT/_manifest.json                          (watermark, days written)
+
+Each day is written to a temporary file and renamed into place, then the manifest is
+updated, so an interrupted export resumes where it stopped and never leaves a half file.
+Each run re-exports the days from the watermark minus ``lookback_days`` (late traces,
+new assessments and re-pricing land in recent days), up to ``now``.
+
+Sources: a SQLAlchemy engine on the tracking database (reads the SQL views), or a
+tracking URI of an MLflow server read through ``MlflowClient.search_traces``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from mlflow_llmops.errors import StoreError
+from mlflow_llmops.store.views import VIEW_COLUMNS, create_views
+
+_logger = logging.getLogger(__name__)
+
+#: View name -> folder in the export.
+EXPORT_TABLES = {
+    "llmops_traces": "traces",
+    "llmops_spans": "spans",
+    "llmops_assessments": "assessments",
+    "llmops_costs": "costs",
+}
+#: Column used to pick a row's day partition.
+_DAY_COLUMN = {
+    "llmops_traces": "timestamp_ms",
+    "llmops_spans": "start_ms",
+    "llmops_assessments": "trace_timestamp_ms",
+    "llmops_costs": "timestamp_ms",
+}
+DAY_MS = 86_400_000
+MANIFEST = "_manifest.json"
+
+_INT = {
+    "experiment_id", "timestamp_ms", "latency_ms", "input_tokens", "output_tokens", "total_tokens",
+    "cache_read_tokens", "cache_write_tokens", "unpriced_spans", "start_ms", "end_ms",
+    "reasoning_tokens", "created_ms", "trace_timestamp_ms", "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+}  # fmt: skip
+_FLOAT = {
+    "sample_weight", "cost_usd", "ttft_ms", "value_num", "input_cost_usd",
+    "cache_read_cost_usd", "cache_write_cost_usd", "output_cost_usd", "total_cost_usd",
+}  # fmt: skip
+
+
+def arrow_schema(view: str) -> pa.Schema:
+    """The Parquet schema of one view: stable types even when a column is all NULL."""
+
+    def typ(col: str) -> pa.DataType:
+        if col in _INT:
+            return pa.int64()
+        if col in _FLOAT:
+            return pa.float64()
+        if col == "valid":
+            return pa.bool_()
+        return pa.string()
+
+    return pa.schema([(c, typ(c)) for c in VIEW_COLUMNS[view]])
+
+
+def empty_table(view: str) -> pa.Table:
+    return arrow_schema(view).empty_table()
+
+
+def to_arrow(view: str, rows: Sequence[Sequence[Any]] | Sequence[dict[str, Any]]) -> pa.Table:
+    schema = arrow_schema(view)
+    cols = VIEW_COLUMNS[view]
+    if rows and isinstance(rows[0], dict):
+        data = {c: [r.get(c) for r in rows] for c in cols}  # type: ignore[union-attr]
+    else:
+        data = {c: [r[i] for r in rows] for i, c in enumerate(cols)}  # type: ignore[index]
+    for c in cols:
+        if c in _INT:
+            data[c] = [None if v is None else int(v) for v in data[c]]
+        elif c in _FLOAT:
+            data[c] = [None if v is None else float(v) for v in data[c]]
+        elif c == "valid":
+            data[c] = [None if v is None else bool(v) for v in data[c]]
+        else:
+            data[c] = [None if v is None else str(v) for v in data[c]]
+    return pa.table(data, schema=schema)
+
+
+@dataclass
+class ExportResult:
+    """What one export run wrote."""
+
+    out_dir: Path
+    days: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXPORT_TABLES, 0))
+    watermark_ms: int | None = None
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{EXPORT_TABLES[v]}={n}" for v, n in self.rows.items())
+        span = f"{self.days[0]}..{self.days[-1]}" if self.days else "nothing new"
+        return f"exported {len(self.days)} day(s) ({span}) to {self.out_dir}: {counts}"
+
+
+def _read_manifest(out: Path) -> dict[str, Any]:
+    p = out / MANIFEST
+    if not p.exists():
+        return {"version": 1, "watermark_ms": None, "days": []}
+    try:
+        data = json.loads(p.read_text())
+    except ValueError as e:
+        raise StoreError(f"{p}: not valid JSON ({e}); delete it to re-export everything") from e
+    if data.get("version") != 1:
+        raise StoreError(f"{p}: unknown manifest version {data.get('version')!r}")
+    return data
+
+
+def _write_atomic(path: Path, writer: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    writer(tmp)
+    os.replace(tmp, path)
+
+
+def _day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
+
+
+def _day_start_ms(d: date) -> int:
+    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)
+
+
+# --------------------------------------------------------------------------- sources
+class _SqlSource:
+    def __init__(self, engine: Engine, experiment_ids: Sequence[str] | None) -> None:
+        self.engine = engine
+        self.experiment_ids = [int(e) for e in experiment_ids] if experiment_ids else None
+        create_views(engine)
+
+    def first_ms(self) -> int | None:
+        q = "SELECT MIN(timestamp_ms) FROM llmops_traces"
+        params: dict[str, Any] = {}
+        if self.experiment_ids:
+            q += " WHERE experiment_id IN :exp"
+            params["exp"] = self.experiment_ids
+        stmt = sa.text(q)
+        if params:
+            stmt = stmt.bindparams(sa.bindparam("exp", expanding=True))
+        with self.engine.connect() as conn:
+            return conn.execute(stmt, params).scalar()
+
+    def rows(self, view: str, lo: int, hi: int) -> list[Sequence[Any]]:
+        col = _DAY_COLUMN[view]
+        cols = ", ".join(VIEW_COLUMNS[view])
+        if view == "llmops_assessments":
+            where = "COALESCE(trace_timestamp_ms, created_ms) >= :lo AND "
+            where += "COALESCE(trace_timestamp_ms, created_ms) < :hi"
+        else:
+            where = f"{col} >= :lo AND {col} < :hi"
+        params: dict[str, Any] = {"lo": lo, "hi": hi}
+        if self.experiment_ids:
+            where += " AND experiment_id IN :exp"
+            params["exp"] = self.experiment_ids
+        stmt = sa.text(f"SELECT {cols} FROM {view} WHERE {where} ORDER BY {col}")
+        if self.experiment_ids:
+            stmt = stmt.bindparams(sa.bindparam("exp", expanding=True))
+        with self.engine.connect() as conn:
+            return list(conn.execute(stmt, params).all())
+
+
+class _RestSource:
+    """Reads through MLflow's public API: one ``search_traces`` per day, spans included."""
+
+    def __init__(
+        self, tracking_uri: str, experiment_ids: Sequence[str] | None, calculator: Any | None
+    ) -> None:
+        from mlflow import MlflowClient
+
+        from mlflow_llmops.pricing import CostCalculator
+
+        self.client = MlflowClient(tracking_uri)
+        self.calculator = calculator or CostCalculator.default()
+        if experiment_ids:
+            self.experiment_ids = [str(e) for e in experiment_ids]
+        else:
+            self.experiment_ids = [
+                e.experiment_id for e in self.client.search_experiments(max_results=1000)
+            ]
+        self._rows: dict[str, list[dict[str, Any]]] = {v: [] for v in EXPORT_TABLES}
+
+    def first_ms(self) -> int | None:
+        found = self.client.search_traces(
+            locations=self.experiment_ids, max_results=1, order_by=["timestamp_ms ASC"],
+            include_spans=False,
+        )  # fmt: skip
+        return found[0].info.request_time if found else None
+
+    def prefetch(self, lo: int, hi: int) -> None:
+        """Read every trace of the export range in one paginated pass (one request per
+        500 traces, not per day), priced once."""
+        traces: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_traces(
+                locations=self.experiment_ids,
+                filter_string=f"timestamp_ms >= {int(lo)} AND timestamp_ms < {int(hi)}",
+                max_results=500,
+                page_token=token,
+            )
+            traces.extend(page)
+            token = page.token
+            if not token:
+                break
+        self._rows = rows_from_traces(traces, calculator=self.calculator)
+
+    def rows(self, view: str, lo: int, hi: int) -> list[dict[str, Any]]:
+        col = _DAY_COLUMN[view]
+        return [
+            r
+            for r in self._rows[view]
+            if lo <= (r[col] if r[col] is not None else r.get("created_ms") or 0) < hi
+        ]
+
+
+LLM_SPAN_TYPES = ("LLM", "CHAT_MODEL")
+
+
+def _usage_int(usage: Any, key: str) -> int:
+    if isinstance(usage, dict):
+        v = usage.get(key)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return int(v)
+    return 0
+
+
+def rows_from_traces(
+    traces: Iterable[Any], *, calculator: Any | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The four views' rows computed from MLflow ``Trace`` objects (``search_traces`` /
+    ``get_trace``), for stores without SQL access. With a ``CostCalculator`` every LLM
+    span is priced by it (cost source ``llmops``); otherwise MLflow's own span cost is
+    used (``mlflow``)."""
+    from mlflow_llmops.pricing.job import cost_row, span_from_attributes
+
+    out: dict[str, list[dict[str, Any]]] = {v: [] for v in EXPORT_TABLES}
+    priced_at = datetime.now(UTC)
+    for tr in traces:
+        info = tr.info
+        md = info.trace_metadata or {}
+        exp_id = int(info.experiment_id) if info.experiment_id is not None else None
+        ts = int(info.request_time)
+        spans = sorted(tr.data.spans, key=lambda s: (s.start_time_ns, s.span_id))
+        llmops_rows = 0
+        llmops_sum: float | None = None
+        mlflow_sum: float | None = None
+        unpriced = 0
+        model = None
+        for s in spans:
+            attrs = s.attributes or {}
+            usage = attrs.get("mlflow.chat.tokenUsage")
+            if s.span_type in LLM_SPAN_TYPES and model is None and attrs.get("mlflow.llm.model"):
+                model = attrs.get("mlflow.llm.model")
+            cost: float | None = None
+            status: str | None = None
+            csource: str | None = None
+            ls = None
+            if calculator is not None:
+                ls = span_from_attributes(info.trace_id, s.span_id, str(exp_id), ts, attrs)
+            if ls is not None:
+                r = None
+                if ls.usage is not None:
+                    r = calculator.cost(
+                        model=ls.model, provider=ls.provider, usage=ls.usage,
+                        service_tier=ls.service_tier, at=ts,
+                    )  # fmt: skip
+                row = cost_row(ls, r, calculator.catalog_version, priced_at)
+                out["llmops_costs"].append({**row, "timestamp_ms": ts})
+                status, csource = row["status"], "llmops"
+                llmops_rows += 1
+                unpriced += status == "unpriced"
+                if row["total_cost_usd"] is not None:
+                    cost = float(row["total_cost_usd"])
+                    llmops_sum = (llmops_sum or 0.0) + cost
+            else:
+                mcost = attrs.get("mlflow.llm.cost")
+                if isinstance(mcost, dict) and mcost.get("total_cost") is not None:
+                    cost, csource = float(mcost["total_cost"]), "mlflow"
+                    mlflow_sum = (mlflow_sum or 0.0) + cost
+            end = s.end_time_ns
+            ttft = attrs.get("llmops.ttft_ms")
+            out["llmops_spans"].append(
+                {
+                    "trace_id": info.trace_id,
+                    "span_id": s.span_id,
+                    "parent_span_id": s.parent_id,
+                    "experiment_id": exp_id,
+                    "name": s.name,
+                    "span_type": s.span_type,
+                    "status": s.status.status_code.value if s.status else None,
+                    "start_ms": s.start_time_ns // 1_000_000,
+                    "end_ms": end // 1_000_000 if end is not None else None,
+                    "latency_ms": (end - s.start_time_ns) // 1_000_000 if end else None,
+                    "model": attrs.get("mlflow.llm.model"),
+                    "provider": attrs.get("mlflow.llm.provider"),
+                    "input_tokens": _usage_int(usage, "input_tokens"),
+                    "output_tokens": _usage_int(usage, "output_tokens"),
+                    "cache_read_tokens": _usage_int(usage, "cache_read_input_tokens"),
+                    "cache_write_tokens": _usage_int(usage, "cache_creation_input_tokens"),
+                    "reasoning_tokens": int(attrs.get("gen_ai.usage.reasoning.output_tokens") or 0),
+                    "ttft_ms": float(ttft) if ttft is not None else None,
+                    "cost_usd": cost,
+                    "cost_source": csource,
+                    "cost_status": status,
+                }
+            )
+        usage = info.token_usage or {}
+        if llmops_rows:
+            trace_cost, source = llmops_sum, "llmops"
+        elif mlflow_sum is not None:
+            trace_cost, source = mlflow_sum, "mlflow"
+        else:
+            trace_cost, source = None, None
+        weight = md.get("llmops.sample_weight")
+        out["llmops_traces"].append(
+            {
+                "trace_id": info.trace_id,
+                "experiment_id": exp_id,
+                "timestamp_ms": ts,
+                "status": info.state.value,
+                "latency_ms": info.execution_duration,
+                "trace_name": (info.tags or {}).get("mlflow.traceName"),
+                "user_id": md.get("mlflow.trace.user"),
+                "session_id": md.get("mlflow.trace.session"),
+                "task_type": md.get("llmops.task_type"),
+                "route": md.get("llmops.route"),
+                "tenant": md.get("llmops.tenant"),
+                "environment": md.get("llmops.environment"),
+                "service": md.get("llmops.service"),
+                "service_version": md.get("llmops.service_version"),
+                "model": model,
+                "input_tokens": _usage_int(usage, "input_tokens"),
+                "output_tokens": _usage_int(usage, "output_tokens"),
+                "total_tokens": _usage_int(usage, "total_tokens"),
+                "cache_read_tokens": _usage_int(usage, "cache_read_input_tokens"),
+                "cache_write_tokens": _usage_int(usage, "cache_creation_input_tokens"),
+                "sample_weight": float(weight) if weight else 1.0,
+                "cost_usd": trace_cost,
+                "cost_source": source,
+                "unpriced_spans": unpriced,
+            }
+        )
+        for a in getattr(info, "assessments", None) or []:
+            out["llmops_assessments"].append(_assessment_row(a, exp_id, ts))
+    return out
+
+
+def _assessment_row(a: Any, exp_id: int | None, ts: int) -> dict[str, Any]:
+    fb = getattr(a, "feedback", None)
+    ex = getattr(a, "expectation", None)
+    value = fb.value if fb is not None else (ex.value if ex is not None else None)
+    if isinstance(value, bool):
+        num: float | None = 1.0 if value else 0.0
+    elif isinstance(value, int | float) and math.isfinite(float(value)):
+        num = float(value)
+    elif isinstance(value, str) and value.strip().lower() in ("yes", "no"):
+        num = 1.0 if value.strip().lower() == "yes" else 0.0
+    else:
+        num = None
+    err = getattr(fb, "error", None) if fb is not None else None
+    src = a.source
+    return {
+        "assessment_id": a.assessment_id,
+        "trace_id": a.trace_id,
+        "experiment_id": exp_id,
+        "name": a.name,
+        "assessment_type": "feedback" if fb is not None else "expectation",
+        "value_num": num,
+        "value_json": json.dumps(value),
+        "source_type": src.source_type if src else None,
+        "source_id": src.source_id if src else None,
+        "created_ms": a.create_time_ms,
+        "trace_timestamp_ms": ts,
+        "rationale": a.rationale,
+        "error": json.dumps(err.to_dictionary()) if err is not None else None,
+        "valid": a.valid if a.valid is not None else True,
+        "scorer_version": (a.metadata or {}).get("llmops.scorer_version"),
+    }
+
+
+# --------------------------------------------------------------------------- export
+def export_parquet(
+    source: Engine | str,
+    out_dir: str | Path,
+    *,
+    now: datetime,
+    experiment_ids: Sequence[str] | None = None,
+    since: datetime | None = None,
+    lookback_days: int = 2,
+    full: bool = False,
+    progress: Callable[[str], None] | None = None,
+    calculator: Any | None = None,
+) -> ExportResult:
+    """Export days from the manifest's watermark (minus ``lookback_days``), or from
+    ``since``, or from the first trace, up to ``now``; return what was written.
+
+    ``source`` is an engine on the tracking database or an MLflow tracking URI
+    (``http://...``) read through the public API, whose spans are priced with
+    ``calculator`` (default: ``CostCalculator.default()``). ``full=True`` ignores the
+    watermark.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"version": 1, "watermark_ms": None, "days": []} if full else _read_manifest(out)
+    src: Any
+    if isinstance(source, Engine):
+        src = _SqlSource(source, experiment_ids)
+    elif isinstance(source, str) and source.startswith(("http://", "https://", "databricks")):
+        src = _RestSource(source, experiment_ids, calculator)
+    else:
+        raise StoreError(
+            f"cannot export from {source!r}: give a database URL/engine of the tracking store "
+            "or the http(s):// URI of an MLflow server"
+        )
+    now_ms = int(now.timestamp() * 1000)
+    if since is not None:
+        start_ms = int(since.timestamp() * 1000)
+    elif manifest["watermark_ms"] is not None:
+        start_ms = int(manifest["watermark_ms"]) - lookback_days * DAY_MS
+    else:
+        first = src.first_ms()
+        if first is None:
+            return ExportResult(out, watermark_ms=None)
+        start_ms = int(first)
+    result = ExportResult(out)
+    d = datetime.fromtimestamp(start_ms / 1000, UTC).date()
+    if hasattr(src, "prefetch"):
+        src.prefetch(_day_start_ms(d), now_ms + 1)
+    last = datetime.fromtimestamp(now_ms / 1000, UTC).date()
+    done = set(manifest["days"])
+    while d <= last:
+        lo = _day_start_ms(d)
+        hi = min(lo + DAY_MS, now_ms + 1)
+        name = d.isoformat()
+        for view, folder in EXPORT_TABLES.items():
+            table = to_arrow(view, src.rows(view, lo, hi))
+            target = out / folder / f"day={name}" / "part.parquet"
+            if table.num_rows == 0:
+                if target.exists():
+                    target.unlink()  # the day's rows are gone at the source
+                continue
+            _write_atomic(target, lambda p, t=table: pq.write_table(t, p))
+            result.rows[view] += table.num_rows
+        result.days.append(name)
+        done.add(name)
+        # The watermark only moves over complete days: today is exported again next run.
+        manifest["watermark_ms"] = max(manifest["watermark_ms"] or 0, min(hi, now_ms))
+        manifest["days"] = sorted(done)
+        _write_atomic(out / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+        if progress:
+            progress(name)
+        d += timedelta(days=1)
+    result.watermark_ms = manifest["watermark_ms"]
+    return result
+
+
+def read_export(out_dir: str | Path, con: Any | None = None) -> Any:
+    """A DuckDB connection with the four views over the export at ``out_dir``."""
+    import duckdb
+
+    con = con or duckdb.connect()
+    create_views(con, parquet_dir=out_dir)
+    return con
+
+
+def iter_days(out_dir: str | Path) -> Iterable[str]:
+    return _read_manifest(Path(out_dir))["days"]

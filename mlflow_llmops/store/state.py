@@ -1,0 +1,266 @@
+"""The state store: our own tables (watermarks, leases, and each component's tables).
+
+SQLAlchemy over a SQLite file by default, PostgreSQL by URL. The schema is
+versioned per component: each package ships an ordered list of ``Migration``
+and calls ``StateStore.ensure_schema`` before use; applied versions are kept in
+``llmops_schema_versions`` and applied under a lock, so several processes
+starting together migrate once.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from mlflow_llmops.errors import StoreError
+
+metadata = sa.MetaData()
+
+schema_versions = sa.Table(
+    "llmops_schema_versions",
+    metadata,
+    sa.Column("component", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+watermarks = sa.Table(
+    "llmops_watermarks",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+leases = sa.Table(
+    "llmops_leases",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step of one component; ``upgrade`` runs inside a transaction."""
+
+    component: str
+    version: int
+    description: str
+    upgrade: Callable[[Connection], None]
+
+
+def create_tables(*tables: sa.Table) -> Callable[[Connection], None]:
+    """A migration step that creates the given tables (and their indexes)."""
+
+    def upgrade(conn: Connection) -> None:
+        for t in tables:
+            t.create(conn, checkfirst=True)
+
+    return upgrade
+
+
+def make_engine(url: str, *, immediate: bool = False) -> Engine:
+    """An engine with the settings we want everywhere (SQLite: WAL, busy timeout).
+
+    ``immediate=True`` makes every SQLite transaction ``BEGIN IMMEDIATE`` (the
+    SQLAlchemy recipe), so concurrent writers queue on the busy timeout instead of
+    failing with "database is locked" when a read transaction upgrades.
+    """
+    try:
+        parsed = sa.engine.make_url(url)
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy raises several types here
+        raise StoreError(
+            f"not a database URL: {url!r}; use sqlite:///path.db or postgresql://user@host/db"
+        ) from e
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:":
+            Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+            if immediate:
+                dbapi_conn.isolation_level = None
+
+        if immediate:
+
+            @sa.event.listens_for(engine, "begin")
+            def _begin(conn):  # noqa: ANN001
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+CORE_MIGRATIONS: tuple[Migration, ...] = (
+    Migration("core", 1, "watermarks and leases", create_tables(watermarks, leases)),
+)
+
+
+class StateStore:
+    """Handle on the state store database."""
+
+    def __init__(
+        self, url: str = "sqlite:///.mlflow-llmops/state.db", *, engine: Engine | None = None
+    ):
+        self.url = url
+        self.engine = engine or make_engine(url, immediate=True)
+        self._ensured: set[tuple[str, int]] = set()
+        try:
+            self.ensure_schema(CORE_MIGRATIONS)
+        except sa.exc.OperationalError as e:
+            raise StoreError(
+                f"cannot open the state store at {self.safe_url}: {e.orig}. "
+                "Check state_store.url (and that the database server is running)."
+            ) from e
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden, for logs and errors."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def _lock(self, conn: Connection, key: str) -> None:
+        if self.dialect == "postgresql":
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(key.encode())}
+            )
+
+    def ensure_schema(self, migrations: Sequence[Migration]) -> None:
+        """Apply the migrations not yet applied, in version order, once across processes."""
+        by_component: dict[str, list[Migration]] = {}
+        for m in migrations:
+            by_component.setdefault(m.component, []).append(m)
+        for component, steps in by_component.items():
+            steps.sort(key=lambda m: m.version)
+            latest = steps[-1].version
+            if (component, latest) in self._ensured:
+                continue
+            with self.engine.begin() as conn:
+                self._lock(conn, "llmops_schema")
+                schema_versions.create(conn, checkfirst=True)
+                row = conn.execute(
+                    sa.select(schema_versions.c.version).where(
+                        schema_versions.c.component == component
+                    )
+                ).first()
+                current = row[0] if row else 0
+                if current > latest:
+                    raise StoreError(
+                        f"state store component {component!r} is at schema version {current}, newer "
+                        f"than this mlflow-llmops knows ({latest}); upgrade mlflow-llmops"
+                    )
+                for m in steps:
+                    if m.version > current:
+                        m.upgrade(conn)
+                        current = m.version
+                now = datetime.now(UTC)
+                if row:
+                    conn.execute(
+                        schema_versions.update()
+                        .where(schema_versions.c.component == component)
+                        .values(version=current, applied_at=now)
+                    )
+                else:
+                    conn.execute(
+                        schema_versions.insert().values(
+                            component=component, version=current, applied_at=now
+                        )
+                    )
+            self._ensured.add((component, latest))
+
+    def schema_version(self, component: str) -> int:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(schema_versions.c.version).where(schema_versions.c.component == component)
+            ).first()
+        return row[0] if row else 0
+
+    # -- watermarks -------------------------------------------------------
+    def get_watermark(self, name: str) -> str | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(watermarks.c.value).where(watermarks.c.name == name)
+            ).first()
+        return row[0] if row else None
+
+    def set_watermark(self, name: str, value: str, *, conn: Connection | None = None) -> None:
+        """Upsert a watermark; pass ``conn`` to make it part of a larger transaction."""
+        now = datetime.now(UTC)
+
+        def _do(c: Connection) -> None:
+            updated = c.execute(
+                watermarks.update()
+                .where(watermarks.c.name == name)
+                .values(value=value, updated_at=now)
+            ).rowcount
+            if not updated:
+                c.execute(watermarks.insert().values(name=name, value=value, updated_at=now))
+
+        if conn is not None:
+            _do(conn)
+        else:
+            with self.engine.begin() as c:
+                _do(c)
+
+    # -- leases (leader election, work ownership) -------------------------
+    def acquire_lease(self, name: str, holder: str, ttl_s: float, now: datetime) -> bool:
+        """Take or renew the lease ``name`` for ``holder``; True if ``holder`` holds it now."""
+        expires = now + timedelta(seconds=ttl_s)
+        with self.engine.begin() as conn:
+            self._lock(conn, f"lease:{name}")
+            row = conn.execute(
+                sa.select(leases.c.holder, leases.c.expires_at).where(leases.c.name == name)
+            ).first()
+            if row is None:
+                conn.execute(
+                    leases.insert().values(
+                        name=name, holder=holder, expires_at=expires, acquired_at=now
+                    )
+                )
+                return True
+            current_holder, current_expiry = row
+            if current_expiry.tzinfo is None:
+                current_expiry = current_expiry.replace(tzinfo=UTC)
+            if current_holder == holder or current_expiry <= now:
+                values = {"holder": holder, "expires_at": expires}
+                if current_holder != holder:
+                    values["acquired_at"] = now
+                conn.execute(leases.update().where(leases.c.name == name).values(**values))
+                return True
+            return False
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))
+
+    def lease_holder(self, name: str, now: datetime) -> str | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(leases.c.holder, leases.c.expires_at).where(leases.c.name == name)
+            ).first()
+        if row is None:
+            return None
+        exp = row[1] if row[1].tzinfo else row[1].replace(tzinfo=UTC)
+        return row[0] if exp > now else None
+
+    def dispose(self) -> None:
+        self.engine.dispose()

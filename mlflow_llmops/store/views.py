@@ -1,0 +1,362 @@
+"""SQL views over the MLflow tracking database, so analyses never name MLflow's tables.
+
+``create_views(engine)`` creates ``llmops_traces``, ``llmops_spans``,
+``llmops_assessments`` and ``llmops_costs`` on the tracking database (SQLite or
+PostgreSQL); ``create_views(duckdb_connection, parquet_dir=...)`` creates the same
+views over a Parquet export (:mod:`mlflow_llmops.store.export`). Columns are listed in
+docs/contracts.md; timestamps are epoch milliseconds, costs USD as floats.
+
+``experiment_id`` is MLflow's integer id everywhere (compare it with a number) so the
+database can use MLflow's (experiment_id, time) indexes.
+
+Token columns of ``llmops_traces`` and ``llmops_spans`` follow MLflow's convention
+(``input_tokens`` includes cached tokens, ``output_tokens`` includes reasoning). The
+columns of ``llmops_costs`` are billing buckets of the cost table instead
+(``input_tokens`` there is the uncached input).
+
+The views read MLflow's internal tables, whose layout changes between MLflow versions:
+they are tested against the pinned MLflow (``TESTED_MLFLOW_VERSION``) and
+:func:`check_mlflow_schema` refuses a database whose alembic revision is not the one
+the installed MLflow expects, with the command that fixes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from mlflow_llmops.errors import StoreError
+
+VIEW_NAMES = ("llmops_traces", "llmops_spans", "llmops_assessments", "llmops_costs")
+
+#: The MLflow release (and its schema revision) these views were written and tested against.
+TESTED_MLFLOW_VERSION = "3.17.2"
+TESTED_ALEMBIC_REVISION = "dc11669786a5"
+
+#: What the views need from MLflow's schema; checked before the views are created.
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "trace_info": (
+        "request_id", "experiment_id", "timestamp_ms", "execution_time_ms", "status",
+        "trace_name", "session_id", "input_tokens", "output_tokens", "total_tokens",
+        "cache_read_input_tokens", "cache_creation_input_tokens", "total_cost",
+    ),
+    "trace_request_metadata": ("request_id", "key", "value"),
+    "spans": (
+        "trace_id", "span_id", "parent_span_id", "experiment_id", "name", "type", "status",
+        "start_time_unix_nano", "end_time_unix_nano", "content", "model_name",
+        "model_provider", "total_cost",
+    ),
+    "assessments": (
+        "assessment_id", "trace_id", "experiment_id", "name", "assessment_type", "value",
+        "aggregate_value", "source_type", "source_id", "created_timestamp",
+        "trace_timestamp_ms", "rationale", "error", "valid", "assessment_metadata",
+    ),
+}  # fmt: skip
+
+#: Output columns of every view, in order (docs/contracts.md).
+VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
+    "llmops_traces": (
+        "trace_id", "experiment_id", "timestamp_ms", "status", "latency_ms", "trace_name",
+        "user_id", "session_id", "task_type", "route", "tenant", "environment", "service",
+        "service_version", "model", "input_tokens", "output_tokens", "total_tokens",
+        "cache_read_tokens", "cache_write_tokens", "sample_weight", "cost_usd", "cost_source",
+        "unpriced_spans",
+    ),
+    "llmops_spans": (
+        "trace_id", "span_id", "parent_span_id", "experiment_id", "name", "span_type",
+        "status", "start_ms", "end_ms", "latency_ms", "model", "provider", "input_tokens",
+        "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+        "ttft_ms", "cost_usd", "cost_source", "cost_status",
+    ),
+    "llmops_assessments": (
+        "assessment_id", "trace_id", "experiment_id", "name", "assessment_type", "value_num",
+        "value_json", "source_type", "source_id", "created_ms", "trace_timestamp_ms",
+        "rationale", "error", "valid", "scorer_version",
+    ),
+    "llmops_costs": (
+        "trace_id", "span_id", "experiment_id", "timestamp_ms", "model", "provider", "status",
+        "input_tokens", "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
+        "output_tokens", "reasoning_tokens", "input_cost_usd", "cache_read_cost_usd",
+        "cache_write_cost_usd", "output_cost_usd", "total_cost_usd", "catalog_version",
+    ),
+}  # fmt: skip
+
+_META_COLUMNS = {
+    "user_id": "mlflow.trace.user",
+    "task_type": "llmops.task_type",
+    "route": "llmops.route",
+    "tenant": "llmops.tenant",
+    "environment": "llmops.environment",
+    "service": "llmops.service",
+    "service_version": "llmops.service_version",
+    "sample_weight_raw": "llmops.sample_weight",
+}
+
+
+class _Json:
+    """Dialect-specific access to span attributes (JSON strings inside ``content``)."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+
+    def attr(self, attr: str) -> str:
+        """The decoded attribute value as text (attributes are JSON-encoded strings)."""
+        if self.dialect == "postgresql":
+            return f"((s.content::json -> 'attributes') ->> '{attr}')"
+        return f"json_extract(s.content, '$.attributes.\"{attr}\"')"
+
+    def key(self, doc_sql: str, key: str) -> str:
+        if self.dialect == "postgresql":
+            return f"(({doc_sql})::json ->> '{key}')"
+        return f"json_extract({doc_sql}, '$.\"{key}\"')"
+
+    def usage(self, key: str) -> str:
+        return f"CAST({self.key(self.attr('mlflow.chat.tokenUsage'), key)} AS BIGINT)"
+
+    def number(self, attr: str) -> str:
+        return f"CAST({self.attr(attr)} AS DOUBLE PRECISION)"
+
+
+def _traces_sql(dialect: str) -> str:
+    # One LEFT JOIN per metadata key on its primary key (request_id, key): the database
+    # drops the joins a query does not use and probes the index for the ones it does, so
+    # a query over one day of traces never scans the whole metadata table.
+    joins = "\n".join(
+        f"LEFT JOIN trace_request_metadata m_{col} "
+        f"ON m_{col}.request_id = t.request_id AND m_{col}.key = '{key}'"
+        for col, key in _META_COLUMNS.items()
+    )
+    has_ours = "EXISTS (SELECT 1 FROM llmops_span_costs c WHERE c.trace_id = t.request_id)"
+    return f"""
+CREATE VIEW llmops_traces AS
+SELECT
+  t.request_id AS trace_id,
+  t.experiment_id AS experiment_id,
+  t.timestamp_ms AS timestamp_ms,
+  t.status AS status,
+  t.execution_time_ms AS latency_ms,
+  t.trace_name AS trace_name,
+  m_user_id.value AS user_id,
+  t.session_id AS session_id,
+  m_task_type.value AS task_type,
+  m_route.value AS route,
+  m_tenant.value AS tenant,
+  m_environment.value AS environment,
+  m_service.value AS service,
+  m_service_version.value AS service_version,
+  (SELECT s.model_name FROM spans s
+    WHERE s.trace_id = t.request_id AND s.type IN ('LLM', 'CHAT_MODEL')
+      AND s.model_name IS NOT NULL
+    ORDER BY s.start_time_unix_nano, s.span_id LIMIT 1) AS model,
+  COALESCE(t.input_tokens, 0) AS input_tokens,
+  COALESCE(t.output_tokens, 0) AS output_tokens,
+  COALESCE(t.total_tokens, 0) AS total_tokens,
+  COALESCE(t.cache_read_input_tokens, 0) AS cache_read_tokens,
+  COALESCE(t.cache_creation_input_tokens, 0) AS cache_write_tokens,
+  COALESCE(CAST(m_sample_weight_raw.value AS DOUBLE PRECISION), 1.0) AS sample_weight,
+  CASE WHEN {has_ours}
+       THEN (SELECT SUM(CAST(c.total_cost_usd AS DOUBLE PRECISION)) FROM llmops_span_costs c
+             WHERE c.trace_id = t.request_id)
+       ELSE CAST(t.total_cost AS DOUBLE PRECISION) END AS cost_usd,
+  CASE WHEN {has_ours} THEN 'llmops'
+       WHEN t.total_cost IS NOT NULL THEN 'mlflow' END AS cost_source,
+  (SELECT COUNT(*) FROM llmops_span_costs c
+    WHERE c.trace_id = t.request_id AND c.status = 'unpriced') AS unpriced_spans
+FROM trace_info t
+{joins}
+"""
+
+
+def _spans_sql(dialect: str) -> str:
+    j = _Json(dialect)
+    return f"""
+CREATE VIEW llmops_spans AS
+SELECT
+  s.trace_id AS trace_id,
+  s.span_id AS span_id,
+  s.parent_span_id AS parent_span_id,
+  s.experiment_id AS experiment_id,
+  s.name AS name,
+  s.type AS span_type,
+  s.status AS status,
+  s.start_time_unix_nano / 1000000 AS start_ms,
+  s.end_time_unix_nano / 1000000 AS end_ms,
+  (s.end_time_unix_nano - s.start_time_unix_nano) / 1000000 AS latency_ms,
+  COALESCE(c.model, s.model_name) AS model,
+  COALESCE(c.provider, s.model_provider) AS provider,
+  COALESCE({j.usage("input_tokens")}, 0) AS input_tokens,
+  COALESCE({j.usage("output_tokens")}, 0) AS output_tokens,
+  COALESCE({j.usage("cache_read_input_tokens")}, 0) AS cache_read_tokens,
+  COALESCE({j.usage("cache_creation_input_tokens")}, 0) AS cache_write_tokens,
+  COALESCE(CAST({j.attr("gen_ai.usage.reasoning.output_tokens")} AS BIGINT), 0)
+    AS reasoning_tokens,
+  {j.number("llmops.ttft_ms")} AS ttft_ms,
+  CASE WHEN c.trace_id IS NOT NULL THEN CAST(c.total_cost_usd AS DOUBLE PRECISION)
+       ELSE CAST(s.total_cost AS DOUBLE PRECISION) END AS cost_usd,
+  CASE WHEN c.trace_id IS NOT NULL THEN 'llmops'
+       WHEN s.total_cost IS NOT NULL THEN 'mlflow' END AS cost_source,
+  c.status AS cost_status
+FROM spans s
+LEFT JOIN llmops_span_costs c ON c.trace_id = s.trace_id AND c.span_id = s.span_id
+"""
+
+
+def _assessments_sql(dialect: str) -> str:
+    if dialect == "postgresql":
+        version = "(a.assessment_metadata::json ->> 'llmops.scorer_version')"
+    else:
+        version = "json_extract(a.assessment_metadata, '$.\"llmops.scorer_version\"')"
+    return f"""
+CREATE VIEW llmops_assessments AS
+SELECT
+  a.assessment_id AS assessment_id,
+  a.trace_id AS trace_id,
+  a.experiment_id AS experiment_id,
+  a.name AS name,
+  LOWER(a.assessment_type) AS assessment_type,
+  a.aggregate_value AS value_num,
+  a.value AS value_json,
+  a.source_type AS source_type,
+  a.source_id AS source_id,
+  a.created_timestamp AS created_ms,
+  a.trace_timestamp_ms AS trace_timestamp_ms,
+  a.rationale AS rationale,
+  a.error AS error,
+  a.valid AS valid,
+  {version} AS scorer_version
+FROM assessments a
+"""
+
+
+def _costs_sql(dialect: str) -> str:
+    f = "CAST({} AS DOUBLE PRECISION)"
+    return f"""
+CREATE VIEW llmops_costs AS
+SELECT
+  trace_id, span_id,
+  CAST(experiment_id AS BIGINT) AS experiment_id,
+  trace_timestamp_ms AS timestamp_ms,
+  model, provider, status,
+  input_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens,
+  output_tokens, reasoning_tokens,
+  {f.format("input_cost_usd")} AS input_cost_usd,
+  {f.format("cache_read_cost_usd")} AS cache_read_cost_usd,
+  {f.format("cache_write_cost_usd")} AS cache_write_cost_usd,
+  {f.format("output_cost_usd")} AS output_cost_usd,
+  {f.format("total_cost_usd")} AS total_cost_usd,
+  catalog_version
+FROM llmops_span_costs
+"""
+
+
+def view_ddl(dialect: str) -> dict[str, str]:
+    """The ``CREATE VIEW`` statements for ``sqlite`` or ``postgresql``, by view name."""
+    if dialect not in ("sqlite", "postgresql"):
+        raise StoreError(
+            f"SQL views support SQLite and PostgreSQL tracking databases, not {dialect!r}; "
+            "export to Parquet instead (mlflow-llmops export parquet) and query it with DuckDB"
+        )
+    return {
+        "llmops_traces": _traces_sql(dialect),
+        "llmops_spans": _spans_sql(dialect),
+        "llmops_assessments": _assessments_sql(dialect),
+        "llmops_costs": _costs_sql(dialect),
+    }
+
+
+def mlflow_head_revision() -> str:
+    """The alembic revision the installed MLflow expects its tracking database at."""
+    import mlflow.store.db_migrations as migrations
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(Path(migrations.__file__).parent)).get_current_head() or ""
+
+
+def check_mlflow_schema(engine: Engine) -> str:
+    """Verify ``engine`` is an MLflow tracking database at the installed MLflow's revision;
+    return the revision. Raises :class:`StoreError` saying what to run otherwise."""
+    url = engine.url.render_as_string(hide_password=True)
+    insp = sa.inspect(engine)
+    tables = set(insp.get_table_names())
+    if "alembic_version" not in tables or "trace_info" not in tables:
+        raise StoreError(
+            f"{url} is not an MLflow tracking database (no alembic_version/trace_info table). "
+            "Point tracking.uri (or tracking.database_url) at the database your MLflow server "
+            f"uses, or create it with: mlflow db upgrade {url}"
+        )
+    with engine.connect() as conn:
+        revision = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    head = mlflow_head_revision()
+    if revision != head:
+        import mlflow
+
+        raise StoreError(
+            f"{url} has MLflow schema revision {revision!r}, but the installed MLflow "
+            f"{mlflow.__version__} expects {head!r}. Upgrade the database with "
+            f"`mlflow db upgrade {url}` (back it up first), or install the MLflow version "
+            "that created it."
+        )
+    for table, cols in REQUIRED_COLUMNS.items():
+        have = {c["name"] for c in insp.get_columns(table)} if table in tables else set()
+        missing = [c for c in cols if c not in have]
+        if missing:
+            raise StoreError(
+                f"{url}: MLflow table {table!r} lacks columns {missing}; the views were "
+                f"written for MLflow {TESTED_MLFLOW_VERSION}. Run `mlflow db upgrade {url}`."
+            )
+    return revision
+
+
+def _ensure_cost_table(engine: Engine) -> None:
+    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.store.tables import ANALYTICS_MIGRATIONS
+
+    StateStore(engine.url.render_as_string(hide_password=False), engine=engine).ensure_schema(
+        ANALYTICS_MIGRATIONS
+    )
+
+
+def create_views(target: Any, *, parquet_dir: str | Path | None = None) -> list[str]:
+    """Create (or replace) the four views; return their names.
+
+    ``target`` is a SQLAlchemy engine on the MLflow tracking database (its schema is
+    checked first, and the cost table is created if pricing never ran), or a DuckDB
+    connection with ``parquet_dir`` pointing at an export.
+    """
+    if parquet_dir is not None:
+        return _create_duckdb_views(target, Path(parquet_dir))
+    if not isinstance(target, Engine):
+        raise TypeError("create_views needs a SQLAlchemy Engine, or a DuckDB connection and "
+                        "parquet_dir=")  # fmt: skip
+    check_mlflow_schema(target)
+    _ensure_cost_table(target)
+    ddl = view_ddl(target.dialect.name)
+    with target.begin() as conn:
+        for name in VIEW_NAMES:
+            conn.execute(sa.text(f"DROP VIEW IF EXISTS {name}"))
+        for name in VIEW_NAMES:
+            conn.execute(sa.text(ddl[name]))
+    return list(VIEW_NAMES)
+
+
+def _create_duckdb_views(con: Any, root: Path) -> list[str]:
+    from mlflow_llmops.store.export import EXPORT_TABLES, empty_table
+
+    if not root.is_dir():
+        raise StoreError(f"{root}: no Parquet export here; run `mlflow-llmops export parquet`")
+    for view, folder in EXPORT_TABLES.items():
+        files = sorted((root / folder).glob("**/*.parquet"))
+        if files:
+            listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+            con.execute(
+                f"CREATE OR REPLACE VIEW {view} AS SELECT "
+                + ", ".join(VIEW_COLUMNS[view])
+                + f" FROM read_parquet([{listing}], union_by_name = true)"
+            )
+        else:
+            con.register(f"_{view}_empty", empty_table(view))
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM _{view}_empty")
+    return list(VIEW_NAMES)

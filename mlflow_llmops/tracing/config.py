@@ -1,0 +1,167 @@
+"""Configuration section `tracing:` of mlflow-llmops.yaml. Import-light: models only."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _ratio(v: float, what: str) -> float:
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{what} must be between 0.0 and 1.0 (0.0 keeps none, 1.0 keeps all)")
+    return v
+
+
+class TailRules(_Section):
+    """Decided when the root span ends: these traces are kept whatever the head ratio says."""
+
+    keep_errors: bool = True
+    #: keep traces slower than this many milliseconds (None: no latency rule)
+    slower_than_ms: float | None = None
+    #: keep traces whose LLM spans cost more than this (USD, MLflow's own cost attribute)
+    cost_above_usd: float | None = None
+    #: keep traces carrying any of these tag keys, or ``key=value`` pairs
+    tags: tuple[str, ...] = ()
+
+    @field_validator("slower_than_ms", "cost_above_usd")
+    @classmethod
+    def _positive(cls, v: float | None) -> float | None:
+        if v is not None and v < 0:
+            raise ValueError("must be >= 0, or omitted to disable the rule")
+        return v
+
+
+class SamplingConfig(_Section):
+    """Head ratio (global, per route, per tenant) plus tail rules."""
+
+    ratio: float = 1.0
+    routes: dict[str, float] = Field(default_factory=dict)
+    tenants: dict[str, float] = Field(default_factory=dict)
+    tail: TailRules = Field(default_factory=TailRules)
+
+    @field_validator("ratio")
+    @classmethod
+    def _check_ratio(cls, v: float) -> float:
+        return _ratio(v, "sampling.ratio")
+
+    @field_validator("routes", "tenants")
+    @classmethod
+    def _check_map(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, r in v.items():
+            _ratio(r, f"ratio for {k!r}")
+        return v
+
+
+class RedactionConfig(_Section):
+    """PII and secrets removed from span inputs, outputs and trace previews."""
+
+    enabled: bool = True
+    emails: bool = True
+    phones: bool = True
+    cards: bool = True  # digit runs that pass the Luhn check
+    api_keys: bool = True
+    #: extra regular expressions; each match is replaced by ``[REDACTED]``
+    patterns: tuple[str, ...] = ()
+    replacement: str = "[REDACTED:{kind}]"
+
+    @field_validator("patterns")
+    @classmethod
+    def _compile(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, p in enumerate(v):
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(
+                    f"patterns[{i}] {p!r} is not a valid regular expression: {e}"
+                ) from None
+        return v
+
+
+class OtlpConfig(_Section):
+    """OTLP export of traces (beside MLflow) and of GenAI metrics."""
+
+    #: e.g. http://collector:4318/v1/traces; None: no OTLP trace export
+    traces_endpoint: str | None = None
+    #: e.g. http://collector:4318/v1/metrics; None: metrics not exported by OTLP
+    metrics_endpoint: str | None = None
+    protocol: Literal["http/protobuf"] = "http/protobuf"
+    #: auth headers (values may be ${ENV}); never logged
+    headers: dict[str, str] = Field(default_factory=dict)
+    metrics_headers: dict[str, str] | None = None
+    metrics_enabled: bool = True
+    metrics_export_interval_s: float = 15.0
+    timeout_s: float = 10.0
+
+    @field_validator("traces_endpoint", "metrics_endpoint")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(
+                "must be an http:// or https:// URL, e.g. http://127.0.0.1:4318/v1/traces"
+            )
+        return v
+
+    @field_validator("metrics_export_interval_s", "timeout_s")
+    @classmethod
+    def _pos(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be > 0 seconds")
+        return v
+
+
+class MetadataConfig(_Section):
+    """Static trace metadata; unset values are detected (host, git commit) or left out."""
+
+    environment: str | None = None
+    service_version: str | None = None
+    git_commit: str | None = None
+    host: str | None = None
+    deployment: str | None = None
+
+
+class TracingConfig(_Section):
+    """Settings for tracing; every field has a working default."""
+
+    #: used when setup_production_tracing is called without service_name
+    service_name: str | None = None
+    #: traces held in memory waiting for export; beyond this, traces are dropped and counted
+    queue_capacity: int = 10_000
+    #: traces written to the store per batch (at most queue_capacity)
+    batch_size: int = 100
+    #: first retry delay when the store fails; doubles up to ``max_backoff_s``
+    retry_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    #: flush deadline at exit / SIGTERM
+    shutdown_timeout_s: float = 10.0
+    install_signal_handlers: bool = True
+    #: MLflow's HTTP client retries inside one call with long backoff, which would hold the
+    #: export worker (and shutdown) for minutes while a server is down; our worker retries
+    #: forever itself. Applied as MLFLOW_HTTP_REQUEST_MAX_RETRIES (process-wide, so only
+    #: when that variable is unset); None leaves MLflow's default.
+    http_max_retries: int | None = 1
+    #: wait at most this long at start-up for the tracking store to resolve the experiment
+    startup_timeout_s: float = 30.0
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    redaction: RedactionConfig = Field(default_factory=RedactionConfig)
+    metadata: MetadataConfig = Field(default_factory=MetadataConfig)
+    otlp: OtlpConfig = Field(default_factory=OtlpConfig)
+
+    @field_validator("queue_capacity", "batch_size")
+    @classmethod
+    def _positive_int(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+    @field_validator("retry_backoff_s", "max_backoff_s", "shutdown_timeout_s", "startup_timeout_s")
+    @classmethod
+    def _positive_s(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be > 0 seconds")
+        return v

@@ -1,0 +1,405 @@
+"""The export stage: a bounded trace queue with exact drop accounting, and store writers.
+
+MLflow's default async path (a 2,048-span BatchSpanProcessor that drops the
+oldest span, then a 1,000-task queue that discards with one warning) loses
+traces under a burst and cannot say how many. Here the whole trace is handed
+over once, when its root span ends, to a queue whose capacity is counted in
+traces; a worker writes batches through MLflow's store API (``start_trace`` per
+trace, one ``log_spans`` per batch, which the SQL store accepts across traces),
+retrying with backoff while the store is down. The only loss is a full queue,
+and each lost trace is counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from mlflow_llmops.tracing import keys
+from mlflow_llmops.tracing.sampling import Sampler
+
+_logger = logging.getLogger("mlflow_llmops.tracing")
+
+
+@dataclass
+class TracingStats:
+    """Counters since start-up; ``queued`` is the current queue length."""
+
+    created: int = 0
+    kept: int = 0
+    sampled_out: int = 0
+    exported: int = 0
+    dropped: int = 0  # queue full: never reached the store
+    failed: int = 0  # rejected by the store as invalid (permanent error)
+    unsent_at_shutdown: int = 0
+    export_errors: int = 0  # failed write attempts (each retried)
+    queued: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+    sampled_out_by_route: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "created": self.created,
+            "kept": self.kept,
+            "sampled_out": self.sampled_out,
+            "exported": self.exported,
+            "dropped": self.dropped,
+            "failed": self.failed,
+            "unsent_at_shutdown": self.unsent_at_shutdown,
+            "export_errors": self.export_errors,
+            "queued": self.queued,
+            "by_reason": dict(self.by_reason),
+            "sampled_out_by_route": dict(self.sampled_out_by_route),
+        }
+
+
+class RateLimitedLog:
+    """At most one log line per ``every_s`` seconds; says how many were suppressed."""
+
+    def __init__(self, every_s: float = 10.0, monotonic: Callable[[], float] = time.monotonic):
+        self.every_s = every_s
+        self._monotonic = monotonic
+        self._last = -1e18
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def warning(self, msg: str, *args: object) -> bool:
+        with self._lock:
+            now = self._monotonic()
+            if now - self._last < self.every_s:
+                self._suppressed += 1
+                return False
+            suppressed, self._suppressed, self._last = self._suppressed, 0, now
+        suffix = f" ({suppressed} similar messages suppressed)" if suppressed else ""
+        _logger.warning(msg + suffix, *args)
+        return True
+
+
+class TraceQueue:
+    """A bounded FIFO of finished traces. ``put`` never blocks: when full it refuses."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: collections.deque[Any] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self.in_flight = 0  # taken by a worker, not yet written
+
+    def put(self, item: Any) -> bool:
+        with self._cond:
+            if len(self._items) >= self.capacity:
+                return False
+            self._items.append(item)
+            if len(self._items) == 1:
+                self._cond.notify()
+            return True
+
+    def take(self, max_items: int, timeout_s: float) -> list[Any]:
+        with self._cond:
+            if not self._items:
+                self._cond.wait(timeout_s)
+            n = min(max_items, len(self._items))
+            batch = [self._items.popleft() for _ in range(n)]
+            self.in_flight += n
+            return batch
+
+    def done(self, n: int) -> None:
+        with self._cond:
+            self.in_flight -= n
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._items) + self.in_flight
+
+    def wait_empty(self, deadline: float) -> bool:
+        with self._cond:
+            while self._items or self.in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+            return True
+
+    def drain(self) -> list[Any]:
+        with self._cond:
+            items = list(self._items)
+            self._items.clear()
+            return items
+
+
+def _is_permanent(exc: Exception) -> bool:
+    """A 4xx other than 408/429 from the store: retrying the same trace cannot succeed."""
+    try:
+        from mlflow.exceptions import MlflowException
+    except ImportError:  # pragma: no cover
+        return False
+    if isinstance(exc, MlflowException):
+        status = exc.get_http_status_code()
+        return 400 <= status < 500 and status not in (408, 429) and status != 404
+    return False
+
+
+class StoreWriter:
+    """Writes batches of MLflow ``Trace`` objects through the tracking store API."""
+
+    def __init__(self, tracking_uri: str, experiment_id: Callable[[], str | None]) -> None:
+        from mlflow.tracing.client import TracingClient
+
+        self._client = TracingClient(tracking_uri)
+        self._experiment_id = experiment_id
+        self.supports_log_spans = True
+
+    def write(self, batch: Sequence[Any], started: dict[str, bool], on_permanent: Callable) -> int:
+        """Write ``batch``; ``started`` remembers traces already created or rejected, so a
+        retry after a store error resumes where it stopped."""
+        from mlflow.entities.trace_location import TraceLocation
+
+        written = 0
+        by_exp: dict[str, list[Any]] = collections.defaultdict(list)
+        for item in batch:
+            trace = item.to_mlflow_trace() if hasattr(item, "to_mlflow_trace") else item
+            info = trace.info
+            exp = info.experiment_id
+            if exp is None:
+                exp = self._experiment_id()
+                if exp is None:
+                    raise RuntimeError("experiment not resolved yet (tracking store unreachable)")
+                info.trace_location = TraceLocation.from_experiment_id(exp)
+            by_exp[exp].append(trace)
+        for exp, traces in by_exp.items():
+            ok: list[Any] = []
+            for trace in traces:
+                tid = trace.info.trace_id
+                if tid not in started:
+                    try:
+                        self._client.start_trace(trace.info)
+                    except Exception as e:
+                        if not _is_permanent(e):
+                            raise
+                        on_permanent(trace, e)
+                        started[tid] = False
+                        continue
+                    started[tid] = True
+                if started[tid]:
+                    ok.append(trace)
+            spans = [s for t in ok for s in t.data.spans]
+            if spans and self.supports_log_spans:
+                try:
+                    self._client.log_spans(exp, spans)
+                except NotImplementedError:
+                    self.supports_log_spans = False
+            if not self.supports_log_spans:
+                for trace in ok:
+                    self._client._upload_trace_data(trace.info, trace.data)
+            written += len(ok)
+        return written
+
+
+class ExportWorker:
+    """Background writer: batches, backoff on store errors, never touches the caller."""
+
+    def __init__(
+        self,
+        queue: TraceQueue,
+        writer: StoreWriter,
+        stats: TracingStats,
+        lock: threading.Lock,
+        *,
+        batch_size: int,
+        retry_backoff_s: float,
+        max_backoff_s: float,
+    ) -> None:
+        self.queue = queue
+        self.writer = writer
+        self.stats = stats
+        self._lock = lock
+        self.batch_size = batch_size
+        self.retry_backoff_s = retry_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._stop = threading.Event()
+        self._abandon = threading.Event()
+        self._log = RateLimitedLog()
+        self._thread = threading.Thread(target=self._run, name="llmops-trace-export", daemon=True)
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, abandon: bool = False) -> None:
+        """Ask the worker to finish; ``abandon`` makes it give up a batch it is retrying."""
+        if abandon:
+            self._abandon.set()
+        self._stop.set()
+        self.queue.wake()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(max(0.0, timeout_s))
+
+    def _permanent(self, trace: Any, exc: Exception) -> None:
+        with self._lock:
+            self.stats.failed += 1
+        self._log.warning("trace %s rejected by the tracking store: %s", trace.info.trace_id, exc)
+
+    def _run(self) -> None:
+        while True:
+            batch = self.queue.take(self.batch_size, 0.2)
+            if not batch:
+                if self._stop.is_set():
+                    return
+                continue
+            started: dict[str, bool] = {}
+            backoff = self.retry_backoff_s
+            while True:
+                try:
+                    written = self.writer.write(batch, started, self._permanent)
+                    with self._lock:
+                        self.stats.exported += written
+                    self.last_error = None
+                    break
+                except Exception as e:  # noqa: BLE001 - the store may fail in any way
+                    with self._lock:
+                        self.stats.export_errors += 1
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    self._log.warning(
+                        "tracking store write failed (%d traces waiting, retrying in %.1fs): %s",
+                        self.queue.pending(),
+                        backoff,
+                        self.last_error[:300],
+                    )
+                    if self._abandon.wait(backoff):
+                        with self._lock:
+                            self.stats.unsent_at_shutdown += len(batch)
+                        break
+                    backoff = min(backoff * 2, self.max_backoff_s)
+            self.queue.done(len(batch))
+
+
+class LlmopsSpanExporter(SpanExporter):
+    """Runs on the caller's thread when a span ends (MLflow's synchronous processor path).
+
+    Child spans stay in MLflow's in-memory trace manager; when the root span ends
+    the whole trace is popped, the sampling decision is taken, static metadata is
+    added and the trace is queued. Costs a dict update and a deque append.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        queue: TraceQueue,
+        stats: TracingStats,
+        lock: threading.Lock,
+        static_metadata: dict[str, str],
+        on_decision: Callable[[int, bool], None] | None = None,
+    ) -> None:
+        from mlflow.tracing.trace_manager import InMemoryTraceManager
+
+        self._manager = InMemoryTraceManager.get_instance()
+        self.sampler = sampler
+        self.queue = queue
+        self.stats = stats
+        self._lock = lock
+        self.static_metadata = static_metadata
+        self.on_decision = on_decision
+        self._deferred: dict[int, ReadableSpan] = {}
+        self._deferred_lock = threading.Lock()
+        self._drop_log = RateLimitedLog()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        for span in spans:
+            if span.parent is not None:
+                continue
+            tid = span.context.trace_id
+            if self._manager.has_open_spans(tid):
+                with self._deferred_lock:
+                    self._deferred[tid] = span
+                continue
+            self._finish(tid)
+        if self._deferred:
+            self._flush_deferred()
+        return SpanExportResult.SUCCESS
+
+    def _flush_deferred(self) -> None:
+        with self._deferred_lock:
+            ready = [t for t in self._deferred if not self._manager.has_open_spans(t)]
+            for t in ready:
+                del self._deferred[t]
+        for t in ready:
+            self._finish(t)
+
+    def _pop(self, otel_trace_id: int) -> Any:
+        """Take the in-memory trace out of MLflow's manager without converting it: the
+        conversion to an immutable ``Trace`` is deferred to the export worker."""
+        m = self._manager
+        try:
+            with m._lock:
+                mlflow_id = m._otel_id_to_mlflow_trace_id.pop(otel_trace_id, None)
+                return m._traces.pop(mlflow_id, None) if mlflow_id else None
+        except AttributeError:  # MLflow internals moved: take the public, slower path
+            popped = m.pop_trace(otel_trace_id)
+            return None if popped is None else popped.trace
+
+    def _finish(self, otel_trace_id: int) -> None:
+        trace = self._pop(otel_trace_id)
+        if trace is None:
+            return
+        info = trace.info
+        meta = info.trace_metadata
+        decision = self.sampler.decide(
+            trace_id_int=otel_trace_id,
+            is_error=info.state.value == "ERROR",
+            duration_ms=info.execution_duration,
+            metadata=meta,
+            tags=info.tags,
+        )
+        if self.on_decision is not None:
+            self.on_decision(otel_trace_id, decision.keep)
+        if not decision.keep:
+            route = meta.get(keys.ROUTE) or ""
+            with self._lock:
+                self.stats.created += 1
+                self.stats.sampled_out += 1
+                by_route = self.stats.sampled_out_by_route
+                by_route[route] = by_route.get(route, 0) + 1
+            return
+        meta.update(self.static_metadata)
+        meta[keys.SAMPLING] = decision.reason  # type: ignore[assignment]
+        meta[keys.SAMPLE_WEIGHT] = decision.weight  # type: ignore[assignment]
+        accepted = self.queue.put(trace)
+        with self._lock:
+            s = self.stats
+            s.created += 1
+            s.kept += 1
+            s.by_reason[decision.reason] = s.by_reason.get(decision.reason, 0) + 1  # type: ignore[index]
+            if not accepted:
+                s.dropped += 1
+                dropped = s.dropped
+        if not accepted:
+            self._drop_log.warning(
+                "trace export queue full (capacity %d): dropped trace %s; %d dropped so far. "
+                "Raise tracing.queue_capacity or check the tracking store.",
+                self.queue.capacity,
+                info.trace_id,
+                dropped,
+            )
+
+    def pending_deferred(self) -> int:
+        with self._deferred_lock:
+            return len(self._deferred)
+
+    def shutdown(self) -> None:
+        self._flush_deferred()

@@ -1,0 +1,26 @@
+"""Metadata and attribute keys shared with pricing, SQL and alerting (docs/contracts.md)."""
+
+from __future__ import annotations
+
+USER = "mlflow.trace.user"
+SESSION = "mlflow.trace.session"
+ENVIRONMENT = "llmops.environment"
+SERVICE = "llmops.service"
+SERVICE_VERSION = "llmops.service_version"
+GIT_COMMIT = "llmops.git_commit"
+HOST = "llmops.host"
+DEPLOYMENT = "llmops.deployment"
+TASK_TYPE = "llmops.task_type"
+ROUTE = "llmops.route"
+TENANT = "llmops.tenant"
+SAMPLE_WEIGHT = "llmops.sample_weight"
+SAMPLING = "llmops.sampling"
+
+MODEL = "mlflow.llm.model"
+PROVIDER = "mlflow.llm.provider"
+TOKEN_USAGE = "mlflow.chat.tokenUsage"
+SPAN_TYPE = "mlflow.spanType"
+REASONING_TOKENS = "gen_ai.usage.reasoning.output_tokens"
+TTFT_MS = "llmops.ttft_ms"
+SERVICE_TIER = "llmops.service_tier"
+LLM_SPAN_TYPES = frozenset({"LLM", "CHAT_MODEL"})

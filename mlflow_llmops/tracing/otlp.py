@@ -1,0 +1,95 @@
+"""Optional OTLP trace export beside MLflow (dual export), honouring our sampling.
+
+Spans are held per trace until the root span ends; the MLflow-side exporter has
+decided by then (it runs first), and only kept traces go to the OTLP batch
+exporter. Held spans are bounded; overflow and exporter queue losses are counted.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+
+class SampledOtlpProcessor(SpanProcessor):
+    """Forwards the spans of kept traces to an OTLP ``BatchSpanProcessor``."""
+
+    def __init__(
+        self,
+        exporter: Any,
+        *,
+        max_queue_size: int = 20_000,
+        max_open_traces: int = 10_000,
+        schedule_delay_millis: int = 1000,
+    ) -> None:
+        self.delegate = BatchSpanProcessor(
+            exporter,
+            max_queue_size=max_queue_size,
+            schedule_delay_millis=schedule_delay_millis,
+            max_export_batch_size=min(512, max_queue_size),
+        )
+        self._held: dict[int, list[ReadableSpan]] = {}
+        self._decisions: dict[int, bool] = {}
+        self._lock = threading.Lock()
+        self.max_open_traces = max_open_traces
+        self.dropped_spans = 0
+        self.exported_traces = 0
+
+    def decide(self, otel_trace_id: int, keep: bool) -> None:
+        """Called by the MLflow-side exporter when the root span ends."""
+        with self._lock:
+            self._decisions[otel_trace_id] = keep
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        tid = span.context.trace_id
+        if span.parent is not None:
+            with self._lock:
+                held = self._held.get(tid)
+                if held is None:
+                    if len(self._held) >= self.max_open_traces:
+                        self.dropped_spans += 1
+                        return
+                    held = self._held[tid] = []
+                held.append(span)
+            return
+        with self._lock:
+            spans = self._held.pop(tid, [])
+            keep = self._decisions.pop(tid, False)
+        if not keep:
+            return
+        spans.append(span)
+        self.exported_traces += 1
+        for s in spans:
+            self.delegate.on_end(s)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.delegate.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self.delegate.shutdown()
+
+
+def make_span_exporter(endpoint: str, headers: dict[str, str], timeout_s: float) -> Any:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=endpoint, headers=dict(headers), timeout=timeout_s)
+
+
+def make_metric_reader(
+    endpoint: str, headers: dict[str, str], timeout_s: float, interval_s: float
+) -> Any:
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    exporter = OTLPMetricExporter(endpoint=endpoint, headers=dict(headers), timeout=timeout_s)
+    return PeriodicExportingMetricReader(
+        exporter,
+        export_interval_millis=int(interval_s * 1000),
+        export_timeout_millis=int(timeout_s * 1000),
+    )

@@ -1,0 +1,155 @@
+"""The MLflow span processor (``mlflow.tracing.configure(span_processors=[...])``) that
+runs at every span end on the caller's thread: redaction, enrichment of autologged
+LLM spans with reasoning tokens, and GenAI metrics for every LLM call.
+
+It runs before the sampling decision, so metrics cover 100% of calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from mlflow_llmops.tracing import keys
+from mlflow_llmops.tracing.metrics import GenAiMetrics
+from mlflow_llmops.tracing.redaction import Redactor
+
+_logger = logging.getLogger("mlflow_llmops.tracing")
+_LLM_TYPES_JSON = frozenset(f'"{t}"' for t in keys.LLM_SPAN_TYPES)  # as MLflow stores them
+_INPUTS = "mlflow.spanInputs"
+_OUTPUTS = "mlflow.spanOutputs"
+_KNOWN_FORMATS = frozenset({"openai", "anthropic", "gemini", "bedrock", "groq", "mistral"})
+_OPERATION_BY_TYPE = {"CHAT_MODEL": "chat", "LLM": "text_completion"}
+
+
+def _usage_dict(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, str) and raw:
+        try:
+            value = json.loads(raw)
+            return value if isinstance(value, dict) else {}
+        except ValueError:
+            return {}
+    return {}
+
+
+def _reasoning_from_outputs(outputs: Any) -> int | None:
+    """``usage.completion_tokens_details.reasoning_tokens`` of an OpenAI response."""
+    usage = None
+    if isinstance(outputs, dict):
+        usage = outputs.get("usage")
+    elif outputs is not None:
+        usage = getattr(outputs, "usage", None)
+    if usage is None:
+        return None
+    details = (
+        usage.get("completion_tokens_details")
+        if isinstance(usage, dict)
+        else getattr(usage, "completion_tokens_details", None)
+    )
+    if details is None:
+        details = (
+            usage.get("output_tokens_details")
+            if isinstance(usage, dict)
+            else getattr(usage, "output_tokens_details", None)
+        )
+    if details is None:
+        return None
+    value = (
+        details.get("reasoning_tokens")
+        if isinstance(details, dict)
+        else getattr(details, "reasoning_tokens", None)
+    )
+    return int(value) if isinstance(value, int | float) else None
+
+
+def _request_model(span: Any) -> str | None:
+    """The requested model of a failed call (autolog sets ``mlflow.llm.model`` from the
+    response, so errors lack it): the ``model`` attribute or the ``model`` input."""
+    model = span.get_attribute("model")
+    if isinstance(model, str):
+        return model
+    inputs = span.inputs
+    if isinstance(inputs, dict) and isinstance(inputs.get("model"), str):
+        return inputs["model"]
+    return None
+
+
+def _error_type(span: Any) -> str | None:
+    code = span.status.status_code
+    if getattr(code, "value", str(code)) != "ERROR":
+        return None
+    for event in reversed(span.events or []):
+        if event.name == "exception":
+            return str(event.attributes.get("exception.type") or "error")
+    return "error"
+
+
+class SpanEndProcessor:
+    """Callable given to ``mlflow.tracing.configure``; never raises into the caller."""
+
+    def __init__(self, redactor: Redactor | None, metrics: GenAiMetrics | None) -> None:
+        self.redactor = redactor if redactor is not None and redactor.active else None
+        self.metrics = metrics
+
+    def __call__(self, span: Any) -> None:
+        try:
+            attrs = getattr(getattr(span, "_span", None), "attributes", None)
+            raw_type = attrs.get(keys.SPAN_TYPE) if attrs is not None else None
+            if raw_type in _LLM_TYPES_JSON or (
+                raw_type is None and span.span_type in keys.LLM_SPAN_TYPES
+            ):
+                self._llm_span(span)
+            if self.redactor is not None:
+                self._redact(span)
+        except Exception:  # noqa: BLE001 - instrumentation must never break the request
+            _logger.debug("llmops span processor failed", exc_info=True)
+
+    def _llm_span(self, span: Any) -> None:
+        provider = span.get_attribute(keys.PROVIDER)
+        if provider is None:
+            # Autologged spans name their message format (openai, anthropic, ...) but not
+            # always the provider; cost and SQL group by provider.
+            fmt = span.get_attribute("mlflow.message.format")
+            if isinstance(fmt, str) and fmt in _KNOWN_FORMATS:
+                provider = fmt
+                span.set_attribute(keys.PROVIDER, provider)
+        if span.get_attribute(keys.REASONING_TOKENS) is None:
+            raw = getattr(getattr(span, "_span", None), "attributes", {}).get(_OUTPUTS)
+            if not isinstance(raw, str) or "reasoning_tokens" in raw:
+                reasoning = _reasoning_from_outputs(span.outputs)
+                if reasoning:
+                    span.set_attribute(keys.REASONING_TOKENS, reasoning)
+        if self.metrics is None:
+            return
+        usage = _usage_dict(span.get_attribute(keys.TOKEN_USAGE))
+        ttft_ms = span.get_attribute(keys.TTFT_MS)
+        self.metrics.record(
+            provider=provider,
+            model=span.get_attribute(keys.MODEL) or _request_model(span),
+            operation=_OPERATION_BY_TYPE.get(span.span_type or "", "chat"),
+            duration_s=max(0.0, (time.time_ns() - span.start_time_ns) / 1e9),
+            input_tokens=usage.get("input_tokens"),
+            output_tokens=usage.get("output_tokens"),
+            ttft_s=float(ttft_ms) / 1000 if ttft_ms is not None else None,
+            error_type=_error_type(span),
+        )
+
+    def _redact(self, span: Any) -> None:
+        """Redact the serialized JSON of inputs and outputs in place: one regex pass per
+        pattern over a string, no parse. Replacement tokens hold no JSON syntax."""
+        r = self.redactor
+        assert r is not None
+        otel = getattr(span, "_span", None)
+        attrs = getattr(otel, "attributes", None)
+        if attrs is None:
+            return
+        for key in (_INPUTS, _OUTPUTS):
+            raw = attrs.get(key)
+            if isinstance(raw, str) and raw:
+                new = r.text(raw)
+                if new is not raw and new != raw:
+                    otel.set_attribute(key, new)

@@ -1,0 +1,450 @@
+"""``setup_production_tracing``: one call at start-up wires sampling, metadata, redaction,
+loss-counted async export, graceful shutdown, GenAI metrics and optional OTLP export.
+
+Why take over MLflow's export stage: with MLflow 3.17.2 defaults a burst of 2,000
+traces kept 680 and SIGTERM lost 192 of 200 queued traces, with no counter. We keep
+MLflow's span processor (trace assembly, metadata, previews, cost) in its
+synchronous mode and replace its exporter by ours (see ``export.py``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow_llmops.errors import ConfigError
+from mlflow_llmops.tracing import keys
+from mlflow_llmops.tracing.config import TracingConfig
+from mlflow_llmops.tracing.export import (
+    ExportWorker,
+    LlmopsSpanExporter,
+    StoreWriter,
+    TraceQueue,
+    TracingStats,
+)
+from mlflow_llmops.tracing.metrics import GenAiMetrics
+from mlflow_llmops.tracing.otlp import SampledOtlpProcessor, make_metric_reader, make_span_exporter
+from mlflow_llmops.tracing.processors import SpanEndProcessor
+from mlflow_llmops.tracing.redaction import Redactor
+from mlflow_llmops.tracing.sampling import Sampler
+
+_logger = logging.getLogger("mlflow_llmops.tracing")
+_ACTIVE: TracingHandle | None = None
+_ACTIVE_LOCK = threading.Lock()
+
+
+def _git_commit() -> str | None:
+    for var in ("GIT_COMMIT", "GITHUB_SHA", "CI_COMMIT_SHA", "SOURCE_COMMIT"):
+        if os.environ.get(var):
+            return os.environ[var]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=2,
+            cwd=Path.cwd(),
+        )  # fmt: skip
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def static_metadata(service_name: str, config: TracingConfig) -> dict[str, str]:
+    """Metadata set once per process; detected values fill what the config leaves out."""
+    m = config.metadata
+    values = {
+        keys.SERVICE: service_name,
+        keys.ENVIRONMENT: m.environment or os.environ.get("LLMOPS_ENVIRONMENT"),
+        keys.SERVICE_VERSION: m.service_version or os.environ.get("LLMOPS_SERVICE_VERSION"),
+        keys.GIT_COMMIT: m.git_commit or _git_commit(),
+        keys.HOST: m.host or socket.gethostname(),
+        keys.DEPLOYMENT: m.deployment or os.environ.get("LLMOPS_DEPLOYMENT"),
+    }
+    return {k: str(v) for k, v in values.items() if v}
+
+
+def _redact_url(url: str | None) -> str:
+    """A URL fit for logs: no password, no query string (tokens often travel there)."""
+    if not url:
+        return "off"
+    url = url.split("?", 1)[0].split("#", 1)[0]
+    return re.sub(r"//([^/:@]*):[^/@]*@", r"//\1:***@", url)
+
+
+class TracingHandle:
+    """What ``setup_production_tracing`` returns: live counters and a bounded shutdown."""
+
+    def __init__(
+        self,
+        *,
+        config: TracingConfig,
+        tracking_uri: str,
+        experiment_id: str | None,
+        experiment_name: str,
+        service_name: str,
+        metric_readers: list[Any] | None = None,
+        app_span_processors: list[Any] | None = None,
+    ) -> None:
+        import mlflow
+        from mlflow.tracing.processor.mlflow_v3 import MlflowV3SpanProcessor
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+
+        self.config = config
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.experiment_name = experiment_name
+        self.service_name = service_name
+        self._lock = threading.Lock()
+        self._stats = TracingStats()
+        self._closed = False
+        self._shutdown_report: dict[str, Any] | None = None
+        self.queue = TraceQueue(config.queue_capacity)
+        self.static_metadata = static_metadata(service_name, config)
+        self.sampler = Sampler(config.sampling)
+
+        otlp_cfg = config.otlp
+        self.otlp: SampledOtlpProcessor | None = None
+        if otlp_cfg.traces_endpoint:
+            self.otlp = SampledOtlpProcessor(
+                make_span_exporter(otlp_cfg.traces_endpoint, otlp_cfg.headers, otlp_cfg.timeout_s)
+            )
+        readers = list(metric_readers or [])
+        if otlp_cfg.metrics_enabled and otlp_cfg.metrics_endpoint:
+            readers.append(
+                make_metric_reader(
+                    otlp_cfg.metrics_endpoint,
+                    otlp_cfg.metrics_headers
+                    if otlp_cfg.metrics_headers is not None
+                    else otlp_cfg.headers,
+                    otlp_cfg.timeout_s,
+                    otlp_cfg.metrics_export_interval_s,
+                )
+            )
+        self.metrics: GenAiMetrics | None = None
+        if otlp_cfg.metrics_enabled and readers:
+            self.metrics = GenAiMetrics(
+                service_name=service_name, readers=readers, stats=self._counter_snapshot
+            )
+
+        self.exporter = LlmopsSpanExporter(
+            self.sampler,
+            self.queue,
+            self._stats,
+            self._lock,
+            self.static_metadata,
+            on_decision=self.otlp.decide if self.otlp else None,
+        )
+        self.writer = StoreWriter(tracking_uri, self._resolve_experiment)
+        self.worker = ExportWorker(
+            self.queue,
+            self.writer,
+            self._stats,
+            self._lock,
+            batch_size=min(config.batch_size, config.queue_capacity),
+            retry_backoff_s=config.retry_backoff_s,
+            max_backoff_s=config.max_backoff_s,
+        )
+        self.span_processor = SpanEndProcessor(Redactor(config.redaction), self.metrics)
+
+        tp = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        tp.add_span_processor(
+            MlflowV3SpanProcessor(self.exporter, export_metrics=False, use_batch_processor=False)
+        )
+        if self.otlp is not None:
+            tp.add_span_processor(self.otlp)
+        self.tracer_provider = tp
+        self.worker.start()
+        self._install(tp)
+        # keep the application's own span processors; ours runs first (redaction before them)
+        self._previous_span_processors = list(app_span_processors or [])
+        mlflow.tracing.configure(
+            span_processors=[self.span_processor, *self._previous_span_processors]
+        )
+
+    # -- wiring ----------------------------------------------------------
+    @staticmethod
+    def _install(tp: Any) -> None:
+        from mlflow.tracing.provider import provider
+
+        provider.set(tp)
+        provider.once.do_once(lambda: None)
+
+    def _resolve_experiment(self) -> str | None:
+        if self.experiment_id is None:
+            try:
+                self.experiment_id = _get_or_create_experiment(
+                    self.tracking_uri, self.experiment_name
+                )
+            except Exception:  # noqa: BLE001 - still unreachable; the worker retries
+                return None
+        return self.experiment_id
+
+    def _counter_snapshot(self) -> Mapping[str, int]:
+        with self._lock:
+            s = self._stats
+            return {
+                "created": s.created,
+                "kept": s.kept,
+                "sampled_out": s.sampled_out,
+                "dropped": s.dropped,
+                "exported": s.exported,
+                "failed": s.failed,
+            }
+
+    # -- public ----------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counters: created, kept, sampled_out, exported, dropped, failed, export_errors,
+        queued (waiting now), unsent_at_shutdown, by_reason, sampled_out_by_route."""
+        with self._lock:
+            out = self._stats.as_dict()
+        out["queued"] = self.queue.pending()
+        out["last_export_error"] = self.worker.last_error
+        if self.otlp is not None:
+            out["otlp_traces_sent"] = self.otlp.exported_traces
+            out["otlp_spans_dropped"] = self.otlp.dropped_spans
+        return out
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every queued trace is written (True) or the timeout passes (False)."""
+        self.exporter.shutdown()  # finish traces whose root waited for background spans
+        return self.queue.wait_empty(time.monotonic() + timeout_s)
+
+    def shutdown(self, timeout_s: float | None = None) -> dict[str, Any]:
+        """Flush within ``timeout_s`` (default ``shutdown_timeout_s``), stop, and report what
+        could not be sent. Idempotent."""
+        with _ACTIVE_LOCK:
+            if self._closed:
+                return self._shutdown_report or self.stats()
+            self._closed = True
+        timeout_s = self.config.shutdown_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        flushed = self.flush(max(0.0, deadline - time.monotonic()))
+        self.worker.stop(abandon=not flushed)
+        self.worker.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        leftover = self.queue.drain()
+        with self._lock:
+            self._stats.unsent_at_shutdown += len(leftover)
+        if self.otlp is not None:
+            self.otlp.force_flush(int(max(0.1, deadline - time.monotonic()) * 1000))
+            self.otlp.shutdown()
+        if self.metrics is not None:
+            try:
+                self.metrics.force_flush(max(0.1, deadline - time.monotonic()))
+                self.metrics.shutdown(max(0.1, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001
+                _logger.debug("metrics shutdown failed", exc_info=True)
+        self._uninstall()
+        report = self.stats()
+        report["flushed"] = flushed
+        self._shutdown_report = report
+        lost = report["unsent_at_shutdown"] + report["dropped"] + report["failed"]
+        (_logger.warning if lost else _logger.info)(
+            "mlflow-llmops tracing shut down: created=%d kept=%d exported=%d sampled_out=%d "
+            "dropped=%d failed=%d unsent=%d",
+            report["created"], report["kept"], report["exported"], report["sampled_out"],
+            report["dropped"], report["failed"], report["unsent_at_shutdown"],
+        )  # fmt: skip
+        return report
+
+    def _uninstall(self) -> None:
+        global _ACTIVE
+        import mlflow
+        from mlflow.tracing.provider import provider
+
+        try:
+            if provider.get() is self.tracer_provider:
+                mlflow.tracing.reset()  # also resets MLflow's tracing config
+            mlflow.tracing.configure(span_processors=list(self._previous_span_processors))
+        except Exception:  # noqa: BLE001
+            _logger.debug("could not restore MLflow tracing", exc_info=True)
+        _uninstall_signal_handlers(self)
+        with _ACTIVE_LOCK:
+            if _ACTIVE is self:
+                _ACTIVE = None
+
+    def describe(self) -> str:
+        """The start-up line: endpoints without credentials or query strings."""
+        o = self.config.otlp
+        s = self.config.sampling
+        return (
+            f"mlflow-llmops tracing: service={self.service_name} "
+            f"store={_redact_url(self.tracking_uri)} experiment={self.experiment_name} "
+            f"queue={self.config.queue_capacity} sampling.ratio={s.ratio} "
+            f"otlp.traces={_redact_url(o.traces_endpoint)} "
+            f"otlp.metrics={_redact_url(o.metrics_endpoint) if o.metrics_enabled else 'off'}"
+            + (f" (auth headers: {len(o.headers)})" if o.headers else "")
+        )
+
+
+# -- signals -------------------------------------------------------------
+_PREVIOUS: dict[int, Any] = {}
+
+
+def _install_signal_handlers(handle: TracingHandle) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        _logger.info("not on the main thread: SIGTERM/SIGINT handlers not installed")
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        _PREVIOUS[sig] = previous
+
+        def handler(signum: int, frame: Any, _prev: Any = previous) -> None:
+            active = _ACTIVE
+            if active is not None:
+                active.shutdown()
+            _chain(signum, frame, _prev)
+
+        signal.signal(sig, handler)
+
+
+def _chain(signum: int, frame: Any, previous: Any) -> None:
+    """Hand the signal to whatever handled it before us, or to the default action."""
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_IGN:
+        return
+    elif signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    else:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def _uninstall_signal_handlers(handle: TracingHandle) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig, previous in list(_PREVIOUS.items()):
+        try:
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        except (ValueError, TypeError):
+            pass
+        _PREVIOUS.pop(sig, None)
+
+
+def _atexit() -> None:
+    active = _ACTIVE
+    if active is not None:
+        active.shutdown()
+
+
+atexit.register(_atexit)
+
+
+def _get_or_create_experiment(tracking_uri: str, name: str) -> str:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:
+        exp = client.get_experiment_by_name(name)  # created concurrently
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def setup_production_tracing(
+    experiment_name: str,
+    service_name: str | None = None,
+    *,
+    tracking_uri: str | None = None,
+    config: TracingConfig | Mapping[str, Any] | None = None,
+    metric_readers: list[Any] | None = None,
+    **overrides: Any,
+) -> TracingHandle:
+    """Turn on production tracing for this process and return its handle.
+
+    ``config`` is the ``tracing:`` section (a ``TracingConfig`` or a dict); keyword
+    ``overrides`` set fields of it (e.g. ``queue_capacity=50_000``,
+    ``sampling={"ratio": 0.1}``). ``metric_readers`` adds OpenTelemetry metric readers
+    (e.g. a Prometheus reader) beside the OTLP one. Calling it again replaces the
+    previous set-up (the old one is flushed first).
+    """
+    global _ACTIVE
+    import mlflow
+    from pydantic import ValidationError
+
+    from mlflow_llmops.config import format_validation_error
+
+    if not experiment_name or not str(experiment_name).strip():
+        raise ConfigError("setup_production_tracing: experiment_name must be a non-empty string")
+    try:
+        if isinstance(config, TracingConfig):
+            cfg = config.model_copy(update=overrides) if overrides else config
+            if overrides:
+                cfg = TracingConfig.model_validate(cfg.model_dump())
+        else:
+            cfg = TracingConfig.model_validate({**dict(config or {}), **overrides})
+    except ValidationError as e:
+        raise ConfigError(
+            format_validation_error(e, "tracing config").replace("\n  - ", "\n  - tracing.")
+        ) from None
+
+    service_name = service_name or cfg.service_name
+    if not service_name or not str(service_name).strip():
+        raise ConfigError(
+            "setup_production_tracing: service_name must be a non-empty string "
+            "(argument, or tracing.service_name in the config)"
+        )
+    with _ACTIVE_LOCK:
+        previous = _ACTIVE
+    if previous is not None:
+        previous.shutdown()
+
+    from mlflow.tracing.config import get_config
+
+    # read before set_tracking_uri / set_experiment, which reset MLflow's tracing config
+    app_span_processors = [
+        p for p in get_config().span_processors if not isinstance(p, SpanEndProcessor)
+    ]
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    os.environ.setdefault("MLFLOW_ASYNC_TRACE_LOGGING_RETRY_TIMEOUT", "5")
+    if cfg.http_max_retries is not None and uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.http_max_retries))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    experiment_id: str | None = None
+    deadline = time.monotonic() + cfg.startup_timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            experiment_id = _get_or_create_experiment(uri, experiment_name)
+            break
+        except Exception as e:  # noqa: BLE001 - store unreachable at start-up
+            last = e
+            time.sleep(0.5)
+    if experiment_id is None:
+        raise ConfigError(
+            f"setup_production_tracing: cannot reach the tracking store {_redact_url(uri)} to "
+            f"resolve experiment {experiment_name!r} within startup_timeout_s="
+            f"{cfg.startup_timeout_s}: {last}"
+        )
+    mlflow.set_experiment(experiment_id=experiment_id)
+
+    handle = TracingHandle(
+        config=cfg,
+        tracking_uri=uri,
+        experiment_id=experiment_id,
+        experiment_name=experiment_name,
+        service_name=service_name,
+        metric_readers=metric_readers,
+        app_span_processors=app_span_processors,
+    )
+    with _ACTIVE_LOCK:
+        _ACTIVE = handle
+    if cfg.install_signal_handlers:
+        _install_signal_handlers(handle)
+    _logger.info(handle.describe())
+    return handle

@@ -1,0 +1,119 @@
+"""SQL signals over the llmops_* views agree with an independent in-memory computation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from seeded import NOON, as_events
+
+from mlflow_llmops.alerting.rules import SignalSpec
+from mlflow_llmops.alerting.signals import (
+    MemorySignalSource,
+    SqlSignalSource,
+    TraceEvent,
+    weighted_percentile,
+)
+from mlflow_llmops.clock import to_ms
+
+WINDOWS = [
+    (NOON - timedelta(minutes=95), timedelta(minutes=5)),  # latency incident
+    (NOON - timedelta(minutes=50), timedelta(minutes=10)),  # error incident
+    (NOON - timedelta(hours=2), timedelta(hours=2)),  # everything today
+]
+
+
+def by_labels(values):
+    return {v.key: (v.value, v.samples) for v in values}
+
+
+@pytest.mark.parametrize(
+    "signal",
+    ["request_count", "error_rate", "latency_p50", "latency_p95", "latency_p99", "tokens",
+     "input_tokens", "output_tokens"],
+)  # fmt: skip
+@pytest.mark.parametrize("group_by", [(), ("model",), ("route", "task_type")])
+def test_sql_matches_memory(seeded_sqlite, signal, group_by):
+    sql = SqlSignalSource(seeded_sqlite.engine)
+    mem = MemorySignalSource(as_events(seeded_sqlite.traces))
+    for end, window in WINDOWS:
+        spec = SignalSpec(signal=signal, window=window, group_by=group_by)
+        a, b = to_ms(end - window), to_ms(end)
+        got, want = by_labels(sql.query(spec, a, b)), by_labels(mem.query(spec, a, b))
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k][0] == pytest.approx(want[k][0], rel=1e-9), (signal, k)
+            assert got[k][1] == want[k][1]
+
+
+def test_filters_and_experiment_scope(seeded_sqlite):
+    end = NOON
+    a, b = to_ms(end - timedelta(hours=1)), to_ms(end)
+    spec = SignalSpec(signal="request_count", window="1h", where={"route": "/chat"})
+    mem = MemorySignalSource(as_events(seeded_sqlite.traces))
+    assert by_labels(SqlSignalSource(seeded_sqlite.engine).query(spec, a, b)) == by_labels(
+        mem.query(spec, a, b)
+    )
+    other = SqlSignalSource(seeded_sqlite.engine, experiment_ids=["999"])
+    assert other.query(spec, a, b) == []
+    mine = SqlSignalSource(seeded_sqlite.engine, experiment_ids=[seeded_sqlite.exp_id])
+    assert mine.query(spec, a, b) == mem.query(spec, a, b)
+
+
+def test_cost_and_unpriced_share(seeded_sqlite):
+    src = SqlSignalSource(seeded_sqlite.engine)
+    a, b = to_ms(NOON - timedelta(hours=2)), to_ms(NOON)
+    cost = by_labels(src.query(SignalSpec(signal="cost_usd", window="2h", group_by="model"),
+                               a, b))  # fmt: skip
+    assert cost[(("model", "gpt-4o"),)][0] > 0
+    assert cost[(("model", "acme-internal-llm"),)][0] is None  # never counted as $0
+    spiked = src.query(SignalSpec(signal="cost_usd", window="15m"), to_ms(NOON) - 900_000, b)
+    calm = src.query(SignalSpec(signal="cost_usd", window="15m"), a, a + 900_000)
+    assert spiked[0].value > 2 * calm[0].value  # the 4x token incident
+
+
+def test_weighted_extrapolation_and_percentile():
+    """Head-sampled traffic at 10% (weight 10) next to tail-kept slow traces (weight 1)."""
+    fast = [TraceEvent(i, latency_ms=100.0, sample_weight=10.0) for i in range(9)]
+    slow = [TraceEvent(100 + i, latency_ms=9000.0, status="ERROR") for i in range(9)]
+    src = MemorySignalSource(fast + slow)
+    q = lambda s: src.query(SignalSpec(signal=s, window="1m"), 0, 60_000)[0].value  # noqa: E731
+    assert q("request_count") == 99
+    assert q("error_rate") == pytest.approx(9 / 99)
+    assert q("latency_p50") == 100.0  # unweighted it would be 9000
+    assert weighted_percentile([(1, 1), (2, 1), (3, 1), (4, 1)], 0.5) == 2
+
+
+def test_weighted_sql(seeded_sqlite):
+    """The SQL percentile is weighted too: same answer as the in-memory definition."""
+    src = SqlSignalSource(seeded_sqlite.engine)
+    a, b = to_ms(NOON - timedelta(hours=2)), to_ms(NOON)
+    stmt, params = src.build(SignalSpec(signal="latency_p95", window="2h"), a, b)
+    assert "SUM(wt) OVER" in stmt.text and params["q"] == 0.95
+
+
+def test_ttft_percentile(seeded_sqlite):
+    src = SqlSignalSource(seeded_sqlite.engine)
+    a, b = to_ms(NOON - timedelta(hours=1)), to_ms(NOON)
+    got = src.query(SignalSpec(signal="ttft_p90", window="1h"), a, b)
+    pairs = [(s.ttft_ms, 1.0) for t in seeded_sqlite.traces if a <= t.timestamp_ms < b
+             for s in t.spans]  # fmt: skip
+    assert got[0].samples == len(pairs)
+    assert got[0].value == pytest.approx(weighted_percentile(pairs, 0.9))
+
+
+def test_quality_and_feedback_signals(seeded_sqlite):
+    src = SqlSignalSource(seeded_sqlite.engine)
+    good = (to_ms(NOON - timedelta(minutes=40)), to_ms(NOON - timedelta(minutes=20)))
+    bad = (to_ms(NOON - timedelta(minutes=20)), to_ms(NOON))
+    mean = SignalSpec(signal="mean_score", window="20m", group_by="scorer")
+    [g] = src.query(mean, *good)
+    [b] = src.query(mean, *bad)
+    assert g.labels == {"scorer": "correctness"} and g.value == pytest.approx(0.9)
+    assert b.value == pytest.approx(0.3) and b.samples > 10
+    rate = SignalSpec(signal="scorer_pass_rate", window="20m", scorer="correctness")
+    assert src.query(rate, *good)[0].value == 1.0 and src.query(rate, *bad)[0].value == 0.0
+    fail = SignalSpec(signal="scorer_fail_rate", window="20m", group_by="model")
+    assert {v.value for v in src.query(fail, *bad)} == {1.0}
+    human = src.query(SignalSpec(signal="feedback_score", window="40m"), good[0], bad[1])
+    assert human[0].value == 0.0  # thumbs down only; scorer scores are not user feedback

@@ -1,0 +1,73 @@
+import pytest
+
+from mlflow_llmops.config import load_config
+from mlflow_llmops.errors import ConfigError
+
+
+def test_defaults_load_without_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(env={})
+    assert cfg.tracking.uri == "sqlite:///mlflow.db"
+    assert cfg.tracking.sql_url() == "sqlite:///mlflow.db"
+    assert cfg.state_store.url.startswith("sqlite:///")
+
+
+def test_yaml_with_env_interpolation_and_default(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("tracking:\n  uri: ${TRACKING}\n  experiment_name: ${EXP:-fallback}\n")
+    cfg = load_config(p, env={"TRACKING": "http://127.0.0.1:5000"})
+    assert cfg.tracking.uri == "http://127.0.0.1:5000"
+    assert cfg.tracking.experiment_name == "fallback"
+    assert cfg.tracking.sql_url() is None
+
+
+def test_missing_env_var_names_variable_and_fix(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("tracking:\n  uri: ${NOPE_NOT_SET}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, env={})
+    assert "NOPE_NOT_SET" in str(e.value) and "tracking.uri" in str(e.value)
+
+
+def test_env_override_double_underscore(tmp_path):
+    cfg = load_config(env={"MLFLOW_LLMOPS__TRACKING__EXPERIMENT_NAME": "prod"})
+    assert cfg.tracking.experiment_name == "prod"
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("tracking:\n  urii: sqlite:///x.db\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, env={})
+    msg = str(e.value)
+    assert str(p) in msg and "tracking.urii" in msg and "unknown key" in msg
+
+
+def test_malformed_yaml_and_wrong_top_level(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("tracking: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p, env={})
+    p.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(p, env={})
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml", env={})
+
+
+def test_cli_config_check_reports_bad_file(tmp_path):
+    import subprocess
+    import sys
+
+    p = tmp_path / "c.yaml"
+    p.write_text("tracking:\n  uri: ''\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "mlflow_llmops.cli", "--config", str(p), "config", "check"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2
+    assert "tracking.uri" in r.stderr and "must not be empty" in r.stderr

@@ -1,0 +1,229 @@
+"""The re-pricing job end to end on real MLflow stores (SQLite, PostgreSQL, HTTP server)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from pricing_traces import LlmCall, log_traces
+
+from mlflow_llmops.clock import FakeClock
+from mlflow_llmops.pricing import CostCalculator, cost_by_model, reprice, unpriced_models
+from mlflow_llmops.pricing.job import reprice_history
+from mlflow_llmops.store.state import StateStore
+
+D = Decimal
+NOW = datetime(2026, 8, 1, tzinfo=UTC)
+
+MINI = {"input_tokens": 1200, "output_tokens": 300, "cache_read_input_tokens": 200}
+CLAUDE = {
+    "input_tokens": 10_000,
+    "output_tokens": 1_000,
+    "cache_read_input_tokens": 3_000,
+    "cache_creation_input_tokens": 5_000,
+    "cache_creation_input_tokens_above_1hr": 2_000,
+}
+FIRST_BATCH = [
+    (datetime(2026, 5, 10, tzinfo=UTC), [LlmCall("gpt-4o-mini", "openai", MINI)]),
+    (
+        datetime(2026, 5, 20, tzinfo=UTC),
+        [
+            LlmCall("claude-sonnet-4-5", "anthropic", CLAUDE),
+            LlmCall("mystery-model", "acme", {"input_tokens": 50, "output_tokens": 5}),
+        ],
+    ),
+    (
+        datetime(2026, 7, 10, tzinfo=UTC),
+        [
+            LlmCall(
+                "gpt-4o-mini",
+                "openai",
+                {"input_tokens": 2000, "output_tokens": 100},
+                extra={"llmops.service_tier": "batch"},
+            ),
+            # an OTel GenAI-only span (no MLflow usage attribute)
+            LlmCall(
+                None,
+                None,
+                None,
+                extra={
+                    "gen_ai.request.model": "gpt-4o",
+                    "gen_ai.provider.name": "openai",
+                    "gen_ai.usage.input_tokens": 1000,
+                    "gen_ai.usage.output_tokens": 500,
+                    "gen_ai.usage.cache_read.input_tokens": 400,
+                },
+                span_type="LLM",
+            ),
+        ],
+    ),
+    (
+        datetime(2026, 7, 20, tzinfo=UTC),
+        [LlmCall("gemini-2.5-pro", "gemini", {"input_tokens": 250_000, "output_tokens": 1000})],
+    ),
+]
+SECOND_BATCH = [
+    (datetime(2026, 7, 25, tzinfo=UTC), [LlmCall("gpt-4o-mini", "openai", MINI)]),
+]
+OVERRIDE = """
+models:
+  - model: gpt-4o-mini
+    provider: openai
+    effective_from: 2026-06-01
+    discount_percent: 50
+"""
+
+
+def _rows(url: str) -> dict[str, dict]:
+    eng = sa.create_engine(url)
+    try:
+        with eng.connect() as c:
+            rows = c.execute(sa.text("SELECT * FROM llmops_span_costs")).mappings().all()
+    finally:
+        eng.dispose()
+    return {f"{r['model']}@{r['trace_timestamp_ms']}": dict(r) for r in rows}
+
+
+def _scenario(tracking_url: str, state_url: str, tmp_path) -> None:
+    """Price, rerun (nothing new), add traces (only those priced), override (history diff)."""
+    exp = log_traces(tracking_url, "pricing-e2e", FIRST_BATCH)
+    store = StateStore(state_url)
+    calc = CostCalculator.default(clock=FakeClock(NOW))
+
+    r1 = reprice(tracking_url, state_store=store, experiment_ids=[exp], now=NOW, calculator=calc)
+    assert r1.source == "sql" and r1.full_history and r1.previous_version is None
+    assert r1.spans_seen == r1.spans_written == 6
+    assert r1.status_counts == {"priced": 5, "unpriced": 1}
+    assert r1.unpriced == {("mystery-model", "acme"): 1}
+    rows = _rows(tracking_url)
+    mystery = next(v for k, v in rows.items() if k.startswith("mystery-model"))
+    assert mystery["status"] == "unpriced" and mystery["total_cost_usd"] is None
+    claude = next(v for k, v in rows.items() if k.startswith("claude"))
+    assert D(str(claude["total_cost_usd"])) == D("0.04515")
+    assert (claude["input_tokens"], claude["cache_read_tokens"]) == (2000, 3000)
+    assert (claude["cache_write_5m_tokens"], claude["cache_write_1h_tokens"]) == (3000, 2000)
+    otel = next(v for k, v in rows.items() if k.startswith("gpt-4o@"))
+    assert D(str(otel["total_cost_usd"])) == D("0.007")
+    gemini = next(v for k, v in rows.items() if k.startswith("gemini"))
+    assert D(str(gemini["total_cost_usd"])) == D("0.64")  # long-context rates
+    batch = [v for k, v in rows.items() if k.startswith("gpt-4o-mini") and v["service_tier"]]
+    assert batch[0]["service_tier"] == "batch"
+    assert D(str(batch[0]["total_cost_usd"])) == D("0.00018")  # half of $0.15 / $0.60
+    assert r1.total_usd == sum(
+        (D(str(v["total_cost_usd"])) for v in rows.values() if v["total_cost_usd"] is not None),
+        D(0),
+    )
+
+    # idempotent: nothing new, nothing rewritten
+    r2 = reprice(tracking_url, state_store=store, experiment_ids=[exp], now=NOW, calculator=calc)
+    assert r2.spans_written == 0 and not r2.full_history
+
+    # incremental: only the new trace is priced
+    log_traces(tracking_url, "pricing-e2e", SECOND_BATCH)
+    r3 = reprice(tracking_url, state_store=store, experiment_ids=[exp], now=NOW, calculator=calc)
+    assert r3.spans_written == 1 and r3.status_counts == {"priced": 1}
+    assert r3.diffs[0].new_spans == 1
+
+    # price change with an effective date: history re-priced, only later spans change
+    f = tmp_path / "prices.yaml"
+    f.write_text(OVERRIDE)
+    calc2 = CostCalculator.from_files(overrides_file=f, clock=FakeClock(NOW))
+    before = _rows(tracking_url)
+    r4 = reprice(tracking_url, state_store=store, experiment_ids=[exp], now=NOW, calculator=calc2)
+    assert r4.full_history and r4.previous_version == calc.catalog_version
+    assert r4.spans_written == 7 and r4.spans_changed == 2
+    after = _rows(tracking_url)
+    for k, old in before.items():
+        new = after[k]
+        moved = k.startswith("gpt-4o-mini") and old["trace_timestamp_ms"] >= 1_780_272_000_000
+        if moved:
+            assert D(str(new["total_cost_usd"])) * 2 == D(str(old["total_cost_usd"]))
+            assert new["matched_entry"] == "openai/gpt-4o-mini@2026-06-01"
+        else:
+            assert new["total_cost_usd"] == old["total_cost_usd"], k
+        assert new["catalog_version"] == calc2.catalog_version
+    (diff,) = [d for d in r4.diffs if d.changed_spans]
+    assert diff.model == "gpt-4o-mini" and diff.changed_spans == 2
+    assert diff.delta_usd == -(D("0.00018") + D("0.000345")) / 2
+    runs = reprice_history(store)
+    assert runs[0]["catalog_version"] == calc2.catalog_version
+    assert any(d["model"] == "gpt-4o-mini" and D(d["delta_usd"]) < 0 for d in runs[0]["diff"])
+
+    by_model = {r["model"]: r for r in cost_by_model(tracking_url, experiment_ids=[exp])}
+    assert by_model["mystery-model"]["unpriced_spans"] == 1
+    assert by_model["claude-sonnet-4-5"]["cost_usd"] == D("0.04515")
+    (un,) = unpriced_models(tracking_url)
+    assert (un["model"], un["spans"], un["input_tokens"]) == ("mystery-model", 1, 50)
+    store.dispose()
+
+
+def test_reprice_end_to_end_sqlite(tmp_path, sqlite_url, state_url):
+    _scenario(sqlite_url, state_url, tmp_path)
+
+
+@pytest.mark.postgres
+def test_reprice_end_to_end_postgres(tmp_path, pg_url, state_url):
+    _scenario(pg_url, state_url, tmp_path)
+
+
+def test_cli_reprice_show_price_unpriced(tmp_path, sqlite_url, monkeypatch):
+    from mlflow_llmops.cli import cli
+
+    log_traces(sqlite_url, "cli-exp", FIRST_BATCH[1:2])
+    cfg = tmp_path / "mlflow-llmops.yaml"
+    cfg.write_text(
+        f"tracking: {{uri: '{sqlite_url}'}}\n"
+        f"state_store: {{url: 'sqlite:///{tmp_path / 'state.db'}'}}\n"
+    )
+    runner = CliRunner()
+    res = runner.invoke(cli, ["--config", str(cfg), "costs", "reprice", "--experiment", "cli-exp"])
+    assert res.exit_code == 0, res.output
+    assert "2 written" in res.output and "mystery-model [acme]: 1" in res.output
+    res = runner.invoke(cli, ["--config", str(cfg), "costs", "unpriced"])
+    assert res.exit_code == 1 and "mystery-model" in res.output and "no price" in res.output
+    res = runner.invoke(cli, ["--config", str(cfg), "costs", "show-price", "gpt-4o"])
+    assert res.exit_code == 0, res.output
+    assert "openai/gpt-4o" in res.output and "tier batch" in res.output
+    assert "input $2.5" in res.output and "provider inferred" in res.output
+    res = runner.invoke(cli, ["--config", str(cfg), "costs", "show-price", "nope-llm"])
+    assert res.exit_code == 1 and "UNPRICED" in res.output
+    res = runner.invoke(cli, ["--config", str(cfg), "costs", "history"])
+    assert res.exit_code == 0 and "2 written" in res.output
+
+
+def test_reprice_through_mlflow_server_without_database(mlflow_server_sqlite, tmp_path):
+    url = mlflow_server_sqlite.url
+    exp = log_traces(url, "pricing-rest", FIRST_BATCH[:2])
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    r = reprice(url, state_store=store, experiment_ids=[exp], now=NOW)
+    assert r.source == "rest" and r.spans_written == 3
+    assert r.status_counts == {"priced": 2, "unpriced": 1}
+    assert r.cost_by_model["claude-sonnet-4-5"] == D("0.04515")
+    r2 = reprice(url, state_store=store, experiment_ids=[exp], now=NOW)
+    assert r2.spans_written == 0
+    store.dispose()
+
+
+def test_cost_rows_keep_unpriced_parts_null_and_bad_usage_unpriced():
+    from mlflow_llmops.pricing.job import cost_row, span_from_attributes
+
+    calc = CostCalculator.default(clock=FakeClock(NOW))
+    span = span_from_attributes(
+        "tr-1", "s-1", "1", 1, {"mlflow.llm.model": "gpt-image-1", "mlflow.llm.provider": "openai",
+                                "mlflow.chat.tokenUsage": {"input_tokens": 1000, "output_tokens": 10}},
+    )  # fmt: skip
+    r = calc.cost(model=span.model, provider=span.provider, usage=span.usage)
+    row = cost_row(span, r, calc.catalog_version, NOW)
+    assert row["status"] == "partial" and row["output_cost_usd"] is None
+    assert row["input_cost_usd"] == row["total_cost_usd"] == D("0.005")
+    bad = span_from_attributes(
+        "tr-1", "s-2", "1", 1, {"mlflow.llm.model": "gpt-4o",
+                                "mlflow.chat.tokenUsage": '{"input_tokens": 5, "cache_read_input_tokens": 9}'},
+    )  # fmt: skip
+    assert bad.usage is None and "inconsistent" in bad.usage_error
+    row = cost_row(bad, None, calc.catalog_version, NOW)
+    assert row["status"] == "unpriced" and row["total_cost_usd"] is None
+    assert span_from_attributes("tr-1", "s-3", "1", 1, {"mlflow.llm.model": "gpt-4o"}) is None

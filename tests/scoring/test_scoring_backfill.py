@@ -1,0 +1,241 @@
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+from mlflow.entities import AssessmentSource, Feedback
+from mlflow.tracing.client import TracingClient
+from scoring_helpers import EPOCH, EPOCH_MS, config_for, make_traces
+from test_scoring_judge import grader
+
+from mlflow_llmops.scoring import (
+    BackfillError,
+    ScorerRegistry,
+    ScorerSpec,
+    backfill,
+    quality_aggregates,
+)
+from mlflow_llmops.scoring.registry import (
+    backfill_items_table,
+    backfill_jobs_table,
+    ledger_table,
+)
+from mlflow_llmops.testing.fake_llm import FakeLLMConfig, FakeLLMServer, Fault
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def judge_llm():
+    with FakeLLMServer(FakeLLMConfig(responder=grader)) as srv:
+        yield srv
+
+
+def _judge(store, base_url: str, name: str = "quality") -> None:
+    ScorerRegistry(store).register(
+        ScorerSpec(name=name, ref="judge", params={"base_url": base_url}), now=EPOCH
+    )
+
+
+def test_budget_estimate_rerun_and_429(judge_llm, mlflow_db, store, state_url):
+    mlflow_db.load(make_traces(30))
+    _judge(store, judge_llm.base_url)
+    cfg = config_for(mlflow_db.uri, state_url, concurrency=4)
+    judge_llm.script(Fault(status=429, retry_after=0.05), Fault(status=503))
+    first = backfill(cfg, store, scorer="quality", since_ms=EPOCH_MS, until_ms=EPOCH_MS + 10**8,
+                     max_cost_usd=1e-9, progress=False)  # fmt: skip
+    # the estimate comes first; a budget below one trace's estimate scores nothing
+    assert first.status == "budget_exhausted" and first.scored == 0
+    assert first.total == 30 and first.estimate_usd > 0
+    per_trace = first.estimate_usd / 30
+    budget = per_trace * 10.5
+    second = backfill(cfg, store, scorer="quality", since_ms=EPOCH_MS,
+                      until_ms=EPOCH_MS + 10**8, max_cost_usd=budget, progress=False)  # fmt: skip
+    assert second.job_id == first.job_id and second.status == "budget_exhausted"
+    assert 8 <= second.scored < 30 and second.spent_usd <= budget
+    third = backfill(cfg, store, scorer="quality", since_ms=EPOCH_MS,
+                     until_ms=EPOCH_MS + 10**8, max_cost_usd=1.0, progress=False)  # fmt: skip
+    assert third.status == "done" and third.scored == 30 - second.scored
+    assert third.already_done == second.scored
+    fourth = backfill(cfg, store, scorer="quality", since_ms=EPOCH_MS,
+                      until_ms=EPOCH_MS + 10**8, progress=False)  # fmt: skip
+    assert fourth.scored == 0 and fourth.status == "done"
+    per_trace_count = Counter(r[0] for r in mlflow_db.assessments())
+    assert len(per_trace_count) == 30 and set(per_trace_count.values()) == {1}
+    agg = quality_aggregates(store, EPOCH_MS, EPOCH_MS + 10**8, "quality")[0]
+    assert agg.scored == 30 and agg.errors == 0
+
+
+def test_backfill_skips_what_the_runner_scored_and_records_errors(mlflow_db, store, state_url):
+    from mlflow_llmops.scoring import run_due_scorers
+
+    mlflow_db.load(make_traces(12))
+    reg = ScorerRegistry(store)
+    reg.register(ScorerSpec(name="empty", ref="builtin:empty_answer", sample_rate=0.5), now=EPOCH)
+    reg.register(ScorerSpec(name="broken", ref="scoring_helpers:exploding"), now=EPOCH)
+    cfg = config_for(mlflow_db.uri, state_url)
+    run = run_due_scorers(cfg, store, EPOCH.replace(day=2), names=["empty"]).scorers[0]
+    r = backfill(cfg, store, scorer="empty", sample_rate=1.0, progress=False)
+    assert r.scored == 12 - run.scored and r.skipped == run.scored
+    assert len(mlflow_db.assessments()) == 12
+    b = backfill(cfg, store, scorer="broken", progress=False)
+    assert (b.scored, b.errors, b.status) == (0, 12, "done")
+    assert "ValueError: boom" in b.error_samples[0]
+    import scoring_helpers
+
+    reg.register(ScorerSpec(name="flaky", ref="scoring_helpers:flaky"), now=EPOCH)
+    scoring_helpers.FLAKY["fail"] = True
+    assert backfill(cfg, store, scorer="flaky", progress=False).errors == 12
+    scoring_helpers.FLAKY["fail"] = False
+    assert backfill(cfg, store, scorer="flaky", progress=False).scored == 0  # errors are kept
+    retry = backfill(cfg, store, scorer="flaky", retry_errors=True, progress=False)
+    assert (retry.scored, retry.errors, retry.status) == (12, 0, "done")
+    with pytest.raises(BackfillError, match="--until must be after --since"):
+        backfill(cfg, store, scorer="empty", since_ms=10, until_ms=5, progress=False)
+    nothing = backfill(cfg, store, scorer="empty", filter_string="tags.team = 'nobody'",
+                       progress=False)  # fmt: skip
+    assert (nothing.total, nothing.status) == (0, "done")
+
+
+def test_takeover_adopts_an_assessment_logged_before_a_crash(mlflow_db, store, state_url):
+    """A worker died after log_feedback but before confirming: no second assessment."""
+    mlflow_db.load(make_traces(3))
+    ScorerRegistry(store).register(ScorerSpec(name="empty", ref="builtin:empty_answer"),
+                                   now=EPOCH)  # fmt: skip
+    tids = [r.info.trace_id for r in TracingClient(mlflow_db.uri).search_traces(
+        locations=[mlflow_db.experiment_id], include_spans=False)]  # fmt: skip
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    import socket
+
+    with store.engine.begin() as c:
+        c.execute(ledger_table.insert().values(
+            trace_id=tids[0], scorer="empty", version=1, state="claimed",
+            holder=f"{socket.gethostname()}:{dead}:dead", claimed_ms=EPOCH_MS,
+            trace_timestamp_ms=EPOCH_MS))  # fmt: skip
+    TracingClient(mlflow_db.uri).log_assessment(tids[0], Feedback(
+        name="empty", value=True, source=AssessmentSource("CODE", "empty@v1"),
+        metadata={"llmops.scorer": "empty", "llmops.scorer_version": "1"}))  # fmt: skip
+    r = backfill(config_for(mlflow_db.uri, state_url), store, scorer="empty", progress=False)
+    assert r.scored == 3
+    assert Counter(x[0] for x in mlflow_db.assessments()) == {t: 1 for t in tids}
+
+
+def _write_config(path: Path, tracking_uri: str, state_url: str, experiment: str = "exp") -> Path:
+    path.write_text(yaml.safe_dump({
+        "tracking": {"uri": tracking_uri, "experiment_name": experiment},
+        "state_store": {"url": state_url},
+        "scoring": {"concurrency": 4, "completion_buffer_s": 0},
+    }))  # fmt: skip
+    return path
+
+
+def _cli(config: Path, *args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_LLMOPS_CONFIG": str(config), "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "mlflow_llmops.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=str(ROOT), **kw)  # fmt: skip
+
+
+def _done(engine: sa.Engine) -> int:
+    with engine.connect() as c:
+        return c.execute(sa.select(sa.func.count()).select_from(ledger_table)
+                         .where(ledger_table.c.state == "done")).scalar_one()  # fmt: skip
+
+
+def test_backfill_killed_with_sigkill_then_rerun_scores_each_trace_once(
+    judge_llm, mlflow_db, store, state_url, tmp_path
+):
+    n = 120
+    mlflow_db.load(make_traces(n))
+    judge_llm.config.latency_s = 0.03
+    _judge(store, judge_llm.base_url)
+    cfg = _write_config(tmp_path / "c.yaml", mlflow_db.uri, state_url)
+    args = ("scorers", "backfill", "--scorer", "quality", "--since", "2026-03-01",
+            "--until", "2026-03-02", "--no-progress")  # fmt: skip
+    proc = _cli(cfg, *args)
+    deadline = time.monotonic() + 90
+    while _done(store.engine) < n // 3:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "backfill made no progress"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    killed_at = _done(store.engine)
+    assert killed_at < n
+    rerun = _cli(cfg, *args)
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    assert ": done" in out
+    before = int(re.search(r"done before this run (\d+)", out).group(1))
+    scored = int(re.search(r"this worker: scored (\d+)", out).group(1))
+    adopted = int(re.search(r"already scored (\d+)", out).group(1))
+    assert before <= killed_at and before + scored + adopted == n  # resumed, not restarted
+    counts = Counter(r[0] for r in mlflow_db.assessments())
+    assert len(counts) == n and set(counts.values()) == {1}, "every trace scored exactly once"
+    assert _done(store.engine) == n
+
+
+def test_two_workers_split_a_backfill_on_postgres(judge_llm, mlflow_server_pg, pg_url, tmp_path):
+    from mlflow import MlflowClient
+
+    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.testing.seed import bulk_load
+
+    n = 80
+    exp = f"split-{os.getpid()}-{time.time_ns()}"
+    exp_id = MlflowClient(mlflow_server_pg.url).create_experiment(exp)
+    engine = sa.create_engine(mlflow_server_pg.database_url)
+    bulk_load(engine, exp_id, make_traces(n), seed=7)
+    judge_llm.config.latency_s = 0.03
+    store = StateStore(pg_url)
+    _judge(store, judge_llm.base_url)
+    cfg = config_for(mlflow_server_pg.url, pg_url, concurrency=2)
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
+        update={"experiment_name": exp})})  # fmt: skip
+    reports = {}
+
+    def work(worker_id: str) -> None:
+        own = StateStore(pg_url)  # each worker its own connections, as separate hosts would
+        try:
+            reports[worker_id] = backfill(cfg, own, scorer="quality", worker_id=worker_id,
+                                          progress=False)  # fmt: skip
+        finally:
+            own.dispose()
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in ("w1", "w2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    # the last one to finish sees the whole job done; the other may have left while
+    # its peer still held leases
+    assert "done" in {r.status for r in reports.values()}
+    with store.engine.connect() as c:
+        assert c.execute(sa.select(backfill_jobs_table.c.status)).scalar_one() == "done"
+    with store.engine.connect() as c:
+        by_holder = dict(c.execute(sa.select(backfill_items_table.c.holder, sa.func.count())
+                                   .group_by(backfill_items_table.c.holder)).all())  # fmt: skip
+        ledger = Counter(r[0] for r in c.execute(sa.select(ledger_table.c.trace_id)))
+    assert set(by_holder) == {"w1", "w2"} and sum(by_holder.values()) == n
+    assert min(by_holder.values()) >= n // 5  # both did a real share
+    assert len(ledger) == n and set(ledger.values()) == {1}
+    with engine.connect() as c:
+        per_trace = Counter(r[0] for r in c.execute(sa.text(
+            "SELECT a.trace_id FROM assessments a JOIN trace_info t ON t.request_id = a.trace_id "
+            "WHERE t.experiment_id = :e"), {"e": int(exp_id)}))  # fmt: skip
+    assert len(per_trace) == n and set(per_trace.values()) == {1}
+    mine = [r.scored for r in reports.values()]
+    assert sum(mine) == n and min(mine) > 0
+    engine.dispose()
+    store.dispose()

@@ -1,0 +1,122 @@
+"""The CLI (`sql list|show|run|views`, `export parquet`, `report daily`) end to end."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import date
+
+import pytest
+from click.testing import CliRunner
+from conftest import NOW
+
+from mlflow_llmops.cli import cli
+from mlflow_llmops.reports import daily_report
+from mlflow_llmops.store.queries import run_query
+
+# One worker builds the seeded stores once (make test runs with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("sql")
+
+
+@pytest.fixture
+def config(sqlite_store, tmp_path):
+    p = tmp_path / "mlflow-llmops.yaml"
+    p.write_text(
+        f"tracking:\n  uri: {sqlite_store[0]}\n"
+        f"analytics:\n  export_dir: {tmp_path / 'export'}\n  report_dir: {tmp_path / 'reports'}\n"
+    )
+    return p
+
+
+def invoke(config, *args):
+    r = CliRunner().invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
+    return r
+
+
+def test_sql_list_show_run(config, sqlite_store):
+    r = invoke(config, "sql", "list")
+    assert (
+        r.exit_code == 0 and "cost_by_model_day" in r.output and "hourly_cost_anomaly" in r.output
+    )
+    r = invoke(config, "sql", "show", "top_traces", "--dialect", "spark")
+    assert r.exit_code == 0 and "LIMIT :limit" in r.output and "param limit" in r.output
+
+    args = ["sql", "run", "cost_by_model_day", "-p", "since_ms=2026-03-01",
+            "-p", "until_ms=2026-03-10T12:30:00Z"]  # fmt: skip
+    expected = run_query(
+        "cost_by_model_day", sqlite_store[1],
+        {"since_ms": "2026-03-01", "until_ms": "2026-03-10T12:30:00Z"}, now=NOW,
+    ).records()  # fmt: skip
+    r = invoke(config, *args, "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.output) == expected
+    r = invoke(config, *args, "--format", "csv")
+    got = list(csv.reader(io.StringIO(r.output)))
+    assert got[0] == list(expected[0]) and len(got) == len(expected) + 1
+    r = invoke(config, *args)
+    assert "2026-03-01" in r.output and f"({len(expected)} rows)" in r.output
+    r = invoke(config, "sql", "views")
+    assert r.exit_code == 0 and "llmops_traces" in r.output
+
+
+def test_sql_run_errors_say_what_to_fix(config, capsys):
+    from mlflow_llmops.cli import main
+
+    for args, msg in (
+        (["sql", "run", "nope"], "no query named 'nope'"),
+        (["sql", "run", "top_traces", "-p", "limit=ten"], "expected an integer"),
+        (["sql", "run", "top_traces", "-p", "limit"], "write NAME=VALUE"),
+        (["sql", "run", "top_traces", "-p", "color=red"], "unknown parameter"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(["--config", str(config), *args])
+        assert e.value.code == 2, args
+        assert msg in capsys.readouterr().err, args
+
+
+def test_sql_run_without_a_database_url_points_to_parquet(tmp_path, capsys):
+    from mlflow_llmops.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("tracking:\n  uri: http://127.0.0.1:9\n")
+    with pytest.raises(SystemExit):
+        main(["--config", str(cfg), "sql", "run", "daily_totals"])
+    assert "tracking.database_url" in capsys.readouterr().err
+
+
+def test_export_then_query_parquet_and_daily_report(config, tmp_path, capsys):
+    r = invoke(config, "export", "parquet", "--since", "2026-03-01")
+    assert r.exit_code == 0 and "traces=" in r.output
+    out = tmp_path / "export"
+    assert (out / "traces" / "day=2026-03-09" / "part.parquet").exists()
+    r = invoke(config, "sql", "run", "top_traces", "--parquet", str(out), "-p",
+               "since_ms=2026-03-09", "-p", "until_ms=2026-03-10", "-p", "limit=1",
+               "--format", "json")  # fmt: skip
+    assert json.loads(r.output)[0]["user_id"] == "user-whale"
+
+    r = invoke(config, "report", "daily", "--date", "2026-03-09")
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "reports" / "cost-report-2026-03-09.md").read_text()
+    png = tmp_path / "reports" / "cost-report-2026-03-09.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for part in ("# LLM cost report for 2026-03-09", "## Totals", "previous day",
+                 "same day last week", "## By model", "## By task type", "user-whale",
+                 "## Unpriced usage", "acme-internal-llm", "cost-report-2026-03-09.png"):  # fmt: skip
+        assert part in md, part
+    from mlflow_llmops.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--config", str(config), "report", "daily", "--date", "09/03/2026"])
+    assert "write the day as YYYY-MM-DD" in capsys.readouterr().err
+
+
+def test_daily_report_numbers_are_the_queries_numbers(sqlite_store, duck, tmp_path):
+    a = daily_report(sqlite_store[1], date(2026, 3, 9), tmp_path / "a", now=NOW, chart=False)
+    b = daily_report(duck[1], date(2026, 3, 9), tmp_path / "b", now=NOW, chart=False)
+    assert a.markdown == b.markdown
+    day = run_query("daily_totals", sqlite_store[1],
+                    {"since_ms": "2026-03-08", "until_ms": "2026-03-10"}, now=NOW).records()  # fmt: skip
+    assert a.totals["requests"] == day[1]["requests"]
+    assert a.totals["cost_usd"] == day[1]["cost_usd"]
+    assert a.totals["previous_day_cost_usd"] == day[0]["cost_usd"]
+    assert a.chart_path is None

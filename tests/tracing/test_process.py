@@ -1,0 +1,240 @@
+"""Real processes: bursts and SIGTERM in subprocesses that are really killed, a real
+``mlflow server`` that goes down and comes back, PostgreSQL, and OTLP dual export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from tracing_helpers import ROOT, count_spans, count_traces, memory_dir, run_loadgen
+
+from mlflow_llmops.testing.mlflow_server import MlflowServer
+from mlflow_llmops.testing.otlp_receiver import OtlpReceiver
+from mlflow_llmops.tracing import keys, llm_call, request_context
+from mlflow_llmops.tracing.metrics import DURATION_BUCKETS, TOKEN_BUCKETS
+
+
+def events(stdout: str) -> dict[str, dict]:
+    out = {}
+    for line in stdout.splitlines():
+        if line.startswith("{"):
+            e = json.loads(line)
+            out[e["event"]] = e
+    return out
+
+
+def test_burst_of_500_is_persisted_whole(fast_dir):
+    db = fast_dir / "burst.db"
+    r = run_loadgen("--tracking-uri", f"sqlite:///{db}", "--traces", "500")
+    assert r.returncode == 0, r.stderr[-2000:]
+    ev = events(r.stdout)
+    st = ev["drained"]["stats"]
+    assert (st["created"], st["exported"], st["dropped"], st["unsent_at_shutdown"]) == (
+        500, 500, 0, 0,
+    )  # fmt: skip
+    assert count_traces(db) == 500 and count_spans(db) == 1500
+
+
+def test_drops_beyond_capacity_are_counted_exactly(fast_dir):
+    db = fast_dir / "small.db"
+    r = run_loadgen(
+        "--tracking-uri", f"sqlite:///{db}", "--traces", "200", "--queue-capacity", "20"
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    st = events(r.stdout)["drained"]["stats"]
+    assert st["dropped"] > 0
+    assert st["created"] == 200 == st["exported"] + st["dropped"]
+    assert count_traces(db) == st["exported"]
+    assert "trace export queue full (capacity 20)" in r.stderr
+
+
+def test_sigterm_with_200_queued_loses_nothing(fast_dir):
+    db = fast_dir / "term.db"
+    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow_llmops.tracing.loadgen", "--tracking-uri",
+         f"sqlite:///{db}", "--traces", "200", "--wait-signal"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT),
+    )  # fmt: skip
+    line = proc.stdout.readline()
+    created = json.loads(line)
+    assert created["stats"]["created"] == 200
+    assert created["stats"]["queued"] > 0, "nothing was queued at SIGTERM time"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM  # the default action still ran (chained)
+    assert count_traces(db) == 200 and count_spans(db) == 600
+    assert "tracing shut down: created=200 kept=200 exported=200" in err
+
+
+APP_WITH_HANDLER = """
+import json, signal, sys, mlflow
+from mlflow_llmops.tracing import setup_production_tracing
+calls = []
+def app_handler(signum, frame):
+    calls.append(signum)
+    print(json.dumps({"app_handler": signum}), flush=True)
+    sys.exit(3)
+signal.signal(signal.SIGTERM, app_handler)
+h = setup_production_tracing("chain", "svc", tracking_uri=sys.argv[1])
+@mlflow.trace
+def f(i): return i
+for i in range(50): f(i)
+print(json.dumps({"ready": h.stats()["created"]}), flush=True)
+signal.pause()
+"""
+
+
+def test_sigterm_chains_the_application_handler(tmp_path, fast_dir):
+    db = fast_dir / "chain.db"
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(APP_WITH_HANDLER))
+    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), f"sqlite:///{db}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert json.loads(proc.stdout.readline()) == {"ready": 50}
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err[-2000:]
+    assert json.loads(out.strip().splitlines()[-1]) == {"app_handler": signal.SIGTERM}
+    assert count_traces(db) == 50
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory):
+    """An MLflow server of our own: this module stops and restarts it."""
+    d = memory_dir(tmp_path_factory.mktemp("tracing-srv"))
+    srv = MlflowServer(f"sqlite:///{d / 'mlflow.db'}", artifact_root=str(d / "art"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_store_down_never_blocks_and_everything_arrives_when_back(tracing, own_server):
+    h = tracing(
+        "outage", tracking_uri=own_server.url, retry_backoff_s=0.2, max_backoff_s=1.0,
+    )  # fmt: skip
+
+    @mlflow.trace(name="req")
+    def req(i: int) -> int:
+        with llm_call(model="gpt-4o-mini", provider="openai") as c:
+            c.set_usage(input_tokens=10, output_tokens=2)
+        return i
+
+    for i in range(5):
+        req(i)
+    assert h.flush(30)
+    own_server.stop()
+    worst = 0.0
+    for i in range(20):
+        t0 = time.perf_counter()
+        req(100 + i)
+        worst = max(worst, time.perf_counter() - t0)
+    assert worst < 0.25, f"request path blocked for {worst:.3f}s while the store was down"
+    deadline = time.monotonic() + 20
+    while h.stats()["export_errors"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    st = h.stats()
+    assert st["export_errors"] > 0 and st["queued"] == 20 and st["dropped"] == 0
+    assert st["last_export_error"]
+    own_server.start()
+    assert h.flush(60), h.stats()
+    st = h.stats()
+    assert (st["exported"], st["dropped"], st["queued"]) == (25, 0, 0)
+    client = MlflowClient(tracking_uri=own_server.url)
+    found = client.search_traces(locations=[h.experiment_id], max_results=200)
+    assert len(found) == 25
+
+
+def test_mlflow_server_on_postgresql(tracing, mlflow_server_pg):
+    h = tracing("pg-traces", "pg-svc", tracking_uri=mlflow_server_pg.url)
+
+    @mlflow.trace(name="req")
+    def req(i: int) -> int:
+        with llm_call(model="gpt-4o-mini", provider="openai") as c:
+            c.set_usage(input_tokens=100, output_tokens=20, cache_read_tokens=30)
+        return i
+
+    for i in range(10):
+        with request_context(user=f"u{i % 3}", session="s"):
+            req(i)
+    assert h.flush(60)
+    client = MlflowClient(tracking_uri=mlflow_server_pg.url)
+    found = client.search_traces(locations=[h.experiment_id], max_results=100)
+    assert len(found) == 10
+    t = client.get_trace(found[0].info.trace_id)
+    assert t.info.trace_metadata[keys.SERVICE] == "pg-svc"
+    assert t.info.trace_metadata[keys.USER].startswith("u")
+    llm = next(s for s in t.data.spans if s.span_type == "CHAT_MODEL")
+    assert llm.attributes[keys.TOKEN_USAGE]["cache_read_input_tokens"] == 30
+
+
+def test_otlp_dual_export_metrics_and_no_secret_in_logs(tracing, shared_sqlite_uri, caplog):
+    with OtlpReceiver() as rx, caplog.at_level(logging.INFO, logger="mlflow_llmops.tracing"):
+        h = tracing(
+            "otlp", "otlp-svc", tracking_uri=shared_sqlite_uri,
+            sampling={"ratio": 0.0, "tail": {"keep_errors": True}},
+            otlp={"traces_endpoint": rx.traces_endpoint + "?token=querysecret",
+                  "metrics_endpoint": rx.metrics_endpoint,
+                  "headers": {"Authorization": "Bearer s3cr3t-token"},
+                  "metrics_export_interval_s": 60},
+        )  # fmt: skip
+
+        @mlflow.trace(name="req")
+        def req(i: int) -> int:
+            with llm_call(model="gpt-4o-mini", provider="openai", inputs={"p": f"prompt {i}"}) as c:
+                c.first_token()
+                c.set_usage(input_tokens=300, output_tokens=20)
+            if i % 5 == 0:
+                raise RuntimeError("boom")
+            return i
+
+        for i in range(20):
+            with request_context(user="u", route="/x"):
+                try:
+                    req(i)
+                except RuntimeError:
+                    pass
+        report = h.shutdown(20)
+        spans = rx.spans()
+        metrics = rx.metrics()
+        headers = [hd for _, hd in rx.requests]
+    assert report["kept"] == 4 and report["exported"] == 4
+    # traces: only the 4 kept (error) traces, 2 spans each, with their LLM attributes
+    assert len({s.trace_id for s in spans}) == 4 and len(spans) == 8
+    assert all(s.resource.get("service.name") == "otlp-svc" for s in spans)
+    assert all(hd.get("authorization") == "Bearer s3cr3t-token" for hd in headers)
+    # metrics: all 20 calls, spec names, buckets and a bounded label set
+    by_name = {m.name: m for m in metrics}
+    dur = by_name["gen_ai.client.operation.duration"]
+    assert dur.kind == "histogram" and dur.unit == "s"
+    assert sum(p["count"] for p in dur.points) == 20
+    assert all(tuple(p["bounds"]) == DURATION_BUCKETS for p in dur.points)
+    tok = by_name["gen_ai.client.token.usage"]
+    assert all(tuple(p["bounds"]) == tuple(float(b) for b in TOKEN_BUCKETS) for p in tok.points)
+    assert (
+        sum(p["sum"] for p in tok.points if p["attributes"]["gen_ai.token.type"] == "input") == 6000
+    )
+    assert "gen_ai.client.operation.time_to_first_chunk" in by_name
+    labels = {k for m in (dur, tok) for p in m.points for k in p["attributes"]}
+    assert labels <= {"gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model",
+                      "error.type", "gen_ai.token.type"}  # fmt: skip
+    outcomes = {
+        p["attributes"]["llmops.outcome"]: p["value"] for p in by_name["llmops.traces"].points
+    }
+    assert outcomes["sampled_out"] == 16 and outcomes["kept"] == 4
+    # the start-up line shows endpoints, never secrets
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert rx.metrics_endpoint in text and "/v1/traces" in text
+    assert "s3cr3t" not in text and "querysecret" not in text
