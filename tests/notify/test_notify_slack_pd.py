@@ -142,7 +142,9 @@ def test_slack_rate_limit_per_channel_with_the_delivery_thread(store, slack):
         t.join(5)
     assert len(slack.messages_in("#alerts")) == 8
     times = sorted(m.received_at for m in slack.messages_in("#alerts"))
-    assert times[-1] - times[0] >= (8 - 2) / 5 * 0.9  # the bucket held them back
+    # The bucket spreads the 6 after the burst over ~1.2 s; unthrottled, 8 posts to a local
+    # server take well under 0.2 s. Receive times jitter on a loaded machine: leave room.
+    assert times[-1] - times[0] >= 0.7
     assert slack.max_per_second("#alerts") <= 2 + 5 + 1
 
 
