@@ -98,11 +98,12 @@ class QueryResult:
 
 # --------------------------------------------------------------------------- loading
 def default_sql_dir() -> Path:
-    """``$LLMOPS_SQL_DIR``, else the ``sql/`` folder shipped next to the package."""
+    """``$LLMOPS_SQL_DIR``, else the queries shipped inside the package (``mlflow_llmops/sql``,
+    linked as ``sql/`` at the top of the repository), so a wheel install has them too."""
     env = os.environ.get("LLMOPS_SQL_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "sql"
+    return Path(__file__).resolve().parents[1] / "sql"
 
 
 def parse_query_file(path: Path) -> Query:

@@ -58,6 +58,22 @@ def test_at_least_the_required_analyses_exist():
         assert all(p.description for p in q.params), q.name
 
 
+def test_queries_ship_inside_the_package():
+    """A wheel install has no repository ``sql/`` folder: the queries live in the package
+    (package data) and ``sql/`` at the top of the repository links to them."""
+    from pathlib import Path
+
+    import mlflow_llmops
+    from mlflow_llmops.store.queries import default_sql_dir
+
+    pkg = Path(mlflow_llmops.__file__).resolve().parent
+    assert default_sql_dir().resolve() == pkg / "sql"
+    assert {p.stem for p in (pkg / "sql").glob("*.sql")} == set(QUERIES)
+    repo_link = pkg.parent / "sql"
+    if repo_link.exists():
+        assert repo_link.resolve() == pkg / "sql"
+
+
 def test_views_expose_the_contract_columns(sqlite_store, pg_store, duck):
     import sqlalchemy as sa
 
