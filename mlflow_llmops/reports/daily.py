@@ -218,8 +218,14 @@ def daily_report(
                     week["total_tokens"] or 0,
                     _change(cur["total_tokens"] or 0, week["total_tokens"] or 0),
                 ],
-                ["traces with unpriced calls", cur["unpriced_traces"], prev["unpriced_traces"],
-                 "", week["unpriced_traces"], ""],  # fmt: skip
+                [
+                    "traces with unpriced calls",
+                    cur["unpriced_traces"],
+                    prev["unpriced_traces"],
+                    "",
+                    week["unpriced_traces"],
+                    "",
+                ],  # fmt: skip
             ],
         ),
     ]
@@ -229,9 +235,15 @@ def daily_report(
     md += _table(
         ["model", "provider", "calls", "spend", "previous day", "change", "unpriced calls"],
         [
-            [r["model"], r["provider"] or "", r["llm_calls"], _money(r["cost_usd"]),
-             _money(r["previous_day_cost_usd"]),
-             _change(r["cost_usd"], r["previous_day_cost_usd"]), r["unpriced_spans"]]  # fmt: skip
+            [
+                r["model"],
+                r["provider"] or "",
+                r["llm_calls"],
+                _money(r["cost_usd"]),
+                _money(r["previous_day_cost_usd"]),
+                _change(r["cost_usd"], r["previous_day_cost_usd"]),
+                r["unpriced_spans"],
+            ]  # fmt: skip
             for r in by_model
         ],
     )
@@ -239,21 +251,42 @@ def daily_report(
     md += _table(
         ["task type", "requests", "users", "spend", "per request", "share"],
         [
-            [r["task_type"] or "(not set)", r["requests"], r["users"], _money(r["cost_usd"]),
-             _money(r["cost_per_request_usd"]),
-             "" if r["share_of_cost"] is None else f"{r['share_of_cost']:.1%}"]  # fmt: skip
+            [
+                r["task_type"] or "(not set)",
+                r["requests"],
+                r["users"],
+                _money(r["cost_usd"]),
+                _money(r["cost_per_request_usd"]),
+                "" if r["share_of_cost"] is None else f"{r['share_of_cost']:.1%}",
+            ]  # fmt: skip
             for r in by_task
         ],
     )
     md += ["", f"## Top {top_n} traces", ""]
     md += _table(
-        ["trace", "time (UTC)", "user", "task type", "model", "status", "latency ms", "tokens",
-         "spend"],  # fmt: skip
         [
-            [f"`{r['trace_id']}`",
-             datetime.fromtimestamp(r["timestamp_ms"] / 1000, UTC).strftime("%H:%M:%S"),
-             r["user_id"] or "", r["task_type"] or "", r["model"] or "", r["status"],
-             r["latency_ms"], r["total_tokens"], _money(r["cost_usd"])]  # fmt: skip
+            "trace",
+            "time (UTC)",
+            "user",
+            "task type",
+            "model",
+            "status",
+            "latency ms",
+            "tokens",
+            "spend",
+        ],  # fmt: skip
+        [
+            [
+                f"`{r['trace_id']}`",
+                datetime.fromtimestamp(r["timestamp_ms"] / 1000, UTC).strftime("%H:%M:%S"),
+                r["user_id"] or "",
+                r["task_type"] or "",
+                r["model"] or "",
+                r["status"],
+                r["latency_ms"],
+                r["total_tokens"],
+                _money(r["cost_usd"]),
+            ]  # fmt: skip
             for r in top
         ],
     )
@@ -261,8 +294,14 @@ def daily_report(
     md += _table(
         ["model", "provider", "calls", "traces", "input tokens", "output tokens"],
         [
-            [r["model"], r["provider"] or "", r["spans"], r["traces"], r["input_tokens"],
-             r["output_tokens"]]  # fmt: skip
+            [
+                r["model"],
+                r["provider"] or "",
+                r["spans"],
+                r["traces"],
+                r["input_tokens"],
+                r["output_tokens"],
+            ]  # fmt: skip
             for r in unpriced
         ],
     )
@@ -275,6 +314,4 @@ def daily_report(
     if chart_path is not None:
         _chart(target, day, common, now, sql_dir, chart_path)
     md_path.write_text(text, encoding="utf-8")
-    return DailyReport(
-        day, text, md_path, chart_path, totals, by_model, by_task, top, unpriced
-    )
+    return DailyReport(day, text, md_path, chart_path, totals, by_model, by_task, top, unpriced)

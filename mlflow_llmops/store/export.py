@@ -11,8 +11,12 @@ DuckDB. The layout is Hive-style, one file per view and day::
 
 Each day is written to a temporary file and renamed into place, then the manifest is
 updated, so an interrupted export resumes where it stopped and never leaves a half file.
-Each run re-exports the days from the watermark minus ``lookback_days`` (late traces,
-new assessments and re-pricing land in recent days), up to ``now``.
+Each run re-exports the days from the watermark minus ``lookback_days`` up to ``now``,
+plus, from a SQL source, every older day whose content changed since it was exported
+(a backfill scoring last month's traces, a re-pricing after a price change, late
+traces): the manifest keeps a small signature per day (row counts, cost sums, newest
+assessment) computed by one GROUP BY per view, so those days are found without
+reading their rows.
 
 Sources: a SQLAlchemy engine on the tracking database (reads the SQL views), or a
 tracking URI of an MLflow server read through ``MlflowClient.search_traces``.
@@ -142,6 +146,23 @@ def _write_atomic(path: Path, writer: Callable[[Path], None]) -> None:
     os.replace(tmp, path)
 
 
+#: Per view, the aggregates whose change marks a day as changed since its export.
+_SIGNATURE = {
+    "llmops_traces": "COUNT(*), SUM(cost_usd), SUM(unpriced_spans), MAX(timestamp_ms)",
+    "llmops_spans": "COUNT(*), SUM(cost_usd), SUM(input_tokens + output_tokens)",
+    "llmops_assessments": "COUNT(*), MAX(created_ms), SUM(value_num)",
+    "llmops_costs": "COUNT(*), SUM(total_cost_usd), MAX(catalog_version), MIN(catalog_version)",
+}
+
+
+def _sig_value(v: Any) -> Any:
+    """JSON-stable: numbers to 9 significant digits (sums differ in the last bits by order)."""
+    if v is None or isinstance(v, str):
+        return v
+    f = float(v)
+    return int(f) if f.is_integer() else float(f"{f:.9g}")
+
+
 def _day(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
 
@@ -157,35 +178,46 @@ class _SqlSource:
         self.experiment_ids = [int(e) for e in experiment_ids] if experiment_ids else None
         create_views(engine)
 
-    def first_ms(self) -> int | None:
-        q = "SELECT MIN(timestamp_ms) FROM llmops_traces"
-        params: dict[str, Any] = {}
-        if self.experiment_ids:
-            q += " WHERE experiment_id IN :exp"
-            params["exp"] = self.experiment_ids
-        stmt = sa.text(q)
-        if params:
-            stmt = stmt.bindparams(sa.bindparam("exp", expanding=True))
-        with self.engine.connect() as conn:
-            return conn.execute(stmt, params).scalar()
-
-    def rows(self, view: str, lo: int, hi: int) -> list[Sequence[Any]]:
-        col = _DAY_COLUMN[view]
-        cols = ", ".join(VIEW_COLUMNS[view])
-        if view == "llmops_assessments":
-            where = "COALESCE(trace_timestamp_ms, created_ms) >= :lo AND "
-            where += "COALESCE(trace_timestamp_ms, created_ms) < :hi"
-        else:
-            where = f"{col} >= :lo AND {col} < :hi"
-        params: dict[str, Any] = {"lo": lo, "hi": hi}
+    def _query(self, sql: str, where: str, params: dict[str, Any] | None = None) -> list[Any]:
+        """Run ``sql`` with ``{where}`` replaced by ``where`` and the experiment filter."""
+        params = dict(params or {})
         if self.experiment_ids:
             where += " AND experiment_id IN :exp"
             params["exp"] = self.experiment_ids
-        stmt = sa.text(f"SELECT {cols} FROM {view} WHERE {where} ORDER BY {col}")
+        stmt = sa.text(sql.format(where=where))
         if self.experiment_ids:
             stmt = stmt.bindparams(sa.bindparam("exp", expanding=True))
         with self.engine.connect() as conn:
             return list(conn.execute(stmt, params).all())
+
+    def first_ms(self) -> int | None:
+        return self._query("SELECT MIN(timestamp_ms) FROM llmops_traces WHERE {where}", "1 = 1")[0][
+            0
+        ]
+
+    def signatures(self) -> dict[str, list[Any]]:
+        """Per day, a cheap fingerprint of every view's rows (see ``_SIGNATURE``)."""
+        out: dict[str, list[Any]] = {}
+        for view in EXPORT_TABLES:
+            col = _day_expr(view)
+            day = f"{col} - {col} % {DAY_MS}"
+            sql = f"SELECT {day}, {_SIGNATURE[view]} FROM {view} WHERE {{where}} GROUP BY {day}"
+            for d, *sig in self._query(sql, "1 = 1"):
+                if d is not None:
+                    out.setdefault(_day(int(d)), []).extend([view, *(_sig_value(v) for v in sig)])
+        return out
+
+    def rows(self, view: str, lo: int, hi: int) -> list[Sequence[Any]]:
+        day = _day_expr(view)
+        sql = f"SELECT {', '.join(VIEW_COLUMNS[view])} FROM {view} WHERE {{where}} "
+        sql += f"ORDER BY {_DAY_COLUMN[view]}"
+        return self._query(sql, f"{day} >= :lo AND {day} < :hi", {"lo": lo, "hi": hi})
+
+
+def _day_expr(view: str) -> str:
+    """The column a row's day comes from (assessments of unknown traces: their own time)."""
+    col = _DAY_COLUMN[view]
+    return f"COALESCE({col}, created_ms)" if view == "llmops_assessments" else col
 
 
 class _RestSource:
@@ -457,7 +489,22 @@ def export_parquet(
         src.prefetch(_day_start_ms(d), now_ms + 1)
     last = datetime.fromtimestamp(now_ms / 1000, UTC).date()
     done = set(manifest["days"])
+    days = []
+    sigs: dict[str, list[Any]] = {}
+    old_sigs: dict[str, list[Any]] = manifest.get("signatures") or {}
+    if hasattr(src, "signatures"):
+        sigs = src.signatures()
+        # Older days that changed since their export, or whose rows are gone at the source.
+        changed = {
+            day
+            for day in set(sigs) | set(old_sigs)
+            if day in done and sigs.get(day) != old_sigs.get(day)
+        }
+        days = sorted(date.fromisoformat(x) for x in changed if date.fromisoformat(x) < d)
     while d <= last:
+        days.append(d)
+        d += timedelta(days=1)
+    for d in days:
         lo = _day_start_ms(d)
         hi = min(lo + DAY_MS, now_ms + 1)
         name = d.isoformat()
@@ -475,10 +522,15 @@ def export_parquet(
         # The watermark only moves over complete days: today is exported again next run.
         manifest["watermark_ms"] = max(manifest["watermark_ms"] or 0, min(hi, now_ms))
         manifest["days"] = sorted(done)
+        if sigs or old_sigs:
+            manifest.setdefault("signatures", {})
+            if name in sigs:
+                manifest["signatures"][name] = sigs[name]
+            else:
+                manifest["signatures"].pop(name, None)
         _write_atomic(out / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
         if progress:
             progress(name)
-        d += timedelta(days=1)
     result.watermark_ms = manifest["watermark_ms"]
     return result
 

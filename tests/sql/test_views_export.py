@@ -137,3 +137,47 @@ def test_rest_export_matches_sql_export(mlflow_server_sqlite, tmp_path):
     q = run_query("unpriced_usage", a, {"since_ms": t0, "until_ms": t0 + 86_400_000}, now=NOW)
     assert [r[0] for r in q.rows] == ["acme-internal-llm"]
     assert run_query("unpriced_usage", b, q.params, now=NOW).rows == q.rows
+
+
+def test_export_picks_up_changes_to_days_before_its_lookback(tmp_path, monkeypatch):
+    """A backfill scoring old traces and a re-pricing after a price change touch days far
+    behind the watermark: the next incremental export rewrites exactly those days."""
+    from mlflow.entities import AssessmentSource
+
+    from mlflow_llmops.pricing import reprice
+    from mlflow_llmops.store.state import StateStore
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    day0 = int(datetime(2026, 3, 1, 9, tzinfo=UTC).timestamp() * 1000)
+    traces = [SeedTrace(timestamp_ms=day0 + d * 86_400_000, user=f"u{d}",
+                        spans=(SeedSpan("gpt-4o-mini", "openai", 1000, 100),))
+              for d in range(8)]  # fmt: skip
+    ids = seed_traces(uri, "export-changes", traces)
+    engine = sa.create_engine(uri)
+    out = tmp_path / "lake"
+    first = export_parquet(engine, out, now=NOW)
+    assert first.days[0] == "2026-03-01" and first.rows["llmops_assessments"] == 0
+    again = export_parquet(engine, out, now=NOW)
+    assert again.days == ["2026-03-08", "2026-03-09", "2026-03-10"]  # nothing old changed
+
+    saved = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", saved)  # restored as found after the test
+    mlflow.set_tracking_uri(uri)
+    try:  # a backfill scores the trace of 2026-03-02, a week behind the watermark
+        mlflow.log_feedback(trace_id=ids[1], name="quality", value=0.25,
+                            source=AssessmentSource(source_type="CODE", source_id="q@v1"))  # fmt: skip
+    finally:
+        mlflow.set_tracking_uri(saved)
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    reprice(uri, state_store=store, now=NOW)  # our costs replace MLflow's on every day
+    store.dispose()
+
+    third = export_parquet(engine, out, now=NOW)
+    assert set(third.days) >= {f"2026-03-0{d}" for d in range(1, 9)}
+    lake = read_export(out)
+    got = lake.execute("SELECT trace_id, value_num FROM llmops_assessments").fetchall()
+    assert got == [(ids[1], 0.25)]
+    assert lake.execute("SELECT COUNT(*) FROM llmops_costs").fetchone()[0] == 8
+    fourth = export_parquet(engine, out, now=NOW)
+    assert fourth.days == ["2026-03-08", "2026-03-09", "2026-03-10"]  # settled again
+    engine.dispose()
