@@ -129,7 +129,12 @@ def show_price(
 ) -> None:
     """How MODEL is matched and what it costs per million tokens (tiers, long context, history)."""
     calc = _calculator(app, overrides)
-    day = date.fromisoformat(at) if at else None
+    try:
+        day = date.fromisoformat(at) if at else None
+    except ValueError:
+        raise click.BadParameter(
+            f"{at!r}: write the date as YYYY-MM-DD", param_hint="--at"
+        ) from None
     match, entry = calc.entry_for(model, provider, day)
     click.echo(f"catalog version: {calc.catalog_version}")
     if not match.matched:

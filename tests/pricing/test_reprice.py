@@ -190,6 +190,10 @@ def test_cli_reprice_show_price_unpriced(tmp_path, sqlite_url, monkeypatch):
     assert "input $2.5" in res.output and "provider inferred" in res.output
     res = runner.invoke(cli, ["--config", str(cfg), "costs", "show-price", "nope-llm"])
     assert res.exit_code == 1 and "UNPRICED" in res.output
+    res = runner.invoke(
+        cli, ["--config", str(cfg), "costs", "show-price", "gpt-4o", "--at", "1/2/26"]
+    )
+    assert res.exit_code == 2 and "write the date as YYYY-MM-DD" in res.output
     res = runner.invoke(cli, ["--config", str(cfg), "costs", "history"])
     assert res.exit_code == 0 and "2 written" in res.output
 
