@@ -75,9 +75,11 @@ def load(uri: str, exp_id: str, engine: sa.Engine) -> tuple[pd.DataFrame, pd.Dat
             "model": first_model, "input_tokens": usage.get("input_tokens", 0),
             "output_tokens": usage.get("output_tokens", 0),
             "total_tokens": usage.get("total_tokens", 0), "cost_usd": cost,
+            "cache_read_tokens": usage.get("cache_read_input_tokens", 0),
         })  # fmt: skip
     t = pd.DataFrame(traces)
     t["status"] = t["status"].str.replace("TraceState.", "", regex=False)
+    t.attrs["costs"] = costs  # our span prices, for cache_savings
     return t, pd.DataFrame(spans)
 
 
@@ -182,3 +184,57 @@ def hourly_cost_anomaly(t: pd.DataFrame, hour: int) -> dict[str, tuple[float, fl
 
 def month_spend(t: pd.DataFrame, lo: int, hi: int) -> float:
     return float(t[(t.timestamp_ms >= lo) & (t.timestamp_ms < hi)].cost_usd.fillna(0).sum())
+
+
+def _div(a: float | None, b: float) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def cost_by_user(t: pd.DataFrame, lo: int, hi: int) -> list[tuple]:
+    t = t[(t.timestamp_ms >= lo) & (t.timestamp_ms < hi)]
+    out = []
+    for user, g in t.groupby("user_id", dropna=False):
+        cost = _sum(g.cost_usd)
+        out.append((None if pd.isna(user) else user, len(g), g.session_id.nunique(),
+                    int(g.total_tokens.sum()), cost, _div(cost, len(g))))  # fmt: skip
+    return sorted(out, key=str)
+
+
+def cost_by_session(t: pd.DataFrame, lo: int, hi: int) -> list[tuple]:
+    t = t[(t.timestamp_ms >= lo) & (t.timestamp_ms < hi) & t.session_id.notna()]
+    out = []
+    for sess, g in t.groupby("session_id"):
+        users = g.user_id.dropna()
+        out.append((sess, min(users) if len(users) else None, len(g), int(g.timestamp_ms.min()),
+                    int(g.timestamp_ms.max()), _sum(g.cost_usd)))  # fmt: skip
+    return sorted(out, key=str)
+
+
+def token_efficiency(t: pd.DataFrame, lo: int, hi: int) -> list[tuple]:
+    t = t[(t.timestamp_ms >= lo) & (t.timestamp_ms < hi) & (t.total_tokens > 0)]
+    out = []
+    for (task, name), g in t.groupby(["task_type", "trace_name"], dropna=False):
+        n, inp, outp = len(g), int(g.input_tokens.sum()), int(g.output_tokens.sum())
+        cost = _sum(g.cost_usd)
+        out.append((None if pd.isna(task) else task, None if pd.isna(name) else name, n,
+                    inp / n, outp / n, _div(float(outp), inp),
+                    _div(float(g.cache_read_tokens.sum()), inp),
+                    _div(None if cost is None else cost * 1000.0, outp)))  # fmt: skip
+    return sorted(out, key=str)
+
+
+def cache_savings(t: pd.DataFrame, lo: int, hi: int) -> list[tuple]:
+    """From our span prices as stored: cache reads valued at the uncached input rate."""
+    c = t.attrs["costs"]
+    c = c[(c.trace_timestamp_ms >= lo) & (c.trace_timestamp_ms < hi) & (c.status != "unpriced")]
+    out = []
+    for (model, provider), g in c.groupby(["model", "provider"], dropna=False):
+        inp, cr = int(g.input_tokens.sum()), int(g.cache_read_tokens.sum())
+        in_cost = _sum(g.input_cost_usd.astype(float))
+        read_cost = _sum(g.cache_read_cost_usd.astype(float))
+        rate = _div(in_cost, inp)
+        saved = None if rate is None or read_cost is None else cr * rate - read_cost
+        out.append((model, None if pd.isna(provider) else provider, inp, cr,
+                    _div(float(cr), inp + cr), read_cost,
+                    _sum(g.cache_write_cost_usd.astype(float)), saved))  # fmt: skip
+    return sorted(out, key=str)

@@ -9,14 +9,18 @@ import pytest
 import sqlglot
 from conftest import NOW, PRICED_UNTIL, START
 from reference import (
+    cache_savings,
     cost_by_model_day,
+    cost_by_session,
     cost_by_task_type,
+    cost_by_user,
     cost_per_success,
     daily_totals,
     hourly_cost_anomaly,
     latency_errors_by_model,
     load,
     month_spend,
+    token_efficiency,
     top_traces,
     unpriced_usage,
 )
@@ -174,6 +178,23 @@ def test_matches_pandas_over_search_traces(sqlite_store, ref):
     assert [x[0] for x in got.rows] == ["acme-internal-llm"]
 
 
+@pytest.mark.parametrize(
+    "name, reference, params",
+    [
+        ("cost_by_user", cost_by_user, {"limit": 10_000}),
+        ("cost_by_session", cost_by_session, {"limit": 10_000}),
+        ("token_efficiency", token_efficiency, {}),
+        ("cache_savings", cache_savings, {}),
+    ],
+)
+def test_user_session_efficiency_and_cache_queries_match_pandas(
+    name, reference, params, sqlite_store, ref
+):
+    got = run_query(name, sqlite_store[1], {**RANGE, **params}, now=NOW)
+    assert got.rows, name
+    assert sorted(rows(got), key=str) == nrm(reference(ref[0], LO, HI))
+
+
 def test_hour_anomaly_and_month_forecast_match_pandas(sqlite_store, ref):
     t, _ = ref
     engine = sqlite_store[1]
@@ -191,6 +212,9 @@ def test_hour_anomaly_and_month_forecast_match_pandas(sqlite_store, ref):
     assert norm(f["spend_last_7d_usd"]) == norm(month_spend(t, HI - 7 * 86_400_000, HI))
     elapsed = (HI - month_start) / 86_400_000
     assert norm(f["forecast_linear_usd"]) == norm(f["spend_mtd_usd"] * 31 / elapsed)
+    days_left = 31 - elapsed
+    recent = month_spend(t, HI - 7 * 86_400_000, HI) / 7 * days_left
+    assert norm(f["forecast_recent_usd"]) == norm(month_spend(t, month_start, HI) + recent)
 
 
 @pytest.mark.parametrize(
