@@ -1,5 +1,5 @@
 """Notification storm: 1,000 alert instances in 50 groups through the real pipeline
-(outbox in SQLite, delivery thread on the wall clock) to the fake Slack (incoming
+(outbox in SQLite, the monitor's delivery thread on the wall clock) to the fake Slack (incoming
 webhook, real slack-sdk, rate limit 1 message/s per channel with a burst of 5) and the
 fake PagerDuty (real ``pagerduty`` client over TLS), against the naive baseline of one
 Slack message per alert sent as it fires.
@@ -29,6 +29,7 @@ from slack_sdk.webhook import WebhookClient  # noqa: E402
 
 from mlflow_llmops.alerting.dispatch import Dispatcher  # noqa: E402
 from mlflow_llmops.alerting.model import Alert, AlertState, Severity  # noqa: E402
+from mlflow_llmops.alerting.monitor import deliver_when_due  # noqa: E402
 from mlflow_llmops.alerting.notifiers import Notification  # noqa: E402
 from mlflow_llmops.alerting.notifiers.slack import render_blocks  # noqa: E402
 from mlflow_llmops.alerting.notify_config import NotificationsConfig  # noqa: E402
@@ -85,7 +86,12 @@ def run_pipeline(slack: FakeSlackServer, pd: FakePagerDutyServer, tmp: Path) -> 
     d = Dispatcher(conf, StateStore(f"sqlite:///{tmp / 'state.db'}"))
     clock = SystemClock()
     stop = threading.Event()
-    server = threading.Thread(target=d.serve, args=(clock, stop), kwargs={"max_sleep_s": 0.2})
+    # the monitor's delivery thread (what `mlflow-llmops monitor` runs beside its cycles)
+    server = threading.Thread(
+        target=deliver_when_due,
+        args=(d, clock, stop),
+        kwargs={"leading": lambda: True, "max_sleep_s": 0.2},
+    )
     alerts = storm(clock.now())
     t_submit = time.time()
     t0 = time.perf_counter()

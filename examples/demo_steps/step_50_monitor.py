@@ -13,6 +13,19 @@ ORDER = 50
 EXPERIMENT = "llmops-demo-incidents"
 
 
+def busy_afternoon(now: datetime) -> datetime:
+    """The latest Tuesday-to-Friday 15:00 UTC before ``now``. The synthetic traffic follows
+    the time of day (4x fewer requests at night, fewer at weekends, and the day before must
+    be a weekday too for the cost baseline): replaying the same busy afternoon makes every
+    run of the demo see the same traffic, whatever the hour it runs at."""
+    end = now.replace(hour=15, minute=0, second=0, microsecond=0)
+    if end > now:
+        end -= timedelta(days=1)
+    while end.weekday() not in (1, 2, 3, 4):
+        end -= timedelta(days=1)
+    return end
+
+
 def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
     import sqlalchemy as sa
     from mlflow import MlflowClient
@@ -25,8 +38,8 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
     from mlflow_llmops.testing.seed import Incident, bulk_load, synthetic_traffic
 
     ctx.banner("Monitor: detect a latency spike, an error burst and a cost jump")
-    # Two hours of traffic ending now, and the same two hours yesterday (the cost baseline).
-    end = datetime.now(UTC).replace(second=0, microsecond=0)
+    # Two hours of traffic, and the same two hours the day before (the cost baseline).
+    end = busy_afternoon(datetime.now(UTC))
     start = end - timedelta(hours=2)
     m = timedelta(minutes=1)
     incidents = [
@@ -64,6 +77,11 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
                     }
                 ],
                 "monitor": {"score": False},
+                # alerts link to their traces (on the alert's window) and to a runbook
+                "notifications": {
+                    "mlflow_ui_url": "http://localhost:5000",
+                    "runbook_url": "https://runbooks.example/llmops#{alertname}",
+                },
             },
         },
         env={},

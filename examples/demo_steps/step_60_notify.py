@@ -1,39 +1,16 @@
-"""Demo step 60: dispatch the monitor's alerts to the console and to a (local, fake) Slack
-webhook through the notify pipeline, then plan a dry-run rollback of a model alias and
-print its audit record."""
+"""Demo step 60: dispatch the alerts the monitor detected (step 50) to the console and to a
+(local, fake) Slack webhook through the notify pipeline, then let the rollback hook on the
+detected error-rate incident plan a dry-run rollback of a model alias and print its audit
+record."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 ORDER = 60
-
-
-def _example_alerts(now: datetime) -> list:
-    from mlflow_llmops.alerting.model import Alert, AlertState, Severity
-
-    def a(name: str, sev: str, value: float, thr: float, base: float, **labels: str) -> Alert:
-        return Alert(
-            labels={"alertname": name, "severity": sev, **labels},
-            annotations={
-                "summary": f"{name} on {labels.get('model', 'all models')}",
-                "runbook_url": "https://runbooks.example/llmops/" + name.lower(),
-            },
-            state=AlertState.FIRING,
-            severity=Severity(sev),
-            starts_at=now - timedelta(minutes=12),
-            value=value,
-            threshold=thr,
-            baseline=base,
-            window_s=900,
-            rule=name,
-        )
-
-    return [
-        a("CostPerRequestHigh", "warning", 0.031, 0.02, 0.012, model="gpt-4o"),
-        a("ErrorRateHigh", "critical", 0.12, 0.05, 0.01, model="gpt-4o-mini"),
-        a("QualityDrop", "critical", 0.61, 0.8, 0.9, model="chat-model", alias="champion"),
-    ]
+#: the three-layer pack's error-rate alert (critical): what the demo's error burst fires
+ROLLBACK_RULE = "llm_error_rate_high"
 
 
 def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
@@ -49,8 +26,7 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
     now = datetime.now(UTC)
     alerts = [a for a in ctx.data.get("alerts") or [] if not a.resolved]
     if not alerts:
-        print("(the monitor step left no firing alerts; using three example alerts)")
-        alerts = _example_alerts(now)
+        raise RuntimeError("the monitor step (50) detected nothing to notify; run the whole demo")
     store = StateStore(ctx.state_url)
     with FakeSlackServer() as slack:
         config = NotificationsConfig.model_validate(
@@ -74,6 +50,8 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
         print(f"\nSlack received {len(slack.messages)} message(s):")
         for m in slack.messages:
             print("  " + m.text.replace("\n", "\n  "))
+            for url, what in re.findall(r"<([^|>]+)\|(traces|runbook)>", str(m.blocks)):
+                print(f"    {what}: {url}")
 
         ctx.banner("Rollback hook: dry run on a model alias")
         client = MlflowClient(tracking_uri=ctx.tracking_uri, registry_uri=ctx.tracking_uri)
@@ -99,7 +77,8 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
                             "target": "model_alias",
                             "model": name,
                             "alias": "champion",
-                            "rules": ["QualityDrop", "ErrorRateHigh"],
+                            "rules": [ROLLBACK_RULE],
+                            "severities": ["critical"],
                             "mode": "dry_run",
                             "min_firing": "5m",
                             "notify": ["team-slack"],
@@ -111,12 +90,15 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
             ctx.tracking_uri,
             notifier=dispatcher,
         )
-        trigger = [a for a in alerts if a.name in ("QualityDrop", "ErrorRateHigh")]
+        trigger = [a for a in alerts if a.name == ROLLBACK_RULE]
         if not trigger:
-            trigger = [x for x in _example_alerts(now) if x.name == "QualityDrop"]
+            raise RuntimeError(f"the monitor did not detect {ROLLBACK_RULE}; nothing to roll back")
+        a = trigger[0]
+        print(f"detected incident: {a.name} ({a.severity.value}) firing since "
+              f"{a.starts_at:%H:%M} UTC, {a.annotations.get('summary', '')}")  # fmt: skip
         # plan at least five minutes after the alert started firing (min_firing)
-        when = max(now, max(a.starts_at for a in trigger) + timedelta(minutes=5))
-        records = rollback.process(trigger[:1], when)
+        when = max(now, a.starts_at + timedelta(minutes=5))
+        records = rollback.process([a], when)
         dispatcher.flush(when)
         for rec in records:
             print("audit record:")

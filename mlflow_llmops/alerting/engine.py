@@ -24,8 +24,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from mlflow_llmops.alerting.links import AlertLinks, fill_url
 from mlflow_llmops.alerting.model import Alert, AlertState, Severity, fingerprint
 from mlflow_llmops.alerting.rules import (
+    LABEL_COLUMNS,
     BaselineRule,
     BurnRateRule,
     SignalSpec,
@@ -283,7 +285,9 @@ def evaluate_baseline(rule: BaselineRule, source: SignalSource, end_ms: int) -> 
         past = history.get(v.key, [])
         base = statistics.median(past) if len(past) >= need else None
         ok = _usable(v, spec.min_samples)
-        active, note = False, ""
+        # unknown (None), not False: an insufficient baseline never fires and never resolves
+        active: bool | None = None
+        note = ""
         if base is None:
             note = "insufficient baseline"
         elif not ok:
@@ -366,8 +370,11 @@ def _num(v: float | None) -> str:
     return f"{v:.4g}"
 
 
-def render_annotations(rule: AnyRule, inst: AlertInstance, note: str = "") -> dict[str, str]:
-    """The rule's annotation templates with ``{value}``, ``{threshold}``, labels, ..."""
+def render_annotations(
+    rule: AnyRule, inst: AlertInstance, note: str = "", *, runbook_url: str | None = None
+) -> dict[str, str]:
+    """The rule's annotation templates with ``{value}``, ``{threshold}``, labels, ...; the
+    rule's runbook (else ``runbook_url``) as ``runbook_url``."""
     group = ", ".join(
         f"{k}={v}" for k, v in sorted(inst.labels.items()) if k not in ("alertname", "severity")
     )
@@ -402,7 +409,20 @@ def render_annotations(rule: AnyRule, inst: AlertInstance, note: str = "") -> di
         )
     if note:
         out["note"] = note
+    runbook = rule.runbook_url or runbook_url
+    if runbook and "runbook_url" not in out:
+        out["runbook_url"] = fill_url(runbook, inst.labels)
     return out
+
+
+def _scope(rule: AnyRule, labels: Mapping[str, str]) -> dict[str, str]:
+    """The trace filter of one instance: the rule's ``where`` and its group's labels."""
+    spec = rule.query_for(rule.tiers[0].long) if isinstance(rule, BurnRateRule) else rule.query
+    where = dict(spec.where)
+    for g in spec.group_by:
+        if g in LABEL_COLUMNS and labels.get(g):
+            where.setdefault(g, labels[g])
+    return where
 
 
 # --------------------------------------------------------------------------- engine
@@ -426,6 +446,7 @@ class AlertEngine:
         persist: bool = True,
         evaluation_delay: timedelta = timedelta(0),
         resolved_retention: timedelta = timedelta(days=7),
+        links: AlertLinks | None = None,
     ) -> None:
         names = [r.name for r in rules]
         if len(names) != len(set(names)):
@@ -436,6 +457,9 @@ class AlertEngine:
         self.persist = persist and store is not None
         self.evaluation_delay = evaluation_delay
         self.resolved_retention = resolved_retention
+        self.links = links or AlertLinks()
+        #: (fingerprint, episode) -> the experiment its traces link shows (one lookup each)
+        self._experiments: dict[tuple[str, int], str | None] = {}
         self._memory: dict[str, AlertInstance] | None = None
         if store is not None:
             store.ensure_schema(ALERTING_MIGRATIONS)
@@ -509,7 +533,7 @@ class AlertEngine:
                 outcome, err = None, f"{type(e).__name__}: {e}"
                 errors[rule.name] = err
                 log.warning("rule %s: evaluation failed: %s", rule.name, err)
-            sent.extend(self._apply(rule, outcome, err, state, now))
+            sent.extend(self._apply(rule, outcome, err, state, now, end_ms))
             health.append(
                 {
                     "rule": rule.name,
@@ -526,6 +550,8 @@ class AlertEngine:
                     inst.annotations["note"] = "rule removed from the configuration"
                     if inst.state == AlertState.RESOLVED:
                         sent.append(inst.to_alert())
+        for key in [k for k in self._experiments if k[0] not in state]:
+            del self._experiments[key]
         for fp in [
             fp
             for fp, i in state.items()
@@ -557,6 +583,7 @@ class AlertEngine:
         error: str | None,
         state: dict[str, AlertInstance],
         now: datetime,
+        end_ms: int,
     ) -> list[Alert]:
         mine = {fp: i for fp, i in state.items() if i.rule == rule.name}
         if outcome is None:
@@ -565,7 +592,7 @@ class AlertEngine:
             samples = [Sample(labels={"reason": "evaluation_error"}, value=None, active=True,
                               note=error or "")]  # fmt: skip
             verdicts = self._verdicts(rule, samples)
-            return self._advance(rule, verdicts, state, now, touch_others=False)
+            return self._advance(rule, verdicts, state, now, end_ms, touch_others=False)
         samples = outcome.samples
         if outcome.no_data:
             if rule.no_data == "keep_state":
@@ -573,7 +600,8 @@ class AlertEngine:
             if rule.no_data == "alerting":
                 samples = [Sample(labels={"reason": "no_data"}, value=None, active=True,
                                   note="no data in the window")]  # fmt: skip
-        return self._advance(rule, self._verdicts(rule, samples), state, now, touch_others=True)
+        verdicts = self._verdicts(rule, samples)
+        return self._advance(rule, verdicts, state, now, end_ms, touch_others=True)
 
     @staticmethod
     def _resend(mine: dict[str, AlertInstance]) -> list[Alert]:
@@ -594,6 +622,7 @@ class AlertEngine:
         verdicts: dict[str, tuple[dict, Sample]],
         state: dict[str, AlertInstance],
         now: datetime,
+        end_ms: int,
         *,
         touch_others: bool,
     ) -> list[Alert]:
@@ -631,12 +660,54 @@ class AlertEngine:
                     inst, active, now, keep_firing_for=rule.keep_firing_for, for_=rule.for_
                 )
             inst.last_eval_at = now
-            inst.annotations = render_annotations(rule, inst, sample.note if sample else "")
+            inst.annotations = render_annotations(
+                rule, inst, sample.note if sample else "", runbook_url=self.links.runbook_url
+            )
             if inst.state == AlertState.FIRING or (
                 inst.state == AlertState.RESOLVED and was == AlertState.FIRING
             ):
+                self._link_traces(rule, inst, end_ms)
                 sent.append(inst.to_alert())
         return sent
+
+    def _link_traces(self, rule: AnyRule, inst: AlertInstance, end_ms: int) -> None:
+        """``traces_url``: the alert's experiment in the MLflow UI, on the window that
+        breached (from ``window`` before it became active to this evaluation)."""
+        if not self.links.mlflow_ui_url or "traces_url" in inst.annotations:
+            return
+        exp = self._experiment(rule, inst, end_ms)
+        if exp is None:
+            return
+        end = datetime.fromtimestamp(end_ms / 1000, tz=UTC)
+        since = min(inst.active_at or end, end) - timedelta(seconds=inst.window_s or 0)
+        url = self.links.traces_url(exp, since, end)
+        if url:
+            inst.annotations["traces_url"] = url
+
+    def _experiment(self, rule: AnyRule, inst: AlertInstance, end_ms: int) -> str | None:
+        if inst.labels.get("experiment_id"):
+            return inst.labels["experiment_id"]
+        if len(self.links.experiment_ids) == 1:
+            return self.links.experiment_ids[0]
+        key = (inst.fingerprint, inst.episode)
+        if key not in self._experiments:
+            self._experiments[key] = self._busiest_experiment(rule, inst, end_ms)
+        return self._experiments[key]
+
+    def _busiest_experiment(self, rule: AnyRule, inst: AlertInstance, end_ms: int) -> str | None:
+        """The experiment with most of the alert's traffic in its window (one query)."""
+        where = _scope(rule, inst.labels)
+        window = timedelta(seconds=inst.window_s or 300)
+        spec = SignalSpec(
+            signal="request_count", window=window, group_by=("experiment_id",), where=where
+        )
+        try:
+            values = self.source.query(spec, *_window(spec, end_ms))
+        except Exception as e:  # noqa: BLE001 - a link is not worth failing the evaluation
+            log.info("rule %s: no traces link (experiment lookup failed: %s)", rule.name, e)
+            return None
+        best = max(values, key=lambda v: v.value or 0, default=None)
+        return (best.labels.get("experiment_id") or None) if best else None
 
     @staticmethod
     def _transition(

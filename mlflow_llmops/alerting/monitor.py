@@ -6,6 +6,12 @@ reported; the evaluation still happens. Several monitors on one state store
 compete for a lease: only the holder evaluates, and a standby takes over
 within one evaluation interval when the holder dies (lease TTL = half the
 interval by default, renewed every third of the TTL by a heartbeat thread).
+
+Delivery has its own timers (``group_wait``, ``group_interval``, retries,
+rate limits) that must not wait for the next evaluation: beside the heartbeat,
+a delivery thread flushes the sink whenever ``sink.next_due`` says so, while
+this monitor holds the lease. ``--once`` keeps flushing after its cycle while
+a timer is due within ``group_wait``, so a cron run delivers what it found.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from mlflow_llmops.alerting.engine import (
     Evaluation,
     monitor_cycles,
 )
+from mlflow_llmops.alerting.links import AlertLinks
 from mlflow_llmops.alerting.model import Alert
 from mlflow_llmops.alerting.signals import SignalSource, SqlSignalSource
 from mlflow_llmops.clock import Clock, SystemClock
@@ -44,10 +51,44 @@ log = logging.getLogger(__name__)
 
 
 class AlertSink(Protocol):
-    """docs/contracts.md: what the monitor hands alerts to."""
+    """docs/contracts.md: what the monitor hands alerts to. A sink with timers of its own
+    also has ``next_due(now) -> datetime | None`` (the dispatcher; the console has none)."""
 
     def submit(self, alerts: Sequence[Alert], now: datetime) -> None: ...
     def flush(self, now: datetime) -> Any: ...
+
+
+def _log_delivery(report: Any) -> None:
+    if getattr(report, "sent", 0) or getattr(report, "failed", None):
+        summary = getattr(report, "summary", None)
+        log.info("delivery: %s", summary() if callable(summary) else report)
+
+
+def deliver_when_due(
+    sink: Any,
+    clock: Clock,
+    stop: threading.Event,
+    *,
+    leading: Callable[[], bool],
+    max_sleep_s: float = 1.0,
+) -> None:
+    """Flush ``sink`` whenever one of its timers is due, while ``leading()`` (only the
+    lease holder delivers), until ``stop``: the delivery thread of ``Monitor.run``."""
+    while not stop.is_set():
+        wait = max_sleep_s
+        if leading():
+            try:
+                now = clock.now()
+                due = sink.next_due(now)
+                if due is not None and due <= now:
+                    _log_delivery(sink.flush(now))
+                    now = clock.now()
+                    due = sink.next_due(now)
+                if due is not None:
+                    wait = min(max_sleep_s, max(0.01, (due - now).total_seconds()))
+            except Exception as e:  # noqa: BLE001 - e.g. a state store hiccup: try again
+                log.warning("delivery failed: %s: %s", type(e).__name__, e)
+        stop.wait(wait)
 
 
 @dataclass
@@ -160,6 +201,7 @@ class Monitor:
             persist=not dry_run,
             evaluation_delay=acfg.evaluation_delay,
             resolved_retention=acfg.resolved_retention,
+            links=AlertLinks.from_config(acfg),
         )
         if steps is None:
             steps = {}
@@ -292,6 +334,44 @@ class Monitor:
         except Exception as e:  # noqa: BLE001 - the cycle log is best effort
             log.warning("cannot record the monitor cycle: %s", e)
 
+    def group_wait(self) -> timedelta:
+        """The longest ``group_wait`` a new group may have to wait (0 without timers)."""
+        if not hasattr(self.sink, "next_due"):
+            return timedelta(0)
+        return getattr(self.sink, "max_group_wait", timedelta(0))
+
+    def drain(self, started: datetime, stop: threading.Event | None = None) -> int:
+        """After a ``--once`` cycle: keep flushing while a timer of the sink is due within
+        ``group_wait`` (new groups wait that long before their first message; retries and
+        rate limits on the way), never past ``started`` + one evaluation interval.
+        Returns the number of flushes."""
+        next_due = getattr(self.sink, "next_due", None)
+        if next_due is None:
+            return 0
+        stop = stop or threading.Event()
+        within = self.group_wait()
+        horizon = started + self.interval
+        deadline = time.monotonic() + self.interval.total_seconds()
+        flushes = 0
+        while not stop.is_set():
+            now = self.clock.now()
+            due = next_due(now)
+            if due is None or due - now > within or due > horizon:
+                break
+            wait = (due - now).total_seconds()
+            if time.monotonic() + wait > deadline:
+                break
+            if wait > 0 and (stop.wait(wait) or self.clock.now() == now):
+                break  # stopped, or a clock that does not move with time (a fake one)
+            if not self.try_lead():
+                log.warning("monitor %s lost the lease while delivering", self.holder)
+                break
+            _log_delivery(self.sink.flush(self.clock.now()))
+            flushes += 1
+            if time.monotonic() >= deadline:
+                break
+        return flushes
+
     # -- the loop ---------------------------------------------------------------
     def run(
         self,
@@ -303,15 +383,16 @@ class Monitor:
     ) -> list[CycleReport]:
         """Loop every evaluation interval (or one cycle with ``once``) while leading."""
         reports: list[CycleReport] = []
+        stop = stop or threading.Event()
         if once:
             if self.try_lead():
                 reports.append(self.cycle())
                 if on_cycle:
                     on_cycle(reports[-1])
+                self.drain(reports[-1].started_at, stop)
             else:
                 log.warning("another monitor holds the lease %r; nothing to do", self.lease_name)
             return reports
-        stop = stop or threading.Event()
         poll = max(0.05, self.lease_ttl.total_seconds() / 3)
         done = threading.Event()
 
@@ -328,8 +409,20 @@ class Monitor:
                 done.wait(poll)
 
         hb = threading.Thread(target=heartbeat, name="llmops-monitor-lease", daemon=True)
+        threads = [hb]
+        if hasattr(self.sink, "next_due"):
+            threads.append(
+                threading.Thread(
+                    target=deliver_when_due,
+                    args=(self.sink, self.clock, done),
+                    kwargs={"leading": lambda: self.is_leader},
+                    name="llmops-monitor-delivery",
+                    daemon=True,
+                )
+            )
         self.try_lead()
-        hb.start()
+        for th in threads:
+            th.start()
         next_due: datetime | None = None
         try:
             while not stop.is_set():
@@ -347,7 +440,8 @@ class Monitor:
                 stop.wait(poll)
         finally:
             done.set()
-            hb.join(timeout=5)
+            for th in threads:
+                th.join(timeout=15)
             try:
                 self.release()
             except Exception as e:  # noqa: BLE001 - best effort on the way out
@@ -372,5 +466,6 @@ def evaluate_rules(
         persist=not dry_run,
         evaluation_delay=config.alerting.evaluation_delay,
         resolved_retention=config.alerting.resolved_retention,
+        links=AlertLinks.from_config(config.alerting),
     )
     return engine.evaluate(now).alerts

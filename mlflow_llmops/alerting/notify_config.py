@@ -100,11 +100,35 @@ class PagerDutyReceiver(_Receiver):
 
 
 class AlertmanagerReceiver(_Receiver):
-    """Forward to a Prometheus Alertmanager (``POST /api/v2/alerts``); it groups on its own."""
+    """Forward to a Prometheus Alertmanager (``POST /api/v2/alerts``); it groups on its own.
+
+    Like Prometheus, the active alerts are re-posted every ``resend_interval`` (whatever
+    our dedup decided) with ``endsAt`` = now + ``alert_validity``: Alertmanager keeps them
+    active while they are re-posted and resolves them once they are not.
+    """
 
     type: Literal["alertmanager"] = "alertmanager"
     url: str
     timeout_s: float = 10.0
+    #: re-post the active alerts this often (Prometheus' ``--rules.alert.resend-delay``)
+    resend_interval: Duration = timedelta(minutes=1)
+    #: a firing alert's ``endsAt`` lies this far after each post; default 4 x the longer
+    #: of ``resend_interval`` and ``alerting.evaluation_interval``, as in Prometheus
+    alert_validity: Duration | None = None
+
+    @model_validator(mode="after")
+    def _validity(self) -> AlertmanagerReceiver:
+        if self.resend_interval <= timedelta(0):
+            raise ValueError(f"receiver {self.name!r}: resend_interval must be positive")
+        if self.alert_validity is not None and self.alert_validity <= self.resend_interval:
+            raise ValueError(
+                f"receiver {self.name!r}: alert_validity ({self.alert_validity}) must be longer "
+                f"than resend_interval ({self.resend_interval}), or alerts would flap resolved"
+            )
+        return self
+
+    def validity(self, evaluation_interval: timedelta) -> timedelta:
+        return self.alert_validity or 4 * max(self.resend_interval, evaluation_interval)
 
 
 class WebhookReceiver(_Receiver):
@@ -209,6 +233,9 @@ class NotificationsConfig(_Section):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     #: the MLflow UI, for links to traces (``{mlflow_ui_url}/#/experiments/...``)
     mlflow_ui_url: str | None = None
+    #: runbook of rules that set no ``runbook_url`` (``{alertname}`` and label templates
+    #: allowed), e.g. https://wiki.internal/llm-runbooks#{alertname}
+    runbook_url: str | None = None
     #: sent outbox rows are deleted after this
     outbox_retention: Duration = timedelta(days=7)
 
@@ -270,6 +297,9 @@ class RollbackHook(_Section):
     cooldown: Duration = timedelta(hours=1)
     #: at most this many executed rollbacks per alias per UTC day
     daily_budget: int = Field(default=2, ge=0)
+    #: mode confirm: a plan not approved within this expires (as does one whose alert
+    #: resolved); a stale rollback is worse than none
+    approval_timeout: Duration = timedelta(hours=1)
     #: receivers that get the audit note (Slack note, PagerDuty change event)
     notify: tuple[str, ...] = ()
 

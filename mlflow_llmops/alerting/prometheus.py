@@ -7,9 +7,13 @@ exporter or an OTLP->Prometheus pipeline they are named
 ``gen_ai_client_operation_duration_seconds_{bucket,sum,count}`` and
 ``gen_ai_client_token_usage_{bucket,sum,count}``, with labels
 ``gen_ai_request_model``, ``gen_ai_provider_name``, ``gen_ai_operation_name``,
-``gen_ai_token_type`` and ``error_type``. Signals those metrics cannot express
-(cost, unpriced share, scores) are left out with a comment saying why: the
-monitor evaluates them from traces.
+``gen_ai_token_type`` and ``error_type`` (``tracing/metrics.py`` keeps them
+bounded and adds nothing else). Of the rule labels only ``model`` is on those
+metrics: a rule grouping or filtering by route, task type, environment,
+service, tenant, ... would export PromQL that matches nothing, so it is left
+out, like the signals the metrics cannot express (cost, unpriced share,
+scores); the file header lists every rule left out and why: the monitor
+evaluates them from traces.
 """
 
 from __future__ import annotations
@@ -37,13 +41,10 @@ TOKENS = "gen_ai_client_token_usage"
 #: duration buckets of the GenAI semantic conventions (seconds)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
                     40.96, 81.92)  # fmt: skip
-#: rule label -> Prometheus label of the GenAI metrics
+#: rule label -> Prometheus label of the GenAI metrics: only what tracing/metrics.py records
+#: (``gen_ai.request.model``); ``service.name`` is a resource attribute, not a series label.
 LABEL_MAP = {
     "model": "gen_ai_request_model",
-    "environment": "deployment_environment_name",
-    "service": "service_name",
-    "route": "llmops_route",
-    "task_type": "llmops_task_type",
 }
 
 
@@ -55,7 +56,9 @@ def _labels(spec_labels: Sequence[str]) -> list[str]:
     out = []
     for label in spec_labels:
         if label not in LABEL_MAP:
-            raise NotExportable(f"label {label!r} is not on the GenAI metrics")
+            raise NotExportable(
+                f"label {label!r} is not on the GenAI metrics (only {', '.join(LABEL_MAP)} is)"
+            )
         out.append(LABEL_MAP[label])
     return out
 
@@ -137,6 +140,8 @@ def _annotations(
             return format_duration(window)
         if key == "baseline":
             return baseline
+        if key == "alertname":
+            return rule.name
         if key in LABEL_MAP:
             return "{{ $labels." + LABEL_MAP[key] + " }}"
         if key == "group":
@@ -148,6 +153,8 @@ def _annotations(
         return m.group(0)
 
     out = {k: _TEMPLATE.sub(sub, v) for k, v in rule.annotations.items()}
+    if rule.runbook_url and "runbook_url" not in out:
+        out["runbook_url"] = _TEMPLATE.sub(sub, rule.runbook_url)
     out.setdefault("summary", f"{rule.name}: {{{{ $value | humanize }}}} (threshold {threshold})")
     out["source"] = "exported by mlflow-llmops alerts export-prometheus"
     return out

@@ -188,6 +188,9 @@ class _RuleBase(_Model):
     keep_firing_for: Duration = timedelta(0)
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+    #: what to do when it fires (``{alertname}`` and label templates allowed); default:
+    #: ``alerting.notifications.runbook_url``
+    runbook_url: str | None = None
     #: no data at all: ``ok`` (resolve), ``alerting`` (fire a no-data alert), ``keep_state``
     no_data: Literal["ok", "alerting", "keep_state"] = "ok"
     #: the query fails: ``keep_state`` (never resolves) or ``alerting`` (fire an error alert)

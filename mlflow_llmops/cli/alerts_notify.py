@@ -195,7 +195,9 @@ def rollback() -> None:
 
 
 @rollback.command("list")
-@click.option("--status", help="e.g. awaiting_approval, executed, dry_run, blocked, aborted.")
+@click.option(
+    "--status", help="e.g. awaiting_approval, executed, dry_run, blocked, aborted, expired."
+)
 @click.option("--limit", default=30, show_default=True)
 @pass_app
 def rollback_list(app, status: str | None, limit: int) -> None:  # noqa: ANN001
@@ -216,7 +218,8 @@ def rollback_list(app, status: str | None, limit: int) -> None:  # noqa: ANN001
 @click.argument("plan_id")
 @pass_app
 def rollback_approve(app, plan_id: str) -> None:  # noqa: ANN001
-    """Execute a rollback plan that waits for confirmation (mode: confirm)."""
+    """Execute a rollback plan that waits for confirmation (mode: confirm). Refused once the
+    plan expired: not approved within the hook's approval_timeout, or its alert resolved."""
     mgr, notifier = _rollback(app)
     rec = mgr.approve(plan_id, _now(), actor=os.environ.get("USER", "cli"))
     if notifier is not None:

@@ -12,7 +12,9 @@ from mlflow_llmops.cli import AppContext, pass_app
 
 
 @click.command("monitor")
-@click.option("--once", is_flag=True, help="Run one cycle and exit (for cron / a scheduler).")
+@click.option("--once", is_flag=True, help="Run one cycle, deliver what it found and exit (for "
+              "cron / a scheduler). New notifications wait group_wait (default 30s) first, so "
+              "--once may keep running that long, never more than one evaluation interval.")  # fmt: skip
 @click.option("--interval", help="Override alerting.evaluation_interval (e.g. 30s, 1m).")
 @click.option("--dry-run", is_flag=True, help="Evaluate and print; notify nobody, leave the "
               "alert state and the evaluator lease alone.")  # fmt: skip
@@ -30,8 +32,10 @@ def monitor(
     no_score: bool,
 ) -> None:
     """The main job: each cycle re-prices new spans, runs due scorers, evaluates the alert
-    rules and hands the alerts to notifications. Several monitors on one PostgreSQL state
-    store elect one evaluator; a standby takes over within one interval."""
+    rules and hands the alerts to notifications; between cycles a delivery thread sends
+    notifications as soon as group_wait, retries and rate limits allow. Several monitors on
+    one PostgreSQL state store elect one evaluator; a standby takes over within one
+    interval."""
     from mlflow_llmops.alerting import Monitor
     from mlflow_llmops.alerting.rules import parse_duration
 

@@ -234,3 +234,29 @@ def test_too_few_samples_neither_fires_nor_resolves(setup):
     assert [a.state for a in ev.alerts] == [AlertState.FIRING] and ev.alerts[0].value == 0.0
     traffic.run(60)
     assert eng.evaluate(clock.now()).alerts[0].state == AlertState.RESOLVED
+
+
+def test_firing_baseline_alert_stays_firing_when_the_baseline_becomes_insufficient(setup):
+    """An insufficient baseline is unknown, like too few samples: it never resolves."""
+    clock, source, traffic = setup
+    [r] = parse_rules(
+        [{"name": "traffic_spike", "type": "baseline", "query": {"signal": "request_count",
+          "window": "1m"}, "offset": "10m", "factor": 2, "min_baseline_samples": 30}],
+        source="test",
+    )  # fmt: skip
+    eng = AlertEngine([r], source)
+    traffic.run(600)  # the baseline: one request per second
+    for i in range(180):  # now three per second
+        ms = to_ms(clock.now()) + i * 1000
+        source.add(*(TraceEvent(ms + k) for k in range(3)))
+    clock.advance(180)
+    ev = eng.evaluate(clock.now())
+    assert [a.state for a in ev.alerts] == [AlertState.FIRING]
+    assert ev.alerts[0].baseline == 60
+    # later, ten minutes before now there was no traffic at all: nothing to compare with
+    clock.advance(820)
+    for i in range(60):
+        source.add(*(TraceEvent(to_ms(clock.now()) - 60_000 + i * 1000 + k) for k in range(3)))
+    ev = eng.evaluate(clock.now())
+    assert [a.state for a in ev.alerts] == [AlertState.FIRING]
+    assert ev.instances[0].annotations["note"] == "insufficient baseline"

@@ -256,3 +256,44 @@ def test_monitor_hands_alerts_to_the_dispatcher_when_receivers_exist(tmp_path, s
     assert [a.state for a in report.alerts] == [AlertState.FIRING]
     assert report.steps["dispatch"].ok and report.dispatch.sent >= 1
     assert "errors_high" in capsys.readouterr().out
+
+
+def test_cli_monitor_once_delivers_what_it_detected(tmp_path, state_url, capsys):
+    """A cron run: the new group waits group_wait, so ``--once`` keeps flushing until it
+    is sent (and no longer: the next timer, group_interval, is left to the next run)."""
+    from seeded import init_mlflow_db
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    init_mlflow_db(tracking, str(tmp_path / "artifacts"))
+    cfg = tmp_path / "mlflow-llmops.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "tracking": {"uri": tracking},
+                "state_store": {"url": state_url},
+                "alerting": {
+                    "monitor": {"score": False, "reprice": False},
+                    "rules": [{**RULE, "no_data": "alerting", "for": "0s"}],
+                    "notifications": {
+                        "receivers": [{"name": "stdout", "type": "console"}],
+                        "group_wait": "2s",
+                    },
+                },
+            }
+        )
+    )
+    t0 = time.monotonic()
+    main(["--config", str(cfg), "monitor", "--once"])
+    took = time.monotonic() - t0
+    out = capsys.readouterr().out
+    assert "[stdout] [FIRING:1] errors_high (critical)" in out
+    assert 1.5 <= took < 20, took
+    assert "group_wait" in main_help(["monitor", "--help"])
+
+
+def main_help(args: list[str]) -> str:
+    from click.testing import CliRunner
+
+    from mlflow_llmops.cli import cli
+
+    return CliRunner().invoke(cli, args).output

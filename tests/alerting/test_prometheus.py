@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -13,7 +14,13 @@ from mlflow_llmops.alerting.prometheus import (
     export_prometheus_rules,
     grafana_dashboard,
 )
-from mlflow_llmops.alerting.rules import PACKS_DIR, available_packs, load_pack, parse_rules
+from mlflow_llmops.alerting.rules import (
+    LABEL_COLUMNS,
+    PACKS_DIR,
+    available_packs,
+    load_pack,
+    parse_rules,
+)
 from mlflow_llmops.cli import main
 
 
@@ -36,7 +43,9 @@ def test_packs_pass_promtool_check(tmp_path, promtool):
 
 def test_promtool_unit_test_error_rate_rule(tmp_path, promtool):
     """promtool replays an error burst: pending during ``for``, firing after."""
-    export = export_prometheus_rules([r for r in load_pack("three-layer")
+    ref = {"name": "three-layer", "overrides": {"llm_error_rate_high": {
+        "runbook_url": "https://runbooks.test/{alertname}"}}}  # fmt: skip
+    export = export_prometheus_rules([r for r in load_pack(ref)
                                       if r.name == "llm_error_rate_high"])  # fmt: skip
     (tmp_path / "rules.yml").write_text(export.to_yaml())
     ok = 'gen_ai_client_operation_duration_seconds_count{gen_ai_request_model="gpt-4o"}'
@@ -68,6 +77,10 @@ def test_promtool_unit_test_error_rate_rule(tmp_path, promtool):
                                     "summary": "LLM error rate 333.3m above 0.05 over 5m "
                                     "(all traffic)",
                                     "source": "exported by mlflow-llmops alerts export-prometheus",
+                                    "description": load_pack("three-layer")[0].annotations[
+                                        "description"
+                                    ],
+                                    "runbook_url": "https://runbooks.test/llm_error_rate_high",
                                 },
                             }
                         ],
@@ -86,14 +99,69 @@ def test_promtool_unit_test_error_rate_rule(tmp_path, promtool):
 def test_baseline_and_filters_translate():
     [rule] = parse_rules(
         [{"name": "tok", "type": "baseline", "query": {"signal": "input_tokens", "window": "1h",
-          "group_by": "model", "where": {"environment": "prod"}}, "offset": "1d", "factor": 3}],
+          "group_by": "model", "where": {"model": "gpt-4o"}}, "offset": "1d", "factor": 3}],
         source="t",
     )  # fmt: skip
     [r] = export_prometheus_rules([rule]).groups["groups"][0]["rules"]
     assert "offset 1d" in r["expr"] and "> 3 *" in r["expr"]
-    assert 'deployment_environment_name="prod"' in r["expr"]
+    assert 'gen_ai_request_model="gpt-4o"' in r["expr"]
     assert 'gen_ai_token_type="input"' in r["expr"]
     assert "by (gen_ai_request_model)" in r["expr"]
+
+
+def _emitted_labels() -> set[str]:
+    """The series labels tracing's GenAI metrics really carry, as Prometheus names them."""
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from mlflow_llmops.tracing.metrics import GenAiMetrics
+
+    reader = InMemoryMetricReader()
+    metrics = GenAiMetrics(service_name="svc", readers=[reader])
+    metrics.record(provider="openai", model="gpt-4o", operation="chat", duration_s=0.5,
+                   input_tokens=10, output_tokens=5, ttft_s=0.1)  # fmt: skip
+    metrics.record(provider="openai", model="gpt-4o", operation="chat", duration_s=0.5,
+                   error_type="timeout")  # fmt: skip
+    keys = {
+        re.sub(r"[^a-zA-Z0-9_]", "_", k)
+        for rm in reader.get_metrics_data().resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        for dp in m.data.data_points
+        for k in dp.attributes
+    }
+    metrics.shutdown(1)
+    return keys
+
+
+def _promql_labels(expr: str) -> set[str]:
+    labels = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"", expr))
+    for group in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+        labels |= {x.strip() for x in group.split(",") if x.strip()}
+    return labels
+
+
+def test_exported_promql_uses_only_labels_the_metrics_emit():
+    """A rule on a label tracing never records would export PromQL that matches nothing:
+    it is left out (listed in the header), and whatever is exported uses real labels."""
+    emitted = _emitted_labels()
+    assert {"gen_ai_request_model", "error_type", "gen_ai_token_type"} <= emitted
+    rules = parse_rules(
+        [{"name": f"p95_by_{label}", "query": {"signal": "latency_p95", "group_by": [label]},
+          "threshold": 5000} for label in LABEL_COLUMNS]
+        + [{"name": f"errors_in_{label}", "query": {"signal": "error_rate",
+            "where": {label: "x"}}, "threshold": 0.1} for label in LABEL_COLUMNS],
+        source="t",
+    )  # fmt: skip
+    export = export_prometheus_rules(rules + all_pack_rules())
+    exported = export.groups["groups"][0]["rules"]
+    for r in exported:
+        assert _promql_labels(r["expr"]) <= emitted | {"le"}, (r["alert"], r["expr"])
+    names = {r["alert"] for r in exported}
+    assert {"p95_by_model", "errors_in_model"} <= names
+    for label in ("route", "task_type", "environment", "service", "tenant"):
+        assert f"p95_by_{label}" not in names and f"errors_in_{label}" not in names
+        assert f"label {label!r} is not on the GenAI metrics" in export.skipped[f"p95_by_{label}"]
+        assert f"#   errors_in_{label}: label {label!r}" in export.to_yaml()
 
 
 def test_grafana_dashboard_is_shipped_and_current():

@@ -4,7 +4,7 @@ config file (secrets from the environment), the fake Slack and a SQLite MLflow r
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -98,8 +98,9 @@ def test_rollback_promote_list_approve(tmp_path, slack, monkeypatch):
 
     conf = load_config(cfg)
     mgr = RollbackManager(conf.alerting.rollback, StateStore(conf.state_store.url), uri)
-    a = make_alert("QualityDrop", "critical")
-    [rec] = mgr.process([a], a.starts_at + timedelta(minutes=1))
+    now = datetime.now(UTC)  # the CLI approves at the wall clock: within approval_timeout
+    a = make_alert("QualityDrop", "critical", starts_at=now - timedelta(minutes=1))
+    [rec] = mgr.process([a], now)
     out = run(cfg, "rollback", "list").output
     assert rec.plan_id in out and "awaiting_approval" in out
     r = run(cfg, "rollback", "approve", rec.plan_id)

@@ -216,3 +216,83 @@ def test_dispatcher_from_config_runs_rollback_hooks_on_submit(store, registry, s
     assert alias_version(registry, m) == "1"
     texts = [msg.text for msg in slack.messages_in("#alerts")]
     assert any("ROLLBACK EXECUTED" in t for t in texts) and any("QualityDrop" in t for t in texts)
+
+
+def test_a_plan_not_approved_in_time_expires(store, registry):
+    m = new_model(registry)
+    promote(store, registry, model=m, alias="champion", version=1, now=T0)
+    promote(store, registry, model=m, alias="champion", version=2, now=T0)
+    mgr = manager(store, registry, hook("confirm", m, mode="confirm", approval_timeout="30m"))
+    [rec] = mgr.process([qd()], T0 + timedelta(minutes=6))
+    assert rec.outcome == "awaiting_approval"
+    late = T0 + timedelta(minutes=37)
+    with pytest.raises(RollbackError, match=r"expired and cannot be approved: not approved "
+                                            r"within 0:30:00"):  # fmt: skip
+        mgr.approve(rec.plan_id, late, actor="alice")
+    assert alias_version(registry, m) == "2"
+    assert mgr.get_plan(rec.plan_id)["status"] == "expired"
+    assert [a["outcome"] for a in mgr.audit_log(rec.plan_id)] == ["awaiting_approval", "expired"]
+    with pytest.raises(RollbackError, match="expired and cannot be approved"):
+        mgr.approve(rec.plan_id, late, actor="alice")
+    # the default timeout is an hour; the monitor expires stale plans on its own
+    mgr2 = manager(store, registry, hook("confirm2", m, mode="confirm"))
+    [rec2] = mgr2.process([qd(episode=2)], T0 + timedelta(minutes=6))
+    assert mgr2.process([qd(episode=2)], T0 + timedelta(minutes=50)) == []
+    [gone] = mgr2.process([], T0 + timedelta(minutes=67))
+    assert gone.plan_id == rec2.plan_id and gone.outcome == "expired"
+
+
+def test_a_plan_whose_alert_resolved_cannot_be_approved(store, registry, slack):
+    m = new_model(registry)
+    promote(store, registry, model=m, alias="champion", version=1, now=T0)
+    promote(store, registry, model=m, alias="champion", version=2, now=T0)
+    disp = Dispatcher(
+        NotificationsConfig.model_validate(
+            {"receivers": [{"type": "slack", "name": "s", "webhook_url": slack.webhook_url()}]}
+        ),
+        store,
+    )
+    mgr = manager(store, registry, hook("confirm", m, mode="confirm", notify=["s"]),
+                  notifier=disp)  # fmt: skip
+    [rec] = mgr.process([qd()], T0 + timedelta(minutes=6))
+    [gone] = mgr.process([resolved(qd(), T0 + timedelta(minutes=9))], T0 + timedelta(minutes=10))
+    assert gone.plan_id == rec.plan_id and gone.outcome == "expired"
+    assert "resolved at" in gone.reason
+    with pytest.raises(RollbackError, match="QualityDrop .*resolved"):
+        mgr.approve(rec.plan_id, T0 + timedelta(minutes=11), actor="alice")
+    assert alias_version(registry, m) == "2"
+    disp.flush(T0 + timedelta(minutes=11))
+    assert any("ROLLBACK EXPIRED" in msg.text for msg in slack.messages_in("#alerts"))
+
+
+def test_approval_checks_the_alert_engine_state(store, registry):
+    """The resolve never reached the rollback hooks (say the monitor restarted between):
+    the alert engine's state in the same store still tells the approval it is over."""
+    from mlflow_llmops.alerting.engine import AlertEngine
+    from mlflow_llmops.alerting.rules import parse_rules
+    from mlflow_llmops.alerting.signals import MemorySignalSource, TraceEvent
+    from mlflow_llmops.clock import to_ms
+
+    m = new_model(registry)
+    promote(store, registry, model=m, alias="champion", version=1, now=T0)
+    promote(store, registry, model=m, alias="champion", version=2, now=T0)
+    rules = parse_rules([{"name": "QualityDrop", "severity": "critical", "threshold": 0.2,
+                          "query": {"signal": "error_rate", "window": "1m"}}], source="t")  # fmt: skip
+    source = MemorySignalSource()
+    engine = AlertEngine(rules, source, store)
+
+    def minute(at, errors: bool) -> list:
+        source.add(*(TraceEvent(to_ms(at) - 60_000 + i * 1000, status="ERROR" if errors and i % 2
+                                else "OK") for i in range(60)))  # fmt: skip
+        return engine.evaluate(at).alerts
+
+    [firing] = minute(T0, errors=True)
+    mgr = manager(store, registry, hook("confirm", m, mode="confirm", min_firing="0s"))
+    [rec] = mgr.process([firing], T0)
+    assert rec.outcome == "awaiting_approval"
+    [res] = minute(T0 + timedelta(minutes=1), errors=False)
+    assert res.resolved  # ... but it is never handed to the rollback hooks
+    with pytest.raises(RollbackError, match="QualityDrop \\(episode 1\\) has resolved at"):
+        mgr.approve(rec.plan_id, T0 + timedelta(minutes=2), actor="alice")
+    assert alias_version(registry, m) == "2"
+    assert mgr.get_plan(rec.plan_id)["status"] == "expired"

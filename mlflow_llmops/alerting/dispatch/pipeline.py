@@ -8,7 +8,8 @@ delivers due outbox rows: rate limit, send, retry with backoff and jitter
 that honours Retry-After. A row is claimed before it is sent, so it is sent
 at most once per (receiver, group, sequence) unless the sender dies mid-send;
 then the claim expires and the row is re-sent (PagerDuty deduplicates by
-``dedup_key``).
+``dedup_key``). Alertmanager receivers also get every active alert re-posted
+each ``resend_interval`` outside the outbox (``resend``), as Prometheus does.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from mlflow_llmops.alerting.dispatch.stages import (
 from mlflow_llmops.alerting.model import Alert, AlertState
 from mlflow_llmops.alerting.notifiers import Notification, Notifier, NotifyError, build_notifier
 from mlflow_llmops.alerting.notifiers.base import alert_from_dict, alert_to_dict
-from mlflow_llmops.alerting.notify_config import NotificationsConfig, Route
+from mlflow_llmops.alerting.notify_config import AlertmanagerReceiver, NotificationsConfig, Route
 from mlflow_llmops.clock import Clock
 from mlflow_llmops.errors import ConfigError
 from mlflow_llmops.store.state import StateStore
@@ -75,12 +76,17 @@ class DispatchReport:
     rate_limited: int = 0
     pending: int = 0
     requests: int = 0
+    #: active alerts re-posted to Alertmanager receivers, and re-posts that failed
+    resent: int = 0
+    resend_failed: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
             f"{self.sent} sent, {self.notifications_enqueued} new, {self.pending} pending, "
             f"{self.retry_scheduled} to retry, {len(self.failed)} failed, "
             f"{self.inhibited} inhibited, {self.silenced} silenced"
+            + (f", {self.resent} re-posted to Alertmanager" if self.resent else "")
+            + (f", {len(self.resend_failed)} re-posts failed" if self.resend_failed else "")
         )
 
 
@@ -223,6 +229,7 @@ class Dispatcher:
         rng: random.Random | None = None,
         max_sends_per_flush: int = 1000,
         rollback: Any = None,
+        evaluation_interval: timedelta = timedelta(minutes=1),
     ) -> None:
         if not config.receivers:
             raise ConfigError(
@@ -246,12 +253,17 @@ class Dispatcher:
         #: a RollbackManager: fed every submitted batch (its notes go through this outbox)
         self.rollback = rollback
         self._last_purge: datetime | None = None
+        #: how often the monitor re-submits (the validity of alerts sent to Alertmanager)
+        self.evaluation_interval = evaluation_interval
+        self._resent_at: dict[str, datetime] = {}
+        self._resend_due: dict[str, datetime] = {}
         self._lock = threading.RLock()
 
     @classmethod
     def from_config(cls, config: Any, store: StateStore, **kw: Any) -> Dispatcher:
         """Notifications and rollback hooks from a whole ``LlmopsConfig``: what the monitor
         should use as its sink once receivers are configured."""
+        kw.setdefault("evaluation_interval", config.alerting.evaluation_interval)
         d = cls(config.alerting.notifications, store, **kw)
         if config.alerting.rollback.hooks:
             from mlflow_llmops.alerting.rollback import RollbackManager
@@ -261,9 +273,25 @@ class Dispatcher:
             )
         return d
 
+    @property
+    def max_group_wait(self) -> timedelta:
+        """The longest ``group_wait`` of the route tree: how long a new group may wait."""
+        waits = [self.config.group_wait]
+
+        def walk(r: Route) -> None:
+            if r.group_wait is not None:
+                waits.append(r.group_wait)
+            for child in r.routes:
+                walk(child)
+
+        walk(self.route)
+        return max(waits)
+
     def notifier(self, name: str) -> Notifier:
         if name not in self._notifiers:
-            self._notifiers[name] = build_notifier(self._receivers[name], self.threads)
+            self._notifiers[name] = build_notifier(
+                self._receivers[name], self.threads, evaluation_interval=self.evaluation_interval
+            )
         return self._notifiers[name]
 
     # -- submit ---------------------------------------------------------
@@ -378,6 +406,7 @@ class Dispatcher:
         with self._lock:
             self.decide(now, report)
             self.deliver(now, report)
+            self.resend(now, report)
             if self._last_purge is None or now - self._last_purge > timedelta(hours=1):
                 self._last_purge = now
                 self.purge(now)
@@ -624,6 +653,71 @@ class Dispatcher:
             ).scalar_one()
         return report
 
+    # -- resend (Alertmanager) ---------------------------------------------
+    def resend(self, now: datetime, report: DispatchReport | None = None) -> DispatchReport:
+        """Re-post the active alerts to each Alertmanager receiver every ``resend_interval``,
+        whatever dedup decided. Alertmanager resolves a firing alert once its ``endsAt``
+        has passed, and a re-post of the same alert is idempotent there: this is how
+        Prometheus keeps alerts active in it. Failures wait for the next interval (the
+        next post carries the whole state anyway)."""
+        now = _now_utc(now)
+        report = report or DispatchReport()
+        for name, rcv in self._receivers.items():
+            if not isinstance(rcv, AlertmanagerReceiver):
+                continue
+            last = self._resent_at.get(name)
+            if last is not None and now - last < rcv.resend_interval:
+                continue
+            self._resent_at[name] = now
+            self._resend_due.pop(name, None)
+            alerts = self._notified_active(name, now)
+            if not alerts:
+                continue
+            self._resend_due[name] = now + rcv.resend_interval
+            n = Notification(
+                receiver=name,
+                group_id=f"resend:{name}",
+                group_key=f"resend:{name}",
+                seq=0,
+                kind="alert",
+                status="firing",
+                alerts=tuple(alerts),
+                created_at=now,
+                mlflow_ui_url=self.config.mlflow_ui_url,
+            )
+            try:
+                result = self.notifier(name).send(n)
+            except Exception as e:  # noqa: BLE001 - retried at the next interval
+                log.warning("re-posting %d alert(s) to %s failed: %s", len(alerts), name, e)
+                report.resend_failed.append((name, str(e)))
+                continue
+            report.resent += len(alerts)
+            report.requests += result.requests
+        return report
+
+    def _notified_active(self, receiver: str, now: datetime) -> list[Alert]:
+        """Firing alerts the receiver was notified of, still re-submitted, not silenced."""
+        with self.store.engine.connect() as c:
+            rows = c.execute(
+                sa.select(t.groups.c.notified_firing, t.group_alerts.c.alert_json)
+                .join(t.group_alerts, t.group_alerts.c.group_id == t.groups.c.group_id)
+                .where(
+                    t.groups.c.receiver == receiver,
+                    t.groups.c.active.is_(True),
+                    t.group_alerts.c.resolved.is_(False),
+                    t.group_alerts.c.updated_at >= now - self.config.resolve_timeout,
+                )
+            ).all()
+        silences = [s for s in self.silences.list(now) if s.active(now)]
+        out: dict[str, Alert] = {}
+        for notified, blob in rows:
+            a = alert_from_dict(json.loads(blob))
+            if a.fingerprint not in json.loads(notified) or a.resolved:
+                continue
+            if silenced_by(a, silences, now) is None:
+                out[a.fingerprint] = a
+        return list(out.values())
+
     def _is_pd(self, name: str) -> bool:
         return getattr(self._receivers[name], "type", "") == "pagerduty"
 
@@ -709,20 +803,21 @@ class Dispatcher:
             g = c.execute(
                 sa.select(sa.func.min(t.groups.c.next_flush_at)).where(t.groups.c.active.is_(True))
             ).scalar()
-            p = c.execute(
-                sa.select(sa.func.min(t.outbox.c.next_attempt_at)).where(
-                    t.outbox.c.status == "pending"
-                )
-            ).scalar()
+            pending = c.execute(
+                sa.select(t.outbox.c.receiver, sa.func.min(t.outbox.c.next_attempt_at))
+                .where(t.outbox.c.status == "pending")
+                .group_by(t.outbox.c.receiver)
+            ).all()
             s = c.execute(
                 sa.select(sa.func.min(t.outbox.c.claimed_until)).where(
                     t.outbox.c.status == "sending"
                 )
             ).scalar()
-        cands = [_utc(x) for x in (g, p, s) if x is not None]
-        waits = [w for w in self._rate_wait.values() if w > now]
-        if p is not None and waits:
-            cands.append(min(waits))
+        cands = [_utc(x) for x in (g, s) if x is not None]
+        cands += self._resend_due.values()
+        for receiver, at in pending:
+            # a rate-limited receiver's rows are due when its bucket has a token again
+            cands.append(max(_utc(at), self._rate_wait.get(receiver, _utc(at))))  # type: ignore[type-var]
         return max(now, min(cands)) if cands else None  # type: ignore[type-var]
 
     def serve(self, clock: Clock, stop: threading.Event, *, max_sleep_s: float = 1.0) -> None:

@@ -6,6 +6,8 @@ Each notifier has one method, ``send(notification)``, and raises
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from mlflow_llmops.alerting.notifiers.base import (
     Notification,
     Notifier,
@@ -21,8 +23,11 @@ from mlflow_llmops.alerting.notify_config import (
 )
 
 
-def build_notifier(cfg: object, threads: object = None) -> Notifier:
-    """The notifier for one receiver config (``threads``: Slack Web API thread store)."""
+def build_notifier(
+    cfg: object, threads: object = None, *, evaluation_interval: timedelta = timedelta(minutes=1)
+) -> Notifier:
+    """The notifier for one receiver config (``threads``: Slack Web API thread store;
+    ``evaluation_interval``: how often the monitor re-submits, for Alertmanager's validity)."""
     if isinstance(cfg, SlackReceiver):
         from mlflow_llmops.alerting.notifiers.slack import SlackNotifier
 
@@ -34,7 +39,7 @@ def build_notifier(cfg: object, threads: object = None) -> Notifier:
     if isinstance(cfg, AlertmanagerReceiver):
         from mlflow_llmops.alerting.notifiers.alertmanager import AlertmanagerNotifier
 
-        return AlertmanagerNotifier(cfg)
+        return AlertmanagerNotifier(cfg, validity=cfg.validity(evaluation_interval))
     if isinstance(cfg, WebhookReceiver):
         from mlflow_llmops.alerting.notifiers.webhook import WebhookNotifier
 

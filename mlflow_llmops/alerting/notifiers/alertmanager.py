@@ -1,12 +1,18 @@
 """Forward alerts to a Prometheus Alertmanager through its v2 API (``POST /api/v2/alerts``).
 
 For teams whose paging already runs through Alertmanager: we send every alert
-of the notification (resolved ones with ``endsAt``) and let it group, silence
-and route on its own.
+of the notification and let it group, silence and route on its own. As
+Prometheus does, a firing alert carries ``endsAt`` = send time + a validity
+(4 x the resend interval by default) and the dispatcher re-posts the active
+alerts every ``resend_interval``: Alertmanager keeps an alert active while it
+is re-posted (idempotent) and resolves it on its own once a stopped monitor
+stops re-posting. Resolved alerts carry their real ``endsAt``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
@@ -20,43 +26,69 @@ from mlflow_llmops.alerting.notifiers.base import (
 )
 from mlflow_llmops.alerting.notify_config import AlertmanagerReceiver
 
+#: how long a ``test-notify`` alert stays active in Alertmanager
+TEST_ALERT_TTL = timedelta(minutes=1)
+TEST_ALERTNAME = "MlflowLlmopsNotificationTest"
 
-def _rfc3339(a: Alert, ends: bool) -> str | None:
-    d = a.ends_at if ends else a.starts_at
-    return d.isoformat().replace("+00:00", "Z") if d else None
+
+def _rfc3339(d: datetime | None) -> str | None:
+    if d is None:
+        return None
+    d = d if d.tzinfo else d.replace(tzinfo=UTC)
+    return d.isoformat().replace("+00:00", "Z")
 
 
-def to_postable(a: Alert, generator_url: str | None = None) -> dict[str, Any]:
-    """One ``postableAlert`` of Alertmanager's OpenAPI spec."""
+def to_postable(
+    a: Alert, generator_url: str | None = None, *, valid_until: datetime | None = None
+) -> dict[str, Any]:
+    """One ``postableAlert`` of Alertmanager's OpenAPI spec; a firing alert ends at
+    ``valid_until`` unless re-posted."""
     item: dict[str, Any] = {
         "labels": {k: str(v) for k, v in a.labels.items()},
         "annotations": {k: str(v) for k, v in a.annotations.items()},
-        "startsAt": _rfc3339(a, False),
+        "startsAt": _rfc3339(a.starts_at),
     }
     if a.value is not None:
         item["annotations"].setdefault("value", f"{a.value:g}")
     if a.threshold is not None:
         item["annotations"].setdefault("threshold", f"{a.threshold:g}")
     if a.resolved and a.ends_at:
-        item["endsAt"] = _rfc3339(a, True)
-    if generator_url:
-        item["generatorURL"] = generator_url
+        item["endsAt"] = _rfc3339(a.ends_at)
+    elif valid_until is not None:
+        item["endsAt"] = _rfc3339(valid_until)
+    url = a.annotations.get("traces_url") or generator_url
+    if url:
+        item["generatorURL"] = url
     return item
 
 
 class AlertmanagerNotifier:
     """Posts the notification's alerts to one Alertmanager."""
 
-    def __init__(self, cfg: AlertmanagerReceiver, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        cfg: AlertmanagerReceiver,
+        session: requests.Session | None = None,
+        *,
+        validity: timedelta = timedelta(minutes=4),
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.name = cfg.name
         self.cfg = cfg
+        self.validity = validity
+        self.clock = clock or (lambda: datetime.now(UTC))
         self.session = session or requests.Session()
         self.session.trust_env = False
 
     def send(self, n: Notification) -> SendResult:
-        if n.kind != "alert":
+        now = self.clock()
+        if n.kind == "test":
+            body = [self._test_alert(n, now)]
+        elif n.kind == "alert":
+            body = [to_postable(a, n.mlflow_ui_url, valid_until=now + self.validity)
+                    for a in n.alerts]  # fmt: skip
+        else:
             return SendResult(requests=0)  # Alertmanager has no notion of change events
-        body = [to_postable(a, n.mlflow_ui_url) for a in n.alerts]
         url = self.cfg.url.rstrip("/") + "/api/v2/alerts"
         try:
             r = self.session.post(url, json=body, timeout=self.cfg.timeout_s)
@@ -67,3 +99,18 @@ class AlertmanagerNotifier:
                 r.status_code, f"alertmanager {self.name}", r.text, r.headers.get("Retry-After")
             )
         return SendResult(requests=1)
+
+    def _test_alert(self, n: Notification, now: datetime) -> dict[str, Any]:
+        """A real, short-lived alert: it goes through the Alertmanager's routes to its
+        receivers, then resolves on its own a minute later."""
+        return {
+            "labels": {
+                "alertname": TEST_ALERTNAME,
+                "severity": "info",
+                "llmops_receiver": self.name,
+                "test_id": n.group_id,
+            },
+            "annotations": {"summary": n.text or "mlflow-llmops notification test"},
+            "startsAt": _rfc3339(now),
+            "endsAt": _rfc3339(now + TEST_ALERT_TTL),
+        }

@@ -60,6 +60,9 @@ def _alert_block(a: Alert, ui: str | None) -> dict[str, Any]:
     summary = a.annotations.get("summary")
     if summary:
         lines.append(summary)
+    description = a.annotations.get("description")
+    if description and not a.resolved:
+        lines.append(_cut(description, 600))
     links = []
     if a.annotations.get("traces_url"):
         links.append(f"<{a.annotations['traces_url']}|traces>")

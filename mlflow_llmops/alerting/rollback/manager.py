@@ -5,7 +5,9 @@ pointed to before it moved; a rollback goes back to that. Guards, checked in
 order: rule and severity opt-in, minimum firing time, kill switch, a recorded
 previous version, cooldown and daily budget per alias, then compare-and-set at
 execution (abort if the alias moved since planning). Resolved alerts never
-trigger anything (no roll forward). Every outcome, dry runs included, is a
+trigger anything (no roll forward), and a plan waiting for approval expires
+when its alert resolves or after the hook's ``approval_timeout``: approving a
+stale plan would roll back a service that has recovered or moved on. Every outcome, dry runs included, is a
 row in the state store, a tag on the model or prompt version and a note to the
 hook's receivers (Slack message, PagerDuty change event).
 """
@@ -68,7 +70,7 @@ plans = sa.Table(
     sa.Column("mode", sa.String(16), nullable=False),
     sa.Column("from_version", sa.String(32), nullable=True),
     sa.Column("to_version", sa.String(32), nullable=True),
-    # dry_run | awaiting_approval | executed | aborted | blocked | failed
+    # dry_run | awaiting_approval | executed | aborted | blocked | failed | expired
     sa.Column("status", sa.String(24), nullable=False),
     sa.Column("reason", sa.Text, nullable=False, default=""),
     sa.Column("created_at", TS, nullable=False),
@@ -297,8 +299,9 @@ class RollbackManager:
     # -- the monitor's entry point ---------------------------------------
     def process(self, alerts: Sequence[Alert], now: datetime) -> list[RollbackRecord]:
         """Plan (and, per mode, execute) rollbacks for firing alerts; one plan per hook
-        and alert episode. Resolved alerts are ignored: never roll forward."""
-        out: list[RollbackRecord] = []
+        and alert episode. Resolved alerts never trigger anything (never roll forward);
+        they expire the plans still waiting for approval."""
+        out = self.expire(now, resolved=[a for a in alerts if a.resolved])
         for a in alerts:
             if a.resolved:
                 continue
@@ -382,6 +385,71 @@ class RollbackManager:
             return self.execute(plan_id, now, actor=self.actor)
         return self._audit(plan_id, status, reason, now, self.actor)
 
+    # -- expiry -------------------------------------------------------------
+    def _why_stale(self, p: Mapping[str, Any], now: datetime) -> str | None:
+        """Why an awaiting plan may no longer be approved (None: it still may)."""
+        h = self._hooks.get(p["hook"])
+        created = _utc(p["created_at"])
+        assert created is not None
+        if h is not None and now >= created + h.approval_timeout:
+            return (
+                f"not approved within {h.approval_timeout} (approval_timeout of hook "
+                f"{h.name!r}); it expired at {created + h.approval_timeout:%Y-%m-%d %H:%M:%S} UTC"
+            )
+        ended = self._alert_ended(p)
+        if ended:
+            return ended
+        return None
+
+    def _alert_ended(self, p: Mapping[str, Any]) -> str | None:
+        """What the alert engine's state says about the plan's alert episode, if it has
+        resolved (the engine's instances live in the same state store)."""
+        from mlflow_llmops.alerting.engine import alert_instances
+
+        try:
+            with self.store.engine.connect() as c:
+                row = (
+                    c.execute(
+                        sa.select(
+                            alert_instances.c.state,
+                            alert_instances.c.episode,
+                            alert_instances.c.resolved_at,
+                        ).where(alert_instances.c.fingerprint == p["alert_fingerprint"])
+                    )
+                    .mappings()
+                    .first()
+                )
+        except sa.exc.SQLAlchemyError:
+            return None  # no alert engine on this store: nothing to go by
+        if row is None:
+            return None
+        if row["episode"] != p["episode"] or row["state"] != "firing":
+            when = _utc(row["resolved_at"])
+            at = f" at {when:%Y-%m-%d %H:%M:%S} UTC" if when and row["state"] == "resolved" else ""
+            return f"its alert {p['alertname']} (episode {p['episode']}) has resolved{at}"
+        return None
+
+    def expire(
+        self, now: datetime, *, resolved: Sequence[Alert] = (), actor: str | None = None
+    ) -> list[RollbackRecord]:
+        """Expire the plans waiting for approval whose alert resolved (``resolved``, or the
+        engine's state) or whose ``approval_timeout`` passed; each is audited."""
+        ended = {(a.fingerprint, a.episode): a for a in resolved}
+        out = []
+        for p in self.list_plans(status="awaiting_approval", limit=1000):
+            a = ended.get((p["alert_fingerprint"], p["episode"]))
+            if a is not None:
+                when = a.ends_at or now
+                why: str | None = (
+                    f"its alert {a.name} (episode {a.episode}) resolved at "
+                    f"{when:%Y-%m-%d %H:%M:%S} UTC"
+                )
+            else:
+                why = self._why_stale(p, now)
+            if why:
+                out.append(self._finish(p["id"], "expired", why, now, actor or self.actor))
+        return out
+
     # -- execution --------------------------------------------------------
     def get_plan(self, plan_id: str) -> dict[str, Any]:
         with self.store.engine.connect() as c:
@@ -393,11 +461,24 @@ class RollbackManager:
         return dict(row)
 
     def approve(self, plan_id: str, now: datetime, *, actor: str) -> RollbackRecord:
-        """Execute a plan waiting for confirmation (``alerts rollback approve ID``)."""
+        """Execute a plan waiting for confirmation (``alerts rollback approve ID``); refused
+        once the plan expired (approval_timeout passed, or its alert resolved)."""
         p = self.get_plan(plan_id)
+        if p["status"] == "expired":
+            raise RollbackError(
+                f"plan {plan_id} expired and cannot be approved: {p['reason']}. Nothing was "
+                "changed; to roll back anyway, use `mlflow-llmops alerts rollback promote`"
+            )
         if p["status"] != "awaiting_approval":
             raise RollbackError(
                 f"plan {plan_id} is {p['status']}, not awaiting_approval; nothing to approve"
+            )
+        why = self._why_stale(p, now)
+        if why:
+            self._finish(plan_id, "expired", why, now, actor)
+            raise RollbackError(
+                f"plan {plan_id} expired and cannot be approved: {why}. Nothing was changed; "
+                "to roll back anyway, use `mlflow-llmops alerts rollback promote`"
             )
         return self.execute(plan_id, now, actor=actor)
 
