@@ -2,14 +2,18 @@
 
 1. A code scorer over 10,000 bulk-loaded traces: our ``backfill`` against
    ``mlflow.genai.evaluate(data=<search_traces frame>, scorers=[same scorer])``,
-   which also logs the feedback onto the original traces. evaluate is timed on a
-   sample (``BENCH_SCORING_EVAL_SAMPLE``) and compared per trace. Goal: >= 5x.
+   which also logs the feedback onto the original traces. Both score all the same
+   traces (each on its own copy of the store), so evaluate's fixed start-up cost
+   weighs as it does in real use. Goal: >= 5x.
 2. An LLM judge with 200 ms latency and concurrency 16 (fake OpenAI-compatible
    server): traces/s against the ideal 16 / 0.2 s = 80 traces/s. Goal: >= 80%.
+
+``--traces N`` (or ``BENCH_SCORING_TRACES``) scores fewer traces for a quick check.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -27,8 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa  # noqa: E402
 
-N = int(os.environ.get("BENCH_SCORING_TRACES", "10000"))
-EVAL_SAMPLE = int(os.environ.get("BENCH_SCORING_EVAL_SAMPLE", "60"))
+TRACES = int(os.environ.get("BENCH_SCORING_TRACES", "10000"))
 JUDGE_TRACES = int(os.environ.get("BENCH_SCORING_JUDGE_TRACES", "800"))
 JUDGE_LATENCY_S = 0.2
 JUDGE_CONCURRENCY = 16
@@ -101,6 +104,9 @@ def mlflow_evaluate(uri: str, exp_id: str, n: int) -> tuple[float, int]:
     from mlflow_llmops.scoring.builtin import pii_leak
 
     mlflow.set_tracking_uri(uri)
+    # the traces' own experiment: evaluate then logs onto them instead of cloning each one
+    # into the default experiment first (a read-after-write flush per trace)
+    mlflow.set_experiment(experiment_id=exp_id)
     t0 = time.perf_counter()
     df = mlflow.search_traces(locations=[exp_id], max_results=n, order_by=["timestamp_ms ASC"])
     mlflow.genai.evaluate(data=df, scorers=[pii_leak()])
@@ -165,34 +171,47 @@ def ours_judge(uri: str, work: Path, n: int, state_url: str | None = None
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--traces",
+        type=int,
+        default=TRACES,
+        help="traces for the code-scorer comparison (default %(default)s)",
+    )
+    parser.add_argument(
+        "--judge-traces",
+        type=int,
+        default=JUDGE_TRACES,
+        help="traces for the judge throughput run (default %(default)s)",
+    )
+    args = parser.parse_args()
+    n = args.traces
     work = Path(tempfile.mkdtemp(prefix="bench-scoring-"))
     try:
         t0 = time.perf_counter()
         base = work / "base.db"
-        make_db(base, N)
-        print(f"seeded {N} traces (bulk loader) in {time.perf_counter() - t0:.1f}s", flush=True)
+        make_db(base, n)
+        print(f"seeded {n} traces (bulk loader) in {time.perf_counter() - t0:.1f}s", flush=True)
         ours_db, eval_db, judge_db = (work / f"{k}.db" for k in ("ours", "eval", "judge"))
         for p in (ours_db, eval_db, judge_db):
             shutil.copy(base, p)
         exp_id = "1"
 
         took, scored = ours_code(f"sqlite:///{ours_db}", work)
-        assert count_assessments(f"sqlite:///{ours_db}") == N
-        ours_per = took / scored
+        assert count_assessments(f"sqlite:///{ours_db}") == n
         print(f"ours: backfill of a code scorer over {scored} traces: {took:.1f}s "
               f"({scored / took:.0f} traces/s)", flush=True)  # fmt: skip
 
-        sample = min(EVAL_SAMPLE, N)
-        eval_took, eval_n = mlflow_evaluate(f"sqlite:///{eval_db}", exp_id, sample)
-        eval_per = eval_took / eval_n
+        eval_took, eval_n = mlflow_evaluate(f"sqlite:///{eval_db}", exp_id, n)
+        logged = count_assessments(f"sqlite:///{eval_db}")
+        assert eval_n == n and logged >= n, (eval_n, logged)  # the same work as ours
         print(f"baseline: mlflow.genai.evaluate over {eval_n} traces: {eval_took:.1f}s "
               f"({eval_n / eval_took:.0f} traces/s)", flush=True)  # fmt: skip
-        print(f"RESULT code_scorer_backfill_per_trace_ms={ours_per * 1000:.2f} "
-              f"evaluate_per_trace_ms={eval_per * 1000:.2f} "
-              f"speedup={eval_per / ours_per:.1f}x goal>=5x traces={scored} "
-              f"evaluate_sample={eval_n}")  # fmt: skip
+        print(f"RESULT code_scorer_backfill_s={took:.1f} evaluate_s={eval_took:.1f} "
+              f"speedup={eval_took / took:.1f}x goal>=5x traces={scored} "
+              f"evaluate_traces={eval_n} (same traces, each on its own copy of the store)")  # fmt: skip
 
-        jn = min(JUDGE_TRACES, N)
+        jn = min(args.judge_traces, n)
         ideal = JUDGE_CONCURRENCY / JUDGE_LATENCY_S
         ceiling = log_assessment_ceiling(f"sqlite:///{ours_db}")
         jt, jscored, spent = ours_judge(f"sqlite:///{judge_db}", work, jn)

@@ -50,6 +50,23 @@ def _params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any] |
     return out
 
 
+def _is_relative(value: str | None) -> bool:
+    """A duration ago (``30d``) rather than an ISO date/time."""
+    if value is None:
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return True
+    return False
+
+
+def _iso(ms: int | None) -> str:
+    return (
+        "-" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+    )
+
+
 def _when_ms(value: str | None, flag: str, now: datetime) -> int | None:
     """ISO date/time, or a duration meaning that long ago (``7d``, ``12h``)."""
     if value is None:
@@ -247,7 +264,11 @@ def run_cmd(
 @click.option("--rps", type=float, help="Judge requests per second (default: unlimited).")
 @click.option("--experiment", "experiments", multiple=True, help="Name or id (repeatable).")
 @click.option("--worker-id", help="Name of this worker (default host:pid:random).")
-@click.option("--retry-errors", is_flag=True, help="Score again the traces that errored.")
+@click.option(
+    "--retry-errors",
+    is_flag=True,
+    help="Score again the traces that errored, those given up on too (fresh attempts).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @pass_app
 def backfill_cmd(
@@ -258,7 +279,9 @@ def backfill_cmd(
 ) -> None:  # fmt: skip
     """Score history with SCORER's current version; resumable, idempotent, within budget.
 
-    Run the same command on several machines to split the work; rerun it to resume."""
+    Run the same command on several machines to split the work; rerun it to resume. A
+    relative --since/--until (30d) is resolved once, by the run that creates the job; the
+    same command joins that job until it is done."""
     from mlflow_llmops.scoring import backfill
     from mlflow_llmops.scoring.runner import resolve_experiment_ids
 
@@ -266,13 +289,16 @@ def backfill_cmd(
     since_ms = _when_ms(since, "--since", now)
     until_ms = _when_ms(until, "--until", now) if until else None
     exp_ids = resolve_experiment_ids(app.config.tracking.uri, experiments) if experiments else None
+    relative = _is_relative(since) or _is_relative(until)
+    window_key = json.dumps({"since": since, "until": until}) if relative else None
 
     def on_plan(report: Any, budget: float | None) -> None:
         est = "n/a (code scorer)" if not report.estimate_usd else f"${report.estimate_usd:.4f}"
         click.echo(
             f"backfill {report.job_id}: {report.total} traces, {report.already_done} already "
             f"done; estimated judge spend {est}"
-            + ("" if budget is None else f", budget ${budget:.4f}"),
+            + ("" if budget is None else f", budget ${budget:.4f}")
+            + f"; window {_iso(report.since_ms)} .. {_iso(report.until_ms)}",
             err=True,
         )
         if budget is not None and report.estimate_usd and report.estimate_usd > budget:
@@ -283,7 +309,7 @@ def backfill_cmd(
         filter_string=filter_string, sample_rate=sample_rate, max_cost_usd=max_cost_usd,
         concurrency=concurrency, rate_limit_rps=rps, experiment_ids=exp_ids,
         worker_id=worker_id, retry_errors=retry_errors, progress=not no_progress,
-        on_plan=on_plan,
+        on_plan=on_plan, window_key=window_key,
     )  # fmt: skip
     click.echo(report.summary())
 

@@ -26,7 +26,7 @@ class QualityAggregate:
     scored: int  # traces with a numeric value
     judged: int  # traces with a pass/fail verdict
     passed: int
-    errors: int  # traces the scorer failed on
+    errors: int  # traces the scorer failed on (last attempt), retried or given up on
     mean_score: float | None
 
     @property
@@ -66,7 +66,7 @@ def quality_aggregates(
             sa.func.sum(sa.case((sa.and_(done, t.value_num.is_not(None)), 1), else_=0)),
             sa.func.sum(sa.case((sa.and_(done, t.passed.is_(True)), 1), else_=0)),
             sa.func.sum(sa.case((sa.and_(done, t.passed.is_not(None)), 1), else_=0)),
-            sa.func.sum(sa.case((t.state == "error", 1), else_=0)),
+            sa.func.sum(sa.case((t.state.in_(("error", "failed")), 1), else_=0)),
             sa.func.avg(sa.case((done, t.value_num), else_=None)),
         )
         .where(t.trace_timestamp_ms >= since_ms, t.trace_timestamp_ms < until_ms)

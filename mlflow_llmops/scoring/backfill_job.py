@@ -5,7 +5,11 @@ filtered once at planning) and a spend counter. Any number of workers (the
 same command on several machines) lease batches of the list, PostgreSQL with
 ``FOR UPDATE SKIP LOCKED``, SQLite under its write lock, so they split the work
 with no overlap. The job id is derived from its arguments: rerunning the same
-command resumes the same job from its checkpoint (the items not done). Each
+command resumes the same job from its checkpoint (the items not done). A window
+given relative to now (``--since 30d``) is identified by that text, not by the
+times it resolves to (which move with the clock): a rerun or a worker started
+later joins the unfinished job, whose row keeps the times resolved when it was
+created; once that job is done, the same text starts a new one. Each
 trace goes through the scoring ledger (claim, log, confirm), so a crash or a
 rerun never logs a second assessment for (trace, scorer, version).
 """
@@ -13,6 +17,7 @@ rerun never logs a second assessment for (trace, scorer, version).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import sys
@@ -63,6 +68,8 @@ class BackfillReport:
     not_applicable: int = 0
     estimate_usd: float | None = None
     spent_usd: float = 0.0
+    since_ms: int | None = None  # the window, as resolved when the job was created
+    until_ms: int | None = None
     status: str = "running"  # running | done | budget_exhausted
     error_samples: list[str] = field(default_factory=list)
 
@@ -82,11 +89,16 @@ class BackfillReport:
 def job_id_for(
     scorer: str, version: int, since_ms: int | None, until_ms: int | None,
     filter_string: str | None, sample_rate: float, experiment_ids: Sequence[str],
+    *, window_key: str | None = None, generation: int = 0,
 ) -> str:  # fmt: skip
-    """Same arguments, same job: rerunning a command resumes it."""
-    key = json.dumps([scorer, version, since_ms, until_ms, filter_string or "", sample_rate,
-                      sorted(experiment_ids)])  # fmt: skip
-    return hashlib.sha256(key.encode()).hexdigest()[:24]
+    """Same arguments, same job: rerunning a command resumes it. With ``window_key`` (the
+    text of a relative window) the times are left out; ``generation`` counts the finished
+    jobs of that window before this one."""
+    parts: list[Any] = [scorer, version, since_ms, until_ms, filter_string or "", sample_rate,
+                        sorted(experiment_ids)]  # fmt: skip
+    if window_key is not None:
+        parts[2:4] = [window_key, generation]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
 
 def _enumerate(
@@ -218,6 +230,7 @@ class BackfillJob:
             )
 
     def retry_errors(self) -> None:
+        """Put the errored items back in the work list."""
         t = backfill_items_table.c
         with self.store.engine.begin() as conn:
             conn.execute(
@@ -245,10 +258,18 @@ def backfill(
     progress: bool = True,
     clock: Clock | None = None,
     on_plan: Any = None,
+    window_key: str | None = None,
 ) -> BackfillReport:
-    """Score every (sampled) trace of the window with the scorer's current version."""
+    """Score every (sampled) trace of the window with the scorer's current version.
+
+    ``window_key``: the text of a window relative to now (the CLI passes ``--since`` and
+    ``--until`` when one is a duration); the job is then found by it, and ``since_ms`` /
+    ``until_ms`` only matter to the worker that creates the job.
+    """
     from mlflow.tracing.client import TracingClient
     from tqdm import tqdm
+
+    from mlflow_llmops.scoring.runner import judge_calculator
 
     clock = clock or SystemClock()
     store.ensure_schema(SCORING_MIGRATIONS)
@@ -265,18 +286,30 @@ def backfill(
         config.tracking.uri, sc.experiments or [config.tracking.experiment_name]))  # fmt: skip
     conc = concurrency or sc.concurrency
     limiter = RateLimiter(rate_limit_rps or sc.rate_limit_rps)
-    resolved = resolve(spec, judge_defaults=sc.judge.model_dump(), limiter=limiter)
-    flt = combine_filters(
-        filter_string if filter_string is not None else spec.filter_string,
-        None if since_ms is None else f"trace.timestamp_ms >= {since_ms}",
-        None if until_ms is None else f"trace.timestamp_ms < {until_ms}",
-    )
-    jid = job_id_for(spec.name, spec.version, since_ms, until_ms, flt, rate, exp_ids)
+    calculator = judge_calculator(config, clock) if spec.kind == "judge" else None
+    resolved = resolve(spec, judge_defaults=sc.judge.model_dump(), limiter=limiter,
+                       calculator=calculator)  # fmt: skip
+    user_flt = filter_string if filter_string is not None else spec.filter_string
     holder = worker_id or new_holder_id()
-    job = BackfillJob(store, jid, holder, int(sc.lease_ttl_s * 1000))
+    ttl_ms = int(sc.lease_ttl_s * 1000)
+    if window_key is None:
+        jid = job_id_for(spec.name, spec.version, since_ms, until_ms,
+                         _window_filter(user_flt, since_ms, until_ms), rate, exp_ids)  # fmt: skip
+        job = BackfillJob(store, jid, holder, ttl_ms)
+        row = job.row()
+    else:
+        for generation in itertools.count():
+            jid = job_id_for(spec.name, spec.version, None, None, user_flt, rate, exp_ids,
+                             window_key=window_key, generation=generation)  # fmt: skip
+            job = BackfillJob(store, jid, holder, ttl_ms)
+            row = job.row()
+            if row is None or row.status != "done":
+                break
+    if row is not None:  # joining: the window is the one its creator resolved
+        since_ms, until_ms = row.since_ms, row.until_ms
+    flt = _window_filter(user_flt, since_ms, until_ms)
     client = TracingClient(config.tracking.uri)
     report = BackfillReport(jid, spec.name, spec.version, holder)
-    row = job.row()
     if row is None:
         items = _enumerate(client, exp_ids, flt, spec.name, rate)
         estimate: float | None = 0.0
@@ -304,12 +337,13 @@ def backfill(
         row = job.row()
     if retry_errors:
         job.retry_errors()
-        Ledger(store, holder, lease_ttl_ms=job.ttl).forget_errors(spec.name, spec.version)
+        Ledger(store, holder, lease_ttl_ms=job.ttl).reset_errors(spec.name, spec.version)
     if max_cost_usd is None:
         max_cost_usd = row.max_cost_usd  # a rerun keeps the job's budget unless given a new one
     elif max_cost_usd != row.max_cost_usd:
         job.set_budget(max_cost_usd)
     report.total, report.estimate_usd = row.total_items, row.estimate_usd
+    report.since_ms, report.until_ms = row.since_ms, row.until_ms
     counts = job.counts()
     report.already_done = counts.get("done", 0) + counts.get("error", 0)
     if on_plan is not None:
@@ -318,6 +352,7 @@ def backfill(
     worker = TraceScorer(
         resolved, tracking_uri=config.tracking.uri, store=store, clock=clock, holder=holder,
         lease_ttl_s=sc.lease_ttl_s, job_id=jid, scorer_slots=threading.Semaphore(conc),
+        max_attempts=sc.max_attempts,
     )  # fmt: skip
     bar = tqdm(total=report.total, initial=report.already_done, file=sys.stderr,
                disable=not progress, desc=f"backfill {spec.name}@v{spec.version}",
@@ -365,7 +400,7 @@ def backfill(
                     _count(report, o)
                     spent += o.cost_usd or 0.0
                     costed += o.cost_usd is not None
-                    results.append((tid, "error" if o.state == "error" else "done"))
+                    results.append((tid, "error" if o.state in ("error", "failed") else "done"))
                 job.finish(results, spent)
                 spent_mine += spent
                 bar.update(len(results))
@@ -383,10 +418,18 @@ def backfill(
     return report
 
 
+def _window_filter(flt: str | None, since_ms: int | None, until_ms: int | None) -> str | None:
+    return combine_filters(
+        flt,
+        None if since_ms is None else f"trace.timestamp_ms >= {since_ms}",
+        None if until_ms is None else f"trace.timestamp_ms < {until_ms}",
+    )
+
+
 def _count(report: BackfillReport, o: TraceOutcome) -> None:
     if o.state in ("done", "adopted"):
         report.scored += 1
-    elif o.state == "error":
+    elif o.state in ("error", "failed"):
         report.errors += 1
         if len(report.error_samples) < 5:
             report.error_samples.append(f"{o.trace_id}: {o.error}")

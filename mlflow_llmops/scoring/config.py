@@ -47,4 +47,9 @@ class ScoringConfig(_Section):
     rate_limit_rps: float | None = Field(default=None, gt=0)
     #: A claimed trace or a leased backfill item is taken over after this long.
     lease_ttl_s: float = Field(default=300.0, gt=0)
+    #: Attempts per trace and scorer version before giving up: a failure (429 storm, timeout)
+    #: is tried again on later runs; the last one is logged on the trace as a Feedback error.
+    max_attempts: int = Field(default=3, ge=1)
+    #: A failed trace is tried again no sooner than this after its previous attempt.
+    retry_backoff_s: float = Field(default=300.0, ge=0)
     judge: JudgeDefaults = Field(default_factory=JudgeDefaults)

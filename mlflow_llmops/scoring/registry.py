@@ -45,7 +45,8 @@ ledger_table = sa.Table(
     sa.Column("trace_id", sa.String(64), primary_key=True),
     sa.Column("scorer", sa.String(200), primary_key=True),
     sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("state", sa.String(16), nullable=False),  # claimed | done | error
+    # claimed | done | error (tried again later) | failed (gave up: an error Feedback is logged)
+    sa.Column("state", sa.String(16), nullable=False),
     sa.Column("holder", sa.String(200), nullable=False),
     sa.Column("claimed_ms", sa.BigInteger, nullable=False),
     sa.Column("experiment_id", sa.String(32), nullable=True),
@@ -57,6 +58,8 @@ ledger_table = sa.Table(
     sa.Column("cost_usd", sa.Float, nullable=True),
     sa.Column("scored_ms", sa.BigInteger, nullable=True),
     sa.Column("job_id", sa.String(64), nullable=True),
+    #: Attempts finished so far (NULL on rows written before schema version 2).
+    sa.Column("attempts", sa.Integer, nullable=True),
     sa.Index("ix_llmops_scoring_ledger_ts", "scorer", "trace_timestamp_ms"),
 )
 
@@ -92,6 +95,13 @@ backfill_items_table = sa.Table(
     sa.Index("ix_llmops_backfill_items_state", "job_id", "state"),
 )
 
+
+def _add_ledger_attempts(conn: sa.Connection) -> None:
+    """Version 1 tables created by this code already have the column."""
+    if "attempts" not in {c["name"] for c in sa.inspect(conn).get_columns(ledger_table.name)}:
+        conn.execute(sa.text(f"ALTER TABLE {ledger_table.name} ADD COLUMN attempts INTEGER"))
+
+
 SCORING_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "scoring",
@@ -99,6 +109,7 @@ SCORING_MIGRATIONS: tuple[Migration, ...] = (
         "scorer registry, scoring ledger, backfill jobs and items",
         create_tables(scorers_table, ledger_table, backfill_jobs_table, backfill_items_table),
     ),
+    Migration("scoring", 2, "ledger attempts (errors are retried)", _add_ledger_attempts),
 )
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,199}$")

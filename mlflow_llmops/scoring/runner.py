@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from mlflow.entities import AssessmentSource, Feedback, Trace
+from mlflow.entities import AssessmentError, AssessmentSource, Feedback, Trace
+from mlflow.exceptions import MlflowException
 
 from mlflow_llmops.clock import Clock, SystemClock, to_ms
 from mlflow_llmops.scoring.ledger import Ledger, LedgerKey, new_holder_id
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 META_SCORER = "llmops.scorer"
 META_VERSION = "llmops.scorer_version"
+#: On the error Feedback logged when a trace is given up on.
+META_ATTEMPTS = "llmops.attempts"
 _PASS_WORDS = {"yes": True, "pass": True, "true": True, "no": False, "fail": False, "false": False}
 
 
@@ -66,7 +69,8 @@ def passed_of(value: Any, threshold: float) -> bool | None:
 @dataclass
 class TraceOutcome:
     trace_id: str
-    state: str  # done | error | skipped | adopted | not_applicable
+    state: str  # done | error (tried again later) | failed (given up) | skipped | adopted
+    #            | not_applicable
     value: float | None = None
     passed: bool | None = None
     cost_usd: float | None = None
@@ -82,7 +86,9 @@ class ScorerRunStats:
     considered: int = 0
     sampled_out: int = 0
     scored: int = 0
-    errors: int = 0
+    errors: int = 0  # includes gave_up
+    gave_up: int = 0  # errors on the last attempt: logged on the trace as Feedback errors
+    retried: int = 0  # traces of earlier errors tried again in this run
     skipped: int = 0
     not_applicable: int = 0
     cost_usd: float = 0.0
@@ -93,8 +99,9 @@ class ScorerRunStats:
     def add(self, o: TraceOutcome) -> None:
         if o.state in ("done", "adopted"):
             self.scored += 1
-        elif o.state == "error":
+        elif o.state in ("error", "failed"):
             self.errors += 1
+            self.gave_up += o.state == "failed"
             if len(self.error_samples) < 5:
                 self.error_samples.append(f"{o.trace_id}: {o.error}")
         elif o.state == "not_applicable":
@@ -129,6 +136,8 @@ class ScoringRunReport:
                 f"{s.scorer}@v{s.version}: scored {s.scored}, errors {s.errors}, "
                 f"already done {s.skipped}, not applicable {s.not_applicable}, "
                 f"sampled out {s.sampled_out} of {s.considered}"
+                + (f", retried {s.retried} earlier errors" if s.retried else "")
+                + (f", gave up on {s.gave_up} (logged as errors)" if s.gave_up else "")
                 + (f", judge cost ${s.cost_usd:.6f}" if s.cost_usd else "")
             )
             lines.extend(f"    error {e}" for e in s.error_samples)
@@ -151,6 +160,7 @@ class TraceScorer:
         lease_ttl_s: float = 300.0,
         job_id: str | None = None,
         scorer_slots: threading.Semaphore | None = None,
+        max_attempts: int = 3,
     ) -> None:
         from mlflow.tracing.client import TracingClient
 
@@ -162,18 +172,35 @@ class TraceScorer:
         self.spec = resolved.spec
         self.client = TracingClient(tracking_uri)
         self.clock = clock
-        self.ledger = Ledger(store, holder or new_holder_id(), lease_ttl_ms=int(lease_ttl_s * 1000))
+        self.ledger = Ledger(store, holder or new_holder_id(),
+                             lease_ttl_ms=int(lease_ttl_s * 1000), max_attempts=max_attempts)  # fmt: skip
         self.job_id = job_id
 
-    def _existing(self, trace_id: str) -> Any:
+    def _existing(self, trace_id: str, known: str | None) -> Any:
+        """What a crashed holder logged (``known``: logged by an earlier, confirmed attempt)."""
         info = self.client.get_trace_info(trace_id)
         for a in info.assessments or []:
             meta = a.metadata or {}
-            if meta.get(META_SCORER) == self.spec.name and meta.get(META_VERSION) == str(
-                self.spec.version
+            if (
+                a.valid is not False
+                and a.assessment_id != known
+                and meta.get(META_SCORER) == self.spec.name
+                and meta.get(META_VERSION) == str(self.spec.version)
             ):
                 return a
         return None
+
+    def _log(self, trace_id: str, feedback: Feedback, overrides: str | None) -> Any:
+        """Log, replacing (``overrides``) the error Feedback of an earlier attempt if any."""
+        if overrides is not None:
+            feedback.overrides = overrides
+            try:
+                return self.client.log_assessment(trace_id, feedback)
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                feedback.overrides = None  # someone deleted the old one: log without the link
+        return self.client.log_assessment(trace_id, feedback)
 
     def score(self, trace: Trace) -> TraceOutcome:
         spec, info = self.spec, trace.info
@@ -183,18 +210,25 @@ class TraceScorer:
             key, now_ms=now_ms, trace_timestamp_ms=info.timestamp_ms,
             experiment_id=info.experiment_id, job_id=self.job_id,
         )  # fmt: skip
-        if claim == "skip":
+        if claim.kind == "skip":
             return TraceOutcome(info.trace_id, "skipped")
-        if claim == "takeover":
-            found = self._existing(info.trace_id)
+        replaces = claim.assessment_id
+        if claim.kind == "takeover":
+            found = self._existing(info.trace_id, claim.assessment_id)
+            if found is not None and getattr(found, "error", None) is not None:
+                self.ledger.adopt(key, state="failed", now_ms=now_ms,
+                                  assessment_id=found.assessment_id)  # fmt: skip
+                return TraceOutcome(info.trace_id, "failed", error=found.error.error_message)
             if found is not None:
                 value = getattr(found, "value", None)
-                self.ledger.confirm(
+                self.ledger.adopt(
                     key, state="done", now_ms=now_ms, value_num=value_number(value),
                     passed=passed_of(value, self.resolved.pass_threshold),
                     assessment_id=found.assessment_id,
                 )  # fmt: skip
                 return TraceOutcome(info.trace_id, "adopted", value_number(value))
+        source = AssessmentSource(source_type=self.resolved.source_type, source_id=spec.source_id)
+        meta = {META_SCORER: spec.name, META_VERSION: str(spec.version)}
         try:
             if self.scorer_slots is None:
                 out = self.resolved.score(trace)
@@ -208,26 +242,37 @@ class TraceScorer:
         except Exception as e:  # noqa: BLE001 - a scorer's failure is data, not a crash
             msg = f"{type(e).__name__}: {e}"
             cost = getattr(e, "cost_usd", None)
-            self.ledger.confirm(key, state="error", now_ms=to_ms(self.clock.now()), error=msg,
-                                cost_usd=cost)  # fmt: skip
-            return TraceOutcome(info.trace_id, "error", error=msg, cost_usd=cost)
+            attempt = claim.attempts + 1
+            if attempt < self.ledger.max_attempts:  # tried again on a later run
+                self.ledger.confirm(key, state="error", now_ms=to_ms(self.clock.now()),
+                                    error=msg, cost_usd=cost)  # fmt: skip
+                return TraceOutcome(info.trace_id, "error", error=msg, cost_usd=cost)
+            err = AssessmentError(error_code=type(e).__name__,
+                                  error_message=f"{e} (gave up after {attempt} attempts)")  # fmt: skip
+            logged = self._log(info.trace_id, Feedback(
+                name=spec.name, error=err, source=source,
+                metadata={**meta, META_ATTEMPTS: str(attempt)},
+            ), replaces)  # fmt: skip
+            self.ledger.confirm(key, state="failed", now_ms=to_ms(self.clock.now()), error=msg,
+                                cost_usd=cost, assessment_id=logged.assessment_id)  # fmt: skip
+            return TraceOutcome(info.trace_id, "failed", error=msg, cost_usd=cost)
         done_ms = to_ms(self.clock.now())
         if not out.feedbacks:
             self.ledger.confirm(key, state="done", now_ms=done_ms, cost_usd=out.cost_usd)
             return TraceOutcome(info.trace_id, "not_applicable", cost_usd=out.cost_usd)
-        source = AssessmentSource(source_type=self.resolved.source_type, source_id=spec.source_id)
-        meta = {META_SCORER: spec.name, META_VERSION: str(spec.version), **out.extra_metadata}
+        meta.update(out.extra_metadata)
         first_id, first_value = None, None
         for i, fb in enumerate(out.feedbacks):
             name = spec.name if (i == 0 or fb.name in (None, "feedback")) else fb.name
             if i > 0 and name == spec.name:
                 name = f"{spec.name}/{i}"
-            logged = self.client.log_assessment(
+            logged = self._log(
                 info.trace_id,
                 Feedback(
                     name=name, value=fb.value, rationale=fb.rationale, source=source,
                     metadata={**(fb.metadata or {}), **meta},
                 ),
+                replaces if i == 0 else None,
             )  # fmt: skip
             if i == 0:
                 first_id, first_value = logged.assessment_id, fb.value
@@ -301,18 +346,25 @@ def run_scorer_once(
     exp_ids: list[str],
     clock: Clock,
     limiter: RateLimiter,
+    calculator: Any = None,
 ) -> ScorerRunStats:
-    """One incremental pass of one scorer over the traces since its watermark."""
+    """One incremental pass of one scorer: first the traces whose earlier attempts failed
+    (after ``retry_backoff_s``), then the new traces since its watermark."""
     from mlflow.entities import TraceState
     from mlflow.tracing.client import TracingClient
 
     sc = config.scoring
     stats = ScorerRunStats(spec.name, spec.version)
     try:
-        resolved = resolve(spec, judge_defaults=sc.judge.model_dump(), limiter=limiter)
+        resolved = resolve(spec, judge_defaults=sc.judge.model_dump(), limiter=limiter,
+                           calculator=calculator)  # fmt: skip
     except Exception as e:  # noqa: BLE001 - a broken scorer must not stop the others
         stats.problem = f"{type(e).__name__}: {e}"
         return stats
+    client = TracingClient(config.tracking.uri)
+    worker = TraceScorer(resolved, tracking_uri=config.tracking.uri, store=store, clock=clock,
+                         lease_ttl_s=sc.lease_ttl_s, max_attempts=sc.max_attempts)  # fmt: skip
+    budget = sc.max_traces_per_cycle - _retry_errors(worker, client, stats, sc, exp_ids)
     wm_name = f"scoring:{spec.name}:v{spec.version}"
     raw = store.get_watermark(wm_name)
     now_ms = to_ms(now)
@@ -321,21 +373,19 @@ def run_scorer_once(
     if upper_ms <= start_ms:
         stats.watermark_ms = start_ms
         return stats
-    client = TracingClient(config.tracking.uri)
     scan_from = max(0, start_ms - int(sc.late_arrival_s * 1000)) if raw else start_ms
     flt = combine_filters(
         spec.filter_string,
         f"trace.timestamp_ms >= {scan_from}",
         f"trace.timestamp_ms < {upper_ms}",
     )
-    worker = TraceScorer(resolved, tracking_uri=config.tracking.uri, store=store, clock=clock,
-                         lease_ttl_s=sc.lease_ttl_s)  # fmt: skip
     hold_ms: int | None = None
     give_up_ms = now_ms - int(sc.max_in_progress_wait_s * 1000)
-    new_wm, token, budget = upper_ms, None, sc.max_traces_per_cycle
+    new_wm, token = upper_ms, None
+    todo: list[Any] = []
     while budget > 0:
         page = _search_page(client, exp_ids, flt, min(500, max(budget, 100)), False, token)
-        todo: list[Any] = []
+        todo = []
         for t in page:
             info = t.info
             if info.state == TraceState.IN_PROGRESS:
@@ -376,6 +426,28 @@ def run_scorer_once(
     return stats
 
 
+def _retry_errors(
+    worker: TraceScorer, client: Any, stats: ScorerRunStats, sc: Any, exp_ids: list[str]
+) -> int:
+    """Score again the traces whose last attempt failed long enough ago (at most half the
+    cycle's budget, so new traffic still moves on); how many."""
+    spec, ledger = worker.spec, worker.ledger
+    before_ms = to_ms(worker.clock.now()) - int(sc.retry_backoff_s * 1000)
+    due = ledger.retry_due(spec.name, spec.version, before_ms=before_ms,
+                           limit=(sc.max_traces_per_cycle + 1) // 2,
+                           experiment_ids=exp_ids)  # fmt: skip
+    for chunk in range(0, len(due), 200):
+        ids = due[chunk : chunk + 200]
+        traces = client.batch_get_traces(ids)
+        gone = set(ids) - {t.info.trace_id for t in traces}
+        if gone:  # deleted (e.g. by retention): nothing left to score
+            ledger.forget_errors(spec.name, spec.version, gone)
+        for o in score_many(worker, traces, concurrency=sc.concurrency):
+            stats.retried += 1
+            stats.add(o)
+    return len(due)
+
+
 def _last_run_ms(store: StateStore, spec: ScorerSpec) -> int | None:
     raw = store.get_watermark(f"scoring:{spec.name}:v{spec.version}")
     return int(json.loads(raw).get("last_run_ms", 0)) if raw else None
@@ -406,12 +478,21 @@ def run_due_scorers(
         config.tracking.uri, sc.experiments or [config.tracking.experiment_name]
     )
     limiter = RateLimiter(sc.rate_limit_rps)
+    clock = clock or SystemClock()
     now_ms = to_ms(now)
+    calculator: Any = None
     for spec in specs:
         last = _last_run_ms(store, spec)
         if not force and last is not None and now_ms - last < spec.schedule_s * 1000:
             report.not_due.append(spec.name)
             continue
+        if spec.kind == "judge" and calculator is None:
+            try:
+                calculator = judge_calculator(config, clock)
+            except Exception as e:  # noqa: BLE001 - bad prices stop the judges, not the rest
+                report.scorers.append(ScorerRunStats(spec.name, spec.version, problem=(
+                    f"cannot price the judge: {type(e).__name__}: {e}")))  # fmt: skip
+                continue
         report.scorers.append(
             run_scorer_once(
                 spec,
@@ -419,8 +500,16 @@ def run_due_scorers(
                 store=store,
                 now=now,
                 exp_ids=exp_ids,
-                clock=clock or SystemClock(),
+                clock=clock,
                 limiter=limiter,
+                calculator=calculator,
             )  # fmt: skip
         )
     return report
+
+
+def judge_calculator(config: Any, clock: Clock | None = None) -> Any:
+    """The user's prices (``pricing:`` overrides and catalogs) for the judges' own calls."""
+    from mlflow_llmops.pricing import CostCalculator
+
+    return CostCalculator.from_config(config.pricing, clock=clock)

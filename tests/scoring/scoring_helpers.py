@@ -64,12 +64,16 @@ def make_traces(n: int, *, start_ms: int = EPOCH_MS, step_ms: int = 1000) -> lis
     ]
 
 
-def config_for(tracking_uri: str, state_url: str, **scoring) -> LlmopsConfig:
+def config_for(
+    tracking_uri: str, state_url: str, *, pricing: dict | None = None, **scoring
+) -> LlmopsConfig:
     overrides = {
         "tracking": {"uri": tracking_uri, "experiment_name": "exp"},
         "state_store": {"url": state_url},
         "scoring": {"completion_buffer_s": 0, "initial_lookback_s": 86400 * 3650, **scoring},
     }
+    if pricing is not None:
+        overrides["pricing"] = pricing
     return load_config(None, env={}, overrides=overrides)
 
 

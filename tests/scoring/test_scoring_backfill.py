@@ -5,7 +5,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -186,7 +185,18 @@ def test_backfill_killed_with_sigkill_then_rerun_scores_each_trace_once(
     assert _done(store.engine) == n
 
 
+def _numbers(out: str) -> dict[str, int]:
+    m = re.search(r"this worker: scored (\d+), errors (\d+), already scored (\d+), "
+                  r"not applicable (\d+)", out)  # fmt: skip
+    assert m, out
+    return dict(zip(("scored", "errors", "skipped", "not_applicable"), map(int, m.groups()),
+                    strict=True))  # fmt: skip
+
+
 def test_two_workers_split_a_backfill_on_postgres(judge_llm, mlflow_server_pg, pg_url, tmp_path):
+    """Two worker processes, one command: disjoint shares that cover the job. A trace leased
+    to both would be "already scored" for one of them (the ledger stops the second
+    assessment), so that count must be zero, not just the assessments unique."""
     from mlflow import MlflowClient
 
     from mlflow_llmops.store.state import StateStore
@@ -197,45 +207,43 @@ def test_two_workers_split_a_backfill_on_postgres(judge_llm, mlflow_server_pg, p
     exp_id = MlflowClient(mlflow_server_pg.url).create_experiment(exp)
     engine = sa.create_engine(mlflow_server_pg.database_url)
     bulk_load(engine, exp_id, make_traces(n), seed=7)
-    judge_llm.config.latency_s = 0.03
+    with engine.connect() as c:
+        all_ids = {r[0] for r in c.execute(sa.text(
+            "SELECT request_id FROM trace_info WHERE experiment_id = :e"), {"e": int(exp_id)})}  # fmt: skip
+    judge_llm.config.latency_s = 0.1  # about 4 s of judge time for one worker alone
     store = StateStore(pg_url)
     _judge(store, judge_llm.base_url)
-    cfg = config_for(mlflow_server_pg.url, pg_url, concurrency=2)
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
-        update={"experiment_name": exp})})  # fmt: skip
-    reports = {}
-
-    def work(worker_id: str) -> None:
-        own = StateStore(pg_url)  # each worker its own connections, as separate hosts would
-        try:
-            reports[worker_id] = backfill(cfg, own, scorer="quality", worker_id=worker_id,
-                                          progress=False)  # fmt: skip
-        finally:
-            own.dispose()
-
-    threads = [threading.Thread(target=work, args=(w,)) for w in ("w1", "w2")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    # the last one to finish sees the whole job done; the other may have left while
-    # its peer still held leases
-    assert "done" in {r.status for r in reports.values()}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "tracking": {"uri": mlflow_server_pg.url, "experiment_name": exp},
+        "state_store": {"url": pg_url},
+        "scoring": {"concurrency": 2},
+    }))  # fmt: skip
+    args = ("scorers", "backfill", "--scorer", "quality", "--no-progress", "--worker-id")
+    procs = {w: _cli(cfg, *args, w) for w in ("w1", "w2")}
+    outs = {}
+    for w, proc in procs.items():
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        outs[w] = _numbers(out)
+    for w, o in outs.items():
+        assert (o["skipped"], o["errors"]) == (0, 0), f"{w} was handed traces of the other: {o}"
+    assert sum(o["scored"] for o in outs.values()) == n
+    assert min(o["scored"] for o in outs.values()) >= n // 8  # both did a real share
     with store.engine.connect() as c:
         assert c.execute(sa.select(backfill_jobs_table.c.status)).scalar_one() == "done"
-    with store.engine.connect() as c:
-        by_holder = dict(c.execute(sa.select(backfill_items_table.c.holder, sa.func.count())
-                                   .group_by(backfill_items_table.c.holder)).all())  # fmt: skip
-        ledger = Counter(r[0] for r in c.execute(sa.select(ledger_table.c.trace_id)))
-    assert set(by_holder) == {"w1", "w2"} and sum(by_holder.values()) == n
-    assert min(by_holder.values()) >= n // 5  # both did a real share
-    assert len(ledger) == n and set(ledger.values()) == {1}
+        leased = {w: {r[0] for r in c.execute(sa.select(backfill_items_table.c.trace_id).where(
+            backfill_items_table.c.holder == w, backfill_items_table.c.state == "done"))}
+            for w in outs}  # fmt: skip
+        scored = {w: {r[0] for r in c.execute(sa.select(ledger_table.c.trace_id).where(
+            ledger_table.c.holder == w, ledger_table.c.state == "done"))} for w in outs}  # fmt: skip
+    assert scored["w1"].isdisjoint(scored["w2"]) and scored["w1"] | scored["w2"] == all_ids
+    assert scored == leased  # each worker scored exactly the traces it leased
+    assert {w: len(v) for w, v in scored.items()} == {w: o["scored"] for w, o in outs.items()}
     with engine.connect() as c:
         per_trace = Counter(r[0] for r in c.execute(sa.text(
             "SELECT a.trace_id FROM assessments a JOIN trace_info t ON t.request_id = a.trace_id "
             "WHERE t.experiment_id = :e"), {"e": int(exp_id)}))  # fmt: skip
-    assert len(per_trace) == n and set(per_trace.values()) == {1}
-    mine = [r.scored for r in reports.values()]
-    assert sum(mine) == n and min(mine) > 0
+    assert set(per_trace) == all_ids and set(per_trace.values()) == {1}
     engine.dispose()
     store.dispose()

@@ -134,3 +134,68 @@ def test_mlflow_builtin_judge_against_an_openai_compatible_endpoint(config_file,
     assert values == ["no", "yes", "yes", "yes", "yes"]
     sources = {a.source.source_type for i in infos for a in i.assessments}
     assert sources == {"LLM_JUDGE"}
+
+
+def test_backfill_since_30d_rerun_joins_the_same_job(config_file, mlflow_db, state_url):
+    """``--since 30d`` resolves to a new millisecond on every run; the job must not."""
+    import re
+    import time
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+    from test_scoring_judge import grader
+
+    from mlflow_llmops.scoring.registry import backfill_jobs_table, ledger_table
+    from mlflow_llmops.store.state import StateStore
+
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    mlflow_db.load(make_traces(20, start_ms=now_ms - 2 * 86_400_000, step_ms=60_000))
+    mlflow_db.load(make_traces(3, start_ms=now_ms - 40 * 86_400_000))  # outside the window
+    store = StateStore(state_url)
+
+    def jobs() -> list:
+        with store.engine.connect() as c:
+            return list(c.execute(sa.select(backfill_jobs_table)))
+
+    def spent() -> float:
+        with store.engine.connect() as c:
+            return c.execute(sa.select(sa.func.sum(ledger_table.c.cost_usd))).scalar_one() or 0.0
+
+    def backfill(*extra: str) -> tuple[str, str, int, int, int]:
+        out = _run(config_file, "scorers", "backfill", "--scorer", "quality", "--since", "30d",
+                   "--no-progress", *extra)  # fmt: skip
+        m = re.search(r"backfill (\w+) quality@v1: (\w+)", out)
+        nums = re.search(r"done before this run (\d+).*scored (\d+), errors \d+, already scored "
+                         r"(\d+)", out, re.S)  # fmt: skip
+        time.sleep(0.01)  # the next run's "30d ago" is a later millisecond
+        return m.group(1), m.group(2), *(int(x) for x in nums.groups())
+
+    with FakeLLMServer(FakeLLMConfig(responder=grader)) as srv:
+        _run(config_file, "scorers", "register", "quality", "--ref", "judge",
+             "--param", f"base_url={srv.base_url}")  # fmt: skip
+        job, status, _, scored, _ = backfill("--max-cost-usd", "1e-9")
+        assert (status, scored) == ("budget_exhausted", 0)
+        (row,) = jobs()
+        assert row.total_items == 20 and abs(row.since_ms - (now_ms - 30 * 86_400_000)) < 60_000
+        budget = f"{row.estimate_usd / 20 * 6.5:.10f}"  # about six traces
+        again, status, _, first, _ = backfill("--max-cost-usd", budget)
+        assert again == job and status == "budget_exhausted" and 4 <= first < 20
+        # the same budget again: the job's spend carries over, it does not restart from zero
+        again, status, before, second, _ = backfill("--max-cost-usd", budget)
+        assert (again, status, before) == (job, "budget_exhausted", first)
+        assert first + second < 20 and spent() <= float(budget)
+        again, status, before, scored, _ = backfill("--max-cost-usd", "100")  # finish it
+        assert (again, status, before, scored) == (job, "done", first + second, 20 - first - second)
+        (done,) = jobs()
+        assert done.status == "done" and done.spent_usd == pytest.approx(spent())
+        assert done.since_ms == row.since_ms  # the window resolved by the first run, kept
+        # once done, the same command is a new job over the new window: nothing twice
+        newer, status, _, scored, skipped = backfill()
+        assert newer != job and (status, scored, skipped) == ("done", 0, 20)
+    counts = {}
+    for tid, _, _ in mlflow_db.assessments():
+        counts[tid] = counts.get(tid, 0) + 1
+    assert len(counts) == 20 and set(counts.values()) == {1}
+    with store.engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(ledger_table)).scalar_one() == 20
+    store.dispose()

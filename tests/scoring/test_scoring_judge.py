@@ -123,3 +123,60 @@ def test_judge_scorer_in_the_runner(judge_llm, mlflow_db, store, state_url):
         assert a.metadata["llmops.judge.safety"] in ("0", "1")
         values.append(a.value)
     assert sorted(values).count(0.0) == 4  # 2 empty answers, 2 with an e-mail address
+
+
+def test_judge_cost_uses_the_price_overrides_of_the_config(
+    judge_llm, mlflow_db, store, state_url, tmp_path
+):
+    """The runner and the backfill price the judge with ``pricing:``, not the bare catalog."""
+    import sqlalchemy as sa
+    from scoring_helpers import EPOCH_MS
+
+    from mlflow_llmops.pricing import CostCalculator
+    from mlflow_llmops.scoring import BackfillError, backfill
+    from mlflow_llmops.scoring.registry import ledger_table
+
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(
+        "models:\n"
+        "  - {model: gpt-4o-mini, provider: openai, input_per_million_tokens: 1000,\n"
+        "     output_per_million_tokens: 4000}\n"
+        "  - {model: in-house-judge-7b, provider: vllm, input_per_million_tokens: 500,\n"
+        "     output_per_million_tokens: 500}\n"
+    )  # fmt: skip
+    mlflow_db.load(make_traces(4))
+    reg = ScorerRegistry(store)
+    reg.register(ScorerSpec(name="quality", ref="judge", params={"base_url": judge_llm.base_url}),
+                 now=EPOCH)  # fmt: skip
+    reg.register(ScorerSpec(name="own", ref="judge", params={
+        "base_url": judge_llm.base_url, "model": "in-house-judge-7b", "provider": "vllm"}),
+        now=EPOCH)  # fmt: skip
+    cfg = config_for(mlflow_db.uri, state_url, pricing={"overrides_file": str(prices)})
+    s = run_due_scorers(cfg, store, EPOCH + timedelta(days=1), names=["quality"]).scorers[0]
+    assert (s.scored, s.errors) == (4, 0)
+    catalog = CostCalculator.default()
+    with store.engine.connect() as c:
+        costs = dict(c.execute(sa.select(ledger_table.c.trace_id, ledger_table.c.cost_usd)
+                               .where(ledger_table.c.scorer == "quality")).all())  # fmt: skip
+    client = TracingClient(mlflow_db.uri)
+    for tid, cost in costs.items():
+        a = next(a for a in client.get_trace_info(tid).assessments if a.name == "quality")
+        tin = int(a.metadata["mlflow.assessment.judgeInputTokens"])
+        tout = int(a.metadata["mlflow.assessment.judgeOutputTokens"])
+        assert cost == pytest.approx((tin * 1000 + tout * 4000) / 1e6)
+        assert float(a.metadata["mlflow.assessment.judgeCost"]) == pytest.approx(cost)
+        usage = {"input_tokens": tin, "output_tokens": tout}
+        default = float(catalog.cost(model="gpt-4o-mini", provider="openai", usage=usage).total)
+        assert cost > 100 * default  # the override, not the bundled price
+    assert s.cost_usd == pytest.approx(sum(costs.values()))
+
+    # a model only the overrides know: the backfill can estimate it and keep to a budget
+    bare = config_for(mlflow_db.uri, state_url)
+    with pytest.raises(BackfillError, match="has no price"):
+        backfill(bare, store, scorer="own", max_cost_usd=1.0, progress=False)
+    r = backfill(cfg, store, scorer="own", since_ms=EPOCH_MS, max_cost_usd=1.0, progress=False)
+    assert (r.status, r.scored) == ("done", 4) and r.estimate_usd > 0
+    with store.engine.connect() as c:
+        own = c.execute(sa.select(sa.func.sum(ledger_table.c.cost_usd))
+                        .where(ledger_table.c.scorer == "own")).scalar_one()  # fmt: skip
+    assert own > 0 and r.spent_usd == pytest.approx(own)
