@@ -24,7 +24,8 @@ class TailRules(_Section):
     keep_errors: bool = True
     #: keep traces slower than this many milliseconds (None: no latency rule)
     slower_than_ms: float | None = None
-    #: keep traces whose LLM spans cost more than this (USD, MLflow's own cost attribute)
+    #: keep traces whose LLM spans cost more than this (USD): an explicit ``mlflow.llm.cost``
+    #: on a span, else priced from model, provider and token usage with our price catalog
     cost_above_usd: float | None = None
     #: keep traces carrying any of these tag keys, or ``key=value`` pairs
     tags: tuple[str, ...] = ()
@@ -145,8 +146,10 @@ class TracingConfig(_Section):
     #: forever itself. Applied as MLFLOW_HTTP_REQUEST_MAX_RETRIES (process-wide, so only
     #: when that variable is unset); None leaves MLflow's default.
     http_max_retries: int | None = 1
-    #: wait at most this long at start-up for the tracking store to resolve the experiment
-    startup_timeout_s: float = 30.0
+    #: wait at most this long at start-up for the tracking store to resolve the experiment;
+    #: a store that is down (or slower) only gets a warning: set-up goes on, traces queue
+    #: and the experiment is resolved when the store answers
+    startup_timeout_s: float = 10.0
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     redaction: RedactionConfig = Field(default_factory=RedactionConfig)
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)

@@ -24,9 +24,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from mlflow_llmops.tracing import keys
+from mlflow_llmops.tracing.cost import TraceCoster
 from mlflow_llmops.tracing.sampling import Sampler
 
 _logger = logging.getLogger("mlflow_llmops.tracing")
+#: MLflow's active experiment while the store is unreachable at start-up: traces created
+#: meanwhile carry it, and the writer swaps in the real id once it can resolve it.
+UNRESOLVED_EXPERIMENT = "llmops-unresolved"
 
 
 @dataclass
@@ -89,7 +93,8 @@ class TraceQueue:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._items: collections.deque[Any] = collections.deque()
-        self._cond = threading.Condition(threading.Lock())
+        self.mutex = threading.Lock()  # exposed so a signal handler can tell it is taken
+        self._cond = threading.Condition(self.mutex)
         self.in_flight = 0  # taken by a worker, not yet written
 
     def put(self, item: Any) -> bool:
@@ -158,11 +163,20 @@ class StoreWriter:
     """Writes batches of MLflow ``Trace`` objects through the tracking store API."""
 
     def __init__(self, tracking_uri: str, experiment_id: Callable[[], str | None]) -> None:
-        from mlflow.tracing.client import TracingClient
-
-        self._client = TracingClient(tracking_uri)
+        self.tracking_uri = tracking_uri
+        self._client: Any = None
         self._experiment_id = experiment_id
         self.supports_log_spans = True
+
+    @property
+    def client(self) -> Any:
+        """Built on first write, in the export worker: building a SQL store connects to
+        the database (with MLflow's own retries), which must not hold up start-up."""
+        if self._client is None:
+            from mlflow.tracing.client import TracingClient
+
+            self._client = TracingClient(self.tracking_uri)
+        return self._client
 
     def write(self, batch: Sequence[Any], started: dict[str, bool], on_permanent: Callable) -> int:
         """Write ``batch``; ``started`` remembers traces already created or rejected, so a
@@ -175,7 +189,7 @@ class StoreWriter:
             trace = item.to_mlflow_trace() if hasattr(item, "to_mlflow_trace") else item
             info = trace.info
             exp = info.experiment_id
-            if exp is None:
+            if exp is None or exp == UNRESOLVED_EXPERIMENT:
                 exp = self._experiment_id()
                 if exp is None:
                     raise RuntimeError("experiment not resolved yet (tracking store unreachable)")
@@ -187,7 +201,7 @@ class StoreWriter:
                 tid = trace.info.trace_id
                 if tid not in started:
                     try:
-                        self._client.start_trace(trace.info)
+                        self.client.start_trace(trace.info)
                     except Exception as e:
                         if not _is_permanent(e):
                             raise
@@ -200,12 +214,12 @@ class StoreWriter:
             spans = [s for t in ok for s in t.data.spans]
             if spans and self.supports_log_spans:
                 try:
-                    self._client.log_spans(exp, spans)
+                    self.client.log_spans(exp, spans)
                 except NotImplementedError:
                     self.supports_log_spans = False
             if not self.supports_log_spans:
                 for trace in ok:
-                    self._client._upload_trace_data(trace.info, trace.data)
+                    self.client._upload_trace_data(trace.info, trace.data)
             written += len(ok)
         return written
 
@@ -305,6 +319,7 @@ class LlmopsSpanExporter(SpanExporter):
         lock: threading.Lock,
         static_metadata: dict[str, str],
         on_decision: Callable[[int, bool], None] | None = None,
+        coster: TraceCoster | None = None,
     ) -> None:
         from mlflow.tracing.trace_manager import InMemoryTraceManager
 
@@ -315,6 +330,8 @@ class LlmopsSpanExporter(SpanExporter):
         self._lock = lock
         self.static_metadata = static_metadata
         self.on_decision = on_decision
+        #: prices the trace for the cost tail rule; None when no rule needs it
+        self.coster = coster if sampler.needs_cost else None
         self._deferred: dict[int, ReadableSpan] = {}
         self._deferred_lock = threading.Lock()
         self._drop_log = RateLimitedLog()
@@ -359,12 +376,14 @@ class LlmopsSpanExporter(SpanExporter):
             return
         info = trace.info
         meta = info.trace_metadata
+        coster = self.coster
         decision = self.sampler.decide(
             trace_id_int=otel_trace_id,
             is_error=info.state.value == "ERROR",
             duration_ms=info.execution_duration,
             metadata=meta,
             tags=info.tags,
+            cost_usd=None if coster is None else lambda: coster.trace_cost_usd(trace),
         )
         if self.on_decision is not None:
             self.on_decision(otel_trace_id, decision.keep)

@@ -19,6 +19,7 @@ SAMPLING = "llmops.sampling"
 MODEL = "mlflow.llm.model"
 PROVIDER = "mlflow.llm.provider"
 TOKEN_USAGE = "mlflow.chat.tokenUsage"
+LLM_COST = "mlflow.llm.cost"  # explicit cost of a span; MLflow keeps it as is
 SPAN_TYPE = "mlflow.spanType"
 REASONING_TOKENS = "gen_ai.usage.reasoning.output_tokens"
 TTFT_MS = "llmops.ttft_ms"

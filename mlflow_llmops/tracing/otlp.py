@@ -2,16 +2,49 @@
 
 Spans are held per trace until the root span ends; the MLflow-side exporter has
 decided by then (it runs first), and only kept traces go to the OTLP batch
-exporter. Held spans are bounded; overflow and exporter queue losses are counted.
+exporter. Held spans are bounded; overflow, batch-queue losses and failed exports
+are counted (the OpenTelemetry batch processor only logs them).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+
+class CountingSpanExporter(SpanExporter):
+    """Counts what the wrapped exporter sent and what it could not send (after its own
+    retries): with a collector down or refusing, spans are otherwise lost silently."""
+
+    def __init__(self, delegate: SpanExporter) -> None:
+        self.delegate = delegate
+        self.exported_spans = 0
+        self.failed_spans = 0
+        self.export_errors = 0  # failed export calls
+        self.last_error: str | None = None
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.delegate.export(spans)
+        except Exception as e:  # noqa: BLE001 - counted, as the batch processor would only log
+            result = SpanExportResult.FAILURE
+            self.last_error = f"{type(e).__name__}: {e}"[:300]
+        if result is SpanExportResult.SUCCESS:
+            self.exported_spans += len(spans)
+        else:
+            self.export_errors += 1
+            self.failed_spans += len(spans)
+        return result
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.delegate.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self.delegate.shutdown()
 
 
 class SampledOtlpProcessor(SpanProcessor):
@@ -25,8 +58,9 @@ class SampledOtlpProcessor(SpanProcessor):
         max_open_traces: int = 10_000,
         schedule_delay_millis: int = 1000,
     ) -> None:
+        self.exporter = CountingSpanExporter(exporter)
         self.delegate = BatchSpanProcessor(
-            exporter,
+            self.exporter,
             max_queue_size=max_queue_size,
             schedule_delay_millis=schedule_delay_millis,
             max_export_batch_size=min(512, max_queue_size),
@@ -37,6 +71,7 @@ class SampledOtlpProcessor(SpanProcessor):
         self.max_open_traces = max_open_traces
         self.dropped_spans = 0
         self.exported_traces = 0
+        self._handed_spans = 0  # given to the batch processor
 
     def decide(self, otel_trace_id: int, keep: bool) -> None:
         """Called by the MLflow-side exporter when the root span ends."""
@@ -65,6 +100,7 @@ class SampledOtlpProcessor(SpanProcessor):
             return
         spans.append(span)
         self.exported_traces += 1
+        self._handed_spans += len(spans)
         for s in spans:
             self.delegate.on_end(s)
 
@@ -72,7 +108,23 @@ class SampledOtlpProcessor(SpanProcessor):
         return self.delegate.force_flush(timeout_millis)
 
     def shutdown(self) -> None:
+        """After this, spans handed over but neither sent nor failed were dropped by the
+        batch queue (full) or left in it at the deadline: counted as dropped."""
         self.delegate.shutdown()
+        e = self.exporter
+        self.dropped_spans += max(0, self._handed_spans - e.exported_spans - e.failed_spans)
+        self._handed_spans = e.exported_spans + e.failed_spans
+
+    def counters(self) -> dict[str, Any]:
+        e = self.exporter
+        return {
+            "otlp_traces_sent": self.exported_traces,
+            "otlp_spans_exported": e.exported_spans,
+            "otlp_spans_failed": e.failed_spans,
+            "otlp_spans_dropped": self.dropped_spans,
+            "otlp_export_errors": e.export_errors,
+            "otlp_last_error": e.last_error,
+        }
 
 
 def make_span_exporter(endpoint: str, headers: dict[str, str], timeout_s: float) -> Any:

@@ -10,7 +10,7 @@ kept trace carries ``llmops.sample_weight`` (1 / P(kept)) and ``llmops.sampling`
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from mlflow_llmops.tracing import keys
@@ -51,6 +51,12 @@ class Sampler:
             or self._tail.cost_above_usd is not None
             or self._tail.tags
         )
+        #: whether ``decide`` may need the trace's cost (the caller then passes ``cost_usd``)
+        self.needs_cost = self._tail.cost_above_usd is not None and (
+            config.ratio < 1.0
+            or any(r < 1.0 for r in config.routes.values())
+            or any(r < 1.0 for r in config.tenants.values())
+        )
 
     def ratio_for(self, route: str | None, tenant: str | None) -> float:
         """The head ratio that applies; a tenant ratio wins over a route ratio."""
@@ -78,12 +84,14 @@ class Sampler:
         duration_ms: float | None,
         metadata: Mapping[str, str],
         tags: Mapping[str, str],
+        cost_usd: Callable[[], float | None] | None = None,
     ) -> Decision:
+        """``cost_usd`` prices the trace; called only when the cost rule is reached."""
         ratio = self.ratio_for(metadata.get(keys.ROUTE), metadata.get(keys.TENANT))
         if ratio >= 1.0:
             return ALWAYS
         if self._has_tail:
-            reason = self._tail_reason(is_error, duration_ms, metadata, tags)
+            reason = self._tail_reason(is_error, duration_ms, metadata, tags, cost_usd)
             if reason is not None:
                 return Decision(True, reason, "1")
         if self.head_keeps(trace_id_int, ratio):
@@ -96,6 +104,7 @@ class Sampler:
         duration_ms: float | None,
         metadata: Mapping[str, str],
         tags: Mapping[str, str],
+        cost_usd: Callable[[], float | None] | None = None,
     ) -> str | None:
         t = self._tail
         if t.keep_errors and is_error:
@@ -105,6 +114,8 @@ class Sampler:
                 return "tail:slow"
         if t.cost_above_usd is not None:
             cost = trace_cost_usd(metadata)
+            if cost is None and cost_usd is not None:
+                cost = cost_usd()
             if cost is not None and cost > t.cost_above_usd:
                 return "tail:cost"
         if self._tag_keys and any(k in tags for k in self._tag_keys):
@@ -115,7 +126,8 @@ class Sampler:
 
 
 def trace_cost_usd(metadata: Mapping[str, str]) -> float | None:
-    """Total cost MLflow computed client side (metadata ``mlflow.trace.cost``), if any."""
+    """Total cost MLflow computed client side (metadata ``mlflow.trace.cost``), if any: only
+    Databricks and SageMaker stores get it; elsewhere the exporter prices the spans."""
     raw = metadata.get("mlflow.trace.cost")
     if not raw:
         return None

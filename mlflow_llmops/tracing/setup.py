@@ -10,6 +10,7 @@ synchronous mode and replace its exporter by ours (see ``export.py``).
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import os
 import re
@@ -23,9 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_llmops.errors import ConfigError
+from mlflow_llmops.pricing.config import PricingConfig
 from mlflow_llmops.tracing import keys
 from mlflow_llmops.tracing.config import TracingConfig
+from mlflow_llmops.tracing.cost import TraceCoster
 from mlflow_llmops.tracing.export import (
+    UNRESOLVED_EXPERIMENT,
     ExportWorker,
     LlmopsSpanExporter,
     StoreWriter,
@@ -92,6 +96,7 @@ class TracingHandle:
         service_name: str,
         metric_readers: list[Any] | None = None,
         app_span_processors: list[Any] | None = None,
+        pricing: PricingConfig | None = None,
     ) -> None:
         import mlflow
         from mlflow.tracing.processor.mlflow_v3 import MlflowV3SpanProcessor
@@ -106,10 +111,16 @@ class TracingHandle:
         self._lock = threading.Lock()
         self._stats = TracingStats()
         self._closed = False
+        self._shutdown_done = threading.Event()
+        self._shutdown_thread: int | None = None
         self._shutdown_report: dict[str, Any] | None = None
         self.queue = TraceQueue(config.queue_capacity)
         self.static_metadata = static_metadata(service_name, config)
         self.sampler = Sampler(config.sampling)
+        self.coster: TraceCoster | None = None
+        if self.sampler.needs_cost:
+            self.coster = TraceCoster(pricing)
+            self.coster.warm_up()
 
         otlp_cfg = config.otlp
         self.otlp: SampledOtlpProcessor | None = None
@@ -142,6 +153,7 @@ class TracingHandle:
             self._lock,
             self.static_metadata,
             on_decision=self.otlp.decide if self.otlp else None,
+            coster=self.coster,
         )
         self.writer = StoreWriter(tracking_uri, self._resolve_experiment)
         self.worker = ExportWorker(
@@ -179,13 +191,20 @@ class TracingHandle:
         provider.once.do_once(lambda: None)
 
     def _resolve_experiment(self) -> str | None:
+        """Called by the export worker; resolves the experiment once the store answers
+        (it may have been unreachable at start-up)."""
         if self.experiment_id is None:
             try:
-                self.experiment_id = _get_or_create_experiment(
-                    self.tracking_uri, self.experiment_name
-                )
+                experiment_id = _get_or_create_experiment(self.tracking_uri, self.experiment_name)
             except Exception:  # noqa: BLE001 - still unreachable; the worker retries
                 return None
+            self.experiment_id = experiment_id
+            _activate_experiment(experiment_id, only_if_unresolved=True)
+            _logger.warning(
+                "mlflow-llmops tracing: tracking store %s reachable: experiment %r resolved "
+                "(id %s); writing the queued traces",
+                _redact_url(self.tracking_uri), self.experiment_name, experiment_id,
+            )  # fmt: skip
         return self.experiment_id
 
     def _counter_snapshot(self) -> Mapping[str, int]:
@@ -208,9 +227,9 @@ class TracingHandle:
             out = self._stats.as_dict()
         out["queued"] = self.queue.pending()
         out["last_export_error"] = self.worker.last_error
+        out["experiment_resolved"] = self.experiment_id is not None
         if self.otlp is not None:
-            out["otlp_traces_sent"] = self.otlp.exported_traces
-            out["otlp_spans_dropped"] = self.otlp.dropped_spans
+            out.update(self.otlp.counters())
         return out
 
     def flush(self, timeout_s: float = 30.0) -> bool:
@@ -220,12 +239,28 @@ class TracingHandle:
 
     def shutdown(self, timeout_s: float | None = None) -> dict[str, Any]:
         """Flush within ``timeout_s`` (default ``shutdown_timeout_s``), stop, and report what
-        could not be sent. Idempotent."""
-        with _ACTIVE_LOCK:
-            if self._closed:
-                return self._shutdown_report or self.stats()
-            self._closed = True
+        could not be sent. Idempotent: a second caller (atexit while a signal's flush runs)
+        waits for the first one's report, within its own timeout."""
         timeout_s = self.config.shutdown_timeout_s if timeout_s is None else timeout_s
+        with _ACTIVE_LOCK:
+            first = not self._closed
+            self._closed = True
+            if first:
+                self._shutdown_thread = threading.get_ident()
+        if not first:
+            self._shutdown_done.wait(timeout_s)
+            return self._shutdown_report or self.stats()
+        try:
+            return self._shutdown(timeout_s)
+        finally:
+            self._shutdown_done.set()
+
+    def _shutting_down_on(self, thread_id: int | None) -> bool:
+        """Whether ``shutdown`` is running now on that thread."""
+        done = self._shutdown_done.is_set()
+        return self._closed and not done and self._shutdown_thread == thread_id
+
+    def _shutdown(self, timeout_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         flushed = self.flush(max(0.0, deadline - time.monotonic()))
         self.worker.stop(abandon=not flushed)
@@ -242,7 +277,6 @@ class TracingHandle:
                 self.metrics.shutdown(max(0.1, deadline - time.monotonic()))
             except Exception:  # noqa: BLE001
                 _logger.debug("metrics shutdown failed", exc_info=True)
-        self._uninstall()
         report = self.stats()
         report["flushed"] = flushed
         self._shutdown_report = report
@@ -253,7 +287,26 @@ class TracingHandle:
             report["created"], report["kept"], report["exported"], report["sampled_out"],
             report["dropped"], report["failed"], report["unsent_at_shutdown"],
         )  # fmt: skip
+        self._uninstall()
         return report
+
+    def _flush_locks_taken(self) -> bool:
+        """Whether a lock the flush needs is taken now, perhaps by the main thread that a
+        signal interrupted: our plain locks (owner unknown), and logging handler locks
+        owned by this (the main) thread."""
+        plain = [self._lock, self.queue.mutex, self.exporter._deferred_lock, _ACTIVE_LOCK]
+        if self.otlp is not None:
+            plain.append(self.otlp._lock)
+        if any(lock.locked() for lock in plain):
+            return True
+        logger: logging.Logger | None = _logger
+        while logger is not None:
+            for h in logger.handlers:
+                owned = getattr(h.lock, "_is_owned", None)
+                if owned is not None and owned():
+                    return True
+            logger = logger.parent if logger.propagate else None
+        return False
 
     def _uninstall(self) -> None:
         global _ACTIVE
@@ -275,9 +328,10 @@ class TracingHandle:
         """The start-up line: endpoints without credentials or query strings."""
         o = self.config.otlp
         s = self.config.sampling
+        pending = "" if self.experiment_id is not None else " (unresolved: store unreachable)"
         return (
             f"mlflow-llmops tracing: service={self.service_name} "
-            f"store={_redact_url(self.tracking_uri)} experiment={self.experiment_name} "
+            f"store={_redact_url(self.tracking_uri)} experiment={self.experiment_name}{pending} "
             f"queue={self.config.queue_capacity} sampling.ratio={s.ratio} "
             f"otlp.traces={_redact_url(o.traces_endpoint)} "
             f"otlp.metrics={_redact_url(o.metrics_endpoint) if o.metrics_enabled else 'off'}"
@@ -287,21 +341,114 @@ class TracingHandle:
 
 # -- signals -------------------------------------------------------------
 _PREVIOUS: dict[int, Any] = {}
+_FLUSHER: _SignalFlusher | None = None
+#: a flush may wait this long for the interrupted main thread to release our locks
+_MAX_DEFER_S = 1.0
+
+
+class _SignalFlusher:
+    """The thread that runs the flush a SIGTERM/SIGINT asked for.
+
+    A Python signal handler runs on the main thread between two bytecodes, maybe in
+    the middle of code holding a lock the flush needs (the stats or queue lock, a
+    logging handler's lock): flushing right there can deadlock. So the handler hands
+    the flush to this thread and waits for it with the deadline. When one of our locks
+    is taken at that moment, the handler returns at once instead and this thread
+    re-sends the signal to the main thread a few milliseconds later, once released.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: collections.deque[tuple[str, Any]] = collections.deque()
+        self._wake = threading.Event()
+        self._done = threading.Event()
+        self._stopped = False
+        self._main_id = threading.main_thread().ident
+        self._thread = threading.Thread(target=self._run, name="llmops-signal-flush", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._tasks:
+                kind, arg = self._tasks.popleft()
+                if kind == "resend":
+                    time.sleep(0.005)
+                    try:
+                        signal.pthread_kill(self._main_id, arg)  # type: ignore[arg-type]
+                    except (OSError, ValueError):
+                        pass
+                    continue
+                try:
+                    arg.shutdown()
+                except Exception:  # noqa: BLE001
+                    _logger.exception("mlflow-llmops tracing: flush on signal failed")
+                finally:
+                    self._done.set()
+            if self._stopped:
+                return
+
+    def resend_later(self, signum: int) -> None:
+        self._tasks.append(("resend", signum))
+        self._wake.set()
+
+    def flush(self, handle: TracingHandle, timeout_s: float) -> bool:
+        """Run ``handle.shutdown()`` here; True if it finished within ``timeout_s``."""
+        self._done.clear()
+        self._tasks.append(("flush", handle))
+        self._wake.set()
+        return self._done.wait(timeout_s)
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+
+_DEFERRED_SINCE: float | None = None
+_IN_HANDLER = False
+
+
+def _on_signal(signum: int, frame: Any, previous: Any) -> None:
+    global _DEFERRED_SINCE, _IN_HANDLER
+    active, flusher = _ACTIVE, _FLUSHER
+    if active is not None and flusher is not None and not _IN_HANDLER:  # 2nd signal: no wait
+        now = time.monotonic()
+        since = _DEFERRED_SINCE if _DEFERRED_SINCE is not None else now
+        main_id = threading.main_thread().ident
+        if active._shutting_down_on(main_id) or (
+            active._flush_locks_taken() and now - since < _MAX_DEFER_S
+        ):
+            # the main thread is inside a critical section (or its own bounded shutdown):
+            # let it leave, and take the signal again then
+            _DEFERRED_SINCE = since
+            flusher.resend_later(signum)
+            return
+        _DEFERRED_SINCE = None
+        _IN_HANDLER = True
+        try:
+            if not flusher.flush(active, active.config.shutdown_timeout_s + 2.0):
+                _logger.warning(
+                    "mlflow-llmops tracing: flush on signal %d did not finish in time", signum
+                )
+        finally:
+            _IN_HANDLER = False
+        _uninstall_signal_handlers(active)
+    _chain(signum, frame, previous)
 
 
 def _install_signal_handlers(handle: TracingHandle) -> None:
+    global _FLUSHER
     if threading.current_thread() is not threading.main_thread():
         _logger.info("not on the main thread: SIGTERM/SIGINT handlers not installed")
         return
+    if _FLUSHER is None:
+        _FLUSHER = _SignalFlusher()
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(sig)
         _PREVIOUS[sig] = previous
 
         def handler(signum: int, frame: Any, _prev: Any = previous) -> None:
-            active = _ACTIVE
-            if active is not None:
-                active.shutdown()
-            _chain(signum, frame, _prev)
+            _on_signal(signum, frame, _prev)
 
         signal.signal(sig, handler)
 
@@ -320,6 +467,8 @@ def _chain(signum: int, frame: Any, previous: Any) -> None:
 
 
 def _uninstall_signal_handlers(handle: TracingHandle) -> None:
+    """Restore the previous handlers (only possible on the main thread)."""
+    global _FLUSHER
     if threading.current_thread() is not threading.main_thread():
         return
     for sig, previous in list(_PREVIOUS.items()):
@@ -328,6 +477,9 @@ def _uninstall_signal_handlers(handle: TracingHandle) -> None:
         except (ValueError, TypeError):
             pass
         _PREVIOUS.pop(sig, None)
+    if _FLUSHER is not None:
+        _FLUSHER.stop()
+        _FLUSHER = None
 
 
 def _atexit() -> None:
@@ -337,6 +489,54 @@ def _atexit() -> None:
 
 
 atexit.register(_atexit)
+
+
+def _resolve_at_startup(
+    uri: str, name: str, timeout_s: float
+) -> tuple[str | None, Exception | None]:
+    """One attempt, in a helper thread joined with ``timeout_s``: a store that refuses
+    connections fails fast and set-up goes on; one that hangs (MLflow retries a database
+    connection for minutes) is not waited for beyond the timeout."""
+    result: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            result["id"] = _get_or_create_experiment(uri, name)
+        except Exception as e:  # noqa: BLE001 - any store failure means "not now"
+            result["error"] = e
+
+    t = threading.Thread(target=attempt, name="llmops-resolve-experiment", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if "id" in result:
+        return result["id"], None
+    error = result.get("error") or TimeoutError(f"no answer within {timeout_s}s")
+    return None, error
+
+
+def _activate_experiment(experiment_id: str, *, only_if_unresolved: bool = False) -> None:
+    """Make ``experiment_id`` MLflow's active experiment, so traces are created in it.
+
+    While the store is unreachable this is the ``UNRESOLVED_EXPERIMENT`` placeholder:
+    ``mlflow.set_experiment`` needs the store, and without an active experiment MLflow
+    files traces under the default one. Once tracing is installed the id is set
+    directly, as ``set_experiment`` does: that function also resets MLflow's tracer
+    provider, which would drop ours.
+    """
+    import mlflow
+    import mlflow.tracking.fluent as fluent
+
+    if only_if_unresolved:
+        if fluent._active_experiment_id == UNRESOLVED_EXPERIMENT:
+            fluent._active_experiment_id = experiment_id
+        return  # else the application chose another experiment meanwhile
+    if experiment_id != UNRESOLVED_EXPERIMENT:
+        try:
+            mlflow.set_experiment(experiment_id=experiment_id)
+            return
+        except Exception:  # noqa: BLE001 - the store failed again between two calls
+            _logger.debug("set_experiment failed; setting the id directly", exc_info=True)
+    fluent._active_experiment_id = experiment_id
 
 
 def _get_or_create_experiment(tracking_uri: str, name: str) -> str:
@@ -362,6 +562,7 @@ def setup_production_tracing(
     tracking_uri: str | None = None,
     config: TracingConfig | Mapping[str, Any] | None = None,
     metric_readers: list[Any] | None = None,
+    pricing: PricingConfig | Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> TracingHandle:
     """Turn on production tracing for this process and return its handle.
@@ -369,8 +570,18 @@ def setup_production_tracing(
     ``config`` is the ``tracing:`` section (a ``TracingConfig`` or a dict); keyword
     ``overrides`` set fields of it (e.g. ``queue_capacity=50_000``,
     ``sampling={"ratio": 0.1}``). ``metric_readers`` adds OpenTelemetry metric readers
-    (e.g. a Prometheus reader) beside the OTLP one. Calling it again replaces the
-    previous set-up (the old one is flushed first).
+    (e.g. a Prometheus reader) beside the OTLP one. ``pricing`` (the ``pricing:``
+    section) prices traces for the tail rule ``sampling.tail.cost_above_usd``; default:
+    MLflow's bundled catalog. Calling it again replaces the previous set-up (the old one
+    is flushed first).
+
+    A tracking store that is down at start-up does not fail or block set-up: after
+    at most ``startup_timeout_s`` it logs a warning and continues; traces queue and
+    are written once the store answers.
+
+    Sets ``MLFLOW_MODEL_CATALOG_URI=""`` unless already set: otherwise MLflow fetches a
+    remote price catalog for the first LLM span of each provider (a 6.6 s stall
+    without network); prices then come from the catalog bundled with MLflow.
     """
     global _ACTIVE
     import mlflow
@@ -390,6 +601,16 @@ def setup_production_tracing(
     except ValidationError as e:
         raise ConfigError(
             format_validation_error(e, "tracing config").replace("\n  - ", "\n  - tracing.")
+        ) from None
+    try:
+        price_cfg = (
+            pricing
+            if pricing is None or isinstance(pricing, PricingConfig)
+            else PricingConfig.model_validate(dict(pricing))
+        )
+    except ValidationError as e:
+        raise ConfigError(
+            format_validation_error(e, "pricing config").replace("\n  - ", "\n  - pricing.")
         ) from None
 
     service_name = service_name or cfg.service_name
@@ -412,26 +633,20 @@ def setup_production_tracing(
     uri = tracking_uri or mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     os.environ.setdefault("MLFLOW_ASYNC_TRACE_LOGGING_RETRY_TIMEOUT", "5")
+    os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")
     if cfg.http_max_retries is not None and uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.http_max_retries))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    experiment_id: str | None = None
-    deadline = time.monotonic() + cfg.startup_timeout_s
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            experiment_id = _get_or_create_experiment(uri, experiment_name)
-            break
-        except Exception as e:  # noqa: BLE001 - store unreachable at start-up
-            last = e
-            time.sleep(0.5)
-    if experiment_id is None:
-        raise ConfigError(
-            f"setup_production_tracing: cannot reach the tracking store {_redact_url(uri)} to "
-            f"resolve experiment {experiment_name!r} within startup_timeout_s="
-            f"{cfg.startup_timeout_s}: {last}"
-        )
-    mlflow.set_experiment(experiment_id=experiment_id)
+    experiment_id, error = _resolve_at_startup(uri, experiment_name, cfg.startup_timeout_s)
+    if experiment_id is not None:
+        _activate_experiment(experiment_id)
+    else:
+        _activate_experiment(UNRESOLVED_EXPERIMENT)
+        _logger.warning(
+            "mlflow-llmops tracing: tracking store %s unreachable at start-up (%s); continuing "
+            "without it: traces queue (up to %d) and are written once experiment %r resolves",
+            _redact_url(uri), str(error)[:300], cfg.queue_capacity, experiment_name,
+        )  # fmt: skip
 
     handle = TracingHandle(
         config=cfg,
@@ -441,6 +656,7 @@ def setup_production_tracing(
         service_name=service_name,
         metric_readers=metric_readers,
         app_span_processors=app_span_processors,
+        pricing=price_cfg,
     )
     with _ACTIVE_LOCK:
         _ACTIVE = handle

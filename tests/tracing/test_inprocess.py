@@ -271,3 +271,52 @@ def test_shutdown_is_bounded_and_restores_mlflow(tracing, shared_sqlite_uri):
     assert len(client.search_traces(locations=[h.experiment_id])) == 1
     assert get_config().span_processors == [app_processor]
     mlflow.tracing.configure(span_processors=[])
+
+
+def test_tail_rule_cost_above_prices_the_llm_spans(tracing, shared_sqlite_uri):
+    # MLflow 3.17 sets no trace cost on the client for SQL/HTTP stores: the rule must price
+    # the spans itself (model, provider, token usage; an explicit mlflow.llm.cost wins)
+    h = tracing(
+        "cost-tail", tracking_uri=shared_sqlite_uri,
+        sampling={"ratio": 0.0, "tail": {"keep_errors": False, "cost_above_usd": 0.01}},
+    )  # fmt: skip
+
+    @mlflow.trace(name="req")
+    def req(model: str, input_tokens: int) -> None:
+        with llm_call(model=model, provider="openai") as c:
+            c.set_usage(input_tokens=input_tokens, output_tokens=100)
+
+    @mlflow.trace(name="agent")
+    def agent() -> None:  # its own cost (half a cent) already covers the call inside
+        with mlflow.start_span("plan", span_type="AGENT") as s:
+            s.set_attribute("mlflow.llm.cost", {"input_cost": 0.004, "output_cost": 0.001,
+                                                "total_cost": 0.005})  # fmt: skip
+            with llm_call(model="gpt-4o", provider="openai") as c:
+                c.set_usage(input_tokens=10_000, output_tokens=0)  # $0.025 on its own
+
+    req("gpt-4o", 1_000_000)  # about $2.50: kept
+    req("gpt-4o", 100)  # a fraction of a cent: sampled out
+    req("my-private-model", 1_000_000)  # unpriced: no cost, so not kept by this rule
+    agent()
+    assert h.flush(20)
+    kept = traces_of(h)
+    assert len(kept) == 1, [t.info.trace_metadata.get(keys.SAMPLING) for t in kept]
+    meta = kept[0].info.trace_metadata
+    assert (meta[keys.SAMPLING], meta[keys.SAMPLE_WEIGHT]) == ("tail:cost", "1")
+    llm = next(s for s in kept[0].data.spans if s.span_type == "CHAT_MODEL")
+    assert llm.attributes[keys.TOKEN_USAGE]["input_tokens"] == 1_000_000
+    st = h.stats()
+    assert (st["created"], st["kept"], st["sampled_out"]) == (4, 1, 3)
+    assert st["by_reason"] == {"tail:cost": 1}
+
+
+def test_setup_keeps_mlflow_price_lookups_offline(tracing, shared_sqlite_uri, monkeypatch):
+    from mlflow.environment_variables import MLFLOW_MODEL_CATALOG_URI
+
+    monkeypatch.delenv("MLFLOW_MODEL_CATALOG_URI", raising=False)
+    assert MLFLOW_MODEL_CATALOG_URI.get().startswith("https://")  # MLflow's default: remote
+    tracing("offline", tracking_uri=shared_sqlite_uri)
+    assert MLFLOW_MODEL_CATALOG_URI.get() == ""
+    monkeypatch.setenv("MLFLOW_MODEL_CATALOG_URI", "file:///srv/price-mirror")  # user's choice
+    tracing("offline", tracking_uri=shared_sqlite_uri)
+    assert MLFLOW_MODEL_CATALOG_URI.get() == "file:///srv/price-mirror"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,6 +112,99 @@ def test_sigterm_chains_the_application_handler(tmp_path, fast_dir):
     assert count_traces(db) == 50
 
 
+BUSY_APP = """
+import json, logging, sys, mlflow
+from mlflow_llmops.tracing import llm_call, setup_production_tracing
+logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+logging.getLogger("mlflow_llmops").setLevel(logging.INFO)
+h = setup_production_tracing("busy", "svc", tracking_uri=sys.argv[1],
+                             shutdown_timeout_s=float(sys.argv[2]))
+@mlflow.trace(name="req")
+def req(i):
+    with llm_call(model="gpt-4o-mini", provider="openai") as c:
+        c.set_usage(input_tokens=10, output_tokens=2)
+    return i
+i = 0
+while True:
+    req(i)
+    h.stats()  # like a health endpoint polling the counters
+    i += 1
+    if i == 100:
+        print(json.dumps({"ready": i}), flush=True)
+"""
+
+SHUT_DOWN = re.compile(
+    r"shut down: created=(\d+) kept=(\d+) exported=(\d+) sampled_out=0 dropped=0 failed=0 "
+    r"unsent=0"
+)
+
+
+def test_sigterm_during_a_busy_loop_flushes_everything_within_the_deadline(tmp_path, fast_dir):
+    db = fast_dir / "busy.db"
+    script = tmp_path / "busy.py"
+    script.write_text(textwrap.dedent(BUSY_APP))
+    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", "PYTHONPATH": str(ROOT)}
+    deadline_s = 60.0  # generous: a loaded CI machine writes slowly; typical exit is ~5 s
+    proc = subprocess.Popen(
+        [sys.executable, str(script), f"sqlite:///{db}", str(deadline_s)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert json.loads(proc.stdout.readline()) == {"ready": 100}
+    time.sleep(0.5)  # the loop keeps creating traces; the worker is writing
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=deadline_s + 30)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == -signal.SIGTERM, err[-2000:]
+    assert elapsed < deadline_s + 5, f"exit took {elapsed:.1f}s"
+    m = SHUT_DOWN.search(err)
+    assert m, err[-2000:]
+    created, kept, exported = map(int, m.groups())
+    assert created > 100 and created == kept == exported
+    assert count_traces(db) == created and count_spans(db) == 2 * created
+
+
+LOCK_HELD_APP = """
+import json, logging, signal, sys, time, mlflow
+from mlflow_llmops.tracing import setup_production_tracing
+logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+logging.getLogger("mlflow_llmops").setLevel(logging.INFO)
+h = setup_production_tracing("locked", "svc", tracking_uri=sys.argv[1], shutdown_timeout_s=10)
+@mlflow.trace
+def f(i): return i
+for i in range(50): f(i)
+print(json.dumps({"ready": h.stats()["created"]}), flush=True)
+# the signal lands while the counters' lock is held, as when it interrupts the exporter
+# in its critical section: flushing right there would wait for that lock forever
+with h._lock:
+    signal.raise_signal(signal.SIGTERM)
+    held = True
+print(json.dumps({"released": held}), flush=True)
+time.sleep(60)
+"""
+
+
+def test_sigterm_inside_a_critical_section_does_not_deadlock(tmp_path, fast_dir):
+    db = fast_dir / "locked.db"
+    script = tmp_path / "locked.py"
+    script.write_text(textwrap.dedent(LOCK_HELD_APP))
+    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), f"sqlite:///{db}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=40)  # it signals itself
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"deadlocked in the signal handler: {err[-2000:]}")
+    assert proc.returncode == -signal.SIGTERM, err[-2000:]
+    assert [json.loads(line) for line in out.splitlines()] == [{"ready": 50}, {"released": True}]
+    assert "shut down: created=50 kept=50 exported=50" in err
+    assert count_traces(db) == 50
+
+
 @pytest.fixture(scope="module")
 def own_server(tmp_path_factory):
     """An MLflow server of our own: this module stops and restarts it."""
@@ -155,6 +249,49 @@ def test_store_down_never_blocks_and_everything_arrives_when_back(tracing, own_s
     client = MlflowClient(tracking_uri=own_server.url)
     found = client.search_traces(locations=[h.experiment_id], max_results=200)
     assert len(found) == 25
+
+
+def test_store_down_at_start_up_does_not_fail_set_up(tracing, own_server, caplog):
+    own_server.stop()
+    with caplog.at_level(logging.WARNING, logger="mlflow_llmops.tracing"):
+        t0 = time.monotonic()
+        h = tracing(
+            "down-at-start", tracking_uri=own_server.url, retry_backoff_s=0.2,
+            max_backoff_s=1.0,
+        )  # fmt: skip
+        setup_s = time.monotonic() - t0
+    assert setup_s < 5, f"set-up blocked for {setup_s:.1f}s"
+    assert "unreachable at start-up" in caplog.text and h.experiment_id is None
+
+    @mlflow.trace(name="req")
+    def req(i: int) -> int:
+        with llm_call(model="gpt-4o-mini", provider="openai") as c:
+            c.set_usage(input_tokens=10, output_tokens=2)
+        return i
+
+    worst = 0.0
+    for i in range(10):
+        t0 = time.perf_counter()
+        req(i)
+        worst = max(worst, time.perf_counter() - t0)
+    assert worst < 0.25, f"request path blocked for {worst:.3f}s while the store was down"
+    deadline = time.monotonic() + 20
+    while h.stats()["export_errors"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    st = h.stats()
+    assert st["export_errors"] > 0 and st["queued"] == 10 and st["exported"] == 0
+    assert st["experiment_resolved"] is False
+    own_server.start()
+    assert h.flush(60), h.stats()
+    req(10)  # created after the store came back: same experiment
+    assert h.flush(30)
+    client = MlflowClient(tracking_uri=own_server.url)
+    exp = client.get_experiment_by_name("down-at-start")
+    assert exp is not None and h.experiment_id == exp.experiment_id
+    found = client.search_traces(locations=[exp.experiment_id], max_results=100)
+    assert len(found) == 11 and h.stats()["exported"] == 11
+    assert {t.info.trace_metadata[keys.SERVICE] for t in found} == {"svc"}
+    assert client.search_traces(locations=["0"], max_results=10) == []  # not the default one
 
 
 def test_mlflow_server_on_postgresql(tracing, mlflow_server_pg):
@@ -211,6 +348,7 @@ def test_otlp_dual_export_metrics_and_no_secret_in_logs(tracing, shared_sqlite_u
         metrics = rx.metrics()
         headers = [hd for _, hd in rx.requests]
     assert report["kept"] == 4 and report["exported"] == 4
+    assert (report["otlp_spans_exported"], report["otlp_export_errors"]) == (8, 0)
     # traces: only the 4 kept (error) traces, 2 spans each, with their LLM attributes
     assert len({s.trace_id for s in spans}) == 4 and len(spans) == 8
     assert all(s.resource.get("service.name") == "otlp-svc" for s in spans)
@@ -238,3 +376,26 @@ def test_otlp_dual_export_metrics_and_no_secret_in_logs(tracing, shared_sqlite_u
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert rx.metrics_endpoint in text and "/v1/traces" in text
     assert "s3cr3t" not in text and "querysecret" not in text
+
+
+def test_otlp_export_failures_are_counted(tracing, shared_sqlite_uri):
+    with OtlpReceiver(fail_status=400) as rx:  # a collector refusing every batch
+        h = tracing(
+            "otlp-fail", tracking_uri=shared_sqlite_uri,
+            otlp={"traces_endpoint": rx.traces_endpoint, "metrics_enabled": False},
+        )  # fmt: skip
+
+        @mlflow.trace(name="req")
+        def req(i: int) -> int:
+            with llm_call(model="gpt-4o-mini", provider="openai") as c:
+                c.set_usage(input_tokens=10, output_tokens=2)
+            return i
+
+        for i in range(5):
+            req(i)
+        report = h.shutdown(20)
+        posted = len(rx.requests)
+    assert posted >= 1 and report["exported"] == 5  # MLflow export unaffected
+    assert report["otlp_export_errors"] >= 1
+    assert (report["otlp_spans_failed"], report["otlp_spans_exported"]) == (10, 0)
+    assert report["otlp_spans_dropped"] == 0
