@@ -162,7 +162,8 @@ class LlmSpan:
 # ----------------------------------------------------------------------------
 # Reading spans
 # ----------------------------------------------------------------------------
-def _decode_attr(v: Any) -> Any:
+def decode_attr(v: Any) -> Any:
+    """A raw OpenTelemetry attribute as MLflow wrote it (JSON text), decoded."""
     if isinstance(v, str):
         try:
             return json.loads(v)
@@ -219,7 +220,8 @@ def span_from_attributes(
     )
 
 
-_WANTED = (
+#: The span attributes pricing reads (model, provider, tier, usage in every shape).
+PRICING_ATTRIBUTES = (
     "mlflow.llm.model",
     "mlflow.llm.provider",
     "mlflow.chat.tokenUsage",
@@ -308,7 +310,7 @@ def _iter_sql_spans(
                 raw_attrs = json.loads(content).get("attributes") or {}
             except (ValueError, AttributeError):
                 raw_attrs = {}
-            attrs = {k: _decode_attr(raw_attrs[k]) for k in _WANTED if k in raw_attrs}
+            attrs = {k: decode_attr(raw_attrs[k]) for k in PRICING_ATTRIBUTES if k in raw_attrs}
             s = span_from_attributes(
                 tid, sid, str(exp), t_ms, attrs, model_col=model_name, provider_col=model_provider
             )

@@ -9,13 +9,11 @@ the request path when possible, and cached per price configuration.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from mlflow_llmops.pricing.usage import usage_from_span_attributes
 from mlflow_llmops.tracing import keys
 
 if TYPE_CHECKING:
@@ -23,7 +21,6 @@ if TYPE_CHECKING:
     from mlflow_llmops.pricing.config import PricingConfig
 
 _logger = logging.getLogger("mlflow_llmops.tracing")
-_TIER_KEYS = (keys.SERVICE_TIER, "openai.response.service_tier")
 _CALCULATORS: dict[str, CostCalculator] = {}
 _BUILD_LOCK = threading.Lock()
 
@@ -43,17 +40,6 @@ def _calculator_for(pricing: PricingConfig | None) -> CostCalculator:
             calc = CostCalculator.from_config(pricing) if pricing else CostCalculator.default()
             _CALCULATORS[key] = calc
         return calc
-
-
-def _decoded(attrs: Mapping[str, Any], key: str) -> Any:
-    """A raw OpenTelemetry attribute as MLflow wrote it (JSON text), decoded."""
-    value = attrs.get(key)
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
 
 
 class TraceCoster:
@@ -80,36 +66,30 @@ class TraceCoster:
         return self._calc
 
     def span_cost_usd(self, attrs: Mapping[str, Any]) -> float | None:
-        """From a span's raw attributes: an explicit ``mlflow.llm.cost`` wins; else model,
-        provider and token usage priced with the catalog."""
-        explicit = _decoded(attrs, keys.LLM_COST)
+        """From a span's raw attributes: an explicit ``mlflow.llm.cost`` wins; else the
+        span is read and priced exactly as the re-pricing job reads and prices it."""
+        from mlflow_llmops.pricing.job import (
+            PRICING_ATTRIBUTES,
+            decode_attr,
+            span_from_attributes,
+        )
+
+        explicit = decode_attr(attrs.get(keys.LLM_COST))
         if isinstance(explicit, dict):
             total = explicit.get("total_cost")
             if isinstance(total, int | float):
                 return float(total)
-        model = _decoded(attrs, keys.MODEL)
-        raw_usage = _decoded(attrs, keys.TOKEN_USAGE)
-        if not model or not raw_usage:
+        decoded = {k: decode_attr(attrs[k]) for k in PRICING_ATTRIBUTES if k in attrs}
+        span = span_from_attributes("", "", "", 0, decoded)
+        if span is None or span.usage is None or not span.model:
             return None
         calc = self.calculator()
         if calc is None:
             return None
-        usage = usage_from_span_attributes(
-            {
-                keys.TOKEN_USAGE: raw_usage,
-                keys.REASONING_TOKENS: _decoded(attrs, keys.REASONING_TOKENS),
-            }
-        )
-        if usage is None:
-            return None
-        tier = next((t for k in _TIER_KEYS if (t := _decoded(attrs, k))), None)
-        provider = _decoded(attrs, keys.PROVIDER)
         result = calc.cost(
-            model=str(model),
-            provider=str(provider) if provider else None,
-            usage=usage,
-            service_tier=str(tier) if tier else None,
-        )
+            model=span.model, provider=span.provider, usage=span.usage,
+            service_tier=span.service_tier,
+        )  # fmt: skip
         return float(result.total) if result.total is not None else None
 
     def trace_cost_usd(self, trace: Any) -> float | None:
