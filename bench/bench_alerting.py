@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlflow_llmops.alerting.engine import AlertEngine  # noqa: E402
 from mlflow_llmops.alerting.model import AlertState  # noqa: E402
-from mlflow_llmops.alerting.rules import parse_rules  # noqa: E402
+from mlflow_llmops.alerting.rules import load_pack, parse_rules  # noqa: E402
 from mlflow_llmops.alerting.signals import MemorySignalSource, TraceEvent  # noqa: E402
 from mlflow_llmops.testing.seed import Incident, synthetic_traffic  # noqa: E402
 
@@ -69,7 +69,20 @@ OURS = [
      "min_samples": 10}, "op": "<", "threshold": 0.8, "recovery_threshold": 0.85, "for": "10m"},
 ]  # fmt: skip
 KIND = {"latency_p95_high": "latency", "error_rate_high": "errors", "cost_spike": "cost",
-        "tokens_spike": "cost", "quality_low": "quality"}  # fmt: skip
+        "tokens_spike": "cost", "quality_low": "quality",
+        "llm_latency_p95_high": "latency", "llm_error_rate_high": "errors",
+        "llm_cost_spike": "cost", "llm_token_usage_spike": "cost",
+        "llm_quality_score_low": "quality"}  # fmt: skip
+#: The shipped three-layer pack (the guide's windows, ``for`` and "same hour yesterday"
+#: baselines) with only its two thresholds tuned to this traffic, as a user would.
+PACK = {
+    "name": "three-layer",
+    "overrides": {
+        "llm_latency_p95_high": {"threshold": 10000, "recovery_threshold": 8000},
+        "llm_error_rate_high": {"threshold": 0.1, "recovery_threshold": 0.05},
+    },
+    "disable": ["llm_unpriced_usage"],
+}
 
 
 def naive_rules(static_cost: float, static_tokens: float) -> list[dict]:
@@ -187,6 +200,17 @@ def part1(rate: float) -> None:
           f"({t_ours / ticks * 1000:.2f} ms per tick, in-memory signals)", flush=True)  # fmt: skip
     ttd_o, false_o = score(ours_fired, ours)
     ttd_n, false_n = score(naive_fired, naive)
+    pack = load_pack(PACK)
+    ttd_p, false_p = score(replay(pack, source), pack)
+    print("\nthe shipped three-layer pack (thresholds tuned, nothing else):")
+    for r in pack:
+        v = ttd_p[r.name]
+        print(f"  {r.name:<24} {KIND[r.name]:<8} TTD {'missed' if v is None else f'{v:.0f}m':>7} "
+              f"false {false_p[r.name]}")  # fmt: skip
+    print(
+        f"RESULT pack_three_layer false_alerts_14d={sum(false_p.values())} "
+        f"detected={sum(v is not None for v in ttd_p.values())}/{len(pack)}"
+    )
     print(f"\n{'rule':<18} {'incident':<8} {'goal':>6} {'TTD ours':>9} {'TTD naive':>10} "
           f"{'false ours':>10} {'false naive':>11}")  # fmt: skip
     for r in ours:
