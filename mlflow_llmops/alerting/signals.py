@@ -16,6 +16,7 @@ engine tests and to cross-check the SQL.
 from __future__ import annotations
 
 import math
+import time
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -69,6 +70,22 @@ _TRACE_VALUE = {
     ),
     "latency_over": "SUM(CASE WHEN t.latency_ms > :lat_thr THEN {w} ELSE 0 END) * 1.0 / SUM({w})",
 }
+#: Additive trace signals as (numerator, denominator or None): summable per time bucket,
+#: so long windows (burn rates over 6h and 3d) are summed from cached hourly buckets.
+_TRACE_PARTS = {
+    "request_count": ("SUM({w})", None),
+    "error_rate": ("SUM(CASE WHEN t.status = 'ERROR' THEN {w} ELSE 0 END)", "SUM({w})"),
+    "tokens": ("SUM({w} * COALESCE(t.total_tokens, 0))", None),
+    "input_tokens": ("SUM({w} * COALESCE(t.input_tokens, 0))", None),
+    "output_tokens": ("SUM({w} * COALESCE(t.output_tokens, 0))", None),
+    "cost_usd": ("SUM({w} * t.cost_usd)", None),
+    "unpriced_share": (
+        "SUM(CASE WHEN COALESCE(t.unpriced_spans, 0) > 0 THEN {w} ELSE 0 END)",
+        "SUM({w})",
+    ),
+    "latency_over": ("SUM(CASE WHEN t.latency_ms > :lat_thr THEN {w} ELSE 0 END)", "SUM({w})"),
+}
+BUCKET_MS = 3_600_000
 _TRACE_FILTER = {
     "unpriced_share": "t.model IS NOT NULL",
     "latency_over": "t.latency_ms IS NOT NULL",
@@ -98,9 +115,20 @@ class SqlSignalSource:
         *,
         experiment_ids: Sequence[str] = (),
         ensure_views: bool = True,
+        bucket_cache: bool = True,
+        settle_ms: int = 2 * BUCKET_MS,
+        cache_ttl_s: float = 600.0,
     ) -> None:
+        """``bucket_cache``: windows of two hours or more of additive trace signals are
+        summed from hourly buckets; a bucket that ended ``settle_ms`` before the window's
+        end is cached for ``cache_ttl_s`` (then read again, so late traces count), so a
+        tick reads the recent hours only instead of three days of traces per rule."""
         self.engine = engine
         self.experiment_ids = tuple(str(e) for e in experiment_ids)
+        self.bucket_cache = bucket_cache
+        self.settle_ms = settle_ms
+        self.cache_ttl_s = cache_ttl_s
+        self._buckets: dict[tuple, dict[int, tuple[float, list[tuple]]]] = {}
         if ensure_views:
             self._ensure_views()
 
@@ -219,6 +247,8 @@ class SqlSignalSource:
         return stmt, params
 
     def query(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]:
+        if self.bucket_cache and spec.signal in _TRACE_PARTS and end_ms - start_ms >= 2 * BUCKET_MS:
+            return self._bucketed(spec, start_ms, end_ms)
         stmt, params = self.build(spec, start_ms, end_ms)
         with self.engine.connect() as conn:
             rows = conn.execute(stmt, params).all()
@@ -230,6 +260,101 @@ class SqlSignalSource:
             labels = {g: "" if row[i] is None else str(row[i]) for i, g in enumerate(spec.group_by)}
             value = row[len(spec.group_by)]
             out.append(SignalValue(labels, None if value is None else float(value), n))
+        return out
+
+    # -- long windows from cached hourly buckets ------------------------------------
+    def _parts_sql(
+        self, spec: SignalSpec, ranges: Sequence[tuple[int, int]], by_bucket: bool
+    ) -> tuple[sa.TextClause, dict]:
+        """Numerator, denominator and count per group (and per hour with ``by_bucket``)
+        over the union of ``ranges``."""
+        params: dict[str, object] = {}
+        clauses, binds = self._where(spec, params, time_col="t.timestamp_ms")
+        clauses = clauses[2:]  # the time range is the union below
+        spans = []
+        for i, (lo, hi) in enumerate(ranges):
+            spans.append(f"(t.timestamp_ms >= :lo{i} AND t.timestamp_ms < :hi{i})")
+            params[f"lo{i}"], params[f"hi{i}"] = lo, hi
+        clauses.insert(0, "(" + " OR ".join(spans) + ")")
+        clauses.append("t.status <> 'IN_PROGRESS'")
+        if spec.signal in _TRACE_FILTER:
+            clauses.append(_TRACE_FILTER[spec.signal])
+        if spec.signal == "latency_over":
+            params["lat_thr"] = float(spec.latency_threshold_ms or 0)
+        num, den = _TRACE_PARTS[spec.signal]
+        w = _weight()
+        keys = [_label_expr(g) for g in spec.group_by]
+        if by_bucket:
+            keys.append(f"t.timestamp_ms / {BUCKET_MS}")
+        sel = "".join(f"{k} AS k{i}, " for i, k in enumerate(keys))
+        den_sql = den.format(w=w) if den else "NULL"
+        sql = (
+            f"SELECT {sel}{num.format(w=w)} AS num, {den_sql} AS den, COUNT(*) AS n "
+            f"FROM llmops_traces t WHERE {' AND '.join(clauses)}"
+            + (f" GROUP BY {', '.join(keys)}" if keys else "")
+        )
+        stmt = sa.text(sql)
+        if binds:
+            stmt = stmt.bindparams(*binds)
+        return stmt, params
+
+    def _bucketed(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]:
+        ng = len(spec.group_by)
+        first = -(-start_ms // BUCKET_MS)  # first whole hour inside the window
+        last = min(end_ms, end_ms - self.settle_ms) // BUCKET_MS  # hours settled before it
+        key = (
+            spec.signal, tuple(spec.group_by), tuple(sorted(spec.where.items())),
+            spec.latency_threshold_ms, self.experiment_ids,
+        )  # fmt: skip
+        cache = self._buckets.setdefault(key, {})
+        now = time.monotonic()
+        for b in [b for b, (at, _) in cache.items() if now - at > self.cache_ttl_s]:
+            del cache[b]
+        missing = [b for b in range(first, last) if b not in cache]
+        if missing:
+            lo, hi = missing[0], missing[-1] + 1
+            stmt, params = self._parts_sql(spec, [(lo * BUCKET_MS, hi * BUCKET_MS)], True)
+            with self.engine.connect() as conn:
+                rows = conn.execute(stmt, params).all()
+            fresh: dict[int, list[tuple]] = {b: [] for b in range(lo, hi)}
+            for r in rows:
+                fresh[int(r[ng])].append((*r[:ng], *r[ng + 1 :]))
+            for b, bucket_rows in fresh.items():
+                cache[b] = (now, bucket_rows)
+        ranges = []
+        if first >= last:  # no settled hour: read the whole window
+            ranges.append((start_ms, end_ms))
+        else:
+            ranges += [(start_ms, first * BUCKET_MS), (last * BUCKET_MS, end_ms)]
+        live: list[tuple] = []
+        edges = [r for r in ranges if r[0] < r[1]]
+        if edges:
+            stmt, params = self._parts_sql(spec, edges, False)
+            with self.engine.connect() as conn:
+                live = [tuple(r) for r in conn.execute(stmt, params).all()]
+        totals: dict[tuple, list] = {}
+        cached = [row for b in range(first, last) for row in cache[b][1]]
+        for row in (*cached, *live):
+            labels, (num, den, n) = row[:ng], row[ng:]
+            acc = totals.setdefault(tuple(labels), [None, None, 0])
+            if num is not None:
+                acc[0] = (acc[0] or 0.0) + float(num)
+            if den is not None:
+                acc[1] = (acc[1] or 0.0) + float(den)
+            acc[2] += int(n or 0)
+        has_den = _TRACE_PARTS[spec.signal][1] is not None
+        out = []
+        for labels, (num, den, n) in totals.items():
+            if n == 0:
+                continue
+            if has_den:
+                value = None if num is None or not den else num / den
+            else:
+                value = num
+            named = {
+                g: "" if v is None else str(v) for g, v in zip(spec.group_by, labels, strict=True)
+            }
+            out.append(SignalValue(named, value, n))
         return out
 
 

@@ -117,3 +117,56 @@ def test_quality_and_feedback_signals(seeded_sqlite):
     assert {v.value for v in src.query(fail, *bad)} == {1.0}
     human = src.query(SignalSpec(signal="feedback_score", window="40m"), good[0], bad[1])
     assert human[0].value == 0.0  # thumbs down only; scorer scores are not user feedback
+
+
+ADDITIVE = ["request_count", "error_rate", "tokens", "input_tokens", "output_tokens",
+            "cost_usd", "unpriced_share", "latency_over"]  # fmt: skip
+
+
+@pytest.mark.parametrize("group_by", [(), ("model",), ("route", "task_type")])
+def test_long_windows_from_cached_hourly_buckets_equal_the_direct_query(seeded_sqlite, group_by):
+    """Burn-rate windows (6h, 3d) are summed from cached hourly buckets plus the live edges:
+    the same numbers as one query over the whole window, tick after tick."""
+    cached = SqlSignalSource(seeded_sqlite.engine, settle_ms=0)
+    direct = SqlSignalSource(seeded_sqlite.engine, bucket_cache=False)
+    for end in (NOON, NOON + timedelta(minutes=7), NOON + timedelta(minutes=8, seconds=30)):
+        for window in ("6h", "26h", "3d"):
+            for signal in ADDITIVE:
+                spec = SignalSpec(
+                    signal=signal,
+                    window=window,
+                    group_by=group_by,
+                    latency_threshold_ms=3000 if signal == "latency_over" else None,
+                )
+                a, b = to_ms(end) - int(spec.window.total_seconds() * 1000), to_ms(end)
+                got, want = by_labels(cached.query(spec, a, b)), by_labels(direct.query(spec, a, b))
+                assert got.keys() == want.keys() and want, (signal, window)
+                for k in want:
+                    if want[k][0] is None:
+                        assert got[k][0] is None
+                    else:
+                        assert got[k][0] == pytest.approx(want[k][0], rel=1e-9), (signal, k)
+                    assert got[k][1] == want[k][1]
+    assert cached._buckets  # the settled hours were cached, not re-read
+
+
+def test_bucket_cache_sees_late_traces_after_its_ttl(seeded_sqlite, tmp_path):
+    import shutil
+
+    import sqlalchemy as sa
+
+    from mlflow_llmops.testing.seed import SeedTrace, bulk_load
+
+    db = tmp_path / "copy.db"
+    shutil.copy(seeded_sqlite.url.removeprefix("sqlite:///"), db)
+    engine = sa.create_engine(f"sqlite:///{db}")
+    spec = SignalSpec(signal="request_count", window="6h")
+    a, b = to_ms(NOON) - 6 * 3_600_000, to_ms(NOON)
+    src = SqlSignalSource(engine, settle_ms=0, cache_ttl_s=3600)
+    before = src.query(spec, a, b)[0].samples
+    late = SeedTrace(timestamp_ms=to_ms(NOON - timedelta(hours=1, minutes=30)), latency_ms=50)
+    bulk_load(engine, seeded_sqlite.exp_id, [late])  # lands in an hour already cached
+    assert src.query(spec, a, b)[0].samples == before  # cached: not seen yet
+    src.cache_ttl_s = 0  # the TTL has passed
+    assert src.query(spec, a, b)[0].samples == before + 1
+    engine.dispose()
