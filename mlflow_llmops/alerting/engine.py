@@ -520,6 +520,9 @@ class AlertEngine:
             for fp, i in before.items()
         }
         end_ms = to_ms(now - self.evaluation_delay)
+        new_tick = getattr(self.source, "new_tick", None)
+        if new_tick is not None:
+            new_tick()  # rules of one tick may share queries; the next tick re-reads
         sent: list[Alert] = []
         errors: dict[str, str] = {}
         health: list[dict[str, Any]] = []

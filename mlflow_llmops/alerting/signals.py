@@ -58,18 +58,6 @@ def _weight(alias: str = "t") -> str:
     return f"COALESCE({alias}.sample_weight, 1.0)"
 
 
-_TRACE_VALUE = {
-    "request_count": "SUM({w})",
-    "error_rate": "SUM(CASE WHEN t.status = 'ERROR' THEN {w} ELSE 0 END) * 1.0 / SUM({w})",
-    "tokens": "SUM({w} * COALESCE(t.total_tokens, 0))",
-    "input_tokens": "SUM({w} * COALESCE(t.input_tokens, 0))",
-    "output_tokens": "SUM({w} * COALESCE(t.output_tokens, 0))",
-    "cost_usd": "SUM({w} * t.cost_usd)",
-    "unpriced_share": (
-        "SUM(CASE WHEN COALESCE(t.unpriced_spans, 0) > 0 THEN {w} ELSE 0 END) * 1.0 / SUM({w})"
-    ),
-    "latency_over": "SUM(CASE WHEN t.latency_ms > :lat_thr THEN {w} ELSE 0 END) * 1.0 / SUM({w})",
-}
 #: Additive trace signals as (numerator, denominator or None): summable per time bucket,
 #: so long windows (burn rates over 6h and 3d) are summed from cached hourly buckets.
 _TRACE_PARTS = {
@@ -85,6 +73,7 @@ _TRACE_PARTS = {
     ),
     "latency_over": ("SUM(CASE WHEN t.latency_ms > :lat_thr THEN {w} ELSE 0 END)", "SUM({w})"),
 }
+_TRACE_VALUE = {k: n if d is None else f"{n} * 1.0 / {d}" for k, (n, d) in _TRACE_PARTS.items()}
 BUCKET_MS = 3_600_000
 _TRACE_FILTER = {
     "unpriced_share": "t.model IS NOT NULL",
@@ -129,6 +118,7 @@ class SqlSignalSource:
         self.settle_ms = settle_ms
         self.cache_ttl_s = cache_ttl_s
         self._buckets: dict[tuple, dict[int, tuple[float, list[tuple]]]] = {}
+        self._tick: dict[tuple[str, int, int], list[SignalValue]] | None = None
         if ensure_views:
             self._ensure_views()
 
@@ -246,7 +236,20 @@ class SqlSignalSource:
             stmt = stmt.bindparams(*binds)
         return stmt, params
 
+    def new_tick(self) -> None:
+        """Called by the engine before each evaluation: within it, the same query asked
+        twice (the 6 h window of two burn-rate pairs, two rules on one signal) runs once."""
+        self._tick = {}
+
     def query(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]:
+        if self._tick is None:
+            return self._query(spec, start_ms, end_ms)
+        key = (spec.model_dump_json(), start_ms, end_ms)
+        if key not in self._tick:
+            self._tick[key] = self._query(spec, start_ms, end_ms)
+        return list(self._tick[key])
+
+    def _query(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]:
         if self.bucket_cache and spec.signal in _TRACE_PARTS and end_ms - start_ms >= 2 * BUCKET_MS:
             return self._bucketed(spec, start_ms, end_ms)
         stmt, params = self.build(spec, start_ms, end_ms)

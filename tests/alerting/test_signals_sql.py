@@ -170,3 +170,34 @@ def test_bucket_cache_sees_late_traces_after_its_ttl(seeded_sqlite, tmp_path):
     src.cache_ttl_s = 0  # the TTL has passed
     assert src.query(spec, a, b)[0].samples == before + 1
     engine.dispose()
+
+
+def test_rules_of_one_tick_share_identical_queries(seeded_sqlite):
+    import sqlalchemy as sa
+
+    from mlflow_llmops.alerting.engine import AlertEngine
+    from mlflow_llmops.alerting.rules import parse_rules
+
+    rules = parse_rules(
+        [{"name": f"r{i}", "query": {"signal": "error_rate", "window": "5m"}, "threshold": t}
+         for i, t in enumerate((0.05, 0.1, 0.2))],
+        source="test",
+    )  # fmt: skip
+    src = SqlSignalSource(seeded_sqlite.engine)
+    engine = AlertEngine(rules, src)
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, *args):  # noqa: ANN001
+        if "llmops_traces" in statement:
+            seen.append(statement)
+
+    sa.event.listen(seeded_sqlite.engine, "before_cursor_execute", count)
+    try:
+        engine.evaluate(NOON)
+        assert len(seen) == 1  # three rules, one query
+        engine.evaluate(NOON)
+        assert len(seen) == 2  # a new tick reads again (data may have changed)
+    finally:
+        sa.event.remove(seeded_sqlite.engine, "before_cursor_execute", count)
+    assert src.query(SignalSpec(signal="error_rate", window="5m"), to_ms(NOON) - 300_000,
+                     to_ms(NOON))  # fmt: skip
