@@ -24,6 +24,14 @@ from mlflow_llmops.tracing import keys, llm_call, request_context
 from mlflow_llmops.tracing.metrics import DURATION_BUCKETS, TOKEN_BUCKETS
 
 
+@mlflow.trace(name="req")
+def req(i: int) -> int:
+    """One small request with one LLM call (the store-outage and OTLP tests)."""
+    with llm_call(model="gpt-4o-mini", provider="openai") as c:
+        c.set_usage(input_tokens=10, output_tokens=2)
+    return i
+
+
 def events(stdout: str) -> dict[str, dict]:
     out = {}
     for line in stdout.splitlines():
@@ -220,12 +228,6 @@ def test_store_down_never_blocks_and_everything_arrives_when_back(tracing, own_s
         "outage", tracking_uri=own_server.url, retry_backoff_s=0.2, max_backoff_s=1.0,
     )  # fmt: skip
 
-    @mlflow.trace(name="req")
-    def req(i: int) -> int:
-        with llm_call(model="gpt-4o-mini", provider="openai") as c:
-            c.set_usage(input_tokens=10, output_tokens=2)
-        return i
-
     for i in range(5):
         req(i)
     assert h.flush(30)
@@ -262,12 +264,6 @@ def test_store_down_at_start_up_does_not_fail_set_up(tracing, own_server, caplog
         setup_s = time.monotonic() - t0
     assert setup_s < 5, f"set-up blocked for {setup_s:.1f}s"
     assert "unreachable at start-up" in caplog.text and h.experiment_id is None
-
-    @mlflow.trace(name="req")
-    def req(i: int) -> int:
-        with llm_call(model="gpt-4o-mini", provider="openai") as c:
-            c.set_usage(input_tokens=10, output_tokens=2)
-        return i
 
     worst = 0.0
     for i in range(10):
@@ -384,12 +380,6 @@ def test_otlp_export_failures_are_counted(tracing, shared_sqlite_uri):
             "otlp-fail", tracking_uri=shared_sqlite_uri,
             otlp={"traces_endpoint": rx.traces_endpoint, "metrics_enabled": False},
         )  # fmt: skip
-
-        @mlflow.trace(name="req")
-        def req(i: int) -> int:
-            with llm_call(model="gpt-4o-mini", provider="openai") as c:
-                c.set_usage(input_tokens=10, output_tokens=2)
-            return i
 
         for i in range(5):
             req(i)
