@@ -203,24 +203,24 @@ def test_two_monitors_on_postgresql_takeover_after_sigkill(tmp_path, pg_url):
                     p.kill()
 
 
-def test_cli_monitor_once_status_and_evaluate(tmp_path, state_url, capsys):
+def cli_config(tmp_path: Path, state_url: str, monitor: dict, **alerting: object) -> Path:
+    """A config file for the CLI: a fresh SQLite tracking store and the no-data RULE."""
     from seeded import init_mlflow_db
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     init_mlflow_db(tracking, str(tmp_path / "artifacts"))
+    rules = [{**RULE, "no_data": "alerting", "for": "0s"}]
     cfg = tmp_path / "mlflow-llmops.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "tracking": {"uri": tracking},
-                "state_store": {"url": state_url},
-                "alerting": {
-                    "monitor": {"score": False},
-                    "rules": [{**RULE, "no_data": "alerting", "for": "0s"}],
-                },
-            }
-        )
-    )
+    cfg.write_text(yaml.safe_dump({
+        "tracking": {"uri": tracking},
+        "state_store": {"url": state_url},
+        "alerting": {"monitor": monitor, "rules": rules, **alerting},
+    }))  # fmt: skip
+    return cfg
+
+
+def test_cli_monitor_once_status_and_evaluate(tmp_path, state_url, capsys):
+    cfg = cli_config(tmp_path, state_url, {"score": False})
     main(["--config", str(cfg), "monitor", "--once"])
     err = capsys.readouterr().err
     assert "reprice ok" in err and "1 firing" in err
@@ -261,27 +261,10 @@ def test_monitor_hands_alerts_to_the_dispatcher_when_receivers_exist(tmp_path, s
 def test_cli_monitor_once_delivers_what_it_detected(tmp_path, state_url, capsys):
     """A cron run: the new group waits group_wait, so ``--once`` keeps flushing until it
     is sent (and no longer: the next timer, group_interval, is left to the next run)."""
-    from seeded import init_mlflow_db
-
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    init_mlflow_db(tracking, str(tmp_path / "artifacts"))
-    cfg = tmp_path / "mlflow-llmops.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "tracking": {"uri": tracking},
-                "state_store": {"url": state_url},
-                "alerting": {
-                    "monitor": {"score": False, "reprice": False},
-                    "rules": [{**RULE, "no_data": "alerting", "for": "0s"}],
-                    "notifications": {
-                        "receivers": [{"name": "stdout", "type": "console"}],
-                        "group_wait": "2s",
-                    },
-                },
-            }
-        )
-    )
+    cfg = cli_config(
+        tmp_path, state_url, {"score": False, "reprice": False},
+        notifications={"receivers": [{"name": "stdout", "type": "console"}], "group_wait": "2s"},
+    )  # fmt: skip
     t0 = time.monotonic()
     main(["--config", str(cfg), "monitor", "--once"])
     took = time.monotonic() - t0

@@ -58,6 +58,12 @@ def qd(**kw):
     return make_alert("QualityDrop", "critical", starts_at=T0, **kw)
 
 
+def slack_dispatcher(store, slack) -> Dispatcher:
+    """A dispatcher with one Slack webhook receiver ``s`` (rollback notes go there)."""
+    cfg = {"receivers": [{"type": "slack", "name": "s", "webhook_url": slack.webhook_url()}]}
+    return Dispatcher(NotificationsConfig.model_validate(cfg), store)
+
+
 def test_auto_rollback_moves_alias_back_then_cooldown_blocks(store, registry):
     m = new_model(registry)
     assert promote(store, registry, model=m, alias="champion", version=1, now=T0) is None
@@ -114,12 +120,7 @@ def test_dry_run_changes_nothing_but_is_audited_and_announced(store, registry, s
     m = new_model(registry)
     promote(store, registry, model=m, alias="champion", version=1, now=T0)
     promote(store, registry, model=m, alias="champion", version=2, now=T0)
-    disp = Dispatcher(
-        NotificationsConfig.model_validate(
-            {"receivers": [{"type": "slack", "name": "s", "webhook_url": slack.webhook_url()}]}
-        ),
-        store,
-    )
+    disp = slack_dispatcher(store, slack)
     mgr = manager(store, registry, hook("dry", m, notify=["s"]), notifier=disp)
     [rec] = mgr.process([qd()], T0 + timedelta(minutes=6))
     assert rec.outcome == "dry_run" and alias_version(registry, m) == "2"
@@ -246,12 +247,7 @@ def test_a_plan_whose_alert_resolved_cannot_be_approved(store, registry, slack):
     m = new_model(registry)
     promote(store, registry, model=m, alias="champion", version=1, now=T0)
     promote(store, registry, model=m, alias="champion", version=2, now=T0)
-    disp = Dispatcher(
-        NotificationsConfig.model_validate(
-            {"receivers": [{"type": "slack", "name": "s", "webhook_url": slack.webhook_url()}]}
-        ),
-        store,
-    )
+    disp = slack_dispatcher(store, slack)
     mgr = manager(store, registry, hook("confirm", m, mode="confirm", notify=["s"]),
                   notifier=disp)  # fmt: skip
     [rec] = mgr.process([qd()], T0 + timedelta(minutes=6))

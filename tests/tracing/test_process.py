@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -30,6 +31,31 @@ def req(i: int) -> int:
     with llm_call(model="gpt-4o-mini", provider="openai") as c:
         c.set_usage(input_tokens=10, output_tokens=2)
     return i
+
+
+def start_app(script: Path, source: str, db: Path, *args: str) -> subprocess.Popen:
+    """Run ``source`` as a small service script on the SQLite store ``db``."""
+    script.write_text(textwrap.dedent(source))
+    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, str(script), f"sqlite:///{db}", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+
+def requests_while_store_is_down(h, ids: range) -> dict:  # noqa: ANN001 - tracing handle
+    """Serve ``req(i)`` for ``ids`` with the store down: none may block the request path;
+    returns the stats once the exporter has seen the outage."""
+    worst = 0.0
+    for i in ids:
+        t0 = time.perf_counter()
+        req(i)
+        worst = max(worst, time.perf_counter() - t0)
+    assert worst < 0.25, f"request path blocked for {worst:.3f}s while the store was down"
+    deadline = time.monotonic() + 20
+    while h.stats()["export_errors"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return h.stats()
 
 
 def events(stdout: str) -> dict[str, dict]:
@@ -105,13 +131,7 @@ signal.pause()
 
 def test_sigterm_chains_the_application_handler(tmp_path, fast_dir):
     db = fast_dir / "chain.db"
-    script = tmp_path / "app.py"
-    script.write_text(textwrap.dedent(APP_WITH_HANDLER))
-    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), f"sqlite:///{db}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+    proc = start_app(tmp_path / "app.py", APP_WITH_HANDLER, db)
     assert json.loads(proc.stdout.readline()) == {"ready": 50}
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -149,14 +169,8 @@ SHUT_DOWN = re.compile(
 
 def test_sigterm_during_a_busy_loop_flushes_everything_within_the_deadline(tmp_path, fast_dir):
     db = fast_dir / "busy.db"
-    script = tmp_path / "busy.py"
-    script.write_text(textwrap.dedent(BUSY_APP))
-    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", "PYTHONPATH": str(ROOT)}
     deadline_s = 60.0  # generous: a loaded CI machine writes slowly; typical exit is ~5 s
-    proc = subprocess.Popen(
-        [sys.executable, str(script), f"sqlite:///{db}", str(deadline_s)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+    proc = start_app(tmp_path / "busy.py", BUSY_APP, db, str(deadline_s))
     assert json.loads(proc.stdout.readline()) == {"ready": 100}
     time.sleep(0.5)  # the loop keeps creating traces; the worker is writing
     t0 = time.monotonic()
@@ -194,13 +208,7 @@ time.sleep(60)
 
 def test_sigterm_inside_a_critical_section_does_not_deadlock(tmp_path, fast_dir):
     db = fast_dir / "locked.db"
-    script = tmp_path / "locked.py"
-    script.write_text(textwrap.dedent(LOCK_HELD_APP))
-    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), f"sqlite:///{db}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+    proc = start_app(tmp_path / "locked.py", LOCK_HELD_APP, db)
     try:
         out, err = proc.communicate(timeout=40)  # it signals itself
     except subprocess.TimeoutExpired:
@@ -232,16 +240,7 @@ def test_store_down_never_blocks_and_everything_arrives_when_back(tracing, own_s
         req(i)
     assert h.flush(30)
     own_server.stop()
-    worst = 0.0
-    for i in range(20):
-        t0 = time.perf_counter()
-        req(100 + i)
-        worst = max(worst, time.perf_counter() - t0)
-    assert worst < 0.25, f"request path blocked for {worst:.3f}s while the store was down"
-    deadline = time.monotonic() + 20
-    while h.stats()["export_errors"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    st = h.stats()
+    st = requests_while_store_is_down(h, range(100, 120))
     assert st["export_errors"] > 0 and st["queued"] == 20 and st["dropped"] == 0
     assert st["last_export_error"]
     own_server.start()
@@ -265,16 +264,7 @@ def test_store_down_at_start_up_does_not_fail_set_up(tracing, own_server, caplog
     assert setup_s < 5, f"set-up blocked for {setup_s:.1f}s"
     assert "unreachable at start-up" in caplog.text and h.experiment_id is None
 
-    worst = 0.0
-    for i in range(10):
-        t0 = time.perf_counter()
-        req(i)
-        worst = max(worst, time.perf_counter() - t0)
-    assert worst < 0.25, f"request path blocked for {worst:.3f}s while the store was down"
-    deadline = time.monotonic() + 20
-    while h.stats()["export_errors"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    st = h.stats()
+    st = requests_while_store_is_down(h, range(10))
     assert st["export_errors"] > 0 and st["queued"] == 10 and st["exported"] == 0
     assert st["experiment_resolved"] is False
     own_server.start()
