@@ -167,6 +167,8 @@ class StoreWriter:
         self._client: Any = None
         self._experiment_id = experiment_id
         self.supports_log_spans = True
+        #: bumped after each store call: lets a waiting signal handler tell slow from stuck
+        self.progress = 0
 
     @property
     def client(self) -> Any:
@@ -209,6 +211,7 @@ class StoreWriter:
                         started[tid] = False
                         continue
                     started[tid] = True
+                    self.progress += 1
                 if started[tid]:
                     ok.append(trace)
             spans = [s for t in ok for s in t.data.spans]
@@ -217,9 +220,11 @@ class StoreWriter:
                     self.client.log_spans(exp, spans)
                 except NotImplementedError:
                     self.supports_log_spans = False
+                self.progress += 1
             if not self.supports_log_spans:
                 for trace in ok:
                     self.client._upload_trace_data(trace.info, trace.data)
+                    self.progress += 1
             written += len(ok)
         return written
 
@@ -335,6 +340,9 @@ class LlmopsSpanExporter(SpanExporter):
         self._deferred: dict[int, ReadableSpan] = {}
         self._deferred_lock = threading.Lock()
         self._drop_log = RateLimitedLog()
+        #: set (under ``lock``) once shutdown has stopped the worker: a trace ending later
+        #: can no longer be written and is counted as unsent instead of sitting in the queue
+        self.closed = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         for span in spans:
@@ -398,12 +406,15 @@ class LlmopsSpanExporter(SpanExporter):
         meta.update(self.static_metadata)
         meta[keys.SAMPLING] = decision.reason  # type: ignore[assignment]
         meta[keys.SAMPLE_WEIGHT] = decision.weight  # type: ignore[assignment]
-        accepted = self.queue.put(trace)
         with self._lock:
             s = self.stats
             s.created += 1
             s.kept += 1
             s.by_reason[decision.reason] = s.by_reason.get(decision.reason, 0) + 1  # type: ignore[index]
+            if self.closed:
+                s.unsent_at_shutdown += 1
+                return
+            accepted = self.queue.put(trace)
             if not accepted:
                 s.dropped += 1
                 dropped = s.dropped

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +265,8 @@ class TracingHandle:
         flushed = self.flush(max(0.0, deadline - time.monotonic()))
         self.worker.stop(abandon=not flushed)
         self.worker.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        with self._lock:
+            self.exporter.closed = True
         leftover = self.queue.drain()
         with self._lock:
             self._stats.unsent_at_shutdown += len(leftover)
@@ -289,6 +291,13 @@ class TracingHandle:
         )  # fmt: skip
         self._uninstall()
         return report
+
+    def _progress(self) -> tuple[int, ...]:
+        """Changes while the export makes headway (read without locks: the caller may be
+        a signal handler that interrupted a thread holding them)."""
+        s = self._stats
+        return (s.exported, s.failed, s.export_errors, s.unsent_at_shutdown,
+                self.writer.progress, int(self._shutdown_done.is_set()))  # fmt: skip
 
     def _flush_locks_taken(self) -> bool:
         """Whether a lock the flush needs is taken now, perhaps by the main thread that a
@@ -344,105 +353,158 @@ _PREVIOUS: dict[int, Any] = {}
 _FLUSHER: _SignalFlusher | None = None
 #: a flush may wait this long for the interrupted main thread to release our locks
 _MAX_DEFER_S = 1.0
+#: a flush that makes no headway this long may be waiting for something the interrupted
+#: main thread holds (a lock inside MLflow, a class-wide ``cached_property`` lock on
+#: Python 3.11, a logging handler): the handler lets the main thread run, then waits again
+_STALL_S = 1.0
+_POLL_S = 0.1
 
 
-class _SignalFlusher:
-    """The thread that runs the flush a SIGTERM/SIGINT asked for.
+class _TaskThread:
+    """A daemon thread started ahead of time that runs the callables handed to it: a
+    signal handler must not start threads (the interrupted code may hold threading's
+    own locks)."""
 
-    A Python signal handler runs on the main thread between two bytecodes, maybe in
-    the middle of code holding a lock the flush needs (the stats or queue lock, a
-    logging handler's lock): flushing right there can deadlock. So the handler hands
-    the flush to this thread and waits for it with the deadline. When one of our locks
-    is taken at that moment, the handler returns at once instead and this thread
-    re-sends the signal to the main thread a few milliseconds later, once released.
-    """
-
-    def __init__(self) -> None:
-        self._tasks: collections.deque[tuple[str, Any]] = collections.deque()
+    def __init__(self, name: str) -> None:
+        self._tasks: collections.deque[Callable[[], None]] = collections.deque()
         self._wake = threading.Event()
-        self._done = threading.Event()
         self._stopped = False
-        self._main_id = threading.main_thread().ident
-        self._thread = threading.Thread(target=self._run, name="llmops-signal-flush", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self._tasks.append(task)
+        self._wake.set()
 
     def _run(self) -> None:
         while True:
             self._wake.wait()
             self._wake.clear()
             while self._tasks:
-                kind, arg = self._tasks.popleft()
-                if kind == "resend":
-                    time.sleep(0.005)
-                    try:
-                        signal.pthread_kill(self._main_id, arg)  # type: ignore[arg-type]
-                    except (OSError, ValueError):
-                        pass
-                    continue
-                try:
-                    arg.shutdown()
-                except Exception:  # noqa: BLE001
-                    _logger.exception("mlflow-llmops tracing: flush on signal failed")
-                finally:
-                    self._done.set()
+                self._tasks.popleft()()
             if self._stopped:
                 return
-
-    def resend_later(self, signum: int) -> None:
-        self._tasks.append(("resend", signum))
-        self._wake.set()
-
-    def flush(self, handle: TracingHandle, timeout_s: float) -> bool:
-        """Run ``handle.shutdown()`` here; True if it finished within ``timeout_s``."""
-        self._done.clear()
-        self._tasks.append(("flush", handle))
-        self._wake.set()
-        return self._done.wait(timeout_s)
 
     def stop(self) -> None:
         self._stopped = True
         self._wake.set()
 
 
+class _SignalFlusher:
+    """Runs the flush a SIGTERM/SIGINT asked for on a thread of its own.
+
+    A Python signal handler runs on the main thread between two bytecodes, maybe in
+    the middle of code holding a lock the flush needs (the stats or queue lock, a
+    logging handler's lock, a lock inside MLflow): flushing right there can deadlock.
+    So the handler hands the flush to one thread and waits for it with the deadline.
+    When one of our locks is taken at that moment, or the flush stops making headway,
+    the handler returns instead and a second thread re-sends the signal to the main
+    thread a few milliseconds later, once the interrupted code has moved on.
+    """
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._flushing: TracingHandle | None = None
+        self._main_id = threading.main_thread().ident
+        self._flusher = _TaskThread("llmops-signal-flush")
+        self._resender = _TaskThread("llmops-signal-resend")
+
+    def _flush(self, handle: TracingHandle) -> None:
+        try:
+            handle.shutdown()
+        except Exception:  # noqa: BLE001
+            _logger.exception("mlflow-llmops tracing: flush on signal failed")
+        finally:
+            self._done.set()
+
+    def _resend(self, signum: int) -> None:
+        time.sleep(0.005)
+        try:
+            signal.pthread_kill(self._main_id, signum)  # type: ignore[arg-type]
+        except (OSError, ValueError):
+            pass
+
+    def resend_later(self, signum: int) -> None:
+        self._resender.submit(lambda: self._resend(signum))
+
+    def start(self, handle: TracingHandle) -> None:
+        """Run ``handle.shutdown()`` on the flush thread, once per handle."""
+        if self._flushing is handle:
+            return
+        self._flushing = handle
+        self._done.clear()
+        self._flusher.submit(lambda: self._flush(handle))
+
+    def wait(self, handle: TracingHandle, deadline: float) -> bool | None:
+        """True once the flush finished, False at ``deadline``, None when it made no
+        headway for ``_STALL_S`` (perhaps waiting for the interrupted thread)."""
+        last, since = handle._progress(), time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            if self._done.wait(min(_POLL_S, deadline - now)):
+                return True
+            token = handle._progress()
+            if token != last:
+                last, since = token, time.monotonic()
+            elif time.monotonic() - since >= _STALL_S:
+                return None
+
+    def stop(self) -> None:
+        self._flusher.stop()
+        self._resender.stop()
+
+
 _DEFERRED_SINCE: float | None = None
+_FLUSH_DEADLINE: float | None = None
 _IN_HANDLER = False
 
 
 def _on_signal(signum: int, frame: Any, previous: Any) -> None:
-    global _DEFERRED_SINCE, _IN_HANDLER
+    global _DEFERRED_SINCE, _FLUSH_DEADLINE, _IN_HANDLER
     active, flusher = _ACTIVE, _FLUSHER
     if active is not None and flusher is not None and not _IN_HANDLER:  # 2nd signal: no wait
         now = time.monotonic()
-        since = _DEFERRED_SINCE if _DEFERRED_SINCE is not None else now
-        main_id = threading.main_thread().ident
-        if active._shutting_down_on(main_id) or (
-            active._flush_locks_taken() and now - since < _MAX_DEFER_S
-        ):
-            # the main thread is inside a critical section (or its own bounded shutdown):
-            # let it leave, and take the signal again then
-            _DEFERRED_SINCE = since
-            flusher.resend_later(signum)
-            return
-        _DEFERRED_SINCE = None
+        if _FLUSH_DEADLINE is None:
+            since = _DEFERRED_SINCE if _DEFERRED_SINCE is not None else now
+            main_id = threading.main_thread().ident
+            if active._shutting_down_on(main_id) or (
+                active._flush_locks_taken() and now - since < _MAX_DEFER_S
+            ):
+                # the main thread is inside a critical section (or its own bounded
+                # shutdown): let it leave, and take the signal again then
+                _DEFERRED_SINCE = since
+                flusher.resend_later(signum)
+                return
+            _DEFERRED_SINCE = None
+            _FLUSH_DEADLINE = now + active.config.shutdown_timeout_s + 2.0
+            flusher.start(active)
         _IN_HANDLER = True
         try:
-            if not flusher.flush(active, active.config.shutdown_timeout_s + 2.0):
-                _logger.warning(
-                    "mlflow-llmops tracing: flush on signal %d did not finish in time", signum
-                )
+            done = flusher.wait(active, _FLUSH_DEADLINE)
         finally:
             _IN_HANDLER = False
+        if done is None:  # no headway: let the interrupted code release what it holds
+            flusher.resend_later(signum)
+            return
+        if not done:
+            _logger.warning(
+                "mlflow-llmops tracing: flush on signal %d did not finish in time", signum
+            )
+        _FLUSH_DEADLINE = None
         _uninstall_signal_handlers(active)
     _chain(signum, frame, previous)
 
 
 def _install_signal_handlers(handle: TracingHandle) -> None:
-    global _FLUSHER
+    global _FLUSHER, _FLUSH_DEADLINE
     if threading.current_thread() is not threading.main_thread():
         _logger.info("not on the main thread: SIGTERM/SIGINT handlers not installed")
         return
     if _FLUSHER is None:
         _FLUSHER = _SignalFlusher()
+    _FLUSH_DEADLINE = None
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(sig)
         _PREVIOUS[sig] = previous
