@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -255,6 +256,17 @@ class ExportWorker:
         self._log = RateLimitedLog()
         self._thread = threading.Thread(target=self._run, name="llmops-trace-export", daemon=True)
         self.last_error: str | None = None
+        #: what the worker is doing, for a signal handler telling slow from stuck
+        self.writing = False
+        self.in_backoff = False
+
+    def position(self) -> tuple[int, int] | None:
+        """Where the worker's code is while it writes (None otherwise): changes as long
+        as it runs Python code, stays put while it waits on a lock or a long I/O call."""
+        if not self.writing:
+            return None
+        frame = sys._current_frames().get(self._thread.ident or 0)
+        return None if frame is None else (id(frame.f_code), frame.f_lasti)
 
     def start(self) -> None:
         self._thread.start()
@@ -268,6 +280,9 @@ class ExportWorker:
 
     def join(self, timeout_s: float) -> None:
         self._thread.join(max(0.0, timeout_s))
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _permanent(self, trace: Any, exc: Exception) -> None:
         with self._lock:
@@ -285,7 +300,11 @@ class ExportWorker:
             backoff = self.retry_backoff_s
             while True:
                 try:
-                    written = self.writer.write(batch, started, self._permanent)
+                    self.writing = True
+                    try:
+                        written = self.writer.write(batch, started, self._permanent)
+                    finally:
+                        self.writing = False
                     with self._lock:
                         self.stats.exported += written
                     self.last_error = None
@@ -300,7 +319,12 @@ class ExportWorker:
                         backoff,
                         self.last_error[:300],
                     )
-                    if self._abandon.wait(backoff):
+                    self.in_backoff = True
+                    try:
+                        abandon = self._abandon.wait(backoff)
+                    finally:
+                        self.in_backoff = False
+                    if abandon:
                         with self._lock:
                             self.stats.unsent_at_shutdown += len(batch)
                         break

@@ -268,8 +268,10 @@ class TracingHandle:
         with self._lock:
             self.exporter.closed = True
         leftover = self.queue.drain()
+        # a batch the worker is still writing at the deadline may not land: count it too
+        in_flight = self.queue.pending() if self.worker.is_alive() else 0
         with self._lock:
-            self._stats.unsent_at_shutdown += len(leftover)
+            self._stats.unsent_at_shutdown += len(leftover) + in_flight
         if self.otlp is not None:
             self.otlp.force_flush(int(max(0.1, deadline - time.monotonic()) * 1000))
             self.otlp.shutdown()
@@ -292,12 +294,16 @@ class TracingHandle:
         self._uninstall()
         return report
 
-    def _progress(self) -> tuple[int, ...]:
-        """Changes while the export makes headway (read without locks: the caller may be
-        a signal handler that interrupted a thread holding them)."""
+    def _progress(self) -> tuple[Any, ...] | None:
+        """Changes while the export makes headway; None while the store is failing and the
+        worker waits to retry (slow, not stuck). Read without locks: the caller may be a
+        signal handler that interrupted a thread holding them."""
+        if self.worker.in_backoff:
+            return None
         s = self._stats
         return (s.exported, s.failed, s.export_errors, s.unsent_at_shutdown,
-                self.writer.progress, int(self._shutdown_done.is_set()))  # fmt: skip
+                self.writer.progress, self.worker.position(),
+                self._shutdown_done.is_set())  # fmt: skip
 
     def _flush_locks_taken(self) -> bool:
         """Whether a lock the flush needs is taken now, perhaps by the main thread that a
@@ -356,7 +362,7 @@ _MAX_DEFER_S = 1.0
 #: a flush that makes no headway this long may be waiting for something the interrupted
 #: main thread holds (a lock inside MLflow, a class-wide ``cached_property`` lock on
 #: Python 3.11, a logging handler): the handler lets the main thread run, then waits again
-_STALL_S = 1.0
+_STALL_S = 2.0
 _POLL_S = 0.1
 
 
@@ -446,7 +452,7 @@ class _SignalFlusher:
             if self._done.wait(min(_POLL_S, deadline - now)):
                 return True
             token = handle._progress()
-            if token != last:
+            if token is None or token != last:  # headway, or a store that is failing
                 last, since = token, time.monotonic()
             elif time.monotonic() - since >= _STALL_S:
                 return None
