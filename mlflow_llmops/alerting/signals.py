@@ -75,6 +75,7 @@ _TRACE_PARTS = {
 }
 _TRACE_VALUE = {k: n if d is None else f"{n} * 1.0 / {d}" for k, (n, d) in _TRACE_PARTS.items()}
 BUCKET_MS = 3_600_000
+ROW_BUCKET_MS = 60_000
 _TRACE_FILTER = {
     "unpriced_share": "t.model IS NOT NULL",
     "latency_over": "t.latency_ms IS NOT NULL",
@@ -85,6 +86,12 @@ _ASSESSMENT_VALUE = {
     "mean_score": "AVG(a.value_num)",
     "feedback_score": "AVG(a.value_num)",
 }
+
+
+def _from_rows(spec: SignalSpec) -> bool:
+    """Whether the signal is computed from trace (or, for TTFT, span) rows, so the
+    in-memory definition over those rows gives the SQL's answer: not assessments."""
+    return signal_kind(spec.signal) != "assessment"
 
 
 def _label_expr(label: str) -> str:
@@ -107,17 +114,25 @@ class SqlSignalSource:
         bucket_cache: bool = True,
         settle_ms: int = 2 * BUCKET_MS,
         cache_ttl_s: float = 600.0,
+        row_settle_ms: int = 5 * ROW_BUCKET_MS,
     ) -> None:
         """``bucket_cache``: windows of two hours or more of additive trace signals are
         summed from hourly buckets; a bucket that ended ``settle_ms`` before the window's
         end is cached for ``cache_ttl_s`` (then read again, so late traces count), so a
-        tick reads the recent hours only instead of three days of traces per rule."""
+        tick reads the recent hours only instead of three days of traces per rule.
+        Shorter windows of trace signals (and latency percentiles) are computed from the
+        traces' rows, kept per minute once ``row_settle_ms`` old: a tick reads the last
+        minutes once per label set, shared by every rule, instead of a window per rule."""
         self.engine = engine
         self.experiment_ids = tuple(str(e) for e in experiment_ids)
         self.bucket_cache = bucket_cache
         self.settle_ms = settle_ms
         self.cache_ttl_s = cache_ttl_s
+        self.row_settle_ms = row_settle_ms
         self._buckets: dict[tuple, dict[int, tuple[float, list[tuple]]]] = {}
+        self._rows: dict[tuple, dict[int, tuple[float, list[TraceEvent]]]] = {}
+        self._live: dict[tuple, list[TraceEvent]] = {}
+        self._grouped: dict[tuple, dict[tuple, list]] = {}
         self._tick: dict[tuple[str, int, int], list[SignalValue]] | None = None
         if ensure_views:
             self._ensure_views()
@@ -145,7 +160,7 @@ class SqlSignalSource:
             ) from e
 
     def _where(
-        self, spec: SignalSpec, params: dict[str, object], *, time_col: str
+        self, where: Mapping[str, str], params: dict[str, object], *, time_col: str
     ) -> tuple[list[str], list[sa.BindParameter]]:
         clauses = [f"{time_col} >= :start_ms", f"{time_col} < :end_ms"]
         binds: list[sa.BindParameter] = []
@@ -153,7 +168,7 @@ class SqlSignalSource:
             clauses.append("CAST(t.experiment_id AS VARCHAR(64)) IN :exp_ids")
             params["exp_ids"] = list(self.experiment_ids)
             binds.append(sa.bindparam("exp_ids", expanding=True))
-        for i, (label, value) in enumerate(sorted(spec.where.items())):
+        for i, (label, value) in enumerate(sorted(where.items())):
             clauses.append(f"{_label_expr(label)} = :where_{i}")
             params[f"where_{i}"] = value
         return clauses, binds
@@ -167,7 +182,7 @@ class SqlSignalSource:
         group_clause = f" GROUP BY {', '.join(groups)}" if groups else ""
         w = _weight()
         if kind == "trace":
-            clauses, binds = self._where(spec, params, time_col="t.timestamp_ms")
+            clauses, binds = self._where(spec.where, params, time_col="t.timestamp_ms")
             clauses.append("t.status <> 'IN_PROGRESS'")
             if spec.signal in _TRACE_FILTER:
                 clauses.append(_TRACE_FILTER[spec.signal])
@@ -183,7 +198,7 @@ class SqlSignalSource:
                 lbl != SCORER_LABEL for lbl in (*spec.group_by, *spec.where)
             )
             time_col = "t.timestamp_ms" if needs_trace else "a.trace_timestamp_ms"
-            clauses, binds = self._where(spec, params, time_col=time_col)
+            clauses, binds = self._where(spec.where, params, time_col=time_col)
             clauses += [
                 "a.assessment_type = 'feedback'",
                 "a.value_num IS NOT NULL",
@@ -209,7 +224,7 @@ class SqlSignalSource:
         else:
             what, q = percentile_of(spec.signal)
             params["q"] = q
-            clauses, binds = self._where(spec, params, time_col="t.timestamp_ms")
+            clauses, binds = self._where(spec.where, params, time_col="t.timestamp_ms")
             clauses.append("t.status <> 'IN_PROGRESS'")
             if what == "latency":
                 src, v = "llmops_traces t", "t.latency_ms"
@@ -240,6 +255,8 @@ class SqlSignalSource:
         """Called by the engine before each evaluation: within it, the same query asked
         twice (the 6 h window of two burn-rate pairs, two rules on one signal) runs once."""
         self._tick = {}
+        self._live = {}
+        self._grouped = {}
 
     def query(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]:
         if self._tick is None:
@@ -252,6 +269,8 @@ class SqlSignalSource:
     def _query(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]:
         if self.bucket_cache and spec.signal in _TRACE_PARTS and end_ms - start_ms >= 2 * BUCKET_MS:
             return self._bucketed(spec, start_ms, end_ms)
+        if self.bucket_cache and end_ms - start_ms < 2 * BUCKET_MS and _from_rows(spec):
+            return self._from_rows(spec, start_ms, end_ms)
         stmt, params = self.build(spec, start_ms, end_ms)
         with self.engine.connect() as conn:
             rows = conn.execute(stmt, params).all()
@@ -265,6 +284,152 @@ class SqlSignalSource:
             out.append(SignalValue(labels, None if value is None else float(value), n))
         return out
 
+    # -- short windows from the traces' rows, cached per minute -----------------------
+    def _rows_sql(
+        self, kind: str, labels: Sequence[str], lo: int, hi: int
+    ) -> tuple[sa.TextClause, dict]:
+        params: dict[str, object] = {"start_ms": lo, "end_ms": hi}
+        clauses, binds = self._where({}, params, time_col="t.timestamp_ms")
+        clauses.append("t.status <> 'IN_PROGRESS'")
+        cols = "".join(f", {_label_expr(lbl)} AS l{i}" for i, lbl in enumerate(labels))
+        if kind == "ttft":  # one row per span with a time to first token
+            clauses.append("s.ttft_ms IS NOT NULL")
+            sql = (
+                f"SELECT t.timestamp_ms, s.ttft_ms, {_weight()}{cols} FROM llmops_spans s "
+                f"JOIN llmops_traces t ON t.trace_id = s.trace_id WHERE {' AND '.join(clauses)}"
+            )
+        else:
+            sql = (
+                "SELECT t.timestamp_ms, t.status, t.latency_ms, t.total_tokens, "
+                "t.input_tokens, t.output_tokens, t.cost_usd, t.unpriced_spans, "
+                f"{_weight()}{cols} FROM llmops_traces t WHERE {' AND '.join(clauses)}"
+            )
+        stmt = sa.text(sql)
+        if binds:
+            stmt = stmt.bindparams(*binds)
+        return stmt, params
+
+    def _read_rows(self, kind: str, labels: Sequence[str], lo: int, hi: int) -> list[TraceEvent]:
+        stmt, params = self._rows_sql(kind, labels, lo, hi)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt, params).all()
+        nl = len(labels)
+        out = []
+        for r in rows:
+            named = {
+                lbl: str(v)
+                for lbl, v in zip(labels, r[len(r) - nl :], strict=True)
+                if v is not None
+            }
+            if kind == "ttft":
+                out.append(
+                    TraceEvent(
+                        timestamp_ms=int(r[0]), latency_ms=None, labels=named,
+                        ttft_ms=float(r[1]), sample_weight=float(r[2]),
+                    )
+                )  # fmt: skip
+                continue
+            out.append(
+                TraceEvent(
+                    timestamp_ms=int(r[0]),
+                    status=r[1],
+                    latency_ms=None if r[2] is None else float(r[2]),
+                    labels=named,
+                    total_tokens=int(r[3] or 0),
+                    input_tokens=int(r[4] or 0),
+                    output_tokens=int(r[5] or 0),
+                    cost_usd=None if r[6] is None else float(r[6]),
+                    unpriced_spans=int(r[7] or 0),
+                    sample_weight=float(r[8]),
+                )
+            )
+        return out
+
+    def _events(self, spec: SignalSpec, lo_ms: int, hi_ms: int) -> list[TraceEvent]:
+        """The rows ``spec`` needs between ``lo_ms`` and ``hi_ms`` (and perhaps a few
+        around them): minutes settled ``row_settle_ms`` before ``hi_ms`` come from the
+        cache (read again after ``cache_ttl_s``), later ones are read once per tick."""
+        ttft = signal_kind(spec.signal) == "percentile" and spec.signal.startswith("ttft")
+        kind = "ttft" if ttft else "traces"
+        extra = {"model"} if spec.signal == "unpriced_share" else set()
+        labels = sorted({*spec.group_by, *spec.where} | extra)
+        key = (kind, tuple(labels), self.experiment_ids)
+        cache = self._rows.setdefault(key, {})
+        now = time.monotonic()
+        for m in [m for m, (at, _) in cache.items() if now - at > self.cache_ttl_s]:
+            del cache[m]
+        live_from = (hi_ms - self.row_settle_ms) // ROW_BUCKET_MS * ROW_BUCKET_MS
+        settled = range(lo_ms // ROW_BUCKET_MS, live_from // ROW_BUCKET_MS)
+        missing = [m for m in settled if m not in cache]
+        if missing:
+            lo, hi = missing[0], missing[-1] + 1
+            fresh: dict[int, list[TraceEvent]] = {m: [] for m in range(lo, hi)}
+            for e in self._read_rows(kind, labels, lo * ROW_BUCKET_MS, hi * ROW_BUCKET_MS):
+                fresh[e.timestamp_ms // ROW_BUCKET_MS].append(e)
+            for m, events in fresh.items():
+                cache[m] = (now, events)
+        live_key = (key, live_from, hi_ms)
+        live = self._live.get(live_key) if self._tick is not None else None
+        if live is None:
+            live = self._read_rows(kind, labels, live_from, hi_ms)
+            if self._tick is not None:
+                self._live[live_key] = live
+        return [e for m in settled for e in cache[m][1]] + live
+
+    def _from_rows(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]:
+        # rules on other signals over the same window and labels share the grouping
+        key = (spec.signal.startswith("ttft"), spec.signal == "unpriced_share",
+               tuple(spec.group_by), tuple(sorted(spec.where.items())), start_ms, end_ms)  # fmt: skip
+        groups = self._grouped.get(key) if self._tick is not None else None
+        if groups is None:
+            events = [
+                e for e in self._events(spec, start_ms, end_ms)
+                if start_ms <= e.timestamp_ms < end_ms
+            ]  # fmt: skip
+            groups = MemorySignalSource.group(spec, events)
+            if self._tick is not None:
+                self._grouped[key] = groups
+        return MemorySignalSource.values(spec, groups)
+
+    def _parts_from_rows(self, spec: SignalSpec, ranges: Sequence[tuple[int, int]]) -> list[tuple]:
+        """The rows of ``_parts_sql`` (labels, numerator, denominator, count) computed
+        from cached trace rows, for the recent edges of a long window."""
+        acc: dict[tuple, list] = {}
+        s, thr = spec.signal, float(spec.latency_threshold_ms or 0)
+        tokens = {"tokens": "total_tokens"}.get(s, s)
+        for lo, hi in ranges:
+            events = [e for e in self._events(spec, lo, hi) if lo <= e.timestamp_ms < hi]
+            for labels, rows in MemorySignalSource.group(spec, events).items():
+                if s == "unpriced_share":
+                    rows = [e for e in rows if e.labels.get("model")]
+                elif s == "latency_over":
+                    rows = [e for e in rows if e.latency_ms is not None]
+                if not rows:
+                    continue
+                if s == "request_count":
+                    num: float | None = sum(e.sample_weight for e in rows)
+                elif s == "error_rate":
+                    num = sum(e.sample_weight for e in rows if e.status == "ERROR")
+                elif s == "unpriced_share":
+                    num = sum(e.sample_weight for e in rows if e.unpriced_spans > 0)
+                elif s == "latency_over":
+                    num = sum(e.sample_weight for e in rows if e.latency_ms > thr)  # type: ignore[operator]
+                elif s == "cost_usd":
+                    priced = [e.sample_weight * e.cost_usd for e in rows if e.cost_usd is not None]
+                    num = sum(priced) if priced else None
+                else:
+                    num = sum(e.sample_weight * getattr(e, tokens) for e in rows)
+                a = acc.setdefault(labels, [None, 0.0, 0])
+                if num is not None:
+                    a[0] = (a[0] or 0.0) + num
+                a[1] += sum(e.sample_weight for e in rows)
+                a[2] += len(rows)
+        has_den = _TRACE_PARTS[s][1] is not None
+        return [
+            (*(v or None for v in k), num, den if has_den else None, n)
+            for k, (num, den, n) in acc.items()
+        ]
+
     # -- long windows from cached hourly buckets ------------------------------------
     def _parts_sql(
         self, spec: SignalSpec, ranges: Sequence[tuple[int, int]], by_bucket: bool
@@ -272,7 +437,7 @@ class SqlSignalSource:
         """Numerator, denominator and count per group (and per hour with ``by_bucket``)
         over the union of ``ranges``."""
         params: dict[str, object] = {}
-        clauses, binds = self._where(spec, params, time_col="t.timestamp_ms")
+        clauses, binds = self._where(spec.where, params, time_col="t.timestamp_ms")
         clauses = clauses[2:]  # the time range is the union below
         spans = []
         for i, (lo, hi) in enumerate(ranges):
@@ -329,12 +494,8 @@ class SqlSignalSource:
             ranges.append((start_ms, end_ms))
         else:
             ranges += [(start_ms, first * BUCKET_MS), (last * BUCKET_MS, end_ms)]
-        live: list[tuple] = []
         edges = [r for r in ranges if r[0] < r[1]]
-        if edges:
-            stmt, params = self._parts_sql(spec, edges, False)
-            with self.engine.connect() as conn:
-                live = [tuple(r) for r in conn.execute(stmt, params).all()]
+        live = self._parts_from_rows(spec, edges) if edges else []
         totals: dict[tuple, list] = {}
         cached = [row for b in range(first, last) for row in cache[b][1]]
         for row in (*cached, *live):
@@ -422,32 +583,55 @@ class MemorySignalSource:
         if self.fail is not None:
             raise self.fail
         kind = signal_kind(spec.signal)
-        groups: dict[tuple[str, ...], list] = defaultdict(list)
-        for e in self._window(start_ms, end_ms):
+        if kind == "assessment":
+            return self.values(spec, self._scores(spec, self._window(start_ms, end_ms)))
+        return self.values(spec, self.group(spec, self._window(start_ms, end_ms)))
+
+    @staticmethod
+    def group(spec: SignalSpec, events: Iterable[TraceEvent]) -> dict[tuple, list]:
+        """Finished events matching ``spec.where``, by ``spec.group_by`` labels."""
+        where = [(k, v) for k, v in spec.where.items() if k != SCORER_LABEL]
+        by = [g for g in spec.group_by if g != SCORER_LABEL]
+        groups: dict[tuple, list] = defaultdict(list)
+        for e in events:
+            if e.status == "IN_PROGRESS":
+                continue
+            labels = e.labels
+            if where and any(labels.get(k) != v for k, v in where):
+                continue
+            groups[tuple([labels.get(g, "") for g in by]) if by else ()].append(e)
+        return groups
+
+    @staticmethod
+    def _scores(spec: SignalSpec, events: Iterable[TraceEvent]) -> dict[tuple, list]:
+        groups: dict[tuple, list] = defaultdict(list)
+        human = spec.signal == "feedback_score"
+        for e in events:
             if e.status == "IN_PROGRESS":
                 continue
             if any(e.labels.get(k) != v for k, v in spec.where.items() if k != SCORER_LABEL):
                 continue
-            key = tuple(e.labels.get(g, "") for g in spec.group_by if g != SCORER_LABEL)
-            if kind == "assessment":
-                human = spec.signal == "feedback_score"
-                for name, score in e.scores.items():
-                    is_human = name.startswith("feedback:")
-                    name = name.removeprefix("feedback:")
-                    if is_human != human or (spec.scorer and name != spec.scorer):
-                        continue
-                    if spec.where.get(SCORER_LABEL, name) != name:
-                        continue
-                    full = tuple(
-                        name if g == SCORER_LABEL else e.labels.get(g, "") for g in spec.group_by
-                    )
-                    groups[full].append(score)
-            else:
-                groups[key].append(e)
+            for name, score in e.scores.items():
+                is_human = name.startswith("feedback:")
+                name = name.removeprefix("feedback:")
+                if is_human != human or (spec.scorer and name != spec.scorer):
+                    continue
+                if spec.where.get(SCORER_LABEL, name) != name:
+                    continue
+                full = tuple(
+                    name if g == SCORER_LABEL else e.labels.get(g, "") for g in spec.group_by
+                )
+                groups[full].append(score)
+        return groups
+
+    @classmethod
+    def values(cls, spec: SignalSpec, groups: Mapping[tuple, list]) -> list[SignalValue]:
+        """One value per group (the rows of ``group`` or ``_scores``)."""
+        kind = signal_kind(spec.signal)
         out = []
         for key, rows in groups.items():
             labels = dict(zip(spec.group_by, key, strict=True))
-            value = self._value(spec, kind, rows)
+            value = cls._value(spec, kind, rows)
             n = len(rows) if kind != "percentile" else value[1]
             if n:
                 out.append(SignalValue(labels, value[0], n))

@@ -33,8 +33,9 @@ def by_labels(values):
      "input_tokens", "output_tokens"],
 )  # fmt: skip
 @pytest.mark.parametrize("group_by", [(), ("model",), ("route", "task_type")])
-def test_sql_matches_memory(seeded_sqlite, signal, group_by):
-    sql = SqlSignalSource(seeded_sqlite.engine)
+@pytest.mark.parametrize("cache", [False, True], ids=["direct", "cached-rows"])
+def test_sql_matches_memory(seeded_sqlite, signal, group_by, cache):
+    sql = SqlSignalSource(seeded_sqlite.engine, bucket_cache=cache)
     mem = MemorySignalSource(as_events(seeded_sqlite.traces))
     for end, window in WINDOWS:
         spec = SignalSpec(signal=signal, window=window, group_by=group_by)
@@ -201,3 +202,94 @@ def test_rules_of_one_tick_share_identical_queries(seeded_sqlite):
         sa.event.remove(seeded_sqlite.engine, "before_cursor_execute", count)
     assert src.query(SignalSpec(signal="error_rate", window="5m"), to_ms(NOON) - 300_000,
                      to_ms(NOON))  # fmt: skip
+
+
+ROW_SIGNALS = [*ADDITIVE, "latency_p50", "latency_p95", "latency_p99", "ttft_p50", "ttft_p95"]
+
+
+@pytest.mark.parametrize("group_by", [(), ("model",), ("route", "task_type")])
+def test_short_windows_from_cached_rows_equal_the_direct_query(seeded_sqlite, group_by):
+    """Windows under two hours are computed from per-minute cached trace (for TTFT: span)
+    rows plus the live minutes: the same numbers as the SQL query over the window, tick after tick,
+    with ticks that do not fall on a whole minute."""
+    cached = SqlSignalSource(seeded_sqlite.engine, row_settle_ms=0)
+    direct = SqlSignalSource(seeded_sqlite.engine, bucket_cache=False)
+    ends = (NOON - timedelta(minutes=50), NOON, NOON + timedelta(minutes=1, seconds=17))
+    for end in ends:
+        cached.new_tick()
+        for window in ("5m", "10m", "1h", "90m"):
+            for signal in ROW_SIGNALS:
+                for where in ({}, {"route": "/chat"}):
+                    spec = SignalSpec(
+                        signal=signal, window=window, group_by=group_by, where=where,
+                        latency_threshold_ms=3000 if signal == "latency_over" else None,
+                    )  # fmt: skip
+                    a, b = to_ms(end) - int(spec.window.total_seconds() * 1000), to_ms(end)
+                    got = by_labels(cached.query(spec, a, b))
+                    want = by_labels(direct.query(spec, a, b))
+                    assert got.keys() == want.keys(), (signal, window, where)
+                    for k in want:
+                        if want[k][0] is None:
+                            assert got[k][0] is None
+                        else:
+                            assert got[k][0] == pytest.approx(want[k][0], rel=1e-9), (signal, k)
+                        assert got[k][1] == want[k][1], (signal, window, k)
+    assert cached._rows  # settled minutes were cached, not re-read
+
+
+def test_one_tick_of_short_windows_reads_the_traces_once_per_label_set(seeded_sqlite):
+    import sqlalchemy as sa
+
+    from mlflow_llmops.alerting.engine import AlertEngine
+    from mlflow_llmops.alerting.rules import parse_rules
+
+    rules = parse_rules(
+        [{"name": f"{sig}_{w}_{'_'.join(g) or 'all'}", "threshold": 1e12,
+          "query": {"signal": sig, "window": w, "group_by": list(g)}}
+         for sig in ("error_rate", "latency_p95", "tokens", "cost_usd", "request_count")
+         for w in ("5m", "1h") for g in ((), ("model",))],
+        source="test",
+    )  # fmt: skip
+    src = SqlSignalSource(seeded_sqlite.engine)
+    engine = AlertEngine(rules, src)
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, *args):  # noqa: ANN001
+        if "llmops_traces" in statement:
+            seen.append(statement)
+
+    sa.event.listen(seeded_sqlite.engine, "before_cursor_execute", count)
+    try:
+        engine.evaluate(NOON)
+        first = len(seen)  # per label set: the settled minutes, then the live ones
+        assert first == 4, seen
+        engine.evaluate(NOON + timedelta(minutes=1))
+        # next tick: the minute that just settled, and the live minutes
+        assert len(seen) - first == 4, seen[first:]
+    finally:
+        sa.event.remove(seeded_sqlite.engine, "before_cursor_execute", count)
+
+
+def test_cached_rows_see_late_traces_after_their_ttl(seeded_sqlite, tmp_path):
+    import shutil
+
+    import sqlalchemy as sa
+
+    from mlflow_llmops.testing.seed import SeedTrace, bulk_load
+
+    db = tmp_path / "copy.db"
+    shutil.copy(seeded_sqlite.url.removeprefix("sqlite:///"), db)
+    engine = sa.create_engine(f"sqlite:///{db}")
+    spec = SignalSpec(signal="request_count", window="1h")
+    a, b = to_ms(NOON) - 3_600_000, to_ms(NOON)
+    src = SqlSignalSource(engine, cache_ttl_s=3600)
+    before = src.query(spec, a, b)[0].samples
+    late = SeedTrace(timestamp_ms=to_ms(NOON - timedelta(minutes=30)), latency_ms=50)
+    bulk_load(engine, seeded_sqlite.exp_id, [late])  # lands in a minute already cached
+    assert src.query(spec, a, b)[0].samples == before  # cached: not seen yet
+    recent = SeedTrace(timestamp_ms=to_ms(NOON - timedelta(minutes=2)), latency_ms=50)
+    bulk_load(engine, seeded_sqlite.exp_id, [recent])  # a live minute: seen at once
+    assert src.query(spec, a, b)[0].samples == before + 1
+    src.cache_ttl_s = 0  # the TTL has passed
+    assert src.query(spec, a, b)[0].samples == before + 2
+    engine.dispose()
