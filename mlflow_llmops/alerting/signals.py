@@ -133,6 +133,7 @@ class SqlSignalSource:
         self._rows: dict[tuple, dict[int, tuple[float, list[TraceEvent]]]] = {}
         self._live: dict[tuple, list[TraceEvent]] = {}
         self._grouped: dict[tuple, dict[tuple, list]] = {}
+        self._latest_ms = 0
         self._tick: dict[tuple[str, int, int], list[SignalValue]] | None = None
         if ensure_views:
             self._ensure_views()
@@ -259,6 +260,7 @@ class SqlSignalSource:
         self._grouped = {}
 
     def query(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]:
+        self._latest_ms = max(self._latest_ms, end_ms)
         if self._tick is None:
             return self._query(spec, start_ms, end_ms)
         key = (spec.model_dump_json(), start_ms, end_ms)
@@ -358,8 +360,14 @@ class SqlSignalSource:
         now = time.monotonic()
         for m in [m for m, (at, _) in cache.items() if now - at > self.cache_ttl_s]:
             del cache[m]
-        live_from = (hi_ms - self.row_settle_ms) // ROW_BUCKET_MS * ROW_BUCKET_MS
-        settled = range(lo_ms // ROW_BUCKET_MS, live_from // ROW_BUCKET_MS)
+        # settled: minutes that ended row_settle_ms before the latest time asked (the
+        # tick's now), so a baseline window of last week is read once, not every tick
+        settle_at = (max(hi_ms, self._latest_ms) - self.row_settle_ms) // ROW_BUCKET_MS
+        live_from = settle_at * ROW_BUCKET_MS
+        if hi_ms <= live_from:
+            settled = range(lo_ms // ROW_BUCKET_MS, -(-hi_ms // ROW_BUCKET_MS))
+        else:
+            settled = range(lo_ms // ROW_BUCKET_MS, settle_at)
         missing = [m for m in settled if m not in cache]
         if missing:
             lo, hi = missing[0], missing[-1] + 1
@@ -368,6 +376,8 @@ class SqlSignalSource:
                 fresh[e.timestamp_ms // ROW_BUCKET_MS].append(e)
             for m, events in fresh.items():
                 cache[m] = (now, events)
+        if hi_ms <= live_from:
+            return [e for m in settled for e in cache[m][1]]
         live_key = (key, live_from, hi_ms)
         live = self._live.get(live_key) if self._tick is not None else None
         if live is None:
