@@ -287,7 +287,8 @@ def part2(n_traces: int, ticks: int) -> None:
         first = START + timedelta(days=DAYS - 1, hours=14)
         medians = {}
         # A monitor evaluates every minute: the first tick reads every window in full, the
-        # next ones read long (burn-rate) windows from cached hourly buckets.
+        # next ones read long (burn-rate) windows from cached hourly buckets and short
+        # ones from trace rows cached per minute, plus the newest minutes.
         for cache in (False, True):
             alert_engine = AlertEngine(rules, SqlSignalSource(engine, bucket_cache=cache))
             times = []
