@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -21,6 +22,24 @@ WINDOWS = [
     (NOON - timedelta(minutes=50), timedelta(minutes=10)),  # error incident
     (NOON - timedelta(hours=2), timedelta(hours=2)),  # everything today
 ]
+
+
+@contextmanager
+def trace_queries(engine):  # noqa: ANN001 - a SQLAlchemy engine
+    """The statements on ``llmops_traces`` run while the block runs."""
+    import sqlalchemy as sa
+
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, *args):  # noqa: ANN001
+        if "llmops_traces" in statement:
+            seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
 
 
 def by_labels(values):
@@ -174,7 +193,6 @@ def test_bucket_cache_sees_late_traces_after_its_ttl(seeded_sqlite, tmp_path):
 
 
 def test_rules_of_one_tick_share_identical_queries(seeded_sqlite):
-    import sqlalchemy as sa
 
     from mlflow_llmops.alerting.engine import AlertEngine
     from mlflow_llmops.alerting.rules import parse_rules
@@ -186,20 +204,11 @@ def test_rules_of_one_tick_share_identical_queries(seeded_sqlite):
     )  # fmt: skip
     src = SqlSignalSource(seeded_sqlite.engine)
     engine = AlertEngine(rules, src)
-    seen: list[str] = []
-
-    def count(conn, cursor, statement, *args):  # noqa: ANN001
-        if "llmops_traces" in statement:
-            seen.append(statement)
-
-    sa.event.listen(seeded_sqlite.engine, "before_cursor_execute", count)
-    try:
+    with trace_queries(seeded_sqlite.engine) as seen:
         engine.evaluate(NOON)
         assert len(seen) == 1  # three rules, one query
         engine.evaluate(NOON)
         assert len(seen) == 2  # a new tick reads again (data may have changed)
-    finally:
-        sa.event.remove(seeded_sqlite.engine, "before_cursor_execute", count)
     assert src.query(SignalSpec(signal="error_rate", window="5m"), to_ms(NOON) - 300_000,
                      to_ms(NOON))  # fmt: skip
 
@@ -238,7 +247,6 @@ def test_short_windows_from_cached_rows_equal_the_direct_query(seeded_sqlite, gr
 
 
 def test_one_tick_of_short_windows_reads_the_traces_once_per_label_set(seeded_sqlite):
-    import sqlalchemy as sa
 
     from mlflow_llmops.alerting.engine import AlertEngine
     from mlflow_llmops.alerting.rules import parse_rules
@@ -252,22 +260,13 @@ def test_one_tick_of_short_windows_reads_the_traces_once_per_label_set(seeded_sq
     )  # fmt: skip
     src = SqlSignalSource(seeded_sqlite.engine)
     engine = AlertEngine(rules, src)
-    seen: list[str] = []
-
-    def count(conn, cursor, statement, *args):  # noqa: ANN001
-        if "llmops_traces" in statement:
-            seen.append(statement)
-
-    sa.event.listen(seeded_sqlite.engine, "before_cursor_execute", count)
-    try:
+    with trace_queries(seeded_sqlite.engine) as seen:
         engine.evaluate(NOON)
         first = len(seen)  # per label set: the settled minutes, then the live ones
         assert first == 4, seen
         engine.evaluate(NOON + timedelta(minutes=1))
         # next tick: the minute that just settled, and the live minutes
         assert len(seen) - first == 4, seen[first:]
-    finally:
-        sa.event.remove(seeded_sqlite.engine, "before_cursor_execute", count)
 
 
 def test_cached_rows_see_late_traces_after_their_ttl(seeded_sqlite, tmp_path):
