@@ -9,12 +9,19 @@
    Goal: SQL at least 50 times faster.
 
 Usage: python bench/bench_sql.py [--traces N] [--baseline-traces M] [--runs R]
+                                  [--keep-db NAME | --reuse-db NAME]
+
+By default every run seeds a fresh database and drops it at the end. ``--keep-db NAME``
+seeds into database NAME (replacing it) and keeps it; ``--reuse-db NAME`` skips seeding
+and measures a database kept earlier (``--traces`` is then only used for labels).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -34,7 +41,12 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow_llmops.store.export import export_parquet, read_export  # noqa: E402
 from mlflow_llmops.store.queries import get_query, run_query  # noqa: E402
 from mlflow_llmops.store.views import create_views  # noqa: E402
-from mlflow_llmops.testing.postgres import create_database, drop_database, pg_available  # noqa: E402
+from mlflow_llmops.testing.postgres import (  # noqa: E402
+    ADMIN_URL,
+    create_database,
+    drop_database,
+    pg_available,
+)
 from mlflow_llmops.testing.seed import bulk_load, synthetic_traffic  # noqa: E402
 
 NOW = datetime(2026, 3, 15, tzinfo=UTC)
@@ -71,26 +83,44 @@ def main() -> int:
     ap.add_argument("--traces", type=int, default=1_000_000)
     ap.add_argument("--baseline-traces", type=int, default=20_000)
     ap.add_argument("--runs", type=int, default=5)
+    keep = ap.add_mutually_exclusive_group()
+    keep.add_argument("--keep-db", metavar="NAME", help="seed into database NAME and keep it")
+    keep.add_argument("--reuse-db", metavar="NAME", help="measure database NAME, kept earlier")
     args = ap.parse_args()
     if not pg_available():
         print("PostgreSQL on 127.0.0.1:5432 is required for this benchmark")
         return 1
-    url = create_database("llmops_bench_sql")
+    if args.keep_db or args.reuse_db:
+        url = named_database(args.keep_db or args.reuse_db, fresh=bool(args.keep_db))
+    else:
+        url = create_database("llmops_bench_sql")
     tmp = Path(tempfile.mkdtemp(prefix="bench-sql-"))
     try:
         client = MlflowClient(url)  # MLflow creates its schema
-        big = client.create_experiment("bench-big", artifact_location=str(tmp / "a1"))
-        small = client.create_experiment("bench-20k", artifact_location=str(tmp / "a2"))
         engine = sa.create_engine(url)
-        n, secs = seed(engine, big, args.traces, 1)
-        m, secs2 = seed(engine, small, args.baseline_traces, 2)
-        with engine.connect() as conn:
-            spans = conn.execute(sa.text("SELECT COUNT(*) FROM spans")).scalar()
-        print(f"seeded {n + m:,} traces / {spans:,} spans with bulk_load in {secs + secs2:.0f}s "
-              f"({(n + m) / (secs + secs2):,.0f} traces/s)", flush=True)  # fmt: skip
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(sa.text("VACUUM ANALYZE"))
-        create_views(engine)
+        if args.reuse_db:
+            small = client.get_experiment_by_name("bench-20k").experiment_id
+            with engine.connect() as conn:
+                n, m = conn.execute(sa.text(
+                    "SELECT COUNT(*) FILTER (WHERE experiment_id <> :s), "
+                    "COUNT(*) FILTER (WHERE experiment_id = :s) FROM trace_info"
+                ), {"s": int(small)}).one()  # fmt: skip
+            print(f"reusing database {args.reuse_db}: {n + m:,} traces", flush=True)
+        else:
+            big = client.create_experiment("bench-big", artifact_location=str(tmp / "a1"))
+            small = client.create_experiment("bench-20k", artifact_location=str(tmp / "a2"))
+            n, secs = seed(engine, big, args.traces, 1)
+            m, secs2 = seed(engine, small, args.baseline_traces, 2)
+            with engine.connect() as conn:
+                spans = conn.execute(sa.text("SELECT COUNT(*) FROM spans")).scalar()
+            print(f"seeded {n + m:,} traces / {spans:,} spans with bulk_load in "
+                  f"{secs + secs2:.0f}s ({(n + m) / (secs + secs2):,.0f} traces/s)",
+                  flush=True)  # fmt: skip
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(sa.text("VACUUM ANALYZE"))
+        t = time.perf_counter()
+        create_views(engine)  # on PostgreSQL also builds the index on spans, once
+        print(f"create_views took {time.perf_counter() - t:.1f}s", flush=True)
         q = get_query("cost_by_model_day")
         full = {"since_ms": NOW - timedelta(days=DAYS + 1), "until_ms": NOW}
 
@@ -135,7 +165,26 @@ def main() -> int:
         engine.dispose()
         return 0
     finally:
-        drop_database(url)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (args.keep_db or args.reuse_db):
+            drop_database(url)
+
+
+def named_database(name: str, *, fresh: bool) -> str:
+    """The URL of database ``name`` on the benchmark server; ``fresh`` drops and recreates it."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        raise SystemExit(f"--keep-db/--reuse-db: {name!r} is not a plain lower-case name")
+    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        exists = c.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                           {"n": name}).scalar()  # fmt: skip
+        if fresh:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        elif not exists:
+            raise SystemExit(f"--reuse-db: no database {name!r}; seed it with --keep-db {name}")
+    admin.dispose()
+    return sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
 
 
 if __name__ == "__main__":

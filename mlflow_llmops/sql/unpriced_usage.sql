@@ -24,7 +24,9 @@ SELECT
 FROM llmops_spans AS s
 WHERE s.span_type IN ('LLM', 'CHAT_MODEL')
   AND s.cost_usd IS NULL
-  AND s.input_tokens + s.output_tokens > 0
+  -- Token usage is in each span's JSON: the CASE reads it only for spans without a cost
+  -- (a plain filter would have PostgreSQL parse every LLM span's JSON first).
+  AND CASE WHEN s.cost_usd IS NULL THEN s.input_tokens + s.output_tokens ELSE 0 END > 0
   AND s.start_ms >= :since_ms
   AND s.start_ms < :until_ms
   AND (CAST(:experiment_id AS BIGINT) IS NULL OR s.experiment_id = CAST(:experiment_id AS BIGINT))

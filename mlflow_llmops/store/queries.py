@@ -343,13 +343,18 @@ def run_query(
 ) -> QueryResult:
     """Run ``query`` on ``target``: a SQLAlchemy engine on the tracking database (views
     created with :func:`mlflow_llmops.store.views.create_views`) or a DuckDB connection
-    over a Parquet export. ``now`` resolves relative defaults such as ``now-7d``."""
+    over a Parquet export. ``now`` resolves relative defaults such as ``now-7d``.
+    On PostgreSQL the query runs with JIT compilation off (``SET LOCAL``)."""
     q = get_query(query, sql_dir) if isinstance(query, str) else query
     bound = bind_params(q, params or {}, now)
     if isinstance(target, Engine):
         sql = q.render(target.dialect.name)
         try:
             with target.connect() as conn:
+                if target.dialect.name == "postgresql":
+                    # For this transaction only: compiling a query of a few seconds with
+                    # LLVM (inlining, optimisation) costs more than it saves, up to seconds.
+                    conn.execute(sa.text("SET LOCAL jit = off"))
                 res = conn.execute(sa.text(sql), bound)
                 rows = [tuple(_normalise(v) for v in r) for r in res.all()]
         except sa.exc.ProgrammingError as e:

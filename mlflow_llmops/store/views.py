@@ -18,10 +18,15 @@ The views read MLflow's internal tables, whose layout changes between MLflow ver
 they are tested against the pinned MLflow (``TESTED_MLFLOW_VERSION``) and
 :func:`check_mlflow_schema` refuses a database whose alembic revision is not the one
 the installed MLflow expects, with the command that fixes it.
+
+On PostgreSQL ``create_views`` also adds an index and statistics of ours to MLflow's
+``spans`` table (:data:`PG_INDEXES`, :data:`PG_STATISTICS`, :func:`ensure_pg_indexes`): a
+time filter on ``llmops_spans.start_ms`` becomes an index range the planner estimates right.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from mlflow_llmops.errors import StoreError
+
+_logger = logging.getLogger(__name__)
 
 VIEW_NAMES = ("llmops_traces", "llmops_spans", "llmops_assessments", "llmops_costs")
 
@@ -84,6 +91,37 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
     ),
 }  # fmt: skip
 
+#: ``llmops_spans.start_ms``: the expression of the view, of the index and of the statistics
+#: below (PostgreSQL matches an indexed expression only when it is written the same way).
+START_MS_SQL = "start_time_unix_nano / 1000000"
+
+#: PostgreSQL indexes ``create_views`` adds to MLflow's tables, name -> definition. One
+#: narrow index over LLM spans, keyed on ``start_ms``: a time filter on ``llmops_spans``
+#: becomes an index range, and a query that needs only these columns (no token counts,
+#: which live in the span's JSON) is answered by an index-only scan instead of reading
+#: every span's ``content``. The ``llmops_`` prefix keeps it apart from MLflow's own
+#: indexes; PostgreSQL drops it by itself if a migration drops a column it uses.
+PG_INDEXES: dict[str, str] = {
+    "ix_llmops_spans_llm_start": (
+        f"ON spans (({START_MS_SQL})) "
+        "INCLUDE (start_time_unix_nano, end_time_unix_nano, experiment_id, trace_id, span_id, "
+        "status, model_name, model_provider, total_cost) "
+        "WHERE type IN ('LLM', 'CHAT_MODEL')"
+    ),
+}
+
+#: PostgreSQL (14+) statistics on ``start_ms`` and on its UTC day (``start_ms - start_ms %
+#: 86400000``, as the queries write it), so the planner knows how many spans a time range
+#: selects (it ignores the statistics of partial indexes) and how few days a GROUP BY day
+#: makes: it then aggregates in a small hash table instead of sorting every span.
+PG_STATISTICS: dict[str, str] = {
+    "llmops_spans_start_ms": f"ON (({START_MS_SQL})) FROM spans",
+    "llmops_spans_start_day": f"ON (({START_MS_SQL} - ({START_MS_SQL}) % 86400000)) FROM spans",
+}
+
+#: Advisory lock key: one process at a time builds the indexes.
+_PG_INDEX_LOCK = 0x6C6C6D6F7073  # "llmops"
+
 _META_COLUMNS = {
     "user_id": "mlflow.trace.user",
     "task_type": "llmops.task_type",
@@ -105,7 +143,8 @@ class _Json:
     def attr(self, attr: str) -> str:
         """The decoded attribute value as text (attributes are JSON-encoded strings)."""
         if self.dialect == "postgresql":
-            return f"((s.content::json -> 'attributes') ->> '{attr}')"
+            # One path extraction: each json operator re-parses its whole input text.
+            return f"json_extract_path_text(s.content::json, 'attributes', '{attr}')"
         return f"json_extract(s.content, '$.attributes.\"{attr}\"')"
 
     def key(self, doc_sql: str, key: str) -> str:
@@ -182,7 +221,7 @@ SELECT
   s.name AS name,
   s.type AS span_type,
   s.status AS status,
-  s.start_time_unix_nano / 1000000 AS start_ms,
+  s.{START_MS_SQL} AS start_ms,
   s.end_time_unix_nano / 1000000 AS end_ms,
   (s.end_time_unix_nano - s.start_time_unix_nano) / 1000000 AS latency_ms,
   COALESCE(c.model, s.model_name) AS model,
@@ -310,6 +349,82 @@ def check_mlflow_schema(engine: Engine) -> str:
     return revision
 
 
+def pg_index_ddl() -> list[str]:
+    """The statements :func:`ensure_pg_indexes` runs, for a DBA to run by hand."""
+    return [
+        *(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {n} {d};" for n, d in PG_INDEXES.items()),
+        *(f"CREATE STATISTICS IF NOT EXISTS {n} {d};" for n, d in PG_STATISTICS.items()),
+        "ANALYZE spans;",
+    ]
+
+
+def ensure_pg_indexes(engine: Engine) -> list[str]:
+    """Create the missing :data:`PG_INDEXES` and :data:`PG_STATISTICS` on a PostgreSQL
+    tracking database; return the names created (none when all exist).
+
+    Idempotent and safe while MLflow writes: indexes are built ``CONCURRENTLY`` (writes
+    go on) by one process at a time (advisory lock; the others skip, as waiting inside a
+    statement would hold up the build); an invalid index left by an interrupted build is
+    dropped and rebuilt. New statistics are filled by one ``ANALYZE spans``. Without the
+    privilege to index ``spans`` (not its owner) it logs the statements to ask a DBA for
+    and returns: the views work without them, only slower.
+    """
+    created: list[str] = []
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        lock = {"k": _PG_INDEX_LOCK}
+        if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), lock).scalar():
+            return created  # another process is building them right now
+        try:
+            created += _create_pg_indexes(conn)
+            if conn.dialect.server_version_info >= (14,):  # statistics on expressions
+                stats = _create_pg_statistics(conn)
+                if stats:
+                    conn.execute(sa.text("ANALYZE spans"))
+                created += stats
+        except sa.exc.ProgrammingError as e:
+            code = getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)
+            if code != "42501":  # insufficient_privilege
+                raise
+            _logger.warning(
+                "cannot index MLflow's spans table (%s); SQL analyses over llmops_spans "
+                "will read every span. Ask its owner to run:\n%s",
+                str(e.orig).splitlines()[0], "\n".join(pg_index_ddl()),
+            )  # fmt: skip
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), lock)
+    return created
+
+
+def _create_pg_indexes(conn: sa.Connection) -> list[str]:
+    created = []
+    for name, definition in PG_INDEXES.items():
+        valid = conn.execute(
+            sa.text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:n)"),
+            {"n": name},
+        ).scalar()
+        if valid:
+            continue
+        if valid is False:  # left by an interrupted CREATE INDEX CONCURRENTLY
+            conn.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+        conn.execute(sa.text(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} {definition}"))
+        created.append(name)
+    return created
+
+
+def _create_pg_statistics(conn: sa.Connection) -> list[str]:
+    created = []
+    for name, definition in PG_STATISTICS.items():
+        exists = conn.execute(
+            sa.text("SELECT 1 FROM pg_statistic_ext "
+                    "WHERE stxname = :n AND pg_statistics_obj_is_visible(oid)"),
+            {"n": name},
+        ).scalar()  # fmt: skip
+        if not exists:
+            conn.execute(sa.text(f"CREATE STATISTICS IF NOT EXISTS {name} {definition}"))
+            created.append(name)
+    return created
+
+
 def _ensure_cost_table(engine: Engine) -> None:
     from mlflow_llmops.store.state import StateStore
     from mlflow_llmops.store.tables import ANALYTICS_MIGRATIONS
@@ -323,8 +438,9 @@ def create_views(target: Any, *, parquet_dir: str | Path | None = None) -> list[
     """Create (or replace) the four views; return their names.
 
     ``target`` is a SQLAlchemy engine on the MLflow tracking database (its schema is
-    checked first, and the cost table is created if pricing never ran), or a DuckDB
-    connection with ``parquet_dir`` pointing at an export.
+    checked first, the cost table is created if pricing never ran, and on PostgreSQL the
+    missing indexes of :func:`ensure_pg_indexes` are built), or a DuckDB connection with
+    ``parquet_dir`` pointing at an export.
     """
     if parquet_dir is not None:
         return _create_duckdb_views(target, Path(parquet_dir))
@@ -339,6 +455,8 @@ def create_views(target: Any, *, parquet_dir: str | Path | None = None) -> list[
             conn.execute(sa.text(f"DROP VIEW IF EXISTS {name}"))
         for name in VIEW_NAMES:
             conn.execute(sa.text(ddl[name]))
+    if target.dialect.name == "postgresql":
+        ensure_pg_indexes(target)
     return list(VIEW_NAMES)
 
 
