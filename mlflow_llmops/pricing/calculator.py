@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from itertools import compress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,53 @@ class CostResult:
         if self.total is None:
             return None
         return sum((self.breakdown.get(b, _ZERO) for b in buckets), _ZERO)
+
+
+class _NewResult:
+    """``_NewResult(...)`` returns a real :class:`CostResult` (every field positional).
+
+    The frozen dataclass's ``__init__`` sets its 15 fields through
+    ``object.__setattr__``, the largest single cost of a scalar ``cost()`` call. This
+    twin has the same slots: it is filled with plain attribute stores, then retagged
+    as ``CostResult`` (``__class__`` assignment between identical slot layouts), so
+    the result is indistinguishable from ``CostResult(...)`` and just as immutable.
+    """
+
+    __slots__ = CostResult.__slots__
+
+    def __init__(
+        self,
+        status: str,
+        total: Decimal | None,
+        breakdown: dict[str, Decimal],
+        usage: TokenUsage,
+        model: str | None,
+        provider: str | None,
+        catalog_version: str,
+        matched_entry: str | None,
+        match_kind: str,
+        service_tier: str | None,
+        long_context_threshold: int | None,
+        unpriced_tokens: dict[str, int],
+        notes: tuple[str, ...],
+        reason: str,
+    ) -> None:
+        self.status = status
+        self.total = total
+        self.breakdown = breakdown
+        self.usage = usage
+        self.model = model
+        self.provider = provider
+        self.catalog_version = catalog_version
+        self.matched_entry = matched_entry
+        self.match_kind = match_kind
+        self.service_tier = service_tier
+        self.long_context_threshold = long_context_threshold
+        self.unpriced_tokens = unpriced_tokens
+        self.notes = notes
+        self.reason = reason
+        self.currency = "USD"
+        self.__class__ = CostResult  # type: ignore[assignment]
 
 
 def resolve_rates(entry: PriceEntry, tier: str | None, prompt_tokens: int) -> ResolvedRates:
@@ -170,6 +218,71 @@ def _to_day(at: datetime | date | int | float | None, clock: Clock) -> date:
     return datetime.fromtimestamp(float(at) / 1000, tz=UTC).date()
 
 
+_EPOCH_ORDINAL = 719163  # date(1970, 1, 1).toordinal()
+_MS_PER_DAY = 86_400_000
+_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant ``date`` holds
+
+
+def _day_ordinal(at: datetime | date | int | float | None, clock: Clock) -> int:
+    """``_to_day(at, clock).toordinal()``; epoch milliseconds (the common case, a
+    trace timestamp) by integer division, which gives the same day over that range."""
+    if type(at) is int and 0 <= at <= _MAX_MS:
+        return at // _MS_PER_DAY + _EPOCH_ORDINAL
+    return _to_day(at, clock).toordinal()
+
+
+class _Plan:
+    """What ``cost()`` needs for one (model, provider, service tier), found once."""
+
+    __slots__ = ("match", "timeless", "days")
+
+    def __init__(self, match: Match, timeless: _EntryPlan | None) -> None:
+        self.match = match
+        self.timeless = timeless  # the entry when its price does not depend on the date
+        self.days: dict[int, _EntryPlan | None] = {}  # otherwise: per day ordinal
+
+
+class _EntryPlan:
+    """One price entry under one service tier: long-context thresholds and, per
+    long-context level, the rates and labels to charge (filled on first use)."""
+
+    __slots__ = ("entry", "tier", "thresholds", "levels")
+
+    def __init__(self, entry: PriceEntry, tier: str | None) -> None:
+        self.entry = entry
+        self.tier = tier
+        lcs = entry.tier_long_context.get(_norm_tier(tier) or "", ()) or entry.long_context
+        self.thresholds = tuple(lc.threshold for lc in lcs)
+        self.levels: list[_Level | None] = [None] * (len(self.thresholds) + 1)
+
+
+class _Level:
+    """Resolved rates in ``_VEC`` order, plus the result fields they determine."""
+
+    __slots__ = ("rates", "merge_reasoning", "label", "kind", "tier", "threshold", "notes")
+
+    def __init__(self, rr: ResolvedRates, entry: PriceEntry, match: Match) -> None:
+        rates = rr.rates
+        self.rates = tuple(rates[b] for b in _VEC)
+        self.merge_reasoning = rates["reasoning"] == rates["output"]
+        self.label = entry.label
+        self.kind = match.kind
+        self.tier = rr.tier
+        self.threshold = rr.long_context_threshold
+        self.notes = rr.notes + (
+            (f"provider inferred among {', '.join(match.candidates)}",)
+            if match.provider_inferred
+            else ()
+        )
+
+
+#: Bounds of the calculator's caches (cleared when exceeded; refilled on demand).
+_MAX_PLANS = 50_000
+_MAX_DAYS_PER_PLAN = 4_096
+_MAX_ENTRIES = 200_000
+_MAX_RATES = 100_000
+
+
 #: Column names of the vectorised path (as in ``llmops_span_costs``).
 FRAME_TOKEN_COLUMNS: dict[str, str] = {
     "input": "input_tokens",
@@ -185,6 +298,7 @@ FRAME_TOKEN_COLUMNS: dict[str, str] = {
 #: Buckets of the vectorised rate matrix; ``output`` there is output minus reasoning.
 _VEC = ("input", "cache_read", "cache_write_5m", "cache_write_1h", "output", "reasoning",
         "audio_input", "audio_output", "image_input")  # fmt: skip
+_VEC_INDEX = tuple(range(len(_VEC)))
 
 
 class CostCalculator:
@@ -193,8 +307,19 @@ class CostCalculator:
     def __init__(self, catalog: PriceCatalog, *, clock: Clock | None = None) -> None:
         self.catalog = catalog
         self.clock: Clock = clock or SystemClock()
+
+    @property
+    def catalog(self) -> PriceCatalog:
+        return self._catalog
+
+    @catalog.setter
+    def catalog(self, catalog: PriceCatalog) -> None:
+        """A new catalog starts with empty caches (they hold entries of the old one)."""
+        self._catalog = catalog
+        self._version = catalog.version
         self._entry_cache: dict[tuple[tuple[str, str], date], PriceEntry | None] = {}
-        self._rate_cache: dict[tuple[int, str | None, int], ResolvedRates] = {}
+        self._rate_cache: dict[tuple[int, str | None, int], tuple[PriceEntry, ResolvedRates]] = {}
+        self._plans: dict[tuple[Any, Any, Any], _Plan] = {}
 
     # -- construction -----------------------------------------------------
     @classmethod
@@ -257,8 +382,8 @@ class CostCalculator:
         try:
             return self._entry_cache[ck]
         except KeyError:
-            e = self.catalog.entry_at(key, day)
-            if len(self._entry_cache) > 200_000:
+            e = self._catalog.entry_at(key, day)
+            if len(self._entry_cache) > _MAX_ENTRIES:
                 self._entry_cache.clear()
             self._entry_cache[ck] = e
             return e
@@ -270,11 +395,45 @@ class CostCalculator:
             if prompt_tokens > lc.threshold:
                 level = i
         ck = (id(entry), tier, level)
-        r = self._rate_cache.get(ck)
-        if r is None:
-            r = resolve_rates(entry, tier, prompt_tokens)
-            self._rate_cache[ck] = r
+        hit = self._rate_cache.get(ck)
+        # The entry is kept with its rates: its id cannot be reused while cached.
+        if hit is not None and hit[0] is entry:
+            return hit[1]
+        r = resolve_rates(entry, tier, prompt_tokens)
+        if len(self._rate_cache) > _MAX_RATES:
+            self._rate_cache.clear()
+        self._rate_cache[ck] = (entry, r)
         return r
+
+    def _plan(self, model: Any, provider: Any, service_tier: Any, *, keep: bool = True) -> _Plan:
+        m = self._catalog.match(model, provider)
+        timeless = None
+        if m.key is not None:
+            entry = self._catalog.timeless.get(m.key)
+            if entry is not None:
+                timeless = _EntryPlan(entry, service_tier)
+        plan = _Plan(m, timeless)
+        if keep:
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            self._plans[(model, provider, service_tier)] = plan
+        return plan
+
+    def _dated(self, plan: _Plan, at: Any, service_tier: Any) -> _EntryPlan | None:
+        """The entry plan in force on ``at``'s day, for a key whose price has dates."""
+        day = _day_ordinal(at, self.clock)
+        try:
+            return plan.days[day]
+        except KeyError:
+            pass
+        key = plan.match.key
+        assert key is not None
+        entry = self._entry(key, date.fromordinal(day))
+        ep = None if entry is None else _EntryPlan(entry, service_tier)
+        if len(plan.days) >= _MAX_DAYS_PER_PLAN:
+            plan.days.clear()
+        plan.days[day] = ep
+        return ep
 
     # -- scalar -----------------------------------------------------------
     def cost(
@@ -289,83 +448,64 @@ class CostCalculator:
         """Price one call. ``usage`` in MLflow's ``mlflow.chat.tokenUsage`` convention
         (input includes cached), GenAI semconv attributes, or a :class:`TokenUsage`."""
         u = coerce_usage(usage)
-        m = self.catalog.match(model, provider)
-        version = self.catalog.version
+        try:
+            plan = self._plans[(model, provider, service_tier)]
+        except KeyError:
+            plan = self._plan(model, provider, service_tier)
+        except TypeError:  # an unhashable argument: a plan for this call only
+            plan = self._plan(model, provider, service_tier, keep=False)
+        m = plan.match
         if m.key is None:
-            return CostResult(
-                "unpriced",
-                None,
-                {},
-                u,
-                model,
-                provider,
-                version,
-                reason=m.reason,
-            )
-        entry = self.catalog.timeless.get(m.key) or self._entry(m.key, _to_day(at, self.clock))
-        if entry is None:
-            return CostResult(
-                "unpriced",
-                None,
-                {},
-                u,
-                model,
-                provider,
-                version,
-                matched_entry=m.entry_key,
-                match_kind=m.kind,
-                reason="no price in force at that date",
-            )
-        rr = self._resolved(entry, service_tier, u.prompt_tokens)
-        rates = rr.rates
+            return _NewResult("unpriced", None, {}, u, model, provider, self._version, None,
+                              "none", None, None, {}, (), m.reason)  # fmt: skip
+        ep = plan.timeless or self._dated(plan, at, service_tier)
+        if ep is None:
+            return _NewResult("unpriced", None, {}, u, model, provider, self._version,
+                              m.entry_key, m.kind, None, None, {}, (),
+                              "no price in force at that date")  # fmt: skip
+        level = 0
+        if ep.thresholds:
+            prompt = u.prompt_tokens
+            for i, threshold in enumerate(ep.thresholds, start=1):
+                if prompt > threshold:
+                    level = i
+        lv = ep.levels[level]
+        if lv is None:
+            rr = self._resolved(ep.entry, service_tier, u.prompt_tokens)
+            lv = ep.levels[level] = _Level(rr, ep.entry, m)
         breakdown: dict[str, Decimal] = {}
         missing: dict[str, int] = {}
+        reasoning = u.reasoning
         counts = (
             u.input,
             u.cache_read,
             u.cache_write_5m,
             u.cache_write_1h,
-            u.output - u.reasoning,
-            u.reasoning,
+            u.output - reasoning,
+            reasoning,
             u.audio_input,
             u.audio_output,
             u.image_input,
         )
-        for bucket, n in zip(_VEC, counts, strict=True):
-            if n:
-                rate = rates[bucket]
-                if rate is None:
-                    missing[bucket] = n
-                else:
-                    breakdown[bucket] = rate * n
-        if rates["reasoning"] == rates["output"] and "reasoning" in breakdown:
+        rates = lv.rates
+        for i in compress(_VEC_INDEX, counts):  # the buckets with tokens, in order
+            rate = rates[i]
+            if rate is None:
+                missing[_VEC[i]] = counts[i]
+            else:
+                breakdown[_VEC[i]] = rate * counts[i]
+        if lv.merge_reasoning and "reasoning" in breakdown:
             breakdown["output"] = breakdown.get("output", _ZERO) + breakdown.pop("reasoning")
-        if missing and not breakdown:
-            status, total = "unpriced", None
+        if missing:
+            if breakdown:
+                status, total = "partial", sum(breakdown.values(), _ZERO)
+            else:
+                status, total = "unpriced", None
+            reason = "no price for " + ", ".join(missing)
         else:
-            status = "partial" if missing else "priced"
-            total = sum(breakdown.values(), _ZERO)
-        return CostResult(
-            status,
-            total,
-            breakdown,
-            u,
-            model,
-            provider,
-            version,
-            matched_entry=entry.label,
-            match_kind=m.kind,
-            service_tier=rr.tier,
-            long_context_threshold=rr.long_context_threshold,
-            unpriced_tokens=missing,
-            notes=rr.notes
-            + (
-                (f"provider inferred among {', '.join(m.candidates)}",)
-                if m.provider_inferred
-                else ()
-            ),
-            reason="no price for " + ", ".join(missing) if missing else "",
-        )
+            status, total, reason = "priced", sum(breakdown.values(), _ZERO), ""
+        return _NewResult(status, total, breakdown, u, model, provider, self._version, lv.label,
+                          lv.kind, lv.tier, lv.threshold, missing, lv.notes, reason)  # fmt: skip
 
     # -- vectorised -------------------------------------------------------
     def cost_frame(

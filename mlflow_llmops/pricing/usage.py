@@ -178,25 +178,11 @@ class TokenUsage:
                 usage = json.loads(usage)
             except json.JSONDecodeError as e:
                 raise UsageError(f"token usage is not valid JSON: {e}") from None
-        if not isinstance(usage, Mapping):
+        if type(usage) is not dict and not isinstance(usage, Mapping):
             raise UsageError(f"token usage must be a mapping, got {type(usage).__name__}")
-        g = usage.get
-        fast = (
-            g("input_tokens") or 0,
-            g("output_tokens") or 0,
-            g("cache_read_input_tokens") or 0,
-            g("cache_creation_input_tokens") or 0,
-            g("cache_creation_input_tokens_above_1hr") or 0,
-            g("reasoning_tokens") or g("gen_ai.usage.reasoning.output_tokens") or 0,
-        )
-        if set(map(type, fast)) == _INT_ONLY and min(fast) >= 0:
-            it, ot, cr, cw, c1, rs = fast
-            if cw:
-                c1 = min(c1, cw)
-            else:
-                cw = c1
-            if cr + cw <= it:
-                return cls(it - cr - cw, cr, cw - c1, c1, ot, min(rs, ot))
+        fast = _from_mlflow_fast(usage, cls)
+        if fast is not None:
+            return fast
         return cls.from_inclusive(
             input_tokens=_int(usage, "input_tokens"),
             output_tokens=_int(usage, "output_tokens"),
@@ -266,6 +252,80 @@ class TokenUsage:
 _FIELD_NAMES = tuple(f.name for f in fields(TokenUsage))
 
 
+def _from_mlflow_fast(usage: Mapping[str, Any], cls: type[TokenUsage]) -> TokenUsage | None:
+    """``from_mlflow`` for the common record: plain non-negative ``int`` counts whose
+    cached parts fit in the input. None: take the general path (conversions, errors)."""
+    g = usage.get
+    it = g("input_tokens") or 0
+    ot = g("output_tokens") or 0
+    cr = g("cache_read_input_tokens") or 0
+    cw = g("cache_creation_input_tokens") or 0
+    c1 = g("cache_creation_input_tokens_above_1hr") or 0
+    rs = g("reasoning_tokens") or g("gen_ai.usage.reasoning.output_tokens") or 0
+    if not (
+        type(it) is int
+        and type(ot) is int
+        and type(cr) is int
+        and type(cw) is int
+        and type(c1) is int
+        and type(rs) is int
+        and it >= 0
+        and ot >= 0
+        and cr >= 0
+        and cw >= 0
+        and c1 >= 0
+        and rs >= 0
+    ):
+        return None
+    if cw:
+        if c1 > cw:
+            c1 = cw
+    else:
+        cw = c1
+    if cr + cw > it:
+        return None
+    if rs > ot:
+        rs = ot
+    if cls is TokenUsage:  # counts checked above: skip the re-validation
+        return _CheckedUsage(it - cr - cw, cr, cw - c1, c1, ot, rs)
+    return cls(it - cr - cw, cr, cw - c1, c1, ot, rs)
+
+
+class _CheckedUsage:
+    """``_CheckedUsage(...)`` returns a real :class:`TokenUsage` from text-token counts
+    the caller has already checked (non-negative ``int``, reasoning <= output).
+
+    A frozen dataclass's ``__init__`` sets every field through ``object.__setattr__``
+    and ``__post_init__`` validates again: several times the cost of the rest of
+    ``from_mlflow`` on the pricing hot path. This twin has the same slots, so its
+    instances are filled with plain attribute stores and then retagged as
+    ``TokenUsage`` (``__class__`` assignment between identical slot layouts): the
+    result is indistinguishable from ``TokenUsage(...)`` and just as immutable.
+    """
+
+    __slots__ = TokenUsage.__slots__
+
+    def __init__(
+        self,
+        input: int,
+        cache_read: int,
+        cache_write_5m: int,
+        cache_write_1h: int,
+        output: int,
+        reasoning: int,
+    ) -> None:
+        self.input = input
+        self.cache_read = cache_read
+        self.cache_write_5m = cache_write_5m
+        self.cache_write_1h = cache_write_1h
+        self.output = output
+        self.reasoning = reasoning
+        self.audio_input = 0
+        self.audio_output = 0
+        self.image_input = 0
+        self.__class__ = TokenUsage  # type: ignore[assignment]
+
+
 def coerce_usage(usage: TokenUsage | Mapping[str, Any] | str) -> TokenUsage:
     """Accept a :class:`TokenUsage`, MLflow's usage dict/JSON, or GenAI/OpenAI shapes."""
     if isinstance(usage, TokenUsage):
@@ -273,7 +333,8 @@ def coerce_usage(usage: TokenUsage | Mapping[str, Any] | str) -> TokenUsage:
     if type(usage) is dict and "input_tokens" in usage:
         if "input_tokens_details" in usage or "output_tokens_details" in usage:
             return TokenUsage.from_provider_usage("openai", usage)  # Responses API shape
-        return TokenUsage.from_mlflow(usage)
+        fast = _from_mlflow_fast(usage, TokenUsage)
+        return fast if fast is not None else TokenUsage.from_mlflow(usage)
     if isinstance(usage, str):
         return TokenUsage.from_mlflow(usage)
     if not isinstance(usage, Mapping):
