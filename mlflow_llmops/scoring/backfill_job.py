@@ -21,9 +21,7 @@ import itertools
 import json
 import math
 import sys
-import threading
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +30,8 @@ import sqlalchemy as sa
 from mlflow_llmops.clock import Clock, SystemClock, to_ms
 from mlflow_llmops.errors import LlmopsError
 from mlflow_llmops.scoring.ledger import Ledger, holder_is_dead, new_holder_id
+from mlflow_llmops.scoring.mlflow_io import load_traces
+from mlflow_llmops.scoring.pipeline import ScoringPipeline
 from mlflow_llmops.scoring.ratelimit import RateLimiter
 from mlflow_llmops.scoring.registry import (
     SCORING_MIGRATIONS,
@@ -177,10 +177,13 @@ class BackfillJob:
         values = {"state": "leased", "holder": self.holder, "lease_expires_ms": now_ms + self.ttl}
         with self.store.engine.begin() as conn:
             if self.store.dialect == "postgresql":
+                # a CTE, materialized: as an IN (subquery) the planner may rescan the LIMIT ...
+                # SKIP LOCKED subquery for every row, and each rescan picks new rows
+                picked = (pick.with_for_update(skip_locked=True).cte("picked")
+                          .prefix_with("MATERIALIZED"))  # fmt: skip
                 ids = [r[0] for r in conn.execute(
                     backfill_items_table.update()
-                    .where(t.job_id == self.job_id,
-                           t.trace_id.in_(pick.with_for_update(skip_locked=True).scalar_subquery()))
+                    .where(t.job_id == self.job_id, t.trace_id.in_(sa.select(picked.c.trace_id)))
                     .values(**values)
                     .returning(t.trace_id)
                 )]  # fmt: skip
@@ -351,29 +354,29 @@ def backfill(
     per_trace = (row.estimate_usd or 0.0) / row.total_items if row.total_items else 0.0
     worker = TraceScorer(
         resolved, tracking_uri=config.tracking.uri, store=store, clock=clock, holder=holder,
-        lease_ttl_s=sc.lease_ttl_s, job_id=jid, scorer_slots=threading.Semaphore(conc),
-        max_attempts=sc.max_attempts,
+        lease_ttl_s=sc.lease_ttl_s, job_id=jid, max_attempts=sc.max_attempts,
     )  # fmt: skip
     bar = tqdm(total=report.total, initial=report.already_done, file=sys.stderr,
                disable=not progress, desc=f"backfill {spec.name}@v{spec.version}",
                unit="trace", dynamic_ncols=True)  # fmt: skip
-    inflight: dict[Future[TraceOutcome], str] = {}
     exhausted = budget_hit = False
     spent_base = float(row.spent_usd or 0.0)
     spent_mine = 0.0
     costed = 0
-    batch = max(8, conc)
+
+    def finish(outcomes: list[TraceOutcome]) -> None:  # on the writer thread, per batch
+        job.finish([(o.trace_id, "error" if o.state in ("error", "failed") else "done")
+                    for o in outcomes], sum(o.cost_usd or 0.0 for o in outcomes))  # fmt: skip
+
     try:
-        # twice the threads of the scorer limit: half can be writing results meanwhile
-        with ThreadPoolExecutor(max_workers=2 * conc, thread_name_prefix="llmops-backfill") as pool:
+        with ScoringPipeline(worker, concurrency=conc, on_commit=finish) as pipe:
             while True:
-                while not exhausted and not budget_hit and len(inflight) < 3 * conc:
-                    n = batch
+                while not exhausted and not budget_hit and (n := pipe.room()) > 0:
                     if max_cost_usd is not None and per_trace > 0:
                         spent_now = float(job.row().spent_usd or 0.0)
                         if costed >= 5:  # learn the real cost per trace, with a margin
                             per_trace = 1.2 * spent_mine / costed
-                        room = max_cost_usd - spent_now - per_trace * len(inflight)
+                        room = max_cost_usd - spent_now - per_trace * pipe.pending
                         n = min(n, max(0, math.floor(room / per_trace + 1e-9)))
                         if n == 0:
                             budget_hit = True
@@ -382,28 +385,24 @@ def backfill(
                     if not ids:
                         exhausted = True
                         break
-                    traces = client.batch_get_traces(ids)
+                    traces = load_traces(client, ids)
                     found = {t.info.trace_id for t in traces}
                     missing = [(tid, "done") for tid in ids if tid not in found]
                     if missing:  # deleted since planning: nothing to score
                         job.finish(missing, 0.0)
                         bar.update(len(missing))
-                    for t in traces:
-                        inflight[pool.submit(worker.score, t)] = t.info.trace_id
-                if not inflight:
-                    break
-                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-                results, spent = [], 0.0
-                for fut in done:
-                    tid = inflight.pop(fut)
-                    o = fut.result()
+                    pipe.put(traces)
+                idle = pipe.pending == 0
+                outcomes = (
+                    pipe.drain() if idle else pipe.wait(for_room=not (exhausted or budget_hit))
+                )
+                for o in outcomes:
                     _count(report, o)
-                    spent += o.cost_usd or 0.0
+                    spent_mine += o.cost_usd or 0.0
                     costed += o.cost_usd is not None
-                    results.append((tid, "error" if o.state in ("error", "failed") else "done"))
-                job.finish(results, spent)
-                spent_mine += spent
-                bar.update(len(results))
+                bar.update(len(outcomes))
+                if idle:
+                    break
     finally:
         bar.close()
     report.spent_usd = spent_base + spent_mine

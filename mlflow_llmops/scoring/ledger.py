@@ -11,6 +11,12 @@ A failed attempt leaves the row in state ``error`` with its attempt count; a
 later claim takes it again (``retry``) until ``max_attempts`` is reached, then
 the row is ``failed`` and an MLflow Feedback with ``error=`` records it on the
 trace.
+
+Scoring runs claim and confirm in batches (``claim_many``: one multi-row
+``INSERT ... ON CONFLICT DO NOTHING RETURNING``; ``confirm_many``: one
+transaction), with the same states and the same rules as one key at a time: a
+batch is logged to MLflow before it is confirmed, so a crash in between leaves
+claimed rows whose assessments the next holder adopts.
 """
 
 from __future__ import annotations
@@ -75,6 +81,33 @@ class Claim:
 
 _SKIP = Claim("skip")
 
+#: Rows per multi-row INSERT (10 columns: well under SQLite's 32,766 parameters).
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """How one attempt ended, for ``Ledger.confirm_many``. ``adopted``: what a crashed holder
+    logged, recorded without counting an attempt or a cost."""
+
+    key: LedgerKey
+    state: str  # done | error | failed
+    now_ms: int
+    value_num: float | None = None
+    passed: bool | None = None
+    assessment_id: str | None = None
+    error: str | None = None
+    cost_usd: float | None = None
+    adopted: bool = False
+
+
+def _dialect_insert(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
 
 class Ledger:
     """Ledger operations on the state store (tables created by ``SCORING_MIGRATIONS``)."""
@@ -91,10 +124,15 @@ class Ledger:
         t = ledger_table.c
         return sa.and_(t.trace_id == key.trace_id, t.scorer == key.scorer, t.version == key.version)
 
-    def finished(self, scorer: str, version: int, trace_ids: Iterable[str]) -> set[str]:
+    def finished(
+        self, scorer: str, version: int, trace_ids: Iterable[str],
+        states: Sequence[str] = ("done", "error", "failed"),
+    ) -> set[str]:  # fmt: skip
         """Trace ids a scan of new traces leaves alone: done, given up on, or errored (those
         are tried again by ``retry_due`` after a backoff)."""
         ids = list(trace_ids)
+        if not ids:
+            return set()
         out: set[str] = set()
         t = ledger_table.c
         with self.store.engine.connect() as conn:
@@ -103,7 +141,7 @@ class Ledger:
                     sa.select(t.trace_id).where(
                         t.scorer == scorer,
                         t.version == version,
-                        t.state.in_(("done", "error", "failed")),
+                        t.state.in_(tuple(states)),
                         t.trace_id.in_(ids[i : i + 500]),
                     )
                 )
@@ -143,21 +181,84 @@ class Ledger:
             with self.store.engine.begin() as conn:
                 conn.execute(
                     ledger_table.insert().values(
-                        trace_id=key.trace_id,
-                        scorer=key.scorer,
-                        version=key.version,
-                        state="claimed",
-                        holder=self.holder,
-                        claimed_ms=now_ms,
-                        experiment_id=experiment_id,
-                        trace_timestamp_ms=trace_timestamp_ms,
-                        job_id=job_id,
-                        attempts=0,
-                    )  # fmt: skip
+                        **self._new_row(key, now_ms, trace_timestamp_ms, experiment_id, job_id)
+                    )
                 )
             return Claim("new")
         except sa.exc.IntegrityError:
             pass
+        return self._take_existing(key, now_ms=now_ms, job_id=job_id)
+
+    def claim_many(
+        self, items: Sequence[tuple[LedgerKey, int, str | None]], *, now_ms: int,
+        job_id: str | None = None,
+    ) -> list[Claim]:  # fmt: skip
+        """``claim`` for many ``(key, trace_timestamp_ms, experiment_id)`` at once, in order.
+
+        The new keys are inserted by one statement (``ON CONFLICT DO NOTHING ... RETURNING``),
+        finished ones are skipped after one read, and only the rest (errors to retry, stale
+        claims) go through ``claim`` one by one."""
+        if not items:
+            return []
+        if not self._batch_insert_ok():
+            return [self.claim(k, now_ms=now_ms, trace_timestamp_ms=ts, experiment_id=e,
+                               job_id=job_id) for k, ts, e in items]  # fmt: skip
+        insert = _dialect_insert(self.store.dialect)
+        t = ledger_table.c
+        by_scorer: dict[tuple[str, int], list[tuple[LedgerKey, int, str | None]]] = {}
+        for item in items:
+            by_scorer.setdefault((item[0].scorer, item[0].version), []).append(item)
+        claims: dict[LedgerKey, Claim] = {}
+        for (scorer, version), group in by_scorer.items():
+            # one order for every writer, so two processes inserting overlapping keys on
+            # PostgreSQL wait for each other instead of deadlocking
+            group = sorted(group, key=lambda i: i[0].trace_id)
+            taken: set[str] = set()
+            with self.store.engine.begin() as conn:
+                for i in range(0, len(group), _CHUNK):
+                    rows = [self._new_row(k, now_ms, ts, e, job_id)
+                            for k, ts, e in group[i : i + _CHUNK]]  # fmt: skip
+                    stmt = (
+                        insert(ledger_table)
+                        .values(rows)
+                        .on_conflict_do_nothing(index_elements=["trace_id", "scorer", "version"])
+                        .returning(t.trace_id)
+                    )
+                    taken.update(r[0] for r in conn.execute(stmt))
+            rest = [k for k, _, _ in group if k.trace_id not in taken]
+            finished = self.finished(scorer, version, (k.trace_id for k in rest),
+                                     states=("done", "failed"))  # fmt: skip
+            for k, _, _ in group:
+                if k.trace_id in taken:
+                    claims[k] = Claim("new")
+                elif k.trace_id in finished:
+                    claims[k] = _SKIP
+                else:
+                    claims[k] = self._take_existing(k, now_ms=now_ms, job_id=job_id)
+        return [claims[k] for k, _, _ in items]
+
+    def _batch_insert_ok(self) -> bool:
+        return self.store.dialect in ("sqlite", "postgresql") and bool(
+            getattr(self.store.engine.dialect, "insert_returning", False)
+        )
+
+    def _new_row(self, key: LedgerKey, now_ms: int, trace_timestamp_ms: int,
+                 experiment_id: str | None, job_id: str | None) -> dict[str, Any]:  # fmt: skip
+        return {
+            "trace_id": key.trace_id,
+            "scorer": key.scorer,
+            "version": key.version,
+            "state": "claimed",
+            "holder": self.holder,
+            "claimed_ms": now_ms,
+            "experiment_id": experiment_id,
+            "trace_timestamp_ms": trace_timestamp_ms,
+            "job_id": job_id,
+            "attempts": 0,
+        }
+
+    def _take_existing(self, key: LedgerKey, *, now_ms: int, job_id: str | None) -> Claim:
+        """Claim a key whose row exists: an error to retry, or a stale or dead claim."""
         t = ledger_table.c
         with self.store.engine.begin() as conn:
             q = sa.select(t.state, t.holder, t.claimed_ms, t.attempts, t.assessment_id)
@@ -198,41 +299,77 @@ class Ledger:
     ) -> None:  # fmt: skip
         """End this attempt; an ``error`` keeps what an earlier attempt logged, and the cost
         adds up over the attempts (failed judge calls are paid for too)."""
-        t = ledger_table.c
-        values: dict[str, Any] = {
-            "state": state,
-            "value_num": value_num,
-            "passed": passed,
-            "error": error[:4000] if error else None,
-            "scored_ms": now_ms,
-            "attempts": sa.func.coalesce(t.attempts, 0) + 1,
-        }
-        if cost_usd is not None:
-            values["cost_usd"] = sa.func.coalesce(t.cost_usd, 0.0) + cost_usd
-        if state != "error":
-            values["assessment_id"] = assessment_id
-        with self.store.engine.begin() as conn:
-            conn.execute(
-                ledger_table.update()
-                .where(self._where(key), ledger_table.c.holder == self.holder)
-                .values(**values)
-            )
+        self.confirm_many([Confirmation(key, state, now_ms, value_num, passed, assessment_id,
+                                        error, cost_usd)])  # fmt: skip
 
     def adopt(self, key: LedgerKey, *, state: str, now_ms: int, assessment_id: str,
               value_num: float | None = None, passed: bool | None = None) -> None:  # fmt: skip
         """Record what a crashed holder logged but did not confirm (no attempt is counted)."""
+        self.confirm_many([Confirmation(key, state, now_ms, value_num, passed, assessment_id,
+                                        adopted=True)])  # fmt: skip
+
+    def confirm_many(self, items: Sequence[Confirmation]) -> None:
+        """``confirm`` (and ``adopt``) many keys in one transaction: one executemany per
+        shape of update. Only rows this worker still holds change."""
+        if not items:
+            return
+        t = ledger_table.c
+        shapes: dict[tuple[bool, bool, bool], list[dict[str, Any]]] = {}
+        for c in items:
+            shape = (c.adopted, c.state == "error", c.cost_usd is not None and not c.adopted)
+            shapes.setdefault(shape, []).append({
+                "k_trace": c.key.trace_id, "k_scorer": c.key.scorer, "k_version": c.key.version,
+                "b_state": c.state, "b_value": c.value_num, "b_passed": c.passed,
+                "b_error": c.error[:4000] if c.error else None, "b_now": c.now_ms,
+                "b_cost": c.cost_usd, "b_assessment": c.assessment_id,
+            })  # fmt: skip
         with self.store.engine.begin() as conn:
-            conn.execute(
-                ledger_table.update()
-                .where(self._where(key), ledger_table.c.holder == self.holder)
-                .values(
-                    state=state,
-                    value_num=value_num,
-                    passed=passed,
-                    assessment_id=assessment_id,
-                    scored_ms=now_ms,
-                )  # fmt: skip
-            )
+            for (adopted, is_error, has_cost), params in shapes.items():
+                values: dict[str, Any] = {
+                    "state": sa.bindparam("b_state"),
+                    "value_num": sa.bindparam("b_value"),
+                    "passed": sa.bindparam("b_passed"),
+                    "scored_ms": sa.bindparam("b_now"),
+                }
+                if adopted:
+                    values["assessment_id"] = sa.bindparam("b_assessment")
+                else:
+                    values["error"] = sa.bindparam("b_error")
+                    values["attempts"] = sa.func.coalesce(t.attempts, 0) + 1
+                    if has_cost:
+                        values["cost_usd"] = sa.func.coalesce(t.cost_usd, 0.0) + sa.bindparam(
+                            "b_cost", type_=sa.Float
+                        )
+                    if not is_error:
+                        values["assessment_id"] = sa.bindparam("b_assessment")
+                conn.execute(
+                    ledger_table.update()
+                    .where(
+                        t.trace_id == sa.bindparam("k_trace"),
+                        t.scorer == sa.bindparam("k_scorer"),
+                        t.version == sa.bindparam("k_version"),
+                        t.holder == self.holder,
+                    )
+                    .values(**values),
+                    params,
+                )
+
+    def release(self, claims: Sequence[tuple[LedgerKey, Claim]]) -> None:
+        """Give back keys claimed but never scored (a run stopped before their turn): a new
+        claim is removed, a retry goes back to ``error`` with its attempts unchanged. A
+        takeover stays claimed: the holder it was taken from may have logged, and only the
+        adoption check of a later takeover may decide that."""
+        t = ledger_table.c
+        new = [k for k, c in claims if c.kind == "new"]
+        retry = [k for k, c in claims if c.kind == "retry"]
+        with self.store.engine.begin() as conn:
+            for keys, stmt in (
+                (new, ledger_table.delete()),
+                (retry, ledger_table.update().values(state="error")),
+            ):
+                for k in keys:
+                    conn.execute(stmt.where(self._where(k), t.holder == self.holder,
+                                            t.state == "claimed"))  # fmt: skip
 
     def forget_errors(self, scorer: str, version: int, trace_ids: Iterable[str]) -> int:
         """Drop the error rows of traces that no longer exist."""

@@ -15,8 +15,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +23,8 @@ from mlflow.entities import AssessmentError, AssessmentSource, Feedback, Trace
 from mlflow.exceptions import MlflowException
 
 from mlflow_llmops.clock import Clock, SystemClock, to_ms
-from mlflow_llmops.scoring.ledger import Ledger, LedgerKey, new_holder_id
+from mlflow_llmops.scoring.ledger import Claim, Confirmation, Ledger, LedgerKey, new_holder_id
+from mlflow_llmops.scoring.mlflow_io import AssessmentWriter, load_traces
 from mlflow_llmops.scoring.ratelimit import RateLimiter
 from mlflow_llmops.scoring.registry import ScorerRegistry, ScorerSpec
 from mlflow_llmops.scoring.resolver import ResolvedScorer, resolve
@@ -146,8 +146,26 @@ class ScoringRunReport:
         return "\n".join(lines) or "no active scorers"
 
 
+@dataclass
+class PendingWrite:
+    """A trace scored (or decided) but not yet written: the Feedbacks to log, then the
+    ledger row to confirm. Built on a scorer thread, written by ``TraceScorer.commit``."""
+
+    outcome: TraceOutcome
+    feedbacks: list[Feedback] = field(default_factory=list)
+    confirm: Confirmation | None = None
+
+
 class TraceScorer:
-    """Scores traces with one resolved scorer, idempotently (claim, log, confirm)."""
+    """Scores traces with one resolved scorer, idempotently: claim, log, confirm.
+
+    The three steps are separate so that many traces share each store write:
+    ``claim`` (one ledger statement for a batch), ``evaluate`` (runs the scorer; on
+    scorer threads, no store writes except the rare adoption check) and ``commit``
+    (one MLflow transaction for the batch's Feedbacks, then one ledger transaction
+    for its confirmations). A crash between the two leaves claimed rows whose
+    assessments are already logged: whoever takes them over adopts those.
+    """
 
     def __init__(
         self,
@@ -159,18 +177,14 @@ class TraceScorer:
         holder: str | None = None,
         lease_ttl_s: float = 300.0,
         job_id: str | None = None,
-        scorer_slots: threading.Semaphore | None = None,
         max_attempts: int = 3,
     ) -> None:
         from mlflow.tracing.client import TracingClient
 
-        #: Bounds concurrent scorer calls (the judge's concurrency), apart from the threads
-        #: that are logging results, so a slow write never idles the judge.
-        self.scorer_slots = scorer_slots
-
         self.resolved = resolved
         self.spec = resolved.spec
         self.client = TracingClient(tracking_uri)
+        self.writer = AssessmentWriter(self.client)
         self.clock = clock
         self.ledger = Ledger(store, holder or new_holder_id(),
                              lease_ttl_ms=int(lease_ttl_s * 1000), max_attempts=max_attempts)  # fmt: skip
@@ -190,51 +204,45 @@ class TraceScorer:
                 return a
         return None
 
-    def _log(self, trace_id: str, feedback: Feedback, overrides: str | None) -> Any:
-        """Log, replacing (``overrides``) the error Feedback of an earlier attempt if any."""
-        if overrides is not None:
-            feedback.overrides = overrides
-            try:
-                return self.client.log_assessment(trace_id, feedback)
-            except MlflowException as e:
-                if e.error_code != "RESOURCE_DOES_NOT_EXIST":
-                    raise
-                feedback.overrides = None  # someone deleted the old one: log without the link
-        return self.client.log_assessment(trace_id, feedback)
+    def key(self, trace: Trace) -> LedgerKey:
+        return LedgerKey(trace.info.trace_id, self.spec.name, self.spec.version)
 
-    def score(self, trace: Trace) -> TraceOutcome:
-        spec, info = self.spec, trace.info
-        key = LedgerKey(info.trace_id, spec.name, spec.version)
-        now_ms = to_ms(self.clock.now())
-        claim = self.ledger.claim(
-            key, now_ms=now_ms, trace_timestamp_ms=info.timestamp_ms,
-            experiment_id=info.experiment_id, job_id=self.job_id,
+    def claim(self, traces: Sequence[Trace]) -> list[Claim]:
+        """Claim every trace in one go; ``Claim.kind == "skip"``: leave it alone."""
+        return self.ledger.claim_many(
+            [(self.key(t), t.info.timestamp_ms, t.info.experiment_id) for t in traces],
+            now_ms=to_ms(self.clock.now()), job_id=self.job_id,
         )  # fmt: skip
+
+    def evaluate(self, trace: Trace, claim: Claim) -> PendingWrite:
+        """Run the scorer on a claimed trace; never raises for the scorer's failure."""
+        spec, info = self.spec, trace.info
+        key = self.key(trace)
         if claim.kind == "skip":
-            return TraceOutcome(info.trace_id, "skipped")
+            return PendingWrite(TraceOutcome(info.trace_id, "skipped"))
         replaces = claim.assessment_id
         if claim.kind == "takeover":
             found = self._existing(info.trace_id, claim.assessment_id)
+            now_ms = to_ms(self.clock.now())
             if found is not None and getattr(found, "error", None) is not None:
-                self.ledger.adopt(key, state="failed", now_ms=now_ms,
-                                  assessment_id=found.assessment_id)  # fmt: skip
-                return TraceOutcome(info.trace_id, "failed", error=found.error.error_message)
+                return PendingWrite(
+                    TraceOutcome(info.trace_id, "failed", error=found.error.error_message),
+                    confirm=Confirmation(key, "failed", now_ms,
+                                         assessment_id=found.assessment_id, adopted=True),
+                )  # fmt: skip
             if found is not None:
                 value = getattr(found, "value", None)
-                self.ledger.adopt(
-                    key, state="done", now_ms=now_ms, value_num=value_number(value),
-                    passed=passed_of(value, self.resolved.pass_threshold),
-                    assessment_id=found.assessment_id,
+                num = value_number(value)
+                passed = passed_of(value, self.resolved.pass_threshold)
+                return PendingWrite(
+                    TraceOutcome(info.trace_id, "adopted", num),
+                    confirm=Confirmation(key, "done", now_ms, num, passed,
+                                         found.assessment_id, adopted=True),
                 )  # fmt: skip
-                return TraceOutcome(info.trace_id, "adopted", value_number(value))
         source = AssessmentSource(source_type=self.resolved.source_type, source_id=spec.source_id)
         meta = {META_SCORER: spec.name, META_VERSION: str(spec.version)}
         try:
-            if self.scorer_slots is None:
-                out = self.resolved.score(trace)
-            else:
-                with self.scorer_slots:
-                    out = self.resolved.score(trace)
+            out = self.resolved.score(trace)
             errors = [f for f in out.feedbacks if f.error is not None]
             if errors:
                 e = errors[0].error
@@ -243,60 +251,86 @@ class TraceScorer:
             msg = f"{type(e).__name__}: {e}"
             cost = getattr(e, "cost_usd", None)
             attempt = claim.attempts + 1
+            now_ms = to_ms(self.clock.now())
             if attempt < self.ledger.max_attempts:  # tried again on a later run
-                self.ledger.confirm(key, state="error", now_ms=to_ms(self.clock.now()),
-                                    error=msg, cost_usd=cost)  # fmt: skip
-                return TraceOutcome(info.trace_id, "error", error=msg, cost_usd=cost)
+                return PendingWrite(
+                    TraceOutcome(info.trace_id, "error", error=msg, cost_usd=cost),
+                    confirm=Confirmation(key, "error", now_ms, error=msg, cost_usd=cost),
+                )  # fmt: skip
             err = AssessmentError(error_code=type(e).__name__,
                                   error_message=f"{e} (gave up after {attempt} attempts)")  # fmt: skip
-            logged = self._log(info.trace_id, Feedback(
-                name=spec.name, error=err, source=source,
-                metadata={**meta, META_ATTEMPTS: str(attempt)},
-            ), replaces)  # fmt: skip
-            self.ledger.confirm(key, state="failed", now_ms=to_ms(self.clock.now()), error=msg,
-                                cost_usd=cost, assessment_id=logged.assessment_id)  # fmt: skip
-            return TraceOutcome(info.trace_id, "failed", error=msg, cost_usd=cost)
+            fb = Feedback(name=spec.name, error=err, source=source,
+                          metadata={**meta, META_ATTEMPTS: str(attempt)})  # fmt: skip
+            fb.overrides = replaces
+            return PendingWrite(
+                TraceOutcome(info.trace_id, "failed", error=msg, cost_usd=cost),
+                [fb],
+                Confirmation(key, "failed", now_ms, error=msg, cost_usd=cost),
+            )  # fmt: skip
         done_ms = to_ms(self.clock.now())
         if not out.feedbacks:
-            self.ledger.confirm(key, state="done", now_ms=done_ms, cost_usd=out.cost_usd)
-            return TraceOutcome(info.trace_id, "not_applicable", cost_usd=out.cost_usd)
+            return PendingWrite(
+                TraceOutcome(info.trace_id, "not_applicable", cost_usd=out.cost_usd),
+                confirm=Confirmation(key, "done", done_ms, cost_usd=out.cost_usd),
+            )  # fmt: skip
         meta.update(out.extra_metadata)
-        first_id, first_value = None, None
+        feedbacks = []
         for i, fb in enumerate(out.feedbacks):
             name = spec.name if (i == 0 or fb.name in (None, "feedback")) else fb.name
             if i > 0 and name == spec.name:
                 name = f"{spec.name}/{i}"
-            logged = self._log(
-                info.trace_id,
-                Feedback(
-                    name=name, value=fb.value, rationale=fb.rationale, source=source,
-                    metadata={**(fb.metadata or {}), **meta},
-                ),
-                replaces if i == 0 else None,
-            )  # fmt: skip
+            logged = Feedback(name=name, value=fb.value, rationale=fb.rationale, source=source,
+                              metadata={**(fb.metadata or {}), **meta})  # fmt: skip
             if i == 0:
-                first_id, first_value = logged.assessment_id, fb.value
-        self.ledger.confirm(
-            key, state="done", now_ms=done_ms, value_num=value_number(first_value),
-            passed=passed_of(first_value, self.resolved.pass_threshold),
-            assessment_id=first_id, cost_usd=out.cost_usd,
-        )  # fmt: skip
-        return TraceOutcome(
-            info.trace_id, "done", value_number(first_value),
-            passed_of(first_value, self.resolved.pass_threshold), out.cost_usd,
+                logged.overrides = replaces
+            feedbacks.append(logged)
+        first = out.feedbacks[0].value
+        num, passed = value_number(first), passed_of(first, self.resolved.pass_threshold)
+        return PendingWrite(
+            TraceOutcome(info.trace_id, "done", num, passed, out.cost_usd),
+            feedbacks,
+            Confirmation(key, "done", done_ms, num, passed, cost_usd=out.cost_usd),
         )  # fmt: skip
 
+    def commit(self, pending: Sequence[PendingWrite]) -> list[TraceOutcome]:
+        """Log the Feedbacks of all ``pending`` (one MLflow transaction where the store
+        allows), then confirm them in the ledger (one transaction). A trace deleted in the
+        meantime ends as an error of this attempt."""
+        items = [(p.outcome.trace_id, fb) for p in pending for fb in p.feedbacks]
+        logged = iter(self.writer.log_many(items))
+        confirms, outcomes = [], []
+        for p in pending:
+            results = [next(logged) for _ in p.feedbacks]
+            outcome, confirm = p.outcome, p.confirm
+            gone = next((r for r in results if isinstance(r, MlflowException)), None)
+            if gone is not None and confirm is not None:
+                msg = f"{type(gone).__name__}: {gone.message}"
+                outcome = TraceOutcome(outcome.trace_id, "error", error=msg,
+                                       cost_usd=outcome.cost_usd)  # fmt: skip
+                confirm = replace(confirm, state="error", error=msg, value_num=None,
+                                  passed=None, assessment_id=None)  # fmt: skip
+            elif results and confirm is not None:
+                confirm = replace(confirm, assessment_id=results[0].assessment_id)
+            if confirm is not None:
+                confirms.append(confirm)
+            outcomes.append(outcome)
+        self.ledger.confirm_many(confirms)
+        return outcomes
 
-def score_many(
-    worker: TraceScorer, traces: Sequence[Trace], *, concurrency: int, pool: Any = None
-) -> list[TraceOutcome]:
-    """Score traces in parallel; never raises for a trace's failure."""
-    if concurrency <= 1 or len(traces) <= 1:
-        return [worker.score(t) for t in traces]
-    if pool is not None:
-        return list(pool.map(worker.score, traces))
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llmops-score") as ex:
-        return list(ex.map(worker.score, traces))
+    def score(self, trace: Trace) -> TraceOutcome:
+        """Claim, score, log and confirm one trace (the batched steps, for a batch of one)."""
+        (claim,) = self.claim([trace])
+        return self.commit([self.evaluate(trace, claim)])[0]
+
+
+def score_many(worker: TraceScorer, traces: Sequence[Trace], *, concurrency: int
+               ) -> list[TraceOutcome]:  # fmt: skip
+    """Score traces in parallel, writing results in batches; never raises for a trace's
+    failure."""
+    from mlflow_llmops.scoring.pipeline import ScoringPipeline
+
+    with ScoringPipeline(worker, concurrency=concurrency) as pipe:
+        return pipe.score_all(traces)
 
 
 def resolve_experiment_ids(tracking_uri: str, names: Iterable[str]) -> list[str]:
@@ -350,9 +384,6 @@ def run_scorer_once(
 ) -> ScorerRunStats:
     """One incremental pass of one scorer: first the traces whose earlier attempts failed
     (after ``retry_backoff_s``), then the new traces since its watermark."""
-    from mlflow.entities import TraceState
-    from mlflow.tracing.client import TracingClient
-
     sc = config.scoring
     stats = ScorerRunStats(spec.name, spec.version)
     try:
@@ -361,10 +392,22 @@ def run_scorer_once(
     except Exception as e:  # noqa: BLE001 - a broken scorer must not stop the others
         stats.problem = f"{type(e).__name__}: {e}"
         return stats
-    client = TracingClient(config.tracking.uri)
+    from mlflow_llmops.scoring.pipeline import ScoringPipeline
+
     worker = TraceScorer(resolved, tracking_uri=config.tracking.uri, store=store, clock=clock,
                          lease_ttl_s=sc.lease_ttl_s, max_attempts=sc.max_attempts)  # fmt: skip
-    budget = sc.max_traces_per_cycle - _retry_errors(worker, client, stats, sc, exp_ids)
+    with ScoringPipeline(worker, concurrency=sc.concurrency) as pipe:
+        return _run_scorer(worker, pipe, stats, config, store, now, exp_ids)
+
+
+def _run_scorer(
+    worker: TraceScorer, pipe: Any, stats: ScorerRunStats, config: Any, store: StateStore,
+    now: datetime, exp_ids: list[str],
+) -> ScorerRunStats:  # fmt: skip
+    from mlflow.entities import TraceState
+
+    sc, spec, client = config.scoring, worker.spec, worker.client
+    budget = sc.max_traces_per_cycle - _retry_errors(worker, pipe, stats, sc, exp_ids)
     wm_name = f"scoring:{spec.name}:v{spec.version}"
     raw = store.get_watermark(wm_name)
     now_ms = to_ms(now)
@@ -410,14 +453,15 @@ def run_scorer_once(
             page.token = None
         budget -= len(ids)
         for chunk in range(0, len(ids), 200):
-            full_traces = client.batch_get_traces(ids[chunk : chunk + 200])
-            for o in score_many(worker, full_traces, concurrency=sc.concurrency):
+            for o in pipe.feed(load_traces(client, ids[chunk : chunk + 200])):
                 stats.add(o)
         token = page.token
         if not token:
             break
     else:
         new_wm = min(new_wm, max(start_ms, todo[-1].timestamp_ms if todo else start_ms))
+    for o in pipe.drain():  # every trace before the new watermark is written
+        stats.add(o)
     if hold_ms is not None:
         new_wm = min(new_wm, hold_ms)
     new_wm = max(new_wm, start_ms)
@@ -427,7 +471,7 @@ def run_scorer_once(
 
 
 def _retry_errors(
-    worker: TraceScorer, client: Any, stats: ScorerRunStats, sc: Any, exp_ids: list[str]
+    worker: TraceScorer, pipe: Any, stats: ScorerRunStats, sc: Any, exp_ids: list[str]
 ) -> int:
     """Score again the traces whose last attempt failed long enough ago (at most half the
     cycle's budget, so new traffic still moves on); how many."""
@@ -438,11 +482,11 @@ def _retry_errors(
                            experiment_ids=exp_ids)  # fmt: skip
     for chunk in range(0, len(due), 200):
         ids = due[chunk : chunk + 200]
-        traces = client.batch_get_traces(ids)
+        traces = load_traces(worker.client, ids)
         gone = set(ids) - {t.info.trace_id for t in traces}
         if gone:  # deleted (e.g. by retention): nothing left to score
             ledger.forget_errors(spec.name, spec.version, gone)
-        for o in score_many(worker, traces, concurrency=sc.concurrency):
+        for o in pipe.score_all(traces):
             stats.retried += 1
             stats.add(o)
     return len(due)

@@ -1,0 +1,219 @@
+"""Reading traces from and writing assessments to MLflow, in batches where MLflow allows.
+
+MLflow 3.17 has no batch API for assessments: ``log_assessment`` is one store
+transaction per assessment, and on a SQLite store each commit waits on the disk
+(tens of milliseconds), which caps any per-trace scorer at a few dozen traces per
+second. ``AssessmentWriter`` writes a whole batch in one transaction of MLflow's
+own SQL store, building the rows exactly as ``SqlAlchemyStore.create_assessment``
+does (``SqlAssessments.from_mlflow_entity`` plus the trace's experiment and
+timestamp). That path reaches into MLflow's store module, so it is used only when
+the store is exactly ``SqlAlchemyStore`` with trace rollups off; any other store
+(an MLflow server, Databricks) and any surprise (a failed batch, then a per-item
+retry that works) falls back to the public ``log_assessment``, one per item.
+``tests/scoring/test_scoring_batch.py`` checks that both paths write the same
+rows on the pinned MLflow.
+
+``load_traces`` reads full traces with one store call per batch:
+``TracingClient.batch_get_traces`` first reads the trace infos one lazy query at
+a time (about 10 ms a trace on SQLite) and then calls the store's
+``batch_get_traces`` anyway, which is what we call directly when the store is
+MLflow's SQL store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from mlflow.entities import Assessment, Trace
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+log = logging.getLogger(__name__)
+
+_NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
+_UNAVAILABLE = "TEMPORARILY_UNAVAILABLE"
+#: Traces per store read (span rows of each trace come in the same query).
+LOAD_CHUNK = 200
+
+
+def _sql_store_parts(store: Any) -> dict[str, Any] | None:
+    """MLflow's SQL store classes when ``store`` is that store, unmodified; else None."""
+    try:
+        from mlflow.store.tracking.dbmodels.models import SqlAssessments, SqlTraceInfo
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from mlflow.store.tracking.utils.sql_trace_rollups import rollups_enabled
+    except ImportError:
+        return None
+    if type(store) is not SqlAlchemyStore or not callable(getattr(store, "ManagedSessionMaker",
+                                                                 None)):  # fmt: skip
+        return None
+    if not all(hasattr(SqlAssessments, a) for a in ("from_mlflow_entity", "to_mlflow_entity",
+                                                    "experiment_id", "trace_timestamp_ms")):  # fmt: skip
+        return None
+    return {"assessments": SqlAssessments, "trace_info": SqlTraceInfo,
+            "rollups_enabled": rollups_enabled, "db_type": getattr(store, "db_type", None)}  # fmt: skip
+
+
+def is_sql_store(client: Any) -> bool:
+    """True when ``client`` talks to MLflow's own SQL store in this process."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    return type(client.store) is SqlAlchemyStore
+
+
+def load_traces(client: Any, trace_ids: Sequence[str]) -> list[Trace]:
+    """Full traces (spans included) of ``trace_ids``; deleted or incomplete ones are left out.
+
+    On MLflow's SQL store, one ``store.batch_get_traces`` per chunk; traces whose spans
+    live elsewhere (artifact repository) make the store raise, and that chunk is read
+    through the public ``TracingClient.batch_get_traces``."""
+    from mlflow.exceptions import MlflowTracingException
+
+    ids = list(dict.fromkeys(trace_ids))
+    if not ids:
+        return []
+    direct = is_sql_store(client)
+    out: list[Trace] = []
+    for i in range(0, len(ids), LOAD_CHUNK):
+        chunk = ids[i : i + LOAD_CHUNK]
+        if direct:
+            try:
+                out.extend(client.store.batch_get_traces(chunk))
+                continue
+            except MlflowTracingException:
+                pass
+        out.extend(client.batch_get_traces(chunk))
+    return out
+
+
+class AssessmentWriter:
+    """Logs many assessments; ``log_many`` answers, per item, the logged ``Assessment`` or
+    the ``MlflowException`` saying its trace no longer exists. Other failures raise, and
+    then nothing of a SQL batch was written (one transaction)."""
+
+    def __init__(self, client: Any, *, parallel: int = 8) -> None:
+        self.client = client
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        self._sql = _sql_store_parts(client.store)
+        # a server or PostgreSQL takes concurrent writes; a SQLite file would only queue them
+        sqlite = isinstance(client.store, SqlAlchemyStore) and client.store.db_type == "sqlite"
+        self._parallel = 1 if sqlite else max(1, parallel)
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self.batches = 0  # transactions written by the batch path
+        self.fallbacks = 0  # batches written one item at a time after the batch path failed
+
+    @property
+    def batched(self) -> bool:
+        """Whether batches go to MLflow's SQL store in one transaction."""
+        return self._sql is not None and not self._sql["rollups_enabled"]()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def log_many(
+        self, items: Sequence[tuple[str, Assessment]]
+    ) -> list[Assessment | MlflowException]:
+        if not items:
+            return []
+        plain = [i for i, (_, a) in enumerate(items) if not a.overrides]
+        out: list[Any] = [None] * len(items)
+        if self.batched and plain:
+            try:
+                for i, r in zip(plain, self._log_sql([items[i] for i in plain]), strict=True):
+                    out[i] = r
+            except Exception as e:  # noqa: BLE001 - MLflow wraps what failed in its session
+                if isinstance(e, MlflowException) and e.error_code == _UNAVAILABLE:
+                    raise
+                # the transaction was rolled back: write the same items the public way
+                log.debug("batched assessment write failed (%s); one at a time", e)
+                each = self._log_each([items[i] for i in plain])
+                for i, r in zip(plain, each, strict=True):
+                    out[i] = r
+                if not any(isinstance(r, MlflowException) for r in each):
+                    self._disable_batches(e)
+        else:
+            plain = []
+        in_batch = set(plain)
+        rest = [i for i in range(len(items)) if i not in in_batch]
+        for i, r in zip(rest, self._log_each([items[i] for i in rest]), strict=True):
+            out[i] = r
+        return out
+
+    def _disable_batches(self, error: Exception) -> None:
+        """The batch failed but the same items logged one by one did not (no trace had gone
+        missing meanwhile): the batch path does not match this MLflow, so stop using it."""
+        self.fallbacks += 1
+        with self._lock:
+            if self._sql is not None:
+                log.warning(
+                    "writing assessments in batches failed (%s); falling back to one "
+                    "log_assessment per trace (slower on SQLite, same results)",
+                    error,
+                )
+                self._sql = None
+
+    def _log_sql(self, items: Sequence[tuple[str, Assessment]]) -> list[Any]:
+        parts = self._sql
+        assert parts is not None
+        sql_assessment, sql_trace_info = parts["assessments"], parts["trace_info"]
+        ids = sorted({tid for tid, _ in items})
+        store = self.client.store
+        with store.ManagedSessionMaker(read_only=False) as session:
+            q = session.query(
+                sql_trace_info.request_id, sql_trace_info.experiment_id,
+                sql_trace_info.timestamp_ms,
+            ).filter(sql_trace_info.request_id.in_(ids)).order_by(sql_trace_info.request_id)  # fmt: skip
+            if parts["db_type"] != "sqlite":
+                # as create_assessment: hold the trace rows against concurrent span writes
+                q = q.with_for_update()
+            found = {r[0]: r for r in q}
+            rows: list[Any] = []
+            for tid, a in items:
+                if tid not in found:
+                    rows.append(MlflowException(
+                        f"Trace with ID '{tid}' not found. It may have been deleted.",
+                        RESOURCE_DOES_NOT_EXIST,
+                    ))  # fmt: skip
+                    continue
+                a.trace_id = tid
+                row = sql_assessment.from_mlflow_entity(a)
+                row.experiment_id = found[tid][1]
+                row.trace_timestamp_ms = found[tid][2]
+                rows.append(row)
+            session.add_all([r for r in rows if not isinstance(r, Exception)])
+            session.flush()
+            result = [r if isinstance(r, Exception) else r.to_mlflow_entity() for r in rows]
+        self.batches += 1
+        return result
+
+    def _log_one(self, trace_id: str, a: Assessment) -> Assessment | MlflowException:
+        try:
+            if a.overrides is not None:
+                try:
+                    return self.client.log_assessment(trace_id, a)
+                except MlflowException as e:
+                    if e.error_code != _NOT_FOUND:
+                        raise
+                    a.overrides = None  # someone deleted the old one: log without the link
+            return self.client.log_assessment(trace_id, a)
+        except MlflowException as e:
+            if e.error_code == _NOT_FOUND:
+                return e
+            raise
+
+    def _log_each(self, items: Sequence[tuple[str, Assessment]]) -> list[Any]:
+        if self._parallel <= 1 or len(items) <= 1:
+            return [self._log_one(tid, a) for tid, a in items]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._parallel,
+                                                thread_name_prefix="llmops-log")  # fmt: skip
+        return list(self._pool.map(lambda it: self._log_one(*it), items))
