@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from mlflow_llmops.tracing import keys
 from mlflow_llmops.tracing.cost import TraceCoster
-from mlflow_llmops.tracing.sampling import Sampler
+from mlflow_llmops.tracing.sampling import ALWAYS, Sampler
 
 _logger = logging.getLogger("mlflow_llmops.tracing")
 #: MLflow's active experiment while the store is unreachable at start-up: traces created
@@ -99,7 +99,7 @@ class TraceQueue:
         self.in_flight = 0  # taken by a worker, not yet written
 
     def put(self, item: Any) -> bool:
-        with self._cond:
+        with self.mutex:  # the condition's lock, without the Python-level __enter__
             if len(self._items) >= self.capacity:
                 return False
             self._items.append(item)
@@ -373,11 +373,13 @@ class LlmopsSpanExporter(SpanExporter):
             if span.parent is not None:
                 continue
             tid = span.context.trace_id
-            if self._manager.has_open_spans(tid):
+            still_open, trace = self._take(tid)
+            if still_open:
                 with self._deferred_lock:
                     self._deferred[tid] = span
                 continue
-            self._finish(tid)
+            if trace is not None:
+                self._finish_trace(tid, trace)
         if self._deferred:
             self._flush_deferred()
         return SpanExportResult.SUCCESS
@@ -402,21 +404,48 @@ class LlmopsSpanExporter(SpanExporter):
             popped = m.pop_trace(otel_trace_id)
             return None if popped is None else popped.trace
 
+    def _take(self, otel_trace_id: int) -> tuple[bool, Any]:
+        """``(True, None)`` while spans of the trace are still open, else ``(False, the
+        popped trace or None)``: ``has_open_spans`` then ``_pop`` under one lock hold."""
+        m = self._manager
+        try:
+            lock, ids, traces = m._lock, m._otel_id_to_mlflow_trace_id, m._traces
+        except AttributeError:  # MLflow internals moved: take the public path
+            if m.has_open_spans(otel_trace_id):
+                return True, None
+            return False, self._pop(otel_trace_id)
+        with lock:
+            mlflow_id = ids.get(otel_trace_id)
+            if mlflow_id is not None:
+                trace = traces.get(mlflow_id)
+                if trace is not None:
+                    for span in trace.span_dict.values():
+                        if span.end_time_ns is None:
+                            return True, None
+            ids.pop(otel_trace_id, None)
+            return False, (traces.pop(mlflow_id, None) if mlflow_id else None)
+
     def _finish(self, otel_trace_id: int) -> None:
         trace = self._pop(otel_trace_id)
-        if trace is None:
-            return
+        if trace is not None:
+            self._finish_trace(otel_trace_id, trace)
+
+    def _finish_trace(self, otel_trace_id: int, trace: Any) -> None:
         info = trace.info
         meta = info.trace_metadata
-        coster = self.coster
-        decision = self.sampler.decide(
-            trace_id_int=otel_trace_id,
-            is_error=info.state.value == "ERROR",
-            duration_ms=info.execution_duration,
-            metadata=meta,
-            tags=info.tags,
-            cost_usd=None if coster is None else lambda: coster.trace_cost_usd(trace),
-        )
+        sampler = self.sampler
+        if sampler.always_keeps:  # the decision needs nothing from the trace
+            decision = ALWAYS
+        else:
+            coster = self.coster
+            decision = sampler.decide(
+                trace_id_int=otel_trace_id,
+                is_error=info.state.value == "ERROR",
+                duration_ms=info.execution_duration,
+                metadata=meta,
+                tags=info.tags,
+                cost_usd=None if coster is None else lambda: coster.trace_cost_usd(trace),
+            )
         if self.on_decision is not None:
             self.on_decision(otel_trace_id, decision.keep)
         if not decision.keep:

@@ -24,6 +24,31 @@ _KNOWN_FORMATS = frozenset({"openai", "anthropic", "gemini", "bedrock", "groq", 
 _OPERATION_BY_TYPE = {"CHAT_MODEL": "chat", "LLM": "text_completion"}
 
 
+def _decoded(raw: Any) -> Any:
+    """A raw (JSON-serialized) MLflow span attribute, decoded as ``LiveSpan.get_attribute``
+    decodes it: ``span.get_attribute(k)`` is ``_decoded(attributes.get(k))``. A plain JSON
+    string without escapes is unquoted without the JSON parser."""
+    if not raw:
+        return None
+    if type(raw) is str and len(raw) >= 2 and raw[0] == '"' and raw[-1] == '"':
+        inner = raw[1:-1]
+        # printable: no control character, which the parser would reject
+        if '"' not in inner and "\\" not in inner and inner.isprintable():
+            return inner
+    try:
+        return json.loads(raw)
+    except Exception:  # noqa: BLE001 - as MLflow: a value set directly is returned as is
+        return raw
+
+
+def _attributes_of(otel: Any) -> Any:
+    """The OTel span's attributes, to read: the SDK's own dict when it has one (a look-up
+    through the public read-only view costs a new view and two Python calls, and a
+    missing key an exception), else that public view."""
+    d = getattr(getattr(otel, "_attributes", None), "_dict", None)
+    return d if type(d) is dict else getattr(otel, "attributes", None)
+
+
 def _usage_dict(raw: Any) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
@@ -97,59 +122,57 @@ class SpanEndProcessor:
 
     def __call__(self, span: Any) -> None:
         try:
-            attrs = getattr(getattr(span, "_span", None), "attributes", None)
+            otel = getattr(span, "_span", None)
+            attrs = _attributes_of(otel)  # read only; writes go through set_attribute
             raw_type = attrs.get(keys.SPAN_TYPE) if attrs is not None else None
             if raw_type in _LLM_TYPES_JSON or (
                 raw_type is None and span.span_type in keys.LLM_SPAN_TYPES
             ):
-                self._llm_span(span)
-            if self.redactor is not None:
-                self._redact(span)
+                self._llm_span(span, attrs)
+            r = self.redactor
+            if r is not None and attrs is not None:
+                # Redact the serialized JSON of inputs and outputs in place: one regex pass
+                # per pattern over a string, no parse (replacement tokens hold no JSON
+                # syntax); most strings pass the redactor's quick test and are left as is.
+                clean = getattr(r, "clean", None)
+                for key in (_INPUTS, _OUTPUTS):
+                    raw = attrs.get(key)
+                    if isinstance(raw, str) and raw and (clean is None or not clean(raw)):
+                        new = r.text(raw)
+                        if new is not raw and new != raw:
+                            otel.set_attribute(key, new)
         except Exception:  # noqa: BLE001 - instrumentation must never break the request
             _logger.debug("llmops span processor failed", exc_info=True)
 
-    def _llm_span(self, span: Any) -> None:
-        provider = span.get_attribute(keys.PROVIDER)
+    def _llm_span(self, span: Any, attrs: Any = None) -> None:
+        get: Any = span.get_attribute if attrs is None else lambda k: _decoded(attrs.get(k))
+        provider = get(keys.PROVIDER)
         if provider is None:
             # Autologged spans name their message format (openai, anthropic, ...) but not
             # always the provider; cost and SQL group by provider.
-            fmt = span.get_attribute("mlflow.message.format")
+            fmt = get("mlflow.message.format")
             if isinstance(fmt, str) and fmt in _KNOWN_FORMATS:
                 provider = fmt
                 span.set_attribute(keys.PROVIDER, provider)
-        if span.get_attribute(keys.REASONING_TOKENS) is None:
-            raw = getattr(getattr(span, "_span", None), "attributes", {}).get(_OUTPUTS)
+        if get(keys.REASONING_TOKENS) is None:
+            raw = (attrs if attrs is not None else {}).get(_OUTPUTS)
             if not isinstance(raw, str) or "reasoning_tokens" in raw:
                 reasoning = _reasoning_from_outputs(span.outputs)
                 if reasoning:
                     span.set_attribute(keys.REASONING_TOKENS, reasoning)
         if self.metrics is None:
             return
-        usage = _usage_dict(span.get_attribute(keys.TOKEN_USAGE))
-        ttft_ms = span.get_attribute(keys.TTFT_MS)
+        usage = _usage_dict(get(keys.TOKEN_USAGE))
+        ttft_ms = get(keys.TTFT_MS)
         self.metrics.record(
             provider=provider,
-            model=span.get_attribute(keys.MODEL) or _request_model(span),
-            operation=_OPERATION_BY_TYPE.get(span.span_type or "", "chat"),
+            model=get(keys.MODEL) or _request_model(span),
+            operation=_OPERATION_BY_TYPE.get(
+                (span.span_type if attrs is None else get(keys.SPAN_TYPE)) or "", "chat"
+            ),
             duration_s=max(0.0, (time.time_ns() - span.start_time_ns) / 1e9),
             input_tokens=usage.get("input_tokens"),
             output_tokens=usage.get("output_tokens"),
             ttft_s=float(ttft_ms) / 1000 if ttft_ms is not None else None,
             error_type=_error_type(span),
         )
-
-    def _redact(self, span: Any) -> None:
-        """Redact the serialized JSON of inputs and outputs in place: one regex pass per
-        pattern over a string, no parse. Replacement tokens hold no JSON syntax."""
-        r = self.redactor
-        assert r is not None
-        otel = getattr(span, "_span", None)
-        attrs = getattr(otel, "attributes", None)
-        if attrs is None:
-            return
-        for key in (_INPUTS, _OUTPUTS):
-            raw = attrs.get(key)
-            if isinstance(raw, str) and raw:
-                new = r.text(raw)
-                if new is not raw and new != raw:
-                    otel.set_attribute(key, new)

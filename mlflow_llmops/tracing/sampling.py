@@ -51,6 +51,13 @@ class Sampler:
             or self._tail.cost_above_usd is not None
             or self._tail.tags
         )
+        #: every head ratio is 1: ``decide`` returns ``ALWAYS`` whatever the trace (the
+        #: caller may then skip reading the trace for it)
+        self.always_keeps = (
+            config.ratio >= 1.0
+            and all(r >= 1.0 for r in config.routes.values())
+            and all(r >= 1.0 for r in config.tenants.values())
+        )
         #: whether ``decide`` may need the trace's cost (the caller then passes ``cost_usd``)
         self.needs_cost = self._tail.cost_above_usd is not None and (
             config.ratio < 1.0
