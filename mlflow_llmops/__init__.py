@@ -5,7 +5,10 @@ Public API (imported lazily so ``import mlflow_llmops`` stays cheap).
 
 from __future__ import annotations
 
+from mlflow_llmops.extras import install_guard
 from mlflow_llmops.lazy import lazy_exports
+
+install_guard()
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""``mlflow-llmops costs reprice|show-price MODEL|unpriced|history``."""
+"""``mlflow-llmops costs reprice|show-price MODEL|unpriced|history|export-catalog DIR``."""
 
 from __future__ import annotations
 
@@ -216,6 +216,28 @@ def history(app: AppContext, limit: int) -> None:
             f"{r['spans_changed']} changed, before ${r['cost_before_usd']} "
             f"after ${r['cost_after_usd']}"
         )
+
+
+@costs_group.command("export-catalog")
+@click.argument("directory", type=click.Path(file_okay=False))
+def export_catalog(directory: str) -> None:
+    """Copy MLflow's bundled price catalog to DIRECTORY, for services on the light install.
+
+    ``mlflow-tracing`` does not ship the catalog files: ship DIRECTORY with the service
+    and set ``pricing.mlflow_catalog_dir`` to it, so its cost tail rule prices as we do.
+    """
+    import shutil
+    from pathlib import Path
+
+    from mlflow_llmops.pricing.catalog import mlflow_catalog_dir
+
+    src = mlflow_catalog_dir()
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    files = sorted(src.glob("*.json"))
+    for f in files:
+        shutil.copyfile(f, out / f.name)
+    click.echo(f"copied {len(files)} catalog files from {src} to {out}")
 
 
 COMMANDS = [costs_group]

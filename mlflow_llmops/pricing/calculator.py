@@ -23,8 +23,6 @@ from itertools import compress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from mlflow_llmops.clock import Clock, SystemClock
 from mlflow_llmops.pricing.catalog import (
     RATE_FIELDS,
@@ -39,6 +37,7 @@ from mlflow_llmops.pricing.catalog import (
 from mlflow_llmops.pricing.usage import TokenUsage, UsageError, coerce_usage
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     from mlflow_llmops.pricing.config import PricingConfig
@@ -332,6 +331,7 @@ class CostCalculator:
         cls,
         *,
         include_mlflow_catalog: bool = True,
+        mlflow_catalog_dir: str | Path | None = None,
         catalog_files: Sequence[str | Path] = (),
         litellm_files: Sequence[str | Path] = (),
         overrides_file: str | Path | None = None,
@@ -340,6 +340,7 @@ class CostCalculator:
         return cls(
             build_catalog(
                 include_mlflow_catalog=include_mlflow_catalog,
+                mlflow_catalog_dir=mlflow_catalog_dir,
                 catalog_files=catalog_files,
                 litellm_files=litellm_files,
                 overrides_file=overrides_file,
@@ -351,6 +352,7 @@ class CostCalculator:
     def from_config(cls, config: PricingConfig, *, clock: Clock | None = None) -> CostCalculator:
         return cls.from_files(
             include_mlflow_catalog=config.include_mlflow_catalog,
+            mlflow_catalog_dir=config.mlflow_catalog_dir,
             catalog_files=config.catalog_files,
             litellm_files=config.litellm_files,
             overrides_file=config.overrides_file,
@@ -525,6 +527,7 @@ class CostCalculator:
         pico-dollars), ``total_cost_pusd`` (nullable Int64) and ``total_cost_usd``
         (float, NaN when unpriced). Use :func:`sum_usd` for an exact total.
         """
+        import numpy as np
         import pandas as pd
 
         n = len(df)
@@ -665,6 +668,8 @@ class CostCalculator:
         return out
 
     def _fix_inexact(self, df, out, mask, model_col, provider_col, tier_col, ts_col, at):  # noqa: ANN001, ANN202
+        import numpy as np
+
         out["total_cost_exact"] = None
         for i in np.nonzero(mask)[0]:
             row = df.iloc[i]
@@ -686,6 +691,8 @@ _STATUSES = ("priced", "partial", "unpriced")
 
 def _groups(codes: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """Row indices per distinct code, by one stable sort (O(n log n), any number of codes)."""
+    import numpy as np
+
     if len(codes) == 0:
         return []
     order = np.argsort(codes, kind="stable")
@@ -696,6 +703,7 @@ def _groups(codes: np.ndarray) -> list[tuple[int, np.ndarray]]:
 
 
 def _categorical(values: list[str | None], variant: np.ndarray) -> pd.Categorical:
+    import numpy as np
     import pandas as pd
 
     cats: dict[str, int] = {}
@@ -714,6 +722,8 @@ def _usage_from_row(row: Any) -> TokenUsage:
 
 def sum_usd(priced: pd.DataFrame) -> Decimal:
     """Exact total in USD of a frame returned by :meth:`CostCalculator.cost_frame`."""
+    import numpy as np
+
     pusd = priced["total_cost_pusd"]
     if "total_cost_exact" in priced.columns:
         exact = priced["total_cost_exact"].notna()

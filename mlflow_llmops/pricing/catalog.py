@@ -509,12 +509,31 @@ def parse_mlflow_pricing(
 # ----------------------------------------------------------------------------
 # Sources
 # ----------------------------------------------------------------------------
-def mlflow_catalog_dir() -> Path:
-    """The directory of MLflow's bundled per-provider catalog (read offline, never fetched)."""
+#: what to do where MLflow's catalog is absent (``mlflow-tracing`` does not ship its JSON)
+NO_BUNDLED_CATALOG_FIX = (
+    "only full MLflow ships its price catalog (mlflow/utils/model_catalog/*.json; the light "
+    "mlflow-tracing SDK does not): copy it with `mlflow-llmops costs export-catalog DIR` on "
+    "the monitoring host and set pricing.mlflow_catalog_dir to DIR, or install "
+    "'mlflow-llmops[monitor]'"
+)
+
+
+def mlflow_catalog_dir(override: str | Path | None = None) -> Path:
+    """The directory of MLflow's per-provider catalog: ``override`` (a copy, for a service
+    install), else the installed MLflow's bundled one (read offline, never fetched)."""
+    if override is not None:
+        d = Path(override)
+        if not d.is_dir() or not any(d.glob("*.json")):
+            raise CatalogError(f"pricing.mlflow_catalog_dir {str(d)!r} holds no *.json catalog "
+                               f"files: {NO_BUNDLED_CATALOG_FIX}")  # fmt: skip
+        return d
     spec = importlib.util.find_spec("mlflow")
     if spec is None or not spec.submodule_search_locations:
-        raise CatalogError("mlflow is not installed; cannot load its bundled price catalog")
-    return Path(next(iter(spec.submodule_search_locations))) / "utils" / "model_catalog"
+        raise CatalogError(f"mlflow is not installed; no price catalog: {NO_BUNDLED_CATALOG_FIX}")
+    d = Path(next(iter(spec.submodule_search_locations))) / "utils" / "model_catalog"
+    if not any(d.glob("*.json")):
+        raise CatalogError(f"no price catalog in {d}: {NO_BUNDLED_CATALOG_FIX}")
+    return d
 
 
 def load_mlflow_format(
@@ -559,9 +578,11 @@ def load_mlflow_format(
 _BUNDLED: dict[str, tuple[list[PriceEntry], list[tuple[str, str]]]] = {}
 
 
-def load_mlflow_catalog(*, priority: int = 0) -> tuple[list[PriceEntry], list[tuple[str, str]]]:
-    """MLflow's bundled catalog (all providers), parsed once per process."""
-    d = mlflow_catalog_dir()
+def load_mlflow_catalog(
+    *, priority: int = 0, directory: str | Path | None = None
+) -> tuple[list[PriceEntry], list[tuple[str, str]]]:
+    """MLflow's catalog (all providers; ``directory``: a copy of it), parsed once per process."""
+    d = mlflow_catalog_dir(directory)
     cached = _BUNDLED.get(str(d))
     if cached is None:
         entries: list[PriceEntry] = []
@@ -825,6 +846,7 @@ def _read(p: Path) -> str:
 def build_catalog(
     *,
     include_mlflow_catalog: bool = True,
+    mlflow_catalog_dir: str | Path | None = None,
     catalog_files: Sequence[str | Path] = (),
     litellm_files: Sequence[str | Path] = (),
     overrides_file: str | Path | None = None,
@@ -833,7 +855,7 @@ def build_catalog(
     entries: list[PriceEntry] = []
     sources: list[tuple[str, str]] = []
     if include_mlflow_catalog:
-        es, digests = load_mlflow_catalog(priority=0)
+        es, digests = load_mlflow_catalog(priority=0, directory=mlflow_catalog_dir)
         entries.extend(es)
         sources.extend(digests)
     for f in catalog_files:

@@ -14,6 +14,9 @@ class PricingConfig(_Section):
 
     #: Start from MLflow's bundled catalog (offline, never fetched).
     include_mlflow_catalog: bool = True
+    #: A copy of that catalog's directory (``mlflow-llmops costs export-catalog DIR``), for a
+    #: service install: ``mlflow-tracing`` does not ship the catalog files, full MLflow does.
+    mlflow_catalog_dir: str | None = None
     #: Extra catalog files in MLflow's per-provider JSON format.
     catalog_files: list[str] = Field(default_factory=list)
     #: LiteLLM ``model_prices_and_context_window.json`` files (win over the catalogs).

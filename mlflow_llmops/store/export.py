@@ -292,7 +292,8 @@ def rows_from_traces(
     ``get_trace``), for stores without SQL access. With a ``CostCalculator`` every LLM
     span is priced by it (cost source ``llmops``); otherwise MLflow's own span cost is
     used (``mlflow``)."""
-    from mlflow_llmops.pricing.job import cost_row, span_from_attributes
+    from mlflow_llmops.pricing.job import cost_row
+    from mlflow_llmops.pricing.spans import span_from_attributes
 
     out: dict[str, list[dict[str, Any]]] = {v: [] for v in EXPORT_TABLES}
     priced_at = datetime.now(UTC)

@@ -68,7 +68,7 @@ class TraceCoster:
     def span_cost_usd(self, attrs: Mapping[str, Any]) -> float | None:
         """From a span's raw attributes: an explicit ``mlflow.llm.cost`` wins; else the
         span is read and priced exactly as the re-pricing job reads and prices it."""
-        from mlflow_llmops.pricing.job import (
+        from mlflow_llmops.pricing.spans import (
             PRICING_ATTRIBUTES,
             decode_attr,
             span_from_attributes,

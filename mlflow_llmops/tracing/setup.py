@@ -607,10 +607,20 @@ def _activate_experiment(experiment_id: str, *, only_if_unresolved: bool = False
     fluent._active_experiment_id = experiment_id
 
 
-def _get_or_create_experiment(tracking_uri: str, name: str) -> str:
-    from mlflow import MlflowClient
+def _experiment_client(tracking_uri: str) -> Any:
+    """``MlflowClient`` with full MLflow; with only ``mlflow-tracing``, the tracking
+    service client that its ``mlflow.set_experiment`` uses (same two methods)."""
+    try:
+        from mlflow import MlflowClient
+    except ImportError:
+        from mlflow.tracking._tracking_service.client import TrackingServiceClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+        return TrackingServiceClient(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _get_or_create_experiment(tracking_uri: str, name: str) -> str:
+    client = _experiment_client(tracking_uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
