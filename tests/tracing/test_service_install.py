@@ -115,7 +115,7 @@ def test_monitor_features_say_what_to_install(service_venv):
     assert ok.returncode == 0 and ok.stdout.strip() == "ok", ok.stderr
 
 
-APP = '''
+APP = """
 import os
 
 import mlflow
@@ -151,7 +151,7 @@ def ask(body: dict) -> dict:
 @app.get("/stats")
 def stats() -> dict:
     return handle.stats()
-'''
+"""
 
 
 def _post(url: str, body: dict) -> dict:
@@ -161,7 +161,9 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-def test_fastapi_app_on_the_service_install_sends_traces(service_venv, mlflow_server_sqlite, tmp_path):
+def test_fastapi_app_on_the_service_install_sends_traces(
+    service_venv, mlflow_server_sqlite, tmp_path
+):
     venv, _ = service_venv
     experiment = f"light-{time.time_ns()}"
     (tmp_path / "app.py").write_text(APP)
