@@ -116,6 +116,34 @@ class OtlpConfig(_Section):
         return v
 
 
+class MetricsConfig(_Section):
+    """GenAI metrics on a Prometheus scrape endpoint (``pip install 'mlflow-llmops[prometheus]'``)."""
+
+    #: serve ``/metrics`` on this port; None: no endpoint (metrics leave by OTLP only)
+    prometheus_port: int | None = None
+    prometheus_host: str = "0.0.0.0"
+    #: shared by the worker processes of one service (gunicorn/uvicorn workers): each writes
+    #: its metrics there, the one holding the port serves them all. Default:
+    #: ``<tmp>/mlflow-llmops-metrics-<port>``
+    prometheus_dir: str | None = None
+    #: how often each worker publishes its metrics for the others to serve
+    prometheus_interval_s: float = 2.0
+
+    @field_validator("prometheus_port")
+    @classmethod
+    def _port(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 65535:
+            raise ValueError("must be a TCP port between 1 and 65535 (e.g. 9464), or omitted")
+        return v
+
+    @field_validator("prometheus_interval_s")
+    @classmethod
+    def _interval(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be > 0 seconds")
+        return v
+
+
 class MetadataConfig(_Section):
     """Static trace metadata; unset values are detected (host, git commit) or left out."""
 
@@ -154,6 +182,7 @@ class TracingConfig(_Section):
     redaction: RedactionConfig = Field(default_factory=RedactionConfig)
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)
     otlp: OtlpConfig = Field(default_factory=OtlpConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @field_validator("queue_capacity", "batch_size")
     @classmethod

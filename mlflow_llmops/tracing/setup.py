@@ -39,6 +39,7 @@ from mlflow_llmops.tracing.export import (
 from mlflow_llmops.tracing.metrics import GenAiMetrics
 from mlflow_llmops.tracing.otlp import SampledOtlpProcessor, make_metric_reader, make_span_exporter
 from mlflow_llmops.tracing.processors import SpanEndProcessor
+from mlflow_llmops.tracing.prometheus import PrometheusEndpoint
 from mlflow_llmops.tracing.redaction import Redactor
 from mlflow_llmops.tracing.sampling import Sampler
 
@@ -140,11 +141,23 @@ class TracingHandle:
                     otlp_cfg.metrics_export_interval_s,
                 )
             )
+        self.prometheus: PrometheusEndpoint | None = None
+        prom = config.metrics
+        if otlp_cfg.metrics_enabled and prom.prometheus_port is not None:
+            self.prometheus = PrometheusEndpoint(
+                prom.prometheus_port,
+                host=prom.prometheus_host,
+                directory=prom.prometheus_dir,
+                interval_s=prom.prometheus_interval_s,
+            )
+            readers.append(self.prometheus.reader)
         self.metrics: GenAiMetrics | None = None
         if otlp_cfg.metrics_enabled and readers:
             self.metrics = GenAiMetrics(
                 service_name=service_name, readers=readers, stats=self._counter_snapshot
             )
+        if self.prometheus is not None:
+            self.prometheus.start()
 
         self.exporter = LlmopsSpanExporter(
             self.sampler,
@@ -275,6 +288,8 @@ class TracingHandle:
         if self.otlp is not None:
             self.otlp.force_flush(int(max(0.1, deadline - time.monotonic()) * 1000))
             self.otlp.shutdown()
+        if self.prometheus is not None:
+            self.prometheus.shutdown()
         if self.metrics is not None:
             try:
                 self.metrics.force_flush(max(0.1, deadline - time.monotonic()))
@@ -350,6 +365,7 @@ class TracingHandle:
             f"queue={self.config.queue_capacity} sampling.ratio={s.ratio} "
             f"otlp.traces={_redact_url(o.traces_endpoint)} "
             f"otlp.metrics={_redact_url(o.metrics_endpoint) if o.metrics_enabled else 'off'}"
+            + (f" prometheus=:{self.prometheus.port}" if self.prometheus is not None else "")
             + (f" (auth headers: {len(o.headers)})" if o.headers else "")
         )
 
