@@ -133,13 +133,14 @@ def views_cmd(app: AppContext) -> None:
     """(Re)create the llmops_* views on the tracking database."""
     from mlflow_llmops.store.queries import analytics_url
     from mlflow_llmops.store.state import make_engine
-    from mlflow_llmops.store.views import check_mlflow_schema, create_views
+    from mlflow_llmops.store.views import check_mlflow_schema, create_views, schema_release
 
     engine = make_engine(analytics_url(app.config))
     revision = check_mlflow_schema(engine)
     names = create_views(engine)
     safe = engine.url.render_as_string(hide_password=True)
-    click.echo(f"created {', '.join(names)} on {safe} (MLflow schema {revision})")
+    release = schema_release(revision) or "untested release"
+    click.echo(f"created {', '.join(names)} on {safe} (MLflow schema {revision}: {release})")
 
 
 COMMANDS = [sql_group]

@@ -15,9 +15,10 @@ columns of ``llmops_costs`` are billing buckets of the cost table instead
 (``input_tokens`` there is the uncached input).
 
 The views read MLflow's internal tables, whose layout changes between MLflow versions:
-they are tested against the pinned MLflow (``TESTED_MLFLOW_VERSION``) and
-:func:`check_mlflow_schema` refuses a database whose alembic revision is not the one
-the installed MLflow expects, with the command that fixes it.
+they are tested against every supported MLflow release (``TESTED_SCHEMAS``: its tracking
+schema's alembic revision -> the release), :func:`check_mlflow_schema` refuses a database
+whose revision is not the one the installed MLflow expects, with the command that fixes
+it, and :func:`schema_release` names the release a database's schema belongs to.
 
 On PostgreSQL ``create_views`` also adds an index and statistics of ours to MLflow's
 ``spans`` table (:data:`PG_INDEXES`, :data:`PG_STATISTICS`, :func:`ensure_pg_indexes`): a
@@ -39,9 +40,9 @@ _logger = logging.getLogger(__name__)
 
 VIEW_NAMES = ("llmops_traces", "llmops_spans", "llmops_assessments", "llmops_costs")
 
-#: The MLflow release (and its schema revision) these views were written and tested against.
-TESTED_MLFLOW_VERSION = "3.17.2"
-TESTED_ALEMBIC_REVISION = "dc11669786a5"
+#: The MLflow releases the views are tested on, by the alembic head revision of their
+#: tracking schema (3.18 added no trace, span or assessment columns: same views).
+TESTED_SCHEMAS: dict[str, str] = {"dc11669786a5": "3.17.2", "f4a9b2c7d1e6": "3.18.0"}
 
 #: What the views need from MLflow's schema; checked before the views are created.
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -343,10 +344,22 @@ def check_mlflow_schema(engine: Engine) -> str:
         missing = [c for c in cols if c not in have]
         if missing:
             raise StoreError(
-                f"{url}: MLflow table {table!r} lacks columns {missing}; the views were "
-                f"written for MLflow {TESTED_MLFLOW_VERSION}. Run `mlflow db upgrade {url}`."
+                f"{url}: MLflow table {table!r} lacks columns {missing}; the views are "
+                f"tested on MLflow {', '.join(TESTED_SCHEMAS.values())}. "
+                f"Run `mlflow db upgrade {url}`."
             )
+    if revision not in TESTED_SCHEMAS:
+        _logger.warning(
+            "%s: MLflow schema revision %s is not one the views are tested on (%s); the "
+            "columns they read are there, so they are created", url, revision,
+            ", ".join(f"{r} = MLflow {v}" for r, v in TESTED_SCHEMAS.items()),
+        )  # fmt: skip
     return revision
+
+
+def schema_release(revision: str) -> str | None:
+    """The tested MLflow release whose tracking schema is at ``revision`` (None: untested)."""
+    return TESTED_SCHEMAS.get(revision)
 
 
 def pg_index_ddl() -> list[str]:

@@ -12,4 +12,6 @@ def test_real_server_on_postgres(mlflow_server_pg):
     client = MlflowClient(tracking_uri=mlflow_server_pg.url)
     exp = client.create_experiment("foundation-smoke-pg")
     assert client.get_experiment(exp).experiment_id == exp
-    assert mlflow.__version__.startswith("3.17")
+    from packaging.version import Version
+
+    assert Version("3.17.2") <= Version(mlflow.__version__) < Version("3.19")  # supported range

@@ -10,9 +10,7 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import SpanType
-
-# MLflow's own context manager: restores the global URI (and MLFLOW_TRACKING_URI) exactly.
-from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+from mlflow_state import use_tracking_uri
 
 
 @dataclass
@@ -35,7 +33,7 @@ def log_traces(
 
     Restores MLflow's global tracking URI (and its environment variable) afterwards.
     """
-    with _use_tracking_uri(tracking_uri):
+    with use_tracking_uri(tracking_uri):
         client = MlflowClient(tracking_uri)
         exp = client.get_experiment_by_name(experiment_name)
         exp_id = exp.experiment_id if exp else client.create_experiment(experiment_name)

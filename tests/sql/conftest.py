@@ -11,14 +11,13 @@ from datetime import UTC, datetime
 import mlflow
 import pytest
 import sqlalchemy as sa
+from mlflow_state import use_tracking_uri
+from sql_times import NOW, PRICED_UNTIL, START
 
 from mlflow_llmops.store.views import create_views
 from mlflow_llmops.testing.postgres import create_database, drop_database, pg_available
 from mlflow_llmops.testing.seed import Incident, SeedSpan, SeedTrace, seed_traces, synthetic_traffic
 
-NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)
-START = datetime(2026, 3, 1, tzinfo=UTC)
-PRICED_UNTIL = datetime(2026, 3, 8, tzinfo=UTC)
 SPIKE = Incident(
     datetime(2026, 3, 10, 11, tzinfo=UTC), datetime(2026, 3, 10, 12, tzinfo=UTC), "traffic", 40
 )
@@ -92,17 +91,13 @@ def _log_feedback(uri: str, trace_ids: list[str]) -> None:
     """Assessments as the scoring package writes them (docs/contracts.md)."""
     from mlflow.entities import AssessmentSource
 
-    saved = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with use_tracking_uri(uri):
         for i, (value, name) in enumerate(FEEDBACK):
             mlflow.log_feedback(
                 trace_id=trace_ids[i], name=name, value=value, rationale=f"because {i}",
                 source=AssessmentSource(source_type="CODE", source_id=f"{name}@v2"),
                 metadata={"llmops.scorer": name, "llmops.scorer_version": "2"},
             )  # fmt: skip
-    finally:
-        mlflow.set_tracking_uri(saved)
 
 
 @pytest.fixture(scope="session")

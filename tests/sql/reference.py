@@ -15,18 +15,15 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from mlflow.entities import Span
+from mlflow_state import use_tracking_uri
 
 DAY = 86_400_000
 
 
 def load(uri: str, exp_id: str, engine: sa.Engine) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(traces, llm spans) as DataFrames, costs resolved like the contract says."""
-    saved = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with use_tracking_uri(uri):
         df = mlflow.search_traces(locations=[exp_id], return_type="pandas", max_results=100_000)
-    finally:
-        mlflow.set_tracking_uri(saved)
     with engine.connect() as conn:
         costs = pd.read_sql(sa.text("SELECT * FROM llmops_span_costs"), conn)
     costs["total"] = costs["total_cost_usd"].astype(float)

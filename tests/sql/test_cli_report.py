@@ -9,7 +9,7 @@ from datetime import date
 
 import pytest
 from click.testing import CliRunner
-from conftest import NOW
+from sql_times import NOW
 
 from mlflow_llmops.cli import cli
 from mlflow_llmops.reports import daily_report

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import NOW, START
 from nbclient import NotebookClient
+from sql_times import NOW, START
 
 # One worker builds the seeded stores once (make test runs with --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("sql")

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import sqlglot
-from conftest import NOW, PRICED_UNTIL, START
 from reference import (
     cache_savings,
     cost_by_model_day,
@@ -24,6 +23,7 @@ from reference import (
     top_traces,
     unpriced_usage,
 )
+from sql_times import NOW, PRICED_UNTIL, START
 
 from mlflow_llmops.store.queries import QueryError, bind_params, load_queries, run_query
 from mlflow_llmops.store.views import VIEW_COLUMNS, VIEW_NAMES

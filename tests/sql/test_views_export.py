@@ -9,17 +9,18 @@ from datetime import UTC, datetime
 import mlflow
 import pytest
 import sqlalchemy as sa
-from conftest import NOW
+from mlflow_state import use_tracking_uri
+from sql_times import NOW
 
 from mlflow_llmops.errors import StoreError
 from mlflow_llmops.store.export import export_parquet, read_export
 from mlflow_llmops.store.queries import run_query
 from mlflow_llmops.store.views import (
-    TESTED_ALEMBIC_REVISION,
-    TESTED_MLFLOW_VERSION,
+    TESTED_SCHEMAS,
     check_mlflow_schema,
     create_views,
     mlflow_head_revision,
+    schema_release,
 )
 from mlflow_llmops.testing.seed import SeedSpan, SeedTrace, seed_traces
 
@@ -27,11 +28,11 @@ from mlflow_llmops.testing.seed import SeedSpan, SeedTrace, seed_traces
 pytestmark = pytest.mark.xdist_group("sql")
 
 
-def test_views_are_pinned_to_the_installed_mlflow():
+def test_views_are_tested_on_the_installed_mlflow():
     """If this fails, MLflow was upgraded: re-check the views against its new schema
-    (mlflow/store/tracking/dbmodels/models.py), then update the two constants."""
-    assert mlflow.__version__ == TESTED_MLFLOW_VERSION
-    assert mlflow_head_revision() == TESTED_ALEMBIC_REVISION
+    (mlflow/store/tracking/dbmodels/models.py), then add the release to TESTED_SCHEMAS."""
+    assert TESTED_SCHEMAS.get(mlflow_head_revision()) == mlflow.__version__
+    assert schema_release(mlflow_head_revision()) == mlflow.__version__
 
 
 def test_missing_schema_gives_a_clear_error(tmp_path):
@@ -51,7 +52,7 @@ def test_old_schema_gives_a_clear_error(sqlite_store, tmp_path):
         conn.execute(sa.text("UPDATE alembic_version SET version_num = '0584bdc529eb'"))
     with pytest.raises(StoreError, match=r"revision '0584bdc529eb'.*mlflow db upgrade"):
         create_views(engine)
-    assert check_mlflow_schema(sa.create_engine(sqlite_store[0])) == TESTED_ALEMBIC_REVISION
+    assert check_mlflow_schema(sa.create_engine(sqlite_store[0])) == mlflow_head_revision()
 
 
 def _all(con, view):
@@ -139,7 +140,7 @@ def test_rest_export_matches_sql_export(mlflow_server_sqlite, tmp_path):
     assert run_query("unpriced_usage", b, q.params, now=NOW).rows == q.rows
 
 
-def test_export_picks_up_changes_to_days_before_its_lookback(tmp_path, monkeypatch):
+def test_export_picks_up_changes_to_days_before_its_lookback(tmp_path):
     """A backfill scoring old traces and a re-pricing after a price change touch days far
     behind the watermark: the next incremental export rewrites exactly those days."""
     from mlflow.entities import AssessmentSource
@@ -160,14 +161,9 @@ def test_export_picks_up_changes_to_days_before_its_lookback(tmp_path, monkeypat
     again = export_parquet(engine, out, now=NOW)
     assert again.days == ["2026-03-08", "2026-03-09", "2026-03-10"]  # nothing old changed
 
-    saved = mlflow.get_tracking_uri()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", saved)  # restored as found after the test
-    mlflow.set_tracking_uri(uri)
-    try:  # a backfill scores the trace of 2026-03-02, a week behind the watermark
+    with use_tracking_uri(uri):  # a backfill scores the trace of 2026-03-02, a week behind
         mlflow.log_feedback(trace_id=ids[1], name="quality", value=0.25,
                             source=AssessmentSource(source_type="CODE", source_id="q@v1"))  # fmt: skip
-    finally:
-        mlflow.set_tracking_uri(saved)
     store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
     reprice(uri, state_store=store, now=NOW)  # our costs replace MLflow's on every day
     store.dispose()

@@ -1,6 +1,6 @@
 """GenAI metrics on a Prometheus scrape endpoint: in one process, merged across the workers
-of ``uvicorn --workers 2``, scraped by a real Prometheus (Debian package), and queried there
-with an exported alert rule through ``promtool query``."""
+of ``uvicorn --workers 2`` and ``gunicorn -w 2``, scraped by a real Prometheus (Debian
+package), and queried there with an exported alert rule through ``promtool query``."""
 
 from __future__ import annotations
 
@@ -131,17 +131,45 @@ def ask(model: str = "gpt-4o") -> dict:
 """
 
 
-@pytest.fixture
-def two_worker_app(tmp_path, mlflow_server_sqlite):
-    (tmp_path / "app.py").write_text(textwrap.dedent(APP))
+WSGI_APP = """
+import json, os
+from urllib.parse import parse_qs
+from mlflow_llmops.tracing import llm_call, setup_production_tracing
+
+setup_production_tracing(
+    "prom-workers", "svc", tracking_uri=os.environ["TRACKING_URI"],
+    metrics={"prometheus_port": int(os.environ["PROM_PORT"]),
+             "prometheus_dir": os.environ["PROM_DIR"], "prometheus_interval_s": 0.5},
+)
+
+
+def app(environ, start_response):
+    model = parse_qs(environ.get("QUERY_STRING", "")).get("model", ["gpt-4o"])[0]
+    with llm_call(model=model, provider="openai", inputs={"q": "hi"}) as call:
+        call.set_usage(input_tokens=100, output_tokens=20)
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps({"pid": os.getpid()}).encode()]
+"""
+
+SERVERS = {
+    "uvicorn": (APP, ["-m", "uvicorn", "app:app", "--workers", "2", "--host", "127.0.0.1",
+                      "--port"]),
+    "gunicorn-sync": (WSGI_APP, ["-m", "gunicorn", "-w", "2", "app:app", "--bind"]),
+}  # fmt: skip
+
+
+@pytest.fixture(params=sorted(SERVERS))
+def two_worker_app(request, tmp_path, mlflow_server_sqlite):
+    source, args = SERVERS[request.param]
+    (tmp_path / "app.py").write_text(textwrap.dedent(source))
     app_port, prom_port = free_port(), free_port()
     env = {**os.environ, "TRACKING_URI": mlflow_server_sqlite.url, "PROM_PORT": str(prom_port),
            "PROM_DIR": str(tmp_path / "prom"), "MLFLOW_MODEL_CATALOG_URI": ""}  # fmt: skip
-    log = open(tmp_path / "uvicorn.log", "wb")  # noqa: SIM115 - closed below
+    bind = str(app_port) if request.param == "uvicorn" else f"127.0.0.1:{app_port}"
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app:app", "--workers", "2", "--host", "127.0.0.1",
-         "--port", str(app_port)],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, *args, bind], cwd=tmp_path, env=env, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
         yield app_port, prom_port, tmp_path

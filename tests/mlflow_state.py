@@ -1,0 +1,29 @@
+"""One way for tests to point MLflow at a store for a while and leave no trace of it.
+
+``mlflow.set_tracking_uri(saved)`` to restore also sets ``MLFLOW_TRACKING_URI`` (MLflow
+exports it for subprocesses), which leaks into later tests on the same worker."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import mlflow
+from mlflow.tracking._tracking_service import utils as _tracking
+
+
+@contextlib.contextmanager
+def use_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI is ``uri`` inside; both it and the variable as before after."""
+    saved_global = _tracking._tracking_uri
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_global)  # None unsets the variable too
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
