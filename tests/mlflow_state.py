@@ -27,3 +27,23 @@ def use_tracking_uri(uri: str) -> Iterator[None]:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+@contextlib.contextmanager
+def mlflow_globals_restored() -> Iterator[None]:
+    """MLflow's tracking URI (and its variable) and active experiment as before, afterwards:
+    for tests that call ``setup_production_tracing``, which sets both."""
+    import mlflow.tracking.fluent as fluent
+
+    saved_global = _tracking._tracking_uri
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    saved_exp = fluent._active_experiment_id
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_global)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+        fluent._active_experiment_id = saved_exp

@@ -312,6 +312,8 @@ def backfill_cmd(
         on_plan=on_plan, window_key=window_key,
     )  # fmt: skip
     click.echo(report.summary())
+    if report.all_failed:  # nothing was scored: a broken scorer or judge, not a partial run
+        raise SystemExit(1)
 
 
 @scorers_group.command("quality")

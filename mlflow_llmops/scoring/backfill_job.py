@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,9 +64,12 @@ class BackfillReport:
     total: int = 0
     already_done: int = 0  # items finished before this worker started
     scored: int = 0
-    errors: int = 0
+    errors: int = 0  # given up on by this worker (an error Feedback is on the trace)
+    retried: int = 0  # failed attempts this worker tried again
+    held: int = 0  # left leased: another live worker still holds their claim
     skipped: int = 0
     not_applicable: int = 0
+    job_errors: int = 0  # items of the whole job given up on
     estimate_usd: float | None = None
     spent_usd: float = 0.0
     since_ms: int | None = None  # the window, as resolved when the job was created
@@ -73,13 +77,23 @@ class BackfillReport:
     status: str = "running"  # running | done | budget_exhausted
     error_samples: list[str] = field(default_factory=list)
 
+    @property
+    def all_failed(self) -> bool:
+        """Every trace of a finished job was given up on (the CLI exits non-zero)."""
+        return self.status == "done" and self.total > 0 and self.job_errors == self.total
+
     def summary(self) -> str:
         est = "n/a" if self.estimate_usd is None else f"${self.estimate_usd:.4f}"
+        status = self.status
+        if status == "done" and self.job_errors:
+            status = f"done with {self.job_errors} errors (logged on the traces as Feedback errors)"
         lines = [
-            f"backfill {self.job_id} {self.scorer}@v{self.version}: {self.status}",
+            f"backfill {self.job_id} {self.scorer}@v{self.version}: {status}",
             f"  traces in job {self.total}, done before this run {self.already_done}",
             f"  this worker: scored {self.scored}, errors {self.errors}, already scored "
-            f"{self.skipped}, not applicable {self.not_applicable}",
+            f"{self.skipped}, not applicable {self.not_applicable}"
+            + (f", retried {self.retried} failed attempts" if self.retried else "")
+            + (f", {self.held} held by another worker (rerun to finish)" if self.held else ""),
             f"  judge spend: estimate {est}, spent so far ${self.spent_usd:.4f}",
         ]
         lines.extend(f"  error {e}" for e in self.error_samples)
@@ -197,7 +211,9 @@ class BackfillJob:
                     )
         return ids
 
-    def finish(self, results: Sequence[tuple[str, str]], spent: float) -> None:
+    def finish(self, results: Sequence[tuple[str, str]], spent: float | None = None) -> None:
+        """Mark items ``done``/``error``; ``spent``: the job's spend so far (the ledger's sum
+        of its judge costs), copied onto the job row for readers of the job."""
         t = backfill_items_table.c
         with self.store.engine.begin() as conn:
             for state in {s for _, s in results}:
@@ -207,12 +223,12 @@ class BackfillJob:
                     .where(t.job_id == self.job_id, t.holder == self.holder, t.trace_id.in_(ids))
                     .values(state=state, lease_expires_ms=None)
                 )
-            if spent:
+            if spent is not None:
                 j = backfill_jobs_table.c
                 conn.execute(
                     backfill_jobs_table.update()
                     .where(j.job_id == self.job_id)
-                    .values(spent_usd=j.spent_usd + spent)
+                    .values(spent_usd=spent)
                 )
 
     def set_status(self, status: str, now_ms: int) -> None:
@@ -359,62 +375,139 @@ def backfill(
     bar = tqdm(total=report.total, initial=report.already_done, file=sys.stderr,
                disable=not progress, desc=f"backfill {spec.name}@v{spec.version}",
                unit="trace", dynamic_ncols=True)  # fmt: skip
-    exhausted = budget_hit = False
-    spent_base = float(row.spent_usd or 0.0)
-    spent_mine = 0.0
-    costed = 0
-
-    def finish(outcomes: list[TraceOutcome]) -> None:  # on the writer thread, per batch
-        job.finish([(o.trace_id, "error" if o.state in ("error", "failed") else "done")
-                    for o in outcomes], sum(o.cost_usd or 0.0 for o in outcomes))  # fmt: skip
-
+    loop = _BackfillLoop(job, worker, client, clock, sc, report, bar, max_cost_usd, per_trace)
     try:
-        with ScoringPipeline(worker, concurrency=conc, on_commit=finish) as pipe:
-            while True:
-                while not exhausted and not budget_hit and (n := pipe.room()) > 0:
-                    if max_cost_usd is not None and per_trace > 0:
-                        spent_now = float(job.row().spent_usd or 0.0)
-                        if costed >= 5:  # learn the real cost per trace, with a margin
-                            per_trace = 1.2 * spent_mine / costed
-                        room = max_cost_usd - spent_now - per_trace * pipe.pending
-                        n = min(n, max(0, math.floor(room / per_trace + 1e-9)))
-                        if n == 0:
-                            budget_hit = True
-                            break
-                    ids = job.lease(n, to_ms(clock.now()))
-                    if not ids:
-                        exhausted = True
-                        break
-                    traces = load_traces(client, ids)
-                    found = {t.info.trace_id for t in traces}
-                    missing = [(tid, "done") for tid in ids if tid not in found]
-                    if missing:  # deleted since planning: nothing to score
-                        job.finish(missing, 0.0)
-                        bar.update(len(missing))
-                    pipe.put(traces)
-                idle = pipe.pending == 0
-                outcomes = (
-                    pipe.drain() if idle else pipe.wait(for_room=not (exhausted or budget_hit))
-                )
-                for o in outcomes:
-                    _count(report, o)
-                    spent_mine += o.cost_usd or 0.0
-                    costed += o.cost_usd is not None
-                bar.update(len(outcomes))
-                if idle:
-                    break
+        with ScoringPipeline(worker, concurrency=conc, on_commit=loop.on_commit) as pipe:
+            loop.run(pipe)
     finally:
         bar.close()
-    report.spent_usd = spent_base + spent_mine
     counts = job.counts()
-    if budget_hit:
+    if loop.budget_hit:
         report.status = "budget_exhausted"
     elif counts.get("pending", 0) == 0 and counts.get("leased", 0) == 0:
         report.status = "done"
+    report.job_errors = counts.get("error", 0)
     job.set_status(report.status, to_ms(clock.now()))
-    final = job.row()
-    report.spent_usd = float(final.spent_usd or 0.0)
+    report.spent_usd = worker.ledger.job_spend(jid)
     return report
+
+
+#: How often a backfill asks again for a trace another live worker holds (its claim goes
+#: stale after ``lease_ttl_s``); then the item is left leased for a rerun.
+MAX_HELD_RETRIES = 3
+
+
+class _BackfillLoop:
+    """Feeds the pipeline from the job's work list and this worker's retries.
+
+    A failed attempt is tried again in the same run after ``backfill_retry_backoff_s``
+    (doubling), until the scorer's ``max_attempts`` turns it into an error Feedback; a trace
+    another live worker holds is asked for again when that claim goes stale. Neither is
+    marked finished in the job before then, so no item ends ``done`` unscored.
+    """
+
+    def __init__(self, job: BackfillJob, worker: TraceScorer, client: Any, clock: Clock,
+                 sc: Any, report: BackfillReport, bar: Any, max_cost_usd: float | None,
+                 per_trace: float) -> None:  # fmt: skip
+        self.job, self.worker, self.client, self.clock = job, worker, client, clock
+        self.backoff_s = sc.backfill_retry_backoff_s
+        self.report, self.bar = report, bar
+        self.max_cost_usd, self.per_trace = max_cost_usd, per_trace
+        self.retries: list[tuple[float, str]] = []  # (monotonic due time, trace id)
+        self.tries: dict[str, int] = {}  # trace id -> failed or held attempts this run
+        self.exhausted = self.budget_hit = False
+        self.spent_mine, self.costed = 0.0, 0
+
+    def on_commit(self, outcomes: list[TraceOutcome]) -> None:
+        """On the writer thread, per batch: finish the items that are finished."""
+        final = [(o.trace_id, "error" if o.state == "failed" else "done")
+                 for o in outcomes if o.state not in ("error", "held")]  # fmt: skip
+        spent = self.worker.ledger.job_spend(self.job.job_id) if any(
+            o.cost_usd for o in outcomes) else None  # fmt: skip
+        if final or spent is not None:
+            self.job.finish(final, spent)
+
+    def run(self, pipe: ScoringPipeline) -> None:
+        while True:
+            self._feed(pipe)
+            idle = pipe.pending == 0
+            if idle and not self.retries:
+                self._take(pipe.drain())
+                return
+            if idle:  # only retries left: wait for the first one
+                time.sleep(max(0.0, min(t for t, _ in self.retries) - time.monotonic()))
+                continue
+            blocked = self.exhausted or self.budget_hit
+            self._take(pipe.wait(timeout=self._until_retry(), for_room=not blocked))
+
+    def _until_retry(self) -> float | None:
+        if not self.retries:
+            return None
+        return max(0.01, min(t for t, _ in self.retries) - time.monotonic())
+
+    def _feed(self, pipe: ScoringPipeline) -> None:
+        now = time.monotonic()
+        due = [tid for t, tid in self.retries if t <= now]
+        if due:
+            n = pipe.room()
+            if n > 0:
+                take = set(due[:n])
+                self.retries = [(t, tid) for t, tid in self.retries if tid not in take]
+                traces = load_traces(self.client, list(take))
+                self._finish_missing(list(take), traces)
+                pipe.put(traces)
+        while not self.exhausted and not self.budget_hit and (n := pipe.room()) > 0:
+            n = self._within_budget(n, pipe.pending)
+            if n == 0:
+                self.budget_hit = True
+                return
+            ids = self.job.lease(n, to_ms(self.clock.now()))
+            if not ids:
+                self.exhausted = True
+                return
+            traces = load_traces(self.client, ids)
+            self._finish_missing(ids, traces)
+            pipe.put(traces)
+
+    def _finish_missing(self, ids: list[str], traces: Sequence[Any]) -> None:
+        found = {t.info.trace_id for t in traces}
+        missing = [(tid, "done") for tid in ids if tid not in found]
+        if missing:  # deleted since planning: nothing to score
+            self.job.finish(missing)
+            self.bar.update(len(missing))
+
+    def _within_budget(self, n: int, pending: int) -> int:
+        if self.max_cost_usd is None or self.per_trace <= 0:
+            return n
+        spent_now = self.worker.ledger.job_spend(self.job.job_id)
+        if self.costed >= 5:  # learn the real cost per trace, with a margin
+            self.per_trace = 1.2 * self.spent_mine / self.costed
+        room = self.max_cost_usd - spent_now - self.per_trace * pending
+        return min(n, max(0, math.floor(room / self.per_trace + 1e-9)))
+
+    def _take(self, outcomes: list[TraceOutcome]) -> None:
+        done = 0
+        for o in outcomes:
+            self.spent_mine += o.cost_usd or 0.0
+            self.costed += o.cost_usd is not None
+            tries = self.tries[o.trace_id] = self.tries.get(o.trace_id, 0) + (
+                o.state in ("error", "held"))  # fmt: skip
+            if o.state == "error":  # attempts left: again after a backoff
+                self.report.retried += 1
+                self._again(o.trace_id, self.backoff_s * 2 ** (tries - 1))
+            elif o.state == "held":
+                if tries > MAX_HELD_RETRIES:
+                    self.report.held += 1  # stays leased: a rerun (or its holder) finishes it
+                    continue
+                wait_ms = (o.retry_at_ms or 0) - to_ms(self.clock.now())
+                self._again(o.trace_id, max(0.05, wait_ms / 1000))
+            else:
+                _count(self.report, o)
+                done += 1
+        self.bar.update(done)
+
+    def _again(self, trace_id: str, delay_s: float) -> None:
+        self.retries.append((time.monotonic() + delay_s, trace_id))
 
 
 def _window_filter(flt: str | None, since_ms: int | None, until_ms: int | None) -> str | None:
@@ -428,7 +521,7 @@ def _window_filter(flt: str | None, since_ms: int | None, until_ms: int | None) 
 def _count(report: BackfillReport, o: TraceOutcome) -> None:
     if o.state in ("done", "adopted"):
         report.scored += 1
-    elif o.state in ("error", "failed"):
+    elif o.state == "failed":
         report.errors += 1
         if len(report.error_samples) < 5:
             report.error_samples.append(f"{o.trace_id}: {o.error}")

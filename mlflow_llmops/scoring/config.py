@@ -52,4 +52,7 @@ class ScoringConfig(_Section):
     max_attempts: int = Field(default=3, ge=1)
     #: A failed trace is tried again no sooner than this after its previous attempt.
     retry_backoff_s: float = Field(default=300.0, ge=0)
+    #: A backfill tries a failed trace again within the same run, after this long (doubling
+    #: per attempt), up to ``max_attempts``; then logs the error Feedback.
+    backfill_retry_backoff_s: float = Field(default=2.0, ge=0)
     judge: JudgeDefaults = Field(default_factory=JudgeDefaults)

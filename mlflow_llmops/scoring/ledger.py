@@ -71,12 +71,20 @@ class Claim:
     """The answer of ``Ledger.claim``.
 
     ``kind``: ``new`` (ours, fresh), ``retry`` (ours, earlier attempts failed),
-    ``takeover`` (ours, a dead or stale holder may have logged already) or ``skip``.
+    ``takeover`` (ours, a dead or stale holder may have logged already), ``skip``
+    (finished: leave it alone) or ``held`` (another live worker holds it: not ours now,
+    not finished either; ask again at ``expires_ms``, when its claim goes stale).
     """
 
     kind: str
     attempts: int = 0  # attempts finished before this one
     assessment_id: str | None = None  # what an earlier attempt logged (an error Feedback)
+    expires_ms: int | None = None  # held: when the holder's claim may be taken over
+
+    @property
+    def ours(self) -> bool:
+        """Whether this worker now holds the key and must score it."""
+        return self.kind in ("new", "retry", "takeover")
 
 
 _SKIP = Claim("skip")
@@ -99,6 +107,8 @@ class Confirmation:
     error: str | None = None
     cost_usd: float | None = None
     adopted: bool = False
+    #: the cost was already recorded by ``Ledger.add_cost`` when the call returned
+    cost_paid: bool = False
 
 
 def _dialect_insert(dialect: str) -> Any:
@@ -275,9 +285,10 @@ class Ledger:
                 kind = "retry"
             else:
                 attempts = row.attempts or 0
-                stale = row.claimed_ms + self.lease_ttl_ms < now_ms or holder_is_dead(row.holder)
+                expires = row.claimed_ms + self.lease_ttl_ms
+                stale = expires < now_ms or holder_is_dead(row.holder)
                 if row.holder != self.holder and not stale:
-                    return _SKIP
+                    return Claim("held", attempts, row.assessment_id, expires_ms=expires + 1)
                 kind = "takeover"
             taken = conn.execute(
                 ledger_table.update()
@@ -291,6 +302,26 @@ class Ledger:
                 )  # fmt: skip
             ).rowcount
             return Claim(kind, attempts, row.assessment_id) if taken == 1 else _SKIP
+
+    def add_cost(self, key: LedgerKey, cost_usd: float) -> None:
+        """Record a judge call's cost as soon as it is paid, before its result is written:
+        a crash in between cannot lose it (``Confirmation.cost_paid`` then adds nothing)."""
+        t = ledger_table.c
+        with self.store.engine.begin() as conn:
+            conn.execute(
+                ledger_table.update()
+                .where(self._where(key), t.holder == self.holder)
+                .values(cost_usd=sa.func.coalesce(t.cost_usd, 0.0) + cost_usd)
+            )
+
+    def job_spend(self, job_id: str) -> float:
+        """Judge spend of a backfill job: the costs recorded on the ledger rows it claimed."""
+        t = ledger_table.c
+        with self.store.engine.connect() as conn:
+            total = conn.execute(
+                sa.select(sa.func.sum(t.cost_usd)).where(t.job_id == job_id)
+            ).scalar()
+        return float(total or 0.0)
 
     def confirm(
         self, key: LedgerKey, *, state: str, now_ms: int, value_num: float | None = None,
@@ -316,7 +347,8 @@ class Ledger:
         t = ledger_table.c
         shapes: dict[tuple[bool, bool, bool], list[dict[str, Any]]] = {}
         for c in items:
-            shape = (c.adopted, c.state == "error", c.cost_usd is not None and not c.adopted)
+            shape = (c.adopted, c.state == "error",
+                     c.cost_usd is not None and not c.adopted and not c.cost_paid)  # fmt: skip
             shapes.setdefault(shape, []).append({
                 "k_trace": c.key.trace_id, "k_scorer": c.key.scorer, "k_version": c.key.version,
                 "b_state": c.state, "b_value": c.value_num, "b_passed": c.passed,

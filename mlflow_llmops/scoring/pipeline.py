@@ -114,17 +114,18 @@ class ScoringPipeline:
         return min(free, max(2 * self.concurrency, 2 * self._last_put))
 
     def put(self, traces: Sequence[Trace]) -> None:
-        """Claim ``traces`` and score the ones claimed (the others end as ``skipped``)."""
+        """Claim ``traces`` and score the ones claimed (the others end as ``skipped``, or
+        ``held`` while another live worker holds them)."""
         if not traces:
             return
         self._raise()
         claims = self.worker.claim(traces)
         with self._cv:
             self._last_put = len(traces)
-            self._scoring += sum(c.kind != "skip" for c in claims)
-            self._writing += sum(c.kind == "skip" for c in claims)
+            self._scoring += sum(c.ours for c in claims)
+            self._writing += sum(not c.ours for c in claims)
         for trace, claim in zip(traces, claims, strict=True):
-            if claim.kind == "skip":
+            if not claim.ours:
                 self._queue.put(self.worker.evaluate(trace, claim))
             else:
                 with self._cv:

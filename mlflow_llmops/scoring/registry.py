@@ -61,6 +61,7 @@ ledger_table = sa.Table(
     #: Attempts finished so far (NULL on rows written before schema version 2).
     sa.Column("attempts", sa.Integer, nullable=True),
     sa.Index("ix_llmops_scoring_ledger_ts", "scorer", "trace_timestamp_ms"),
+    sa.Index("ix_llmops_scoring_ledger_job", "job_id"),
 )
 
 backfill_jobs_table = sa.Table(
@@ -102,6 +103,14 @@ def _add_ledger_attempts(conn: sa.Connection) -> None:
         conn.execute(sa.text(f"ALTER TABLE {ledger_table.name} ADD COLUMN attempts INTEGER"))
 
 
+def _index_ledger_jobs(conn: sa.Connection) -> None:
+    """A backfill's spend is the sum of its ledger rows' costs: index them by job."""
+    have = {i["name"] for i in sa.inspect(conn).get_indexes(ledger_table.name)}
+    if "ix_llmops_scoring_ledger_job" not in have:
+        conn.execute(sa.text(f"CREATE INDEX ix_llmops_scoring_ledger_job "
+                             f"ON {ledger_table.name} (job_id)"))  # fmt: skip
+
+
 SCORING_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "scoring",
@@ -110,6 +119,7 @@ SCORING_MIGRATIONS: tuple[Migration, ...] = (
         create_tables(scorers_table, ledger_table, backfill_jobs_table, backfill_items_table),
     ),
     Migration("scoring", 2, "ledger attempts (errors are retried)", _add_ledger_attempts),
+    Migration("scoring", 3, "ledger rows by backfill job (spend)", _index_ledger_jobs),
 )
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,199}$")

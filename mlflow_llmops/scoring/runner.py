@@ -70,11 +70,12 @@ def passed_of(value: Any, threshold: float) -> bool | None:
 class TraceOutcome:
     trace_id: str
     state: str  # done | error (tried again later) | failed (given up) | skipped | adopted
-    #            | not_applicable
+    #            | not_applicable | held (another live worker holds it: ask again later)
     value: float | None = None
     passed: bool | None = None
     cost_usd: float | None = None
     error: str | None = None
+    retry_at_ms: int | None = None  # held: when the other worker's claim goes stale
 
 
 @dataclass
@@ -91,6 +92,8 @@ class ScorerRunStats:
     retried: int = 0  # traces of earlier errors tried again in this run
     skipped: int = 0
     not_applicable: int = 0
+    held: int = 0  # claimed by another live worker: left for a later run
+    late: int = 0  # found by their arrival time, older than the start-time scan
     cost_usd: float = 0.0
     watermark_ms: int | None = None
     problem: str | None = None
@@ -106,6 +109,8 @@ class ScorerRunStats:
                 self.error_samples.append(f"{o.trace_id}: {o.error}")
         elif o.state == "not_applicable":
             self.not_applicable += 1
+        elif o.state == "held":
+            self.held += 1
         else:
             self.skipped += 1
         self.cost_usd += o.cost_usd or 0.0
@@ -137,6 +142,8 @@ class ScoringRunReport:
                 f"already done {s.skipped}, not applicable {s.not_applicable}, "
                 f"sampled out {s.sampled_out} of {s.considered}"
                 + (f", retried {s.retried} earlier errors" if s.retried else "")
+                + (f", {s.late} arrived late" if s.late else "")
+                + (f", {s.held} held by another worker (next run)" if s.held else "")
                 + (f", gave up on {s.gave_up} (logged as errors)" if s.gave_up else "")
                 + (f", judge cost ${s.cost_usd:.6f}" if s.cost_usd else "")
             )
@@ -220,6 +227,8 @@ class TraceScorer:
         key = self.key(trace)
         if claim.kind == "skip":
             return PendingWrite(TraceOutcome(info.trace_id, "skipped"))
+        if claim.kind == "held":
+            return PendingWrite(TraceOutcome(info.trace_id, "held", retry_at_ms=claim.expires_ms))
         replaces = claim.assessment_id
         if claim.kind == "takeover":
             found = self._existing(info.trace_id, claim.assessment_id)
@@ -243,6 +252,8 @@ class TraceScorer:
         meta = {META_SCORER: spec.name, META_VERSION: str(spec.version)}
         try:
             out = self.resolved.score(trace)
+            if out.cost_usd:  # paid now: recorded before anything else can fail
+                self.ledger.add_cost(key, out.cost_usd)
             errors = [f for f in out.feedbacks if f.error is not None]
             if errors:
                 e = errors[0].error
@@ -250,12 +261,15 @@ class TraceScorer:
         except Exception as e:  # noqa: BLE001 - a scorer's failure is data, not a crash
             msg = f"{type(e).__name__}: {e}"
             cost = getattr(e, "cost_usd", None)
+            if cost:
+                self.ledger.add_cost(key, cost)
             attempt = claim.attempts + 1
             now_ms = to_ms(self.clock.now())
-            if attempt < self.ledger.max_attempts:  # tried again on a later run
+            if attempt < self.ledger.max_attempts:  # tried again later
                 return PendingWrite(
                     TraceOutcome(info.trace_id, "error", error=msg, cost_usd=cost),
-                    confirm=Confirmation(key, "error", now_ms, error=msg, cost_usd=cost),
+                    confirm=Confirmation(key, "error", now_ms, error=msg, cost_usd=cost,
+                                         cost_paid=True),
                 )  # fmt: skip
             err = AssessmentError(error_code=type(e).__name__,
                                   error_message=f"{e} (gave up after {attempt} attempts)")  # fmt: skip
@@ -265,13 +279,13 @@ class TraceScorer:
             return PendingWrite(
                 TraceOutcome(info.trace_id, "failed", error=msg, cost_usd=cost),
                 [fb],
-                Confirmation(key, "failed", now_ms, error=msg, cost_usd=cost),
+                Confirmation(key, "failed", now_ms, error=msg, cost_usd=cost, cost_paid=True),
             )  # fmt: skip
         done_ms = to_ms(self.clock.now())
         if not out.feedbacks:
             return PendingWrite(
                 TraceOutcome(info.trace_id, "not_applicable", cost_usd=out.cost_usd),
-                confirm=Confirmation(key, "done", done_ms, cost_usd=out.cost_usd),
+                confirm=Confirmation(key, "done", done_ms, cost_usd=out.cost_usd, cost_paid=True),
             )  # fmt: skip
         meta.update(out.extra_metadata)
         feedbacks = []
@@ -289,7 +303,8 @@ class TraceScorer:
         return PendingWrite(
             TraceOutcome(info.trace_id, "done", num, passed, out.cost_usd),
             feedbacks,
-            Confirmation(key, "done", done_ms, num, passed, cost_usd=out.cost_usd),
+            Confirmation(key, "done", done_ms, num, passed, cost_usd=out.cost_usd,
+                         cost_paid=True),
         )  # fmt: skip
 
     def commit(self, pending: Sequence[PendingWrite]) -> list[TraceOutcome]:
@@ -426,6 +441,15 @@ def _run_scorer(
     give_up_ms = now_ms - int(sc.max_in_progress_wait_s * 1000)
     new_wm, token = upper_ms, None
     todo: list[Any] = []
+    ts_of: dict[str, int] = {}
+    held: list[str] = []  # traces another live worker holds: not finished
+
+    def take(outcomes: Iterable[TraceOutcome]) -> None:
+        for o in outcomes:
+            stats.add(o)
+            if o.state == "held":
+                held.append(o.trace_id)
+
     while budget > 0:
         page = _search_page(client, exp_ids, flt, min(500, max(budget, 100)), False, token)
         todo = []
@@ -452,22 +476,100 @@ def _run_scorer(
             new_wm = next(i.timestamp_ms for i in todo if i.trace_id == ids[-1])
             page.token = None
         budget -= len(ids)
+        ts_of.update((i.trace_id, i.timestamp_ms) for i in todo)
         for chunk in range(0, len(ids), 200):
-            for o in pipe.feed(load_traces(client, ids[chunk : chunk + 200])):
-                stats.add(o)
+            take(pipe.feed(load_traces(client, ids[chunk : chunk + 200])))
         token = page.token
         if not token:
             break
     else:
         new_wm = min(new_wm, max(start_ms, todo[-1].timestamp_ms if todo else start_ms))
-    for o in pipe.drain():  # every trace before the new watermark is written
-        stats.add(o)
+    late = None
+    if budget > 0:
+        late = _late_arrivals(worker, pipe, stats, config, store, now_ms, exp_ids, scan_from,
+                              budget)  # fmt: skip
+        take(late.outcomes)
+    take(pipe.drain())  # every trace before the new watermark is written
+    if late is not None:
+        late.save(store, held)
     if hold_ms is not None:
         new_wm = min(new_wm, hold_ms)
+    held_ms = [ts_of[t] for t in held if t in ts_of]
+    if held_ms:  # not finished: the next run scans them again
+        new_wm = min(new_wm, min(held_ms))
     new_wm = max(new_wm, start_ms)
     store.set_watermark(wm_name, json.dumps({"ts": new_wm, "last_run_ms": now_ms}))
     stats.watermark_ms = new_wm
     return stats
+
+
+#: Arrival minutes one run reads at most (the rest waits for the next run).
+MAX_ARRIVAL_MINUTES = 240
+
+
+def _late_arrivals(
+    worker: TraceScorer, pipe: Any, stats: ScorerRunStats, config: Any, store: StateStore,
+    now_ms: int, exp_ids: list[str], before_ms: int, budget: int,
+) -> LateScan:  # fmt: skip
+    """Traces that started before the start-time scan's window but were written since the
+    last run: found by the minute the exporter stamped on them (``llmops.ingested_minute``),
+    however late they came (a store outage, a spool replayed an hour later)."""
+    from mlflow.entities import TraceState
+
+    from mlflow_llmops.tracing.keys import INGESTED_MINUTE, ingested_minute
+
+    sc, spec, client = config.scoring, worker.spec, worker.client
+    scan = LateScan(f"scoring:{spec.name}:v{spec.version}:arrivals")
+    raw = store.get_watermark(scan.watermark)
+    last = now_ms // 60_000 * 60_000
+    # one minute of overlap: a write may be stamped with a minute that was read as it ended
+    first = (int(json.loads(raw)["minute_ms"]) - 60_000 if raw
+             else last - int(max(sc.late_arrival_s, 60) * 1000) // 60_000 * 60_000)  # fmt: skip
+    first = max(first, last - MAX_ARRIVAL_MINUTES * 60_000)
+    minute = first
+    while minute <= last and budget > 0:
+        flt = combine_filters(spec.filter_string,
+                              f"metadata.`{INGESTED_MINUTE}` = '{ingested_minute(minute)}'",
+                              f"trace.timestamp_ms < {before_ms}")  # fmt: skip
+        token = None
+        while True:
+            page = _search_page(client, exp_ids, flt, 500, False, token)
+            infos = [t.info for t in page if t.info.state != TraceState.IN_PROGRESS
+                     and sampled(t.info.trace_id, spec.name, spec.sample_rate)]  # fmt: skip
+            done = worker.ledger.finished(spec.name, spec.version, (i.trace_id for i in infos))
+            ids = [i.trace_id for i in infos if i.trace_id not in done][:budget]
+            budget -= len(ids)
+            stats.considered += len(ids)
+            stats.late += len(ids)
+            scan.minute_of.update((i, minute) for i in ids)
+            for chunk in range(0, len(ids), 200):
+                scan.outcomes.extend(pipe.feed(load_traces(client, ids[chunk : chunk + 200])))
+            token = page.token
+            if not token or budget <= 0:
+                break
+        if budget <= 0:
+            break  # this minute again next run
+        minute += 60_000
+    scan.next_minute_ms = min(minute, last)
+    return scan
+
+
+@dataclass
+class LateScan:
+    """What ``_late_arrivals`` fed, and where the next run's scan of arrivals starts."""
+
+    watermark: str
+    outcomes: list[TraceOutcome] = field(default_factory=list)
+    minute_of: dict[str, int] = field(default_factory=dict)  # trace id -> arrival minute
+    next_minute_ms: int | None = None
+
+    def save(self, store: StateStore, held: Iterable[str]) -> None:
+        """Move the watermark on, but not past a trace another live worker holds."""
+        if self.next_minute_ms is None:
+            return
+        minute = min([self.next_minute_ms, *(self.minute_of[t] for t in held
+                                             if t in self.minute_of)])  # fmt: skip
+        store.set_watermark(self.watermark, json.dumps({"minute_ms": minute}))
 
 
 def _retry_errors(

@@ -198,11 +198,13 @@ class StoreWriter:
                     raise RuntimeError("experiment not resolved yet (tracking store unreachable)")
                 info.trace_location = TraceLocation.from_experiment_id(exp)
             by_exp[exp].append(trace)
+        minute = keys.ingested_minute(int(time.time() * 1000))
         for exp, traces in by_exp.items():
             ok: list[Any] = []
             for trace in traces:
                 tid = trace.info.trace_id
                 if tid not in started:
+                    trace.info.trace_metadata[keys.INGESTED_MINUTE] = minute
                     try:
                         self.client.start_trace(trace.info)
                     except Exception as e:

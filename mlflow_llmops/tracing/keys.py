@@ -15,6 +15,18 @@ ROUTE = "llmops.route"
 TENANT = "llmops.tenant"
 SAMPLE_WEIGHT = "llmops.sample_weight"
 SAMPLING = "llmops.sampling"
+#: The UTC minute the exporter wrote the trace to the store (``2026-12-04T19:05Z``): a trace
+#: that arrives late (spooled through an outage) is found by when it arrived, not by when
+#: it started. Search filters compare metadata for equality only, hence minutes as text.
+INGESTED_MINUTE = "llmops.ingested_minute"
+
+
+def ingested_minute(epoch_ms: int) -> str:
+    """The ``INGESTED_MINUTE`` value of a moment."""
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(epoch_ms // 60_000 * 60))
+
 
 MODEL = "mlflow.llm.model"
 PROVIDER = "mlflow.llm.provider"

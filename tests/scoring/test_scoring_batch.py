@@ -168,8 +168,10 @@ def _claim_many_semantics(store: StateStore) -> None:
     ])  # fmt: skip
     # keys[3] stays claimed by a: fresh for b, stale once the lease is over
     mixed = b.claim_many([(k, i, "1") for i, k in enumerate(keys)], now_ms=500)
-    assert [c.kind for c in mixed] == ["skip", "retry", "skip", "skip", "new", "new"]
+    assert [c.kind for c in mixed] == ["skip", "retry", "skip", "held", "new", "new"]
     assert mixed[1].attempts == 1
+    assert mixed[3].expires_ms == 10 + 1000 + 1  # a's claim is stale from then on
+    assert not mixed[3].ours and mixed[4].ours
     late = b.claim_many([(keys[3], 3, "1")], now_ms=5000)
     assert late[0].kind == "takeover"
     b.confirm_many([Confirmation(keys[1], "done", 600, 0.0, False, "b-1", cost_usd=0.25),

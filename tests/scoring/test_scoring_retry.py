@@ -158,9 +158,11 @@ def test_schema_v1_ledger_gains_the_attempts_column(tmp_path):
                                                       applied_at=EPOCH))  # fmt: skip
         fresh = StateStore(url)
         fresh.ensure_schema(SCORING_MIGRATIONS)
-        assert fresh.schema_version("scoring") == 2
+        assert fresh.schema_version("scoring") == 3
         cols = {c["name"] for c in sa.inspect(fresh.engine).get_columns(ledger_table.name)}
         assert "attempts" in cols
+        indexes = {i["name"] for i in sa.inspect(fresh.engine).get_indexes(ledger_table.name)}
+        assert "ix_llmops_scoring_ledger_job" in indexes  # version 3: spend by job
         from mlflow_llmops.scoring.ledger import Ledger
 
         assert Ledger(fresh, "me", lease_ttl_ms=1000, max_attempts=2).retry_due(
