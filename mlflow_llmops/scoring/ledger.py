@@ -223,18 +223,17 @@ class Ledger:
             # one order for every writer, so two processes inserting overlapping keys on
             # PostgreSQL wait for each other instead of deadlocking
             group = sorted(group, key=lambda i: i[0].trace_id)
-            taken: set[str] = set()
+            # one cached statement run with many parameter sets: SQLAlchemy sends them as
+            # multi-row INSERTs ("insertmanyvalues") and gathers the RETURNING rows, without
+            # compiling a new statement for every batch
+            stmt = (
+                insert(ledger_table)
+                .on_conflict_do_nothing(index_elements=["trace_id", "scorer", "version"])
+                .returning(t.trace_id)
+            )
+            rows = [self._new_row(k, now_ms, ts, e, job_id) for k, ts, e in group]
             with self.store.engine.begin() as conn:
-                for i in range(0, len(group), _CHUNK):
-                    rows = [self._new_row(k, now_ms, ts, e, job_id)
-                            for k, ts, e in group[i : i + _CHUNK]]  # fmt: skip
-                    stmt = (
-                        insert(ledger_table)
-                        .values(rows)
-                        .on_conflict_do_nothing(index_elements=["trace_id", "scorer", "version"])
-                        .returning(t.trace_id)
-                    )
-                    taken.update(r[0] for r in conn.execute(stmt))
+                taken = {r[0] for r in conn.execute(stmt, rows)}
             rest = [k for k, _, _ in group if k.trace_id not in taken]
             finished = self.finished(scorer, version, (k.trace_id for k in rest),
                                      states=("done", "failed"))  # fmt: skip
@@ -344,6 +343,9 @@ class Ledger:
         shape of update. Only rows this worker still holds change."""
         if not items:
             return
+        if self.store.dialect == "postgresql":
+            self._confirm_many_pg(items)
+            return
         t = ledger_table.c
         shapes: dict[tuple[bool, bool, bool], list[dict[str, Any]]] = {}
         for c in items:
@@ -385,6 +387,54 @@ class Ledger:
                     .values(**values),
                     params,
                 )
+
+    def _confirm_many_pg(self, items: Sequence[Confirmation]) -> None:
+        """``confirm_many`` on PostgreSQL: one ``UPDATE ... FROM (VALUES ...)`` per chunk, the
+        shapes of ``confirm_many`` spelled as CASEs (an executemany is one statement per
+        row, a round trip each: most of a code-scorer backfill's time)."""
+        table = ledger_table.name
+        statements = []
+        for i in range(0, len(items), _CHUNK):
+            chunk = items[i : i + _CHUNK]
+            params: dict[str, Any] = {"holder": self.holder}
+            rows = []
+            for j, c in enumerate(chunk):
+                add_cost = c.cost_usd if c.cost_usd is not None and not (
+                    c.adopted or c.cost_paid) else None  # fmt: skip
+                params.update({
+                    f"t{j}": c.key.trace_id, f"s{j}": c.key.scorer, f"v{j}": c.key.version,
+                    f"st{j}": c.state, f"n{j}": c.value_num, f"p{j}": c.passed,
+                    f"e{j}": c.error[:4000] if c.error else None, f"m{j}": c.now_ms,
+                    f"c{j}": add_cost, f"a{j}": c.assessment_id, f"ad{j}": c.adopted,
+                    f"ke{j}": not c.adopted and c.state == "error",
+                })  # fmt: skip
+                rows.append(
+                    f"(CAST(:t{j} AS TEXT), CAST(:s{j} AS TEXT), CAST(:v{j} AS INTEGER), "
+                    f"CAST(:st{j} AS TEXT), CAST(:n{j} AS DOUBLE PRECISION), "
+                    f"CAST(:p{j} AS BOOLEAN), CAST(:e{j} AS TEXT), CAST(:m{j} AS BIGINT), "
+                    f"CAST(:c{j} AS DOUBLE PRECISION), CAST(:a{j} AS TEXT), "
+                    f"CAST(:ad{j} AS BOOLEAN), CAST(:ke{j} AS BOOLEAN))"
+                )
+            sql = (
+                f"UPDATE {table} AS l SET state = v.state, value_num = v.value_num, "
+                "passed = v.passed, scored_ms = v.now_ms, "
+                "assessment_id = CASE WHEN v.keep_assessment THEN l.assessment_id "
+                "ELSE v.assessment_id END, "
+                "error = CASE WHEN v.adopted THEN l.error ELSE v.error END, "
+                "attempts = CASE WHEN v.adopted THEN l.attempts "
+                "ELSE COALESCE(l.attempts, 0) + 1 END, "
+                "cost_usd = CASE WHEN v.add_cost IS NULL THEN l.cost_usd "
+                "ELSE COALESCE(l.cost_usd, 0) + v.add_cost END "
+                f"FROM (VALUES {', '.join(rows)}) AS v(trace_id, scorer, version, state, "
+                "value_num, passed, error, now_ms, add_cost, assessment_id, adopted, "
+                "keep_assessment) "
+                "WHERE l.trace_id = v.trace_id AND l.scorer = v.scorer "
+                "AND l.version = v.version AND l.holder = :holder"
+            )
+            statements.append((sa.text(sql), params))
+        with self.store.engine.begin() as conn:  # one transaction, as on the other stores
+            for stmt, params in statements:
+                conn.execute(stmt, params)
 
     def release(self, claims: Sequence[tuple[LedgerKey, Claim]]) -> None:
         """Give back keys claimed but never scored (a run stopped before their turn): a new

@@ -17,7 +17,12 @@ rows on the pinned MLflow.
 ``TracingClient.batch_get_traces`` first reads the trace infos one lazy query at
 a time (about 10 ms a trace on SQLite) and then calls the store's
 ``batch_get_traces`` anyway, which is what we call directly when the store is
-MLflow's SQL store.
+MLflow's SQL store. Faster still, ``_read_sql_traces`` assembles the same traces from
+the pieces MLflow's own ``search_traces`` uses (trace info rows read with SQLAlchemy
+Core instead of one ORM object per tag and metadata row; span rows as
+``batch_get_traces`` reads them): three quarters of a backfill's read time. The test
+suite checks it returns what ``batch_get_traces`` returns; MLflow internals that moved
+send it back to ``batch_get_traces``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import sqlalchemy as sa
 from mlflow.entities import Assessment, Trace
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
@@ -37,7 +43,7 @@ log = logging.getLogger(__name__)
 _NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 _UNAVAILABLE = "TEMPORARILY_UNAVAILABLE"
 #: Traces per store read (span rows of each trace come in the same query).
-LOAD_CHUNK = 200
+LOAD_CHUNK = 400
 
 
 def _sql_store_parts(store: Any) -> dict[str, Any] | None:
@@ -65,6 +71,36 @@ def is_sql_store(client: Any) -> bool:
     return type(client.store) is SqlAlchemyStore
 
 
+def _read_sql_traces(store: Any, trace_ids: Sequence[str]) -> list[Trace]:
+    """``store.batch_get_traces(trace_ids)`` of MLflow's SQL store, through its Core-based
+    trace info builder. Raises ``MlflowTracingException`` for spans stored elsewhere,
+    ``AttributeError``/``ImportError`` when MLflow's internals changed."""
+    from mlflow.entities import TraceData
+    from mlflow.store.tracking import sqlalchemy_store as sql_store
+    from mlflow.store.tracking.dbmodels.models import SqlTraceInfo
+
+    columns = sql_store._TRACE_INFO_COLUMNS
+    build, order = sql_store._build_trace_infos_from_rows, {t: i for i, t in enumerate(trace_ids)}
+    with store.ManagedSessionMaker() as session:
+        rows = session.execute(
+            sa.select(*columns).where(SqlTraceInfo.request_id.in_(list(order)))
+        ).all()
+        infos = sorted(build(session, rows), key=lambda i: order[i.trace_id])
+        spans, _cleared = store._load_tracking_store_span_snapshots(
+            session, [i.trace_id for i in infos]
+        )
+    out = []
+    for info in infos:
+        data = store._get_spans_with_trace_info(info, spans.get(info.trace_id, []),
+                                                allow_partial=False)  # fmt: skip
+        if data is not None:  # None: not fully exported yet, as batch_get_traces skips it
+            out.append(Trace(info=info, data=TraceData(spans=data)))
+    return out
+
+
+_FAST_READ = {"ok": True}
+
+
 def load_traces(client: Any, trace_ids: Sequence[str]) -> list[Trace]:
     """Full traces (spans included) of ``trace_ids``; deleted or incomplete ones are left out.
 
@@ -82,6 +118,13 @@ def load_traces(client: Any, trace_ids: Sequence[str]) -> list[Trace]:
         chunk = ids[i : i + LOAD_CHUNK]
         if direct:
             try:
+                if _FAST_READ["ok"]:
+                    try:
+                        out.extend(_read_sql_traces(client.store, chunk))
+                        continue
+                    except (AttributeError, ImportError, TypeError):
+                        _FAST_READ["ok"] = False  # MLflow moved: its public store call
+                        log.debug("fast trace read unavailable", exc_info=True)
                 out.extend(client.store.batch_get_traces(chunk))
                 continue
             except MlflowTracingException:

@@ -51,9 +51,9 @@ class ScoringPipeline:
         *,
         concurrency: int,
         on_commit: Callable[[list[TraceOutcome]], None] | None = None,
-        max_batch: int = 250,
+        max_batch: int = 1000,
         linger_s: float = 0.25,
-        max_ahead: int = 256,
+        max_ahead: int = 1024,
         horizon_s: float | None = None,
     ) -> None:
         self.worker = worker

@@ -93,7 +93,8 @@ backfill_items_table = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),  # pending | leased | done | error
     sa.Column("holder", sa.String(200), nullable=True),
     sa.Column("lease_expires_ms", sa.BigInteger, nullable=True),
-    sa.Index("ix_llmops_backfill_items_state", "job_id", "state"),
+    # (job_id, state) prefix: counts by state; the time order: the next items to lease
+    sa.Index("ix_llmops_backfill_items_next", "job_id", "state", "trace_timestamp_ms"),
 )
 
 
@@ -104,11 +105,20 @@ def _add_ledger_attempts(conn: sa.Connection) -> None:
 
 
 def _index_ledger_jobs(conn: sa.Connection) -> None:
-    """A backfill's spend is the sum of its ledger rows' costs: index them by job."""
-    have = {i["name"] for i in sa.inspect(conn).get_indexes(ledger_table.name)}
-    if "ix_llmops_scoring_ledger_job" not in have:
-        conn.execute(sa.text(f"CREATE INDEX ix_llmops_scoring_ledger_job "
-                             f"ON {ledger_table.name} (job_id)"))  # fmt: skip
+    """A backfill's spend is the sum of its ledger rows' costs: index them by job; a lease
+    takes the next pending items in time order: index them so."""
+    for table, name, cols in (
+        (ledger_table, "ix_llmops_scoring_ledger_job", "job_id"),
+        (backfill_items_table, "ix_llmops_backfill_items_next",
+         "job_id, state, trace_timestamp_ms"),
+    ):  # fmt: skip
+        insp = sa.inspect(conn)
+        if not insp.has_table(table.name):
+            table.create(conn)  # with its indexes
+        elif name not in {i["name"] for i in insp.get_indexes(table.name)}:
+            conn.execute(sa.text(f"CREATE INDEX {name} ON {table.name} ({cols})"))
+    # its prefix: a planner that took it instead sorted every pending item on each lease
+    conn.execute(sa.text("DROP INDEX IF EXISTS ix_llmops_backfill_items_state"))
 
 
 SCORING_MIGRATIONS: tuple[Migration, ...] = (
@@ -119,7 +129,12 @@ SCORING_MIGRATIONS: tuple[Migration, ...] = (
         create_tables(scorers_table, ledger_table, backfill_jobs_table, backfill_items_table),
     ),
     Migration("scoring", 2, "ledger attempts (errors are retried)", _add_ledger_attempts),
-    Migration("scoring", 3, "ledger rows by backfill job (spend)", _index_ledger_jobs),
+    Migration(
+        "scoring",
+        3,
+        "ledger rows by backfill job (spend), backfill items by time",
+        _index_ledger_jobs,
+    ),  # fmt: skip
 )
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,199}$")

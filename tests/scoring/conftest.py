@@ -29,6 +29,17 @@ def mlflow_db(tmp_path, template_db) -> MlflowDb:
 
 
 @pytest.fixture
+def judge_llm():
+    """A fake OpenAI-compatible judge that grades like a real one (``grader``)."""
+    from test_scoring_judge import grader
+
+    from mlflow_llmops.testing.fake_llm import FakeLLMConfig, FakeLLMServer
+
+    with FakeLLMServer(FakeLLMConfig(responder=grader)) as srv:
+        yield srv
+
+
+@pytest.fixture
 def store(state_url) -> StateStore:
     s = StateStore(state_url)
     yield s

@@ -15,7 +15,7 @@ import mlflow
 import pytest
 import sqlalchemy as sa
 from scoring_helpers import EPOCH, EPOCH_MS, config_for, make_traces
-from test_scoring_backfill import _cli, _done, _judge, _write_config, judge_llm  # noqa: F401
+from test_scoring_backfill import _cli, _done, _judge, _write_config
 from test_scoring_retry import _assessments, _ledger
 
 from mlflow_llmops.scoring import ScorerRegistry, ScorerSpec, backfill, run_due_scorers

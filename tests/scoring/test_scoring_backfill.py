@@ -15,7 +15,6 @@ import yaml
 from mlflow.entities import AssessmentSource, Feedback
 from mlflow.tracing.client import TracingClient
 from scoring_helpers import EPOCH, EPOCH_MS, config_for, make_traces
-from test_scoring_judge import grader
 
 from mlflow_llmops.scoring import (
     BackfillError,
@@ -29,15 +28,9 @@ from mlflow_llmops.scoring.registry import (
     backfill_jobs_table,
     ledger_table,
 )
-from mlflow_llmops.testing.fake_llm import FakeLLMConfig, FakeLLMServer, Fault
+from mlflow_llmops.testing.fake_llm import Fault
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def judge_llm():
-    with FakeLLMServer(FakeLLMConfig(responder=grader)) as srv:
-        yield srv
 
 
 def _judge(store, base_url: str, name: str = "quality") -> None:

@@ -142,10 +142,36 @@ def test_load_traces_falls_back_to_the_client_when_the_store_cannot(mlflow_db, m
         raise MlflowTracingException("Trace data not stored in tracking store")
 
     monkeypatch.setattr(client.store, "batch_get_traces", artifact_backed)
+    monkeypatch.setattr(mlflow_io, "_read_sql_traces", artifact_backed)
     used = []
     monkeypatch.setattr(client, "batch_get_traces",
                         lambda chunk: used.append(chunk) or [])  # fmt: skip
     assert load_traces(client, ids) == [] and used == [ids]
+
+
+def test_the_fast_trace_read_returns_what_batch_get_traces_returns(mlflow_db):
+    """The guard of ``_read_sql_traces``: same traces, same order, same content (tags,
+    metadata with MLflow's promoted token columns, assessments, spans)."""
+    import mlflow
+
+    mlflow_db.load(make_traces(6))
+    ids = _ids(mlflow_db)
+    client = TracingClient(mlflow_db.uri)
+    client.log_assessment(ids[0], _feedback("prior", 0.5))
+    from mlflow_state import use_tracking_uri
+
+    with use_tracking_uri(mlflow_db.uri):  # one trace through MLflow's own API as well
+        span = mlflow.start_span_no_context("api", experiment_id=mlflow_db.experiment_id,
+                                            inputs={"q": "hi"}, tags={"team": "a"})  # fmt: skip
+        span.end(outputs={"a": "Paris"})
+        mlflow.flush_trace_async_logging()
+    ids = _ids(mlflow_db)
+    order = list(reversed(ids)) + ["tr-gone"]
+    ours = mlflow_io._read_sql_traces(client.store, order)
+    theirs = client.store.batch_get_traces(order)
+    assert [t.info.trace_id for t in ours] == [t.info.trace_id for t in theirs]
+    assert len(ours) == len(ids)
+    assert [t.to_dict() for t in ours] == [t.to_dict() for t in theirs]
 
 
 def _ledger_rows(store: StateStore) -> dict[str, tuple]:
