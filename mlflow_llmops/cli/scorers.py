@@ -270,12 +270,13 @@ def run_cmd(
     help="Score again the traces that errored, those given up on too (fresh attempts).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--run-name", help="Record the job as an MLflow run (beside evaluate() runs).")
 @pass_app
 def backfill_cmd(
     app: AppContext, scorer: str, since: str | None, until: str | None,
     filter_string: str | None, sample_rate: float | None, max_cost_usd: float | None,
     concurrency: int | None, rps: float | None, experiments: tuple[str, ...],
-    worker_id: str | None, retry_errors: bool, no_progress: bool,
+    worker_id: str | None, retry_errors: bool, no_progress: bool, run_name: str | None,
 ) -> None:  # fmt: skip
     """Score history with SCORER's current version; resumable, idempotent, within budget.
 
@@ -309,7 +310,7 @@ def backfill_cmd(
         filter_string=filter_string, sample_rate=sample_rate, max_cost_usd=max_cost_usd,
         concurrency=concurrency, rate_limit_rps=rps, experiment_ids=exp_ids,
         worker_id=worker_id, retry_errors=retry_errors, progress=not no_progress,
-        on_plan=on_plan, window_key=window_key,
+        on_plan=on_plan, window_key=window_key, run_name=run_name,
     )  # fmt: skip
     click.echo(report.summary())
     if report.all_failed:  # nothing was scored: a broken scorer or judge, not a partial run

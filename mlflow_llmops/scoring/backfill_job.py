@@ -72,6 +72,7 @@ class BackfillReport:
     job_errors: int = 0  # items of the whole job given up on
     estimate_usd: float | None = None
     spent_usd: float = 0.0
+    run_id: str | None = None  # the MLflow run of the job (``run_name``)
     since_ms: int | None = None  # the window, as resolved when the job was created
     until_ms: int | None = None
     status: str = "running"  # running | done | budget_exhausted
@@ -96,6 +97,8 @@ class BackfillReport:
             + (f", {self.held} held by another worker (rerun to finish)" if self.held else ""),
             f"  judge spend: estimate {est}, spent so far ${self.spent_usd:.4f}",
         ]
+        if self.run_id:
+            lines.append(f"  MLflow run {self.run_id} (assessments and traces linked)")
         lines.extend(f"  error {e}" for e in self.error_samples)
         return "\n".join(lines)
 
@@ -288,12 +291,16 @@ def backfill(
     clock: Clock | None = None,
     on_plan: Any = None,
     window_key: str | None = None,
+    run_name: str | None = None,
 ) -> BackfillReport:
     """Score every (sampled) trace of the window with the scorer's current version.
 
     ``window_key``: the text of a window relative to now (the CLI passes ``--since`` and
     ``--until`` when one is a duration); the job is then found by it, and ``since_ms`` /
-    ``until_ms`` only matter to the worker that creates the job.
+    ``until_ms`` only matter to the worker that creates the job. ``run_name``: record the
+    job as an MLflow run of that name (one per job: a rerun or another worker joins it),
+    its assessments and traces linked to it and its results logged as metrics, as
+    ``mlflow.genai.evaluate`` records an evaluation.
     """
     from mlflow.tracing.client import TracingClient
     from tqdm import tqdm
@@ -382,10 +389,15 @@ def backfill(
         resolved, tracking_uri=config.tracking.uri, store=store, clock=clock, holder=holder,
         lease_ttl_s=sc.lease_ttl_s, job_id=jid, max_attempts=sc.max_attempts,
     )  # fmt: skip
+    run = BackfillRun.open(config.tracking.uri, exp_ids[0], jid, run_name, spec,
+                           row) if run_name else None  # fmt: skip
+    worker.run_id = run.run_id if run is not None else None
+    report.run_id = worker.run_id
     bar = tqdm(total=report.total, initial=report.already_done, file=sys.stderr,
                disable=not progress, desc=f"backfill {spec.name}@v{spec.version}",
                unit="trace", dynamic_ncols=True)  # fmt: skip
-    loop = _BackfillLoop(job, worker, client, clock, sc, report, bar, max_cost_usd, per_trace)
+    loop = _BackfillLoop(job, worker, client, clock, sc, report, bar, max_cost_usd, per_trace,
+                         run)  # fmt: skip
     try:
         with ScoringPipeline(worker, concurrency=conc, on_commit=loop.on_commit) as pipe:
             loop.run(pipe)
@@ -399,7 +411,66 @@ def backfill(
     report.job_errors = counts.get("error", 0)
     job.set_status(report.status, to_ms(clock.now()))
     report.spent_usd = worker.ledger.job_spend(jid)
+    if run is not None:
+        run.finish(store, report)
     return report
+
+
+class BackfillRun:
+    """The MLflow run of a backfill job (``--run-name``): found by its job tag, else created."""
+
+    JOB_TAG = "llmops.backfill_job"
+
+    def __init__(self, client: Any, run_id: str, scorer: str, version: int) -> None:
+        self.client, self.run_id, self.scorer, self.version = client, run_id, scorer, version
+
+    @classmethod
+    def open(cls, tracking_uri: str, experiment_id: str, job_id: str, name: str, spec: Any,
+             row: Any) -> BackfillRun:  # fmt: skip
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        found = client.search_runs([experiment_id],
+                                   filter_string=f"tags.`{cls.JOB_TAG}` = '{job_id}'",
+                                   max_results=1)  # fmt: skip
+        if found:
+            return cls(client, found[0].info.run_id, spec.name, spec.version)
+        run = client.create_run(experiment_id, run_name=name, tags={
+            cls.JOB_TAG: job_id, "llmops.scorer": f"{spec.name}@v{spec.version}"})  # fmt: skip
+        for k, v in {"scorer": spec.name, "scorer_version": spec.version,
+                     "since_ms": row.since_ms, "until_ms": row.until_ms,
+                     "sample_rate": row.sample_rate, "filter": row.filter_string,
+                     "traces": row.total_items}.items():  # fmt: skip
+            client.log_param(run.info.run_id, k, "" if v is None else v)
+        return cls(client, run.info.run_id, spec.name, spec.version)
+
+    def link(self, trace_ids: Sequence[str]) -> None:
+        """Show the traces on the run's Traces tab (MLflow takes 100 per call)."""
+        for i in range(0, len(trace_ids), 100):
+            self.client.link_traces_to_run(list(trace_ids[i : i + 100]), self.run_id)
+
+    def finish(self, store: StateStore, report: BackfillReport) -> None:
+        """Log the job's results so far; end the run once the job is done."""
+        from mlflow_llmops.scoring.registry import ledger_table
+
+        t = ledger_table.c
+        with store.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(sa.func.count(t.value_num), sa.func.avg(t.value_num),
+                          sa.func.avg(sa.case((t.passed.is_(True), 1.0),
+                                              (t.passed.is_(False), 0.0))))
+                .where(t.job_id == report.job_id, t.state == "done")
+            ).first()  # fmt: skip
+        metrics = {"scored": float(row[0] or 0), "errors": float(report.job_errors),
+                   "judge_cost_usd": report.spent_usd}  # fmt: skip
+        if row[1] is not None:
+            metrics[f"{self.scorer}/mean"] = float(row[1])
+        if row[2] is not None:
+            metrics[f"{self.scorer}/pass_rate"] = float(row[2])
+        for k, v in metrics.items():
+            self.client.log_metric(self.run_id, k, v)
+        if report.status == "done":
+            self.client.set_terminated(self.run_id, "FINISHED")
 
 
 #: How often a backfill asks again for a trace another live worker holds (its claim goes
@@ -418,7 +489,8 @@ class _BackfillLoop:
 
     def __init__(self, job: BackfillJob, worker: TraceScorer, client: Any, clock: Clock,
                  sc: Any, report: BackfillReport, bar: Any, max_cost_usd: float | None,
-                 per_trace: float) -> None:  # fmt: skip
+                 per_trace: float, run: BackfillRun | None = None) -> None:  # fmt: skip
+        self.mlflow_run = run
         self.job, self.worker, self.client, self.clock = job, worker, client, clock
         self.backoff_s = sc.backfill_retry_backoff_s
         self.report, self.bar = report, bar
@@ -436,6 +508,9 @@ class _BackfillLoop:
             o.cost_usd for o in outcomes) else None  # fmt: skip
         if final or spent is not None:
             self.job.finish(final, spent)
+        if self.mlflow_run is not None:
+            self.mlflow_run.link([o.trace_id for o in outcomes
+                           if o.state in ("done", "adopted", "failed")])  # fmt: skip
 
     def run(self, pipe: ScoringPipeline) -> None:
         while True:

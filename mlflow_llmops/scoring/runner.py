@@ -36,6 +36,8 @@ META_SCORER = "llmops.scorer"
 META_VERSION = "llmops.scorer_version"
 #: On the error Feedback logged when a trace is given up on.
 META_ATTEMPTS = "llmops.attempts"
+#: MLflow's key for the run an assessment came from (``AssessmentMetadataKey.SOURCE_RUN_ID``)
+SOURCE_RUN_ID = "mlflow.assessment.sourceRunId"
 _PASS_WORDS = {"yes": True, "pass": True, "true": True, "no": False, "fail": False, "false": False}
 
 
@@ -196,6 +198,9 @@ class TraceScorer:
         self.ledger = Ledger(store, holder or new_holder_id(),
                              lease_ttl_ms=int(lease_ttl_s * 1000), max_attempts=max_attempts)  # fmt: skip
         self.job_id = job_id
+        #: an MLflow run the assessments belong to (a backfill's ``--run-name``), as
+        #: ``mlflow.genai.evaluate`` links its own: they then show beside evaluation runs
+        self.run_id: str | None = None
 
     def _existing(self, trace_id: str, known: str | None) -> Any:
         """What a crashed holder logged (``known``: logged by an earlier, confirmed attempt)."""
@@ -250,6 +255,8 @@ class TraceScorer:
                 )  # fmt: skip
         source = AssessmentSource(source_type=self.resolved.source_type, source_id=spec.source_id)
         meta = {META_SCORER: spec.name, META_VERSION: str(spec.version)}
+        if self.run_id is not None:
+            meta[SOURCE_RUN_ID] = self.run_id
         try:
             out = self.resolved.score(trace)
             if out.cost_usd:  # paid now: recorded before anything else can fail

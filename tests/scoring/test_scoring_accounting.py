@@ -245,3 +245,30 @@ def test_job_spend_is_the_ledger_sum_and_counts_calls_lost_in_a_crash(
     assert Counter(t for t, name, _ in mlflow_db.assessments() if name == "quality") == {
         tid: 1 for tid in _ids(mlflow_db)}  # fmt: skip
     json.dumps(costs)  # plain floats
+
+
+def test_a_backfill_with_a_run_name_sits_beside_evaluate_runs(mlflow_db, store, state_url):
+    from mlflow import MlflowClient
+
+    mlflow_db.load(make_traces(10))
+    ids = _ids(mlflow_db)
+    ScorerRegistry(store).register(ScorerSpec(name="paris", ref="scoring_helpers:mentions_paris"),
+                                   now=EPOCH)  # fmt: skip
+    cfg = config_for(mlflow_db.uri, state_url)
+    r = backfill(cfg, store, scorer="paris", progress=False, run_name="paris-march", **WINDOW)
+    assert r.status == "done" and r.run_id and f"MLflow run {r.run_id}" in r.summary()
+    client = MlflowClient(mlflow_db.uri)
+    run = client.get_run(r.run_id)
+    assert (run.info.run_name, run.info.status) == ("paris-march", "FINISHED")
+    assert run.data.metrics["scored"] == 10 and run.data.params["scorer"] == "paris"
+    assert run.data.metrics["paris/pass_rate"] == pytest.approx(
+        sum("paris" in a.lower() for a in [t.response for t in make_traces(10)]) / 10
+    )
+    linked = client.search_traces(locations=[mlflow_db.experiment_id], run_id=r.run_id,
+                                  max_results=100)  # fmt: skip
+    assert {t.info.trace_id for t in linked} == set(ids)
+    found = _assessments(mlflow_db.uri, ids, "paris")
+    assert len(found) == 10 and {a.run_id for a in found} == {r.run_id}
+    again = backfill(cfg, store, scorer="paris", progress=False, run_name="paris-march",
+                     **WINDOW)  # fmt: skip
+    assert again.run_id == r.run_id  # one run per job
