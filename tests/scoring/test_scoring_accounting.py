@@ -6,7 +6,6 @@ a job's judge spend is the ledger's, whatever the crashes."""
 from __future__ import annotations
 
 import json
-import signal
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -15,7 +14,7 @@ import mlflow
 import pytest
 import sqlalchemy as sa
 from scoring_helpers import EPOCH, EPOCH_MS, config_for, make_traces
-from test_scoring_backfill import _cli, _done, _judge, _write_config
+from test_scoring_backfill import _cli, _judge, _write_config, kill_when_done
 from test_scoring_retry import _assessments, _ledger
 
 from mlflow_llmops.scoring import ScorerRegistry, ScorerSpec, backfill, run_due_scorers
@@ -112,15 +111,21 @@ def _claim_as_another_host(state_url: str, ids: list[str], scorer: str) -> None:
         other.dispose()
 
 
-def test_a_claim_of_a_dead_worker_on_another_host_is_taken_over_by_the_backfill(
-    mlflow_db, store, state_url
-):
-    mlflow_db.load(make_traces(6))
+def _foreign_claims(mlflow_db, store, state_url, n: int, claimed: int):  # noqa: ANN202
+    """``n`` traces and a ``paris`` scorer; the first ``claimed`` held by a dead foreign
+    worker whose claims go stale after 1.5 s. Returns the trace ids and the config."""
+    mlflow_db.load(make_traces(n))
     ids = _ids(mlflow_db)
     ScorerRegistry(store).register(ScorerSpec(name="paris", ref="scoring_helpers:mentions_paris"),
                                    now=EPOCH)  # fmt: skip
-    _claim_as_another_host(state_url, ids[:4], "paris")
-    cfg = config_for(mlflow_db.uri, state_url, lease_ttl_s=1.5)
+    _claim_as_another_host(state_url, ids[:claimed], "paris")
+    return ids, config_for(mlflow_db.uri, state_url, lease_ttl_s=1.5)
+
+
+def test_a_claim_of_a_dead_worker_on_another_host_is_taken_over_by_the_backfill(
+    mlflow_db, store, state_url
+):
+    ids, cfg = _foreign_claims(mlflow_db, store, state_url, 6, 4)
     r = backfill(cfg, store, scorer="paris", progress=False, **WINDOW)
     # the four are not "already scored": they waited for the claim to go stale, then scored
     assert (r.scored, r.skipped, r.held, r.status) == (6, 0, 0, "done")
@@ -133,12 +138,7 @@ def test_a_claim_of_a_dead_worker_on_another_host_is_taken_over_by_the_backfill(
 def test_a_claim_of_a_dead_worker_on_another_host_holds_the_runner_watermark(
     mlflow_db, store, state_url
 ):
-    mlflow_db.load(make_traces(5))
-    ids = _ids(mlflow_db)
-    ScorerRegistry(store).register(ScorerSpec(name="paris", ref="scoring_helpers:mentions_paris"),
-                                   now=EPOCH)  # fmt: skip
-    _claim_as_another_host(state_url, ids[:2], "paris")
-    cfg = config_for(mlflow_db.uri, state_url, lease_ttl_s=1.5)
+    _, cfg = _foreign_claims(mlflow_db, store, state_url, 5, 2)
     first = run_due_scorers(cfg, store, EPOCH + timedelta(days=1), force=True).scorers[0]
     assert (first.scored, first.held) == (3, 2)
     time.sleep(1.6)  # the other host's claims go stale
@@ -207,7 +207,7 @@ def test_job_spend_is_the_ledger_sum_and_counts_calls_lost_in_a_crash(
     mlflow_db,
     store,
     state_url,
-    tmp_path,  # noqa: F811
+    tmp_path,
 ):
     n, concurrency = 90, 4
     mlflow_db.load(_equal_traces(n))
@@ -217,14 +217,7 @@ def test_job_spend_is_the_ledger_sum_and_counts_calls_lost_in_a_crash(
     args = ("scorers", "backfill", "--scorer", "quality", "--since", "2026-03-01",
             "--until", "2026-03-02", "--no-progress")  # fmt: skip
     for fraction in (4, 2):  # two crashes, then a run to the end
-        proc = _cli(cfg, *args)
-        deadline = time.monotonic() + 90
-        while _done(store.engine) < n // fraction:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "backfill made no progress"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+        kill_when_done(store, cfg, args, n // fraction)
     last = _cli(cfg, *args)
     out, err = last.communicate(timeout=120)
     assert last.returncode == 0, err

@@ -145,6 +145,18 @@ def _done(engine: sa.Engine) -> int:
                          .where(ledger_table.c.state == "done")).scalar_one()  # fmt: skip
 
 
+def kill_when_done(store, cfg: Path, args: tuple[str, ...], at_least: int) -> None:
+    """Run the CLI with ``args`` and SIGKILL it once the ledger has ``at_least`` done rows."""
+    proc = _cli(cfg, *args)
+    deadline = time.monotonic() + 90
+    while _done(store.engine) < at_least:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "backfill made no progress"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
 def test_backfill_killed_with_sigkill_then_rerun_scores_each_trace_once(
     judge_llm, mlflow_db, store, state_url, tmp_path
 ):
@@ -155,14 +167,7 @@ def test_backfill_killed_with_sigkill_then_rerun_scores_each_trace_once(
     cfg = _write_config(tmp_path / "c.yaml", mlflow_db.uri, state_url)
     args = ("scorers", "backfill", "--scorer", "quality", "--since", "2026-03-01",
             "--until", "2026-03-02", "--no-progress")  # fmt: skip
-    proc = _cli(cfg, *args)
-    deadline = time.monotonic() + 90
-    while _done(store.engine) < n // 3:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "backfill made no progress"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    kill_when_done(store, cfg, args, n // 3)
     killed_at = _done(store.engine)
     assert killed_at < n
     rerun = _cli(cfg, *args)

@@ -284,13 +284,19 @@ class _SlowScorer:
         return ScoreOutput([Feedback(value=True)], cost_usd=0.001)
 
 
-def test_pipeline_keeps_the_scorers_busy_and_writes_from_one_thread(mlflow_db, store, monkeypatch):
-    mlflow_db.load(make_traces(120))
+def _slow_worker(mlflow_db, store, n: int, delay_s: float) -> tuple[TraceScorer, _SlowScorer]:
+    """``n`` traces and a worker whose scorer takes ``delay_s`` a trace, as a judge does."""
+    mlflow_db.load(make_traces(n))
     store.ensure_schema(SCORING_MIGRATIONS)
-    slow = _SlowScorer(0.05)
+    slow = _SlowScorer(delay_s)
     spec = ScorerSpec(name="slow", ref="scoring_helpers:flaky")
     worker = TraceScorer(ResolvedScorer(spec, "LLM_JUDGE", slow), tracking_uri=mlflow_db.uri,
                          store=store, clock=SystemClock())  # fmt: skip
+    return worker, slow
+
+
+def test_pipeline_keeps_the_scorers_busy_and_writes_from_one_thread(mlflow_db, store, monkeypatch):
+    worker, slow = _slow_worker(mlflow_db, store, 120, 0.05)
     writers, batches = set(), []
     commit = worker.commit
 
@@ -423,12 +429,7 @@ def test_release_gives_back_only_what_is_safe(store):
 
 
 def test_closing_early_gives_back_the_claims_never_scored(mlflow_db, store):
-    mlflow_db.load(make_traces(30))
-    store.ensure_schema(SCORING_MIGRATIONS)
-    slow = _SlowScorer(0.1)
-    spec = ScorerSpec(name="slow", ref="scoring_helpers:flaky")
-    worker = TraceScorer(ResolvedScorer(spec, "LLM_JUDGE", slow), tracking_uri=mlflow_db.uri,
-                         store=store, clock=SystemClock())  # fmt: skip
+    worker, slow = _slow_worker(mlflow_db, store, 30, 0.1)
     traces = load_traces(worker.client, _ids(mlflow_db))
     pipe = ScoringPipeline(worker, concurrency=2)
     pipe.put(traces)  # all 30 claimed; two at a time scored
@@ -437,7 +438,7 @@ def test_closing_early_gives_back_the_claims_never_scored(mlflow_db, store):
     rows = _ledger_rows(store)
     assert 2 <= len(rows) < 30 and {r[0] for r in rows.values()} == {"done"}
     assert len(mlflow_db.assessments()) == len(rows)
-    again = TraceScorer(ResolvedScorer(spec, "LLM_JUDGE", _SlowScorer(0)),
+    again = TraceScorer(ResolvedScorer(worker.spec, "LLM_JUDGE", _SlowScorer(0)),
                         tracking_uri=mlflow_db.uri, store=store, clock=SystemClock())  # fmt: skip
     with ScoringPipeline(again, concurrency=4) as pipe:
         states = Counter(o.state for o in pipe.score_all(traces))
