@@ -59,6 +59,8 @@ alert_instances = sa.Table(
     sa.Column("active_at", TS, nullable=True),
     sa.Column("fired_at", TS, nullable=True),
     sa.Column("last_true_at", TS, nullable=True),
+    # first false evaluation of a firing alert: keep_firing_for counts from here
+    sa.Column("keep_firing_since", TS, nullable=True),
     sa.Column("resolved_at", TS, nullable=True),
     sa.Column("last_eval_at", TS, nullable=True),
     sa.Column("episode", sa.Integer, nullable=False, default=0),
@@ -93,6 +95,16 @@ monitor_cycles = sa.Table(
     sa.Index("ix_llmops_monitor_cycles_started", "started_at"),
 )
 
+
+def _add_keep_firing_since(conn: sa.Connection) -> None:
+    """Version 1 tables created by this code already have the column."""
+    if "keep_firing_since" not in {c["name"] for c in sa.inspect(conn).get_columns(
+            alert_instances.name)}:  # fmt: skip
+        kind = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+        conn.execute(sa.text(
+            f"ALTER TABLE {alert_instances.name} ADD COLUMN keep_firing_since {kind}"))  # fmt: skip
+
+
 ALERTING_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "alerting",
@@ -100,6 +112,9 @@ ALERTING_MIGRATIONS: tuple[Migration, ...] = (
         "alert instances, rule health, monitor cycles",
         create_tables(alert_instances, rule_health, monitor_cycles),
     ),
+    Migration(
+        "alerting", 2, "keep_firing_for counted as Prometheus does", _add_keep_firing_since
+    ),  # fmt: skip
 )
 
 
@@ -125,6 +140,7 @@ class AlertInstance:
     active_at: datetime | None = None
     fired_at: datetime | None = None
     last_true_at: datetime | None = None
+    keep_firing_since: datetime | None = None
     resolved_at: datetime | None = None
     last_eval_at: datetime | None = None
     episode: int = 0
@@ -173,6 +189,7 @@ class AlertInstance:
             active_at=_utc(r["active_at"]),
             fired_at=_utc(r["fired_at"]),
             last_true_at=_utc(r["last_true_at"]),
+            keep_firing_since=_utc(r.get("keep_firing_since")),
             resolved_at=_utc(r["resolved_at"]),
             last_eval_at=_utc(r["last_eval_at"]),
             episode=r["episode"],
@@ -723,6 +740,7 @@ class AlertEngine:
     ) -> None:
         if active:
             inst.last_true_at = now
+            inst.keep_firing_since = None
             if inst.state in (AlertState.INACTIVE, AlertState.RESOLVED):
                 inst.state = AlertState.PENDING
                 inst.active_at = now
@@ -736,9 +754,16 @@ class AlertEngine:
         if inst.state == AlertState.PENDING:
             inst.state = AlertState.INACTIVE
         elif inst.state == AlertState.FIRING:
-            if inst.last_true_at is None or now - inst.last_true_at >= keep_firing_for:
-                inst.state = AlertState.RESOLVED
-                inst.resolved_at = now
+            # as Prometheus (rules/alerting.go): the grace counts from the first evaluation
+            # that found the condition gone, not from the last one that found it true
+            if keep_firing_for > timedelta(0):
+                if inst.keep_firing_since is None:
+                    inst.keep_firing_since = now
+                if now - inst.keep_firing_since < keep_firing_for:
+                    return
+            inst.state = AlertState.RESOLVED
+            inst.resolved_at = now
+            inst.keep_firing_since = None
 
 
 def replay(

@@ -104,9 +104,14 @@ def test_keep_firing_for_and_rebreach_is_new_episode(setup):
     traffic.run(60, error_every=2)  # flaps back: keeps firing, same episode
     ev = eng.evaluate(clock.now())
     assert [(a.state, a.episode) for a in ev.alerts] == [(AlertState.FIRING, 1)]
+    # as Prometheus: keep_firing_for counts from the first evaluation that found the
+    # condition gone, so three false minutes (0, 1m, 2m of grace) still fire
     for _ in range(3):
         traffic.run(60)
         ev = eng.evaluate(clock.now())
+        assert [(a.state, a.episode) for a in ev.alerts] == [(AlertState.FIRING, 1)]
+    traffic.run(60)
+    ev = eng.evaluate(clock.now())
     assert [(a.state, a.episode) for a in ev.alerts] == [(AlertState.RESOLVED, 1)]
     traffic.run(60, error_every=2)
     ev = eng.evaluate(clock.now())
