@@ -85,6 +85,9 @@ class FakeLLMConfig:
     seed: int = 0
     responder: Callable[[dict[str, Any]], str] = default_responder
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the model a response names, by requested model (providers answer ``gpt-4o`` with a
+    #: dated snapshot such as ``gpt-4o-2024-08-06``); default: the requested one
+    response_models: dict[str, str] = field(default_factory=dict)
 
 
 class FakeLLMServer:
@@ -243,6 +246,7 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
             created = int(time.time())
             model = body.get("model", "gpt-4o-mini")
+            model = server.config.response_models.get(model, model)
             rec.status = 200
             if body.get("stream"):
                 self._stream(

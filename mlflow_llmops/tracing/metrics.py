@@ -103,18 +103,22 @@ class GenAiMetrics:
         provider: str | None,
         model: str | None,
         operation: str,
+        response_model: str | None = None,
         duration_s: float,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
         ttft_s: float | None = None,
         error_type: str | None = None,
     ) -> None:
-        """One finished LLM call."""
+        """One finished LLM call: ``model`` is the requested model (every call, failed ones
+        too), ``response_model`` the one the answer named (absent when it failed)."""
         attrs: dict[str, str] = {
             "gen_ai.operation.name": operation,
             "gen_ai.provider.name": provider or "unknown",
             "gen_ai.request.model": self._model(model),
         }
+        if response_model:
+            attrs["gen_ai.response.model"] = self._model(response_model)
         if error_type:
             attrs["error.type"] = error_type
         self._duration.record(duration_s, attrs)

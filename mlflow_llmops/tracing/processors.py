@@ -91,6 +91,25 @@ def _reasoning_from_outputs(outputs: Any) -> int | None:
     return int(value) if isinstance(value, int | float) else None
 
 
+def _requested_model(span: Any, attrs: Any) -> str | None:
+    """The model the call asked for: the ``model`` attribute or the ``model`` input, read
+    from the raw inputs JSON (parsed only when it names a model)."""
+    model = _decoded(attrs.get("model")) if attrs is not None else None
+    if isinstance(model, str):
+        return model
+    raw = attrs.get(_INPUTS) if attrs is not None else None
+    if isinstance(raw, str):
+        if '"model"' not in raw:
+            return None
+        try:
+            inputs = json.loads(raw)
+        except ValueError:
+            return None
+        model = inputs.get("model") if isinstance(inputs, dict) else None
+        return model if isinstance(model, str) else None
+    return _request_model(span)
+
+
 def _request_model(span: Any) -> str | None:
     """The requested model of a failed call (autolog sets ``mlflow.llm.model`` from the
     response, so errors lack it): the ``model`` attribute or the ``model`` input."""
@@ -164,9 +183,13 @@ class SpanEndProcessor:
             return
         usage = _usage_dict(get(keys.TOKEN_USAGE))
         ttft_ms = get(keys.TTFT_MS)
+        # autolog sets mlflow.llm.model from the response (a dated snapshot), and a failed
+        # call has none: the request model labels every call, the response model beside it
+        response_model = get(keys.MODEL)
         self.metrics.record(
             provider=provider,
-            model=get(keys.MODEL) or _request_model(span),
+            model=_requested_model(span, attrs) or response_model,
+            response_model=response_model,
             operation=_OPERATION_BY_TYPE.get(
                 (span.span_type if attrs is None else get(keys.SPAN_TYPE)) or "", "chat"
             ),

@@ -19,6 +19,7 @@ ALLOWED_LABELS = {
     "gen_ai.operation.name",
     "gen_ai.provider.name",
     "gen_ai.request.model",
+    "gen_ai.response.model",
     "error.type",
     "gen_ai.token.type",
 }
@@ -180,6 +181,36 @@ def test_openai_autolog_reasoning_enrichment_errors_and_metrics(tracing, shared_
         assert p.attributes["gen_ai.request.model"] == "o4-mini"
     counters = {p.attributes["llmops.outcome"]: p.value for p in pts["llmops.traces"]}
     assert counters["sampled_out"] == 10 and counters["kept"] == 2
+
+
+def test_metrics_label_the_requested_model_on_success_and_error(tracing, shared_sqlite_uri):
+    """Providers answer with a dated snapshot; a failed call has no answer. Labelled by the
+    response, error rate by model would split into two series that never meet."""
+    import openai
+
+    reader = InMemoryMetricReader()
+    cfg = FakeLLMConfig(response_models={"gpt-4o": "gpt-4o-2024-08-06"})
+    with FakeLLMServer(cfg) as srv:
+        tracing("models", tracking_uri=shared_sqlite_uri, metric_readers=[reader])
+        mlflow.openai.autolog()
+        try:
+            client = openai.OpenAI(base_url=srv.base_url, api_key="sk-test", max_retries=0)
+            srv.script(Fault(status=500))
+            for _ in range(3):
+                try:
+                    client.chat.completions.create(
+                        model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+                    )
+                except openai.APIError:
+                    pass
+        finally:
+            mlflow.openai.autolog(disable=True)
+    dur = metric_points(reader)["gen_ai.client.operation.duration"]
+    by_outcome = {p.attributes.get("error.type"): p for p in dur}
+    assert sum(p.count for p in dur) == 3 and set(by_outcome) == {None, "InternalServerError"}
+    assert {p.attributes["gen_ai.request.model"] for p in dur} == {"gpt-4o"}
+    assert by_outcome[None].attributes["gen_ai.response.model"] == "gpt-4o-2024-08-06"
+    assert "gen_ai.response.model" not in by_outcome["InternalServerError"].attributes
 
 
 def test_autologged_span_gets_reasoning_tokens_and_provider(tracing, shared_sqlite_uri):

@@ -368,7 +368,7 @@ def test_otlp_dual_export_metrics_and_no_secret_in_logs(tracing, shared_sqlite_u
     assert "gen_ai.client.operation.time_to_first_chunk" in by_name
     labels = {k for m in (dur, tok) for p in m.points for k in p["attributes"]}
     assert labels <= {"gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model",
-                      "error.type", "gen_ai.token.type"}  # fmt: skip
+                      "gen_ai.response.model", "error.type", "gen_ai.token.type"}  # fmt: skip
     outcomes = {
         p["attributes"]["llmops.outcome"]: p["value"] for p in by_name["llmops.traces"].points
     }
