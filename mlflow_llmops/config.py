@@ -143,6 +143,65 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+    """The file to read: ``path``, else ``$MLFLOW_LLMOPS_CONFIG``, else a default file in the
+    working directory, else None (defaults and the environment only)."""
+    chosen = (
+        path
+        or env.get("MLFLOW_LLMOPS_CONFIG")
+        or next((p for p in DEFAULT_CONFIG_FILES if Path(p).is_file()), None)
+    )
+    if chosen is None:
+        return None
+    p = Path(chosen)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found; pass --config with an existing file")
+    return p
+
+
+def _read_file(p: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}"
+        )
+    return interpolate(loaded, env, where="")
+
+
+def load_section(
+    name: str,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Any:
+    """One section (``tracing``, ``pricing``) of the configuration, from the same file and
+    environment as :func:`load_config`, validated alone: a service reads its ``tracing:``
+    without the monitor's sections having to be valid where it runs. ``overrides`` (a
+    mapping of the section's keys) win over the file and the environment."""
+    env = os.environ if env is None else env
+    p = config_path(path, env)
+    data = _read_file(p, env).get(name) or {} if p is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: section {name!r} must be a mapping, got {type(data).__name__}")
+    data = _merge(data, _env_overrides(env).get(name) or {})
+    if overrides:
+        data = _merge(data, overrides)
+    model = LlmopsConfig.model_fields[name].annotation
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        where = str(p) if p is not None else "configuration"
+        raise ConfigError(
+            format_validation_error(e, where).replace("\n  - ", f"\n  - {name}.")
+        ) from None
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -153,26 +212,10 @@ def load_config(
     env = os.environ if env is None else env
     source = "defaults"
     data: dict[str, Any] = {}
-    if path is None:
-        path = env.get("MLFLOW_LLMOPS_CONFIG") or next(
-            (p for p in DEFAULT_CONFIG_FILES if Path(p).is_file()), None
-        )
-    if path is not None:
-        p = Path(path)
+    p = config_path(path, env)
+    if p is not None:
         source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found; pass --config with an existing file")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}"
-            )
-        data = interpolate(loaded, env, where="")
+        data = _read_file(p, env)
     data = _merge(data, _env_overrides(env))
     if overrides:
         data = _merge(data, overrides)

@@ -598,6 +598,14 @@ def _resolve_at_startup(
     return None, error
 
 
+def _file_pricing(config_file: str | os.PathLike[str] | None) -> PricingConfig | None:
+    """The file's ``pricing:`` section when it sets one (else None: MLflow's catalog)."""
+    from mlflow_llmops.config import load_section
+
+    cfg = load_section("pricing", config_file)
+    return None if cfg == PricingConfig() else cfg
+
+
 def _activate_experiment(experiment_id: str, *, only_if_unresolved: bool = False) -> None:
     """Make ``experiment_id`` MLflow's active experiment, so traces are created in it.
 
@@ -657,13 +665,17 @@ def setup_production_tracing(
     config: TracingConfig | Mapping[str, Any] | None = None,
     metric_readers: list[Any] | None = None,
     pricing: PricingConfig | Mapping[str, Any] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
     **overrides: Any,
 ) -> TracingHandle:
     """Turn on production tracing for this process and return its handle.
 
-    ``config`` is the ``tracing:`` section (a ``TracingConfig`` or a dict); keyword
-    ``overrides`` set fields of it (e.g. ``queue_capacity=50_000``,
-    ``sampling={"ratio": 0.1}``). ``metric_readers`` adds OpenTelemetry metric readers
+    The ``tracing:`` and ``pricing:`` sections of the configuration file are read first
+    (``config_file``, else ``$MLFLOW_LLMOPS_CONFIG``, else ``mlflow-llmops.yaml`` in the
+    working directory; ``MLFLOW_LLMOPS__TRACING__...`` variables too). ``config`` (a dict:
+    keys of the ``tracing:`` section, merged over the file; a ``TracingConfig``: used as
+    it is) and keyword ``overrides`` (e.g. ``queue_capacity=50_000``,
+    ``sampling={"ratio": 0.1}``) win over the file. ``metric_readers`` adds OpenTelemetry metric readers
     (e.g. a Prometheus reader) beside the OTLP one. ``pricing`` (the ``pricing:``
     section) prices traces for the tail rule ``sampling.tail.cost_above_usd``; default:
     MLflow's bundled catalog. Calling it again replaces the previous set-up (the old one
@@ -681,7 +693,7 @@ def setup_production_tracing(
     import mlflow
     from pydantic import ValidationError
 
-    from mlflow_llmops.config import format_validation_error
+    from mlflow_llmops.config import format_validation_error, load_section
 
     if not experiment_name or not str(experiment_name).strip():
         raise ConfigError("setup_production_tracing: experiment_name must be a non-empty string")
@@ -691,21 +703,16 @@ def setup_production_tracing(
             if overrides:
                 cfg = TracingConfig.model_validate(cfg.model_dump())
         else:
-            cfg = TracingConfig.model_validate({**dict(config or {}), **overrides})
+            cfg = load_section("tracing", config_file,
+                               overrides={**dict(config or {}), **overrides})  # fmt: skip
     except ValidationError as e:
         raise ConfigError(
             format_validation_error(e, "tracing config").replace("\n  - ", "\n  - tracing.")
         ) from None
-    try:
-        price_cfg = (
-            pricing
-            if pricing is None or isinstance(pricing, PricingConfig)
-            else PricingConfig.model_validate(dict(pricing))
-        )
-    except ValidationError as e:
-        raise ConfigError(
-            format_validation_error(e, "pricing config").replace("\n  - ", "\n  - pricing.")
-        ) from None
+    if pricing is None or isinstance(pricing, PricingConfig):
+        price_cfg = pricing if pricing is not None else _file_pricing(config_file)
+    else:
+        price_cfg = load_section("pricing", config_file, overrides=dict(pricing))
 
     service_name = service_name or cfg.service_name
     if not service_name or not str(service_name).strip():
