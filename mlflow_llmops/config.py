@@ -128,10 +128,29 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def _env_names(env: Mapping[str, str]) -> dict[str, str]:
+    """Config key path (``tracing.otlp.timeout_s``) -> the variable that set it."""
+    out = {}
+    for key in env:
+        if key.startswith(ENV_PREFIX):
+            parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+            out[".".join(parts)] = key
+    return out
+
+
+def format_validation_error(
+    err: ValidationError, source: str, env_names: Mapping[str, str] | None = None,
+    prefix: str = "",
+) -> str:  # fmt: skip
+    """One line per error, naming the key (``prefix`` + its path) and, when an
+    ``MLFLOW_LLMOPS__...`` variable set it, that variable."""
     lines = [f"{source}: invalid configuration"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(root)"
+        key = prefix + (".".join(str(p) for p in e["loc"]) or "(root)")
+        var = next((v for k, v in (env_names or {}).items()
+                    if key == k or key.startswith(k + ".")), None)  # fmt: skip
+        if var:
+            key = f"{key} (from the environment variable {var})"
         got = e.get("input")
         if e["type"] == "extra_forbidden":
             lines.append(f"  - {key}: unknown key; remove it or check its spelling")
@@ -198,7 +217,7 @@ def load_section(
     except ValidationError as e:
         where = str(p) if p is not None else "configuration"
         raise ConfigError(
-            format_validation_error(e, where).replace("\n  - ", f"\n  - {name}.")
+            format_validation_error(e, where, _env_names(env), prefix=f"{name}.")
         ) from None
 
 
@@ -222,4 +241,4 @@ def load_config(
     try:
         return LlmopsConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, _env_names(env))) from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -101,10 +101,20 @@ class OtlpConfig(_Section):
 
     @field_validator("traces_endpoint", "metrics_endpoint")
     @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+    def _url(cls, v: str | None, info: Any) -> str | None:
+        if v is None:
+            return v
+        signal = "traces" if info.field_name == "traces_endpoint" else "metrics"
+        m = re.match(r"^https?://[^/\s?#]+(?P<path>/[^\s?#]*)?", v)
+        if not m:
             raise ValueError(
-                "must be an http:// or https:// URL, e.g. http://127.0.0.1:4318/v1/traces"
+                f"must be an http:// or https:// URL, e.g. http://127.0.0.1:4318/v1/{signal}"
+            )
+        if not (m.group("path") or "").strip("/"):
+            # the OTLP/HTTP exporter posts to the URL as given: a bare host gets 404s
+            raise ValueError(
+                f"needs the signal's path: OTLP over HTTP posts to the URL as given, so "
+                f"write {v.rstrip('/')}/v1/{signal}"
             )
         return v
 

@@ -71,3 +71,24 @@ def test_cli_config_check_reports_bad_file(tmp_path):
     )
     assert r.returncode == 2
     assert "tracking.uri" in r.stderr and "must not be empty" in r.stderr
+
+
+def test_a_bad_variable_is_named_in_the_error():
+    env = {"MLFLOW_LLMOPS__TRACING__QUEUE_CAPACITY": "0"}
+    with pytest.raises(ConfigError) as e:
+        load_config(env=env)
+    assert "tracing.queue_capacity (from the environment variable " \
+           "MLFLOW_LLMOPS__TRACING__QUEUE_CAPACITY)" in str(e.value)  # fmt: skip
+
+
+def test_an_otlp_url_without_its_path_is_rejected_with_the_fix():
+    env = {"MLFLOW_LLMOPS__TRACING__OTLP__TRACES_ENDPOINT": "http://collector:4318"}
+    with pytest.raises(ConfigError) as e:
+        load_config(env=env)
+    assert "write http://collector:4318/v1/traces" in str(e.value)
+    env = {"MLFLOW_LLMOPS__TRACING__OTLP__METRICS_ENDPOINT": "https://otel.example/"}
+    with pytest.raises(ConfigError, match=r"write https://otel\.example/v1/metrics"):
+        load_config(env=env)
+    ok = load_config(env={"MLFLOW_LLMOPS__TRACING__OTLP__TRACES_ENDPOINT":
+                          "http://collector:4318/v1/traces"})  # fmt: skip
+    assert ok.tracing.otlp.traces_endpoint == "http://collector:4318/v1/traces"
