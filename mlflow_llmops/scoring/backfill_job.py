@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from mlflow_llmops.clock import Clock, SystemClock, to_ms
 from mlflow_llmops.errors import LlmopsError
-from mlflow_llmops.scoring.ledger import Ledger, holder_is_dead, new_holder_id
+from mlflow_llmops.scoring.ledger import Ledger, holder_is_dead, new_holder_id, relaxed_commit
 from mlflow_llmops.scoring.mlflow_io import load_traces
 from mlflow_llmops.scoring.pipeline import ScoringPipeline
 from mlflow_llmops.scoring.ratelimit import RateLimiter
@@ -201,6 +201,7 @@ class BackfillJob:
         t = backfill_items_table.c
         values = {"state": "leased", "holder": self.holder, "lease_expires_ms": now_ms + self.ttl}
         with self.store.engine.begin() as conn:
+            relaxed_commit(conn)  # a lost lease: the item is leased again, the ledger decides
             if self.store.dialect == "postgresql":
                 # a CTE, materialized: as an IN (subquery) the planner may rescan the LIMIT ...
                 # SKIP LOCKED subquery for every row, and each rescan picks new rows
@@ -229,6 +230,7 @@ class BackfillJob:
         of its judge costs), copied onto the job row for readers of the job."""
         t = backfill_items_table.c
         with self.store.engine.begin() as conn:
+            relaxed_commit(conn)  # a lost finish: leased again, then skipped by the ledger
             for state in {s for _, s in results}:
                 ids = [tid for tid, s in results if s == state]
                 conn.execute(
@@ -515,12 +517,14 @@ class _BackfillLoop:
     def run(self, pipe: ScoringPipeline) -> None:
         while True:
             self._feed(pipe)
-            idle = pipe.pending == 0
-            if idle and not self.retries:
+            if pipe.pending == 0:
+                # outcomes written but not taken yet may hold failures to try again: take
+                # them before deciding the run is over
                 self._take(pipe.drain())
-                return
-            if idle:  # only retries left: wait for the first one
-                time.sleep(max(0.0, min(t for t, _ in self.retries) - time.monotonic()))
+                if not self.retries:
+                    return
+                if not any(t <= time.monotonic() for t, _ in self.retries):
+                    time.sleep(max(0.0, min(t for t, _ in self.retries) - time.monotonic()))
                 continue
             blocked = self.exhausted or self.budget_hit
             self._take(pipe.wait(timeout=self._until_retry(), for_room=not blocked))

@@ -265,3 +265,27 @@ def test_a_backfill_with_a_run_name_sits_beside_evaluate_runs(mlflow_db, store, 
     again = backfill(cfg, store, scorer="paris", progress=False, run_name="paris-march",
                      **WINDOW)  # fmt: skip
     assert again.run_id == r.run_id  # one run per job
+
+
+def test_failures_written_while_the_loop_looks_away_are_still_retried(
+    mlflow_db, store, state_url, monkeypatch
+):
+    """The pipeline may finish a batch (all failed) between the loop's feeding and its
+    check for pending work; those failures must still be tried again, not left leased."""
+    from mlflow_llmops.scoring import backfill_job
+
+    mlflow_db.load(make_traces(6))
+    ScorerRegistry(store).register(ScorerSpec(name="broken", ref="scoring_helpers:exploding"),
+                                   now=EPOCH)  # fmt: skip
+    feed = backfill_job._BackfillLoop._feed
+
+    def feed_then_wait(self, pipe):  # noqa: ANN001, ANN202 - the widest possible window
+        feed(self, pipe)
+        deadline = time.monotonic() + 30
+        while pipe.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    monkeypatch.setattr(backfill_job._BackfillLoop, "_feed", feed_then_wait)
+    cfg = config_for(mlflow_db.uri, state_url, backfill_retry_backoff_s=0.01)
+    r = backfill(cfg, store, scorer="broken", progress=False, **WINDOW)
+    assert (r.status, r.errors, r.job_errors, r.retried) == ("done", 6, 6, 12)
