@@ -16,9 +16,13 @@ def config_group() -> None:
 @config_group.command("check")
 @pass_app
 def check(app: AppContext) -> None:
-    """Validate the configuration file and environment; exit 2 with the fix if invalid."""
-    app.config  # noqa: B018 - loading validates
-    click.echo(f"configuration OK ({app.config_path or 'defaults and environment'})")
+    """Validate the configuration file, the environment and the alert rules it names (rule
+    files, packs, inline rules); exit 2 with the fix if invalid."""
+    from mlflow_llmops.cli.alerts import _base_dir
+
+    rules = app.config.alerting.all_rules(_base_dir(app))  # loading validates
+    click.echo(f"configuration OK ({app.config_path or 'defaults and environment'}; "
+               f"{len(rules)} alert rules)")  # fmt: skip
 
 
 @config_group.command("show")

@@ -73,6 +73,26 @@ def test_cli_config_check_reports_bad_file(tmp_path):
     assert "tracking.uri" in r.stderr and "must not be empty" in r.stderr
 
 
+def test_cli_config_check_loads_the_rule_files(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - name: slow\n    query: {signal: latency_p95, window: 5m}\n"
+        "    op: '>'\n    threshold: not-a-number\n")  # fmt: skip
+    p = tmp_path / "c.yaml"
+    p.write_text("alerting:\n  rule_files: [rules.yaml]\n")
+    cmd = [sys.executable, "-m", "mlflow_llmops.cli", "--config", str(p), "config", "check"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 2, r.stdout
+    assert "rules.yaml" in r.stderr and "threshold" in r.stderr
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - name: slow\n    query: {signal: latency_p95, window: 5m}\n"
+        "    op: '>'\n    threshold: 5000\n")  # fmt: skip
+    ok = subprocess.run(cmd, capture_output=True, text=True)
+    assert ok.returncode == 0 and "1 alert rules" in ok.stdout, ok.stderr
+
+
 def test_a_bad_variable_is_named_in_the_error():
     env = {"MLFLOW_LLMOPS__TRACING__QUEUE_CAPACITY": "0"}
     with pytest.raises(ConfigError) as e:

@@ -134,3 +134,21 @@ def test_token_bucket_on_injected_time():
     assert b.take(T0 + timedelta(seconds=10)) == 0  # refilled, capped at burst
     assert b.take(T0 + timedelta(seconds=10)) == 0
     assert b.take(T0 + timedelta(seconds=10)) > 0
+
+
+def test_the_readme_route_example_pages_and_posts_critical_alerts():
+    """The example users copy: critical to PagerDuty and Slack, the rest to Slack."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S)
+                 if "receivers:" in b and "route:" in b)  # fmt: skip
+    route = yaml.safe_load(block)["alerting"]["notifications"]["route"]
+    root = Route.model_validate(route)
+    crit = match_routes({"alertname": "X", "severity": "critical"}, root, **D)
+    assert [m.receiver for m in crit] == ["oncall", "team-slack"]
+    warn = match_routes({"alertname": "X", "severity": "warning"}, root, **D)
+    assert [m.receiver for m in warn] == ["team-slack"]
