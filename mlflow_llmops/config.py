@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +105,17 @@ def interpolate(value: Any, env: Mapping[str, str], *, where: str = "") -> Any:
     return value
 
 
+def _env_keys(env: Mapping[str, str]) -> Iterator[tuple[list[str], str]]:
+    """``(config key path, variable)`` of every ``MLFLOW_LLMOPS__...`` variable."""
+    for key in env:
+        if key.startswith(ENV_PREFIX):
+            yield [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p], key
+
+
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
-    for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+    for parts, key in _env_keys(env):
+        raw = env[key]
         node = tree
         for p in parts[:-1]:
             node = node.setdefault(p, {})
@@ -130,12 +135,7 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 def _env_names(env: Mapping[str, str]) -> dict[str, str]:
     """Config key path (``tracing.otlp.timeout_s``) -> the variable that set it."""
-    out = {}
-    for key in env:
-        if key.startswith(ENV_PREFIX):
-            parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
-            out[".".join(parts)] = key
-    return out
+    return {".".join(parts): key for parts, key in _env_keys(env)}
 
 
 def format_validation_error(

@@ -1,4 +1,4 @@
-"""One way for tests to point MLflow at a store for a while and leave no trace of it.
+"""One way for tests to change MLflow's global state for a while and leave no trace of it.
 
 ``mlflow.set_tracking_uri(saved)`` to restore also sets ``MLFLOW_TRACKING_URI`` (MLflow
 exports it for subprocesses), which leaks into later tests on the same worker."""
@@ -14,22 +14,6 @@ from mlflow.tracking._tracking_service import utils as _tracking
 
 
 @contextlib.contextmanager
-def use_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's global tracking URI is ``uri`` inside; both it and the variable as before after."""
-    saved_global = _tracking._tracking_uri
-    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved_global)  # None unsets the variable too
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
-
-
-@contextlib.contextmanager
 def mlflow_globals_restored() -> Iterator[None]:
     """MLflow's tracking URI (and its variable) and active experiment as before, afterwards:
     for tests that call ``setup_production_tracing``, which sets both."""
@@ -41,9 +25,17 @@ def mlflow_globals_restored() -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved_global)
+        mlflow.set_tracking_uri(saved_global)  # None unsets the variable too
         if saved_env is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = saved_env
         fluent._active_experiment_id = saved_exp
+
+
+@contextlib.contextmanager
+def use_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI is ``uri`` inside; all as before after."""
+    with mlflow_globals_restored():
+        mlflow.set_tracking_uri(uri)
+        yield

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 USER = "mlflow.trace.user"
 SESSION = "mlflow.trace.session"
 ENVIRONMENT = "llmops.environment"
@@ -23,8 +25,6 @@ INGESTED_MINUTE = "llmops.ingested_minute"
 
 def ingested_minute(epoch_ms: int) -> str:
     """The ``INGESTED_MINUTE`` value of a moment."""
-    import time
-
     return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(epoch_ms // 60_000 * 60))
 
 

@@ -92,34 +92,18 @@ def _reasoning_from_outputs(outputs: Any) -> int | None:
 
 
 def _requested_model(span: Any, attrs: Any) -> str | None:
-    """The model the call asked for: the ``model`` attribute or the ``model`` input, read
-    from the raw inputs JSON (parsed only when it names a model)."""
-    model = _decoded(attrs.get("model")) if attrs is not None else None
+    """The model the call asked for (autolog sets ``mlflow.llm.model`` from the response,
+    and a failed call has none): the ``model`` attribute or the ``model`` input. From the
+    raw attributes, the inputs JSON is parsed only when it names a model."""
+    if attrs is None:
+        model, inputs = span.get_attribute("model"), span.inputs
+    else:
+        model, raw = _decoded(attrs.get("model")), attrs.get(_INPUTS)
+        inputs = _decoded(raw) if isinstance(raw, str) and '"model"' in raw else None
     if isinstance(model, str):
         return model
-    raw = attrs.get(_INPUTS) if attrs is not None else None
-    if isinstance(raw, str):
-        if '"model"' not in raw:
-            return None
-        try:
-            inputs = json.loads(raw)
-        except ValueError:
-            return None
-        model = inputs.get("model") if isinstance(inputs, dict) else None
-        return model if isinstance(model, str) else None
-    return _request_model(span)
-
-
-def _request_model(span: Any) -> str | None:
-    """The requested model of a failed call (autolog sets ``mlflow.llm.model`` from the
-    response, so errors lack it): the ``model`` attribute or the ``model`` input."""
-    model = span.get_attribute("model")
-    if isinstance(model, str):
-        return model
-    inputs = span.inputs
-    if isinstance(inputs, dict) and isinstance(inputs.get("model"), str):
-        return inputs["model"]
-    return None
+    model = inputs.get("model") if isinstance(inputs, dict) else None
+    return model if isinstance(model, str) else None
 
 
 def _error_type(span: Any) -> str | None:

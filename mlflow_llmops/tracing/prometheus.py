@@ -121,8 +121,9 @@ class PrometheusEndpoint:
         self._thread.start()
         return self
 
-    def publish(self) -> None:
-        """Write this process's metrics to its file (atomically: scrapes never see half)."""
+    def publish(self) -> str:
+        """Write this process's metrics to its file (atomically: scrapes never see half);
+        return them."""
         from prometheus_client import generate_latest
 
         with self._write_lock:
@@ -130,17 +131,19 @@ class PrometheusEndpoint:
             tmp = self.directory / f".{self.pid}.prom.tmp"
             tmp.write_bytes(data)
             os.replace(tmp, self._own_file)
+        return data.decode()
 
     def scrape(self) -> bytes:
         """The merged exposition of every live process (this one's up to now)."""
-        self.publish()
-        texts: dict[int, str] = {}
+        texts: dict[int, str] = {self.pid: self.publish()}
         for f in self.directory.glob("*.prom"):
             try:
                 pid = int(f.stem)
             except ValueError:
                 continue
-            if pid != self.pid and not _alive(pid):
+            if pid == self.pid:
+                continue
+            if not _alive(pid):
                 f.unlink(missing_ok=True)
                 continue
             try:

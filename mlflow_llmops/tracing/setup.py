@@ -706,9 +706,7 @@ def setup_production_tracing(
             cfg = load_section("tracing", config_file,
                                overrides={**dict(config or {}), **overrides})  # fmt: skip
     except ValidationError as e:
-        raise ConfigError(
-            format_validation_error(e, "tracing config").replace("\n  - ", "\n  - tracing.")
-        ) from None
+        raise ConfigError(format_validation_error(e, "tracing config", prefix="tracing.")) from None
     if pricing is None or isinstance(pricing, PricingConfig):
         price_cfg = pricing if pricing is not None else _file_pricing(config_file)
     else:

@@ -14,7 +14,14 @@ import mlflow
 import pytest
 import sqlalchemy as sa
 from scoring_helpers import EPOCH, EPOCH_MS, config_for, make_traces
-from test_scoring_backfill import _cli, _judge, _write_config, kill_when_done
+from test_scoring_backfill import (
+    JUDGE_BACKFILL,
+    _cli,
+    _judge,
+    _write_config,
+    judge_backfill_setup,
+    kill_when_done,
+)
 from test_scoring_retry import _assessments, _ledger
 
 from mlflow_llmops.scoring import ScorerRegistry, ScorerSpec, backfill, run_due_scorers
@@ -210,12 +217,9 @@ def test_job_spend_is_the_ledger_sum_and_counts_calls_lost_in_a_crash(
     tmp_path,
 ):
     n, concurrency = 90, 4
-    mlflow_db.load(_equal_traces(n))
-    judge_llm.config.latency_s = 0.03
-    _judge(store, judge_llm.base_url)
-    cfg = _write_config(tmp_path / "c.yaml", mlflow_db.uri, state_url)
-    args = ("scorers", "backfill", "--scorer", "quality", "--since", "2026-03-01",
-            "--until", "2026-03-02", "--no-progress")  # fmt: skip
+    cfg = judge_backfill_setup(judge_llm, mlflow_db, store, state_url, tmp_path,
+                               _equal_traces(n))  # fmt: skip
+    args = JUDGE_BACKFILL
     for fraction in (4, 2):  # two crashes, then a run to the end
         kill_when_done(store, cfg, args, n // fraction)
     last = _cli(cfg, *args)

@@ -145,6 +145,19 @@ def _done(engine: sa.Engine) -> int:
                          .where(ledger_table.c.state == "done")).scalar_one()  # fmt: skip
 
 
+#: a backfill of the quality judge over 2026-03-01, through the CLI
+JUDGE_BACKFILL = ("scorers", "backfill", "--scorer", "quality", "--since", "2026-03-01",
+                  "--until", "2026-03-02", "--no-progress")  # fmt: skip
+
+
+def judge_backfill_setup(judge_llm, mlflow_db, store, state_url, tmp_path, traces) -> Path:  # noqa: ANN001
+    """Load ``traces``, register the judge (30 ms a call) and write the CLI's config."""
+    mlflow_db.load(traces)
+    judge_llm.config.latency_s = 0.03
+    _judge(store, judge_llm.base_url)
+    return _write_config(tmp_path / "c.yaml", mlflow_db.uri, state_url)
+
+
 def kill_when_done(store, cfg: Path, args: tuple[str, ...], at_least: int) -> None:
     """Run the CLI with ``args`` and SIGKILL it once the ledger has ``at_least`` done rows."""
     proc = _cli(cfg, *args)
@@ -161,12 +174,8 @@ def test_backfill_killed_with_sigkill_then_rerun_scores_each_trace_once(
     judge_llm, mlflow_db, store, state_url, tmp_path
 ):
     n = 120
-    mlflow_db.load(make_traces(n))
-    judge_llm.config.latency_s = 0.03
-    _judge(store, judge_llm.base_url)
-    cfg = _write_config(tmp_path / "c.yaml", mlflow_db.uri, state_url)
-    args = ("scorers", "backfill", "--scorer", "quality", "--since", "2026-03-01",
-            "--until", "2026-03-02", "--no-progress")  # fmt: skip
+    cfg = judge_backfill_setup(judge_llm, mlflow_db, store, state_url, tmp_path, make_traces(n))
+    args = JUDGE_BACKFILL
     kill_when_done(store, cfg, args, n // 3)
     killed_at = _done(store.engine)
     assert killed_at < n
