@@ -221,9 +221,13 @@ class PriceCatalog:
         patterns: Sequence[tuple[str, str]] = (),
         sources: Sequence[tuple[str, str]] = (),
     ) -> None:
+        entries = list(entries)
+        cased = _case_distinct_spellings(entries)
         self._versions: dict[tuple[str, str], list[PriceEntry]] = {}
         for e in entries:
-            self._versions.setdefault((e.provider, e.model.lower()), []).append(e)
+            exact = e.model in cased.get((e.provider, e.model.lower()), ())
+            key = (e.provider, e.model if exact else e.model.lower())
+            self._versions.setdefault(key, []).append(e)
         for versions in self._versions.values():
             versions.sort(key=lambda e: (e.priority, e.effective_from or date.min))
         self._by_model: dict[str, list[str]] = {}
@@ -343,14 +347,16 @@ class PriceCatalog:
 
     def _core(self, model: str, provider: str | None, kind: str = "exact") -> Match | None:
         ml = model.lower()
-        names = [ml]
+        # A catalog may price case-distinct spellings differently: the exact spelling wins.
+        names = [model, ml] if model != ml and model in self._by_model else [ml]
         base = strip_snapshot(ml)
         if base != ml:
             names.append(base)
         if provider:
-            for i, name in enumerate(names):
+            for name in names:
                 if (provider, name) in self._versions:
-                    return Match(model, provider, (provider, name), "snapshot" if i else kind)
+                    k = "snapshot" if name not in (model, ml) else kind
+                    return Match(model, provider, (provider, name), k)
         if "/" in ml:
             head, tail = ml.split("/", 1)
             head_n = normalize_provider(head)
@@ -358,11 +364,11 @@ class PriceCatalog:
                 found = self._core(tail, head_n, "provider-prefix")
                 if found is not None:
                     return found
-        for i, name in enumerate(names):
+        for name in names:
             chosen = self._choose_provider(name)
             if chosen is not None:
                 prov, cands, inferred = chosen
-                k = "snapshot" if i else ("model-only" if provider else kind)
+                k = "snapshot" if name not in (model, ml) else ("model-only" if provider else kind)
                 return Match(model, provider, (prov, name), k, cands, inferred)
         return None
 
@@ -389,6 +395,27 @@ class PriceCatalog:
             if provs and len(provs) > 1:
                 return tuple(sorted(provs))
         return ()
+
+
+def _case_distinct_spellings(entries: Sequence[PriceEntry]) -> dict[tuple[str, str], set[str]]:
+    """Spellings that one source lists side by side under names equal but for case.
+
+    MLflow's catalog holds ``azure_ai/DeepSeek-V4-Flash-0731`` (0.44/1.32) beside
+    ``azure_ai/deepseek-v4-flash-0731`` (0.19/0.51): those are two models, so each keeps
+    its exact spelling as its key (the all-lowercase one keeps the lowercase key).
+    """
+    seen: dict[tuple[str, str, str, int], set[str]] = {}
+    for e in entries:
+        seen.setdefault((e.provider, e.model.lower(), e.source, e.priority), set()).add(e.model)
+    out: dict[tuple[str, str], set[str]] = {}
+    for (prov, ml, _, _), spellings in seen.items():
+        if len(spellings) > 1:
+            out.setdefault((prov, ml), set()).update(s for s in spellings if s != ml)
+    if out:
+        for e in entries:  # other sources' entries with the same exact spelling follow it
+            if e.model != e.model.lower() and (e.provider, e.model.lower()) in out:
+                out[(e.provider, e.model.lower())].add(e.model)
+    return out
 
 
 def _rates_fingerprint(e: PriceEntry) -> tuple:

@@ -10,7 +10,12 @@ import pytest
 
 from mlflow_llmops.clock import FakeClock
 from mlflow_llmops.pricing import CatalogError, CostCalculator, TokenUsage, UsageError
-from mlflow_llmops.pricing.catalog import build_catalog, strip_snapshot
+from mlflow_llmops.pricing.catalog import (
+    PriceCatalog,
+    build_catalog,
+    load_mlflow_catalog,
+    strip_snapshot,
+)
 
 D = Decimal
 
@@ -57,6 +62,26 @@ def test_ambiguous_without_a_maker_is_unpriced_with_candidates(tmp_path):
     assert not m.matched and m.candidates == ("alpha", "beta") and "ambiguous" in m.reason
     assert calc.cost(model="shared-llm", usage={"input_tokens": 5}).status == "unpriced"
     assert calc.cost(model="shared-llm", provider="beta", usage={"input_tokens": 10**6}).total == 2
+
+
+def test_every_bundled_catalog_entry_prices_at_its_own_rates():
+    """Case-distinct spellings are distinct models (azure_ai/DeepSeek-V4-Flash-0731 0.44/1.32
+    beside azure_ai/deepseek-v4-flash-0731 0.19/0.51): the exact spelling wins."""
+    entries, digests = load_mlflow_catalog()
+    cat = PriceCatalog(entries, sources=digests)
+    wrong = []
+    for e in entries:
+        m = cat.match(e.model, e.provider)
+        got = cat.entry_at(m.key, date(2026, 12, 1)) if m.key else None
+        if got is None or got.rates != e.rates:
+            wrong.append((e.key, m.entry_key))
+    assert len(entries) > 3000 and wrong == []
+    calc = CostCalculator.default(clock=FakeClock())
+    usage = {"input_tokens": 10**6, "output_tokens": 10**6}
+    upper = calc.cost(model="DeepSeek-V4-Flash-0731", provider="azure_ai", usage=usage)
+    lower = calc.cost(model="deepseek-v4-flash-0731", provider="azure_ai", usage=usage)
+    assert (upper.total, lower.total) == (D("1.76"), D("0.70"))
+    assert calc.match("GPT-4o", "openai").entry_key == "openai/gpt-4o"
 
 
 def test_strip_snapshot():
