@@ -298,6 +298,8 @@ FRAME_TOKEN_COLUMNS: dict[str, str] = {
 _VEC = ("input", "cache_read", "cache_write_5m", "cache_write_1h", "output", "reasoning",
         "audio_input", "audio_output", "image_input")  # fmt: skip
 _VEC_INDEX = tuple(range(len(_VEC)))
+#: The token buckets of :meth:`CostCalculator.cost_frame` ``detail`` bit masks, in bit order.
+BUCKETS = _VEC
 
 
 class CostCalculator:
@@ -519,6 +521,7 @@ class CostCalculator:
         tier_col: str = "service_tier",
         timestamp_col: str = "timestamp_ms",
         at: datetime | date | int | None = None,
+        detail: bool = False,
     ) -> pd.DataFrame:
         """Price a DataFrame of spans in one pass (token columns as in ``llmops_span_costs``).
 
@@ -526,6 +529,11 @@ class CostCalculator:
         ``service_tier_applied``, per-bucket ``*_cost_pusd`` (exact integer
         pico-dollars), ``total_cost_pusd`` (nullable Int64) and ``total_cost_usd``
         (float, NaN when unpriced). Use :func:`sum_usd` for an exact total.
+        ``detail`` adds what a row of the scalar result holds beyond that:
+        ``priced_bits`` / ``missing_bits`` (bit ``j``: bucket ``j`` of ``BUCKETS`` has
+        tokens and a price / no price), ``match_key`` (the catalog key matched, also
+        when no price is in force at that date) and ``inexact`` (a rate finer than a
+        pico-dollar: price that row with :meth:`cost`; the frame skips the exact fix).
         """
         import numpy as np
         import pandas as pd
@@ -571,6 +579,8 @@ class CostCalculator:
         exact_ok: list[bool] = []
         variant_ids: dict[tuple[int, str | None, int], int] = {}
         epoch = 719163  # date(1970, 1, 1).toordinal()
+        match_keys: list[str] = []
+        match_code = np.full(n, -1, dtype=np.int64) if detail else None
         for code, rows in _groups(combo_raw):
             code = int(code)
             t_i = code % len(tv)
@@ -580,6 +590,9 @@ class CostCalculator:
             tier = tv[t_i]
             if match.key is None:
                 continue
+            if match_code is not None:
+                match_code[rows] = len(match_keys)
+                match_keys.append(match.entry_key or "")
             timeless = self.catalog.timeless.get(match.key)
             if timeless is not None:
                 groups = [(rows, timeless)]
@@ -659,8 +672,16 @@ class CostCalculator:
         out["total_cost_pusd"] = pd.array(np.where(unpriced, 0, total), dtype="Int64")
         out.loc[unpriced, "total_cost_pusd"] = pd.NA
         out["total_cost_usd"] = np.where(unpriced, np.nan, total / 1e12)
-        # Rates finer than a pico-dollar per token: price those rows exactly, one by one.
         inexact = [vid for vid, ok in enumerate(exact_ok) if not ok]
+        if detail:
+            weights = np.left_shift(1, np.array(present, dtype=np.int64))
+            out["priced_bits"] = ((has & ~missing) * weights).sum(axis=1) if present else 0
+            out["missing_bits"] = (missing * weights).sum(axis=1) if present else 0
+            out["match_key"] = _categorical(match_keys, match_code)
+            out["inexact"] = np.isin(variant, inexact) if inexact else False
+            out.attrs["catalog_version"] = self.catalog.version
+            return out
+        # Rates finer than a pico-dollar per token: price those rows exactly, one by one.
         if inexact:
             self._fix_inexact(df, out, np.isin(variant, inexact), model_col, provider_col,
                               tier_col, timestamp_col, at)  # fmt: skip

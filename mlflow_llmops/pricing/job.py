@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -26,7 +26,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from mlflow_llmops.errors import StoreError
-from mlflow_llmops.pricing.calculator import CostCalculator, CostResult
+from mlflow_llmops.pricing.calculator import (
+    BUCKETS,
+    FRAME_TOKEN_COLUMNS,
+    CostCalculator,
+    CostResult,
+)
 from mlflow_llmops.pricing.config import PricingConfig
 from mlflow_llmops.pricing.spans import (
     PRICING_ATTRIBUTES,
@@ -155,6 +160,7 @@ def _iter_sql_spans(
     lo_ms: int | None,
     hi_ms: int | None,
     batch_size: int,
+    pick_in_db: bool = True,
 ) -> Iterator[list[LlmSpan]]:
     md = sa.MetaData()
     try:
@@ -166,69 +172,128 @@ def _iter_sql_spans(
             "is this the MLflow tracking database (run mlflow once against it)?"
         ) from None
     ts = traces.c.timestamp_ms
-    q = (
-        sa.select(
-            spans.c.trace_id,
-            spans.c.span_id,
-            spans.c.experiment_id,
-            ts,
-            spans.c.model_name,
-            spans.c.model_provider,
-            spans.c.content,
-        )
-        .select_from(spans.join(traces, traces.c.request_id == spans.c.trace_id))
-        .where(
-            sa.or_(
-                spans.c.content.like("%mlflow.chat.tokenUsage%"),
-                spans.c.content.like("%gen_ai.usage.%"),
-            )
-        )
-        .order_by(ts, spans.c.trace_id, spans.c.span_id)
-        .limit(batch_size)
-    )
+    rid = traces.c.request_id
+    in_scope = []
     if experiment_ids:
-        q = q.where(spans.c.experiment_id.in_([int(e) for e in experiment_ids]))
+        in_scope.append(traces.c.experiment_id.in_([int(e) for e in experiment_ids]))
     if lo_ms is not None:
-        q = q.where(ts >= lo_ms)
+        in_scope.append(ts >= lo_ms)
     if hi_ms is not None:
-        q = q.where(ts < hi_ms)
-    last: tuple[int, str, str] | None = None
-    while True:
-        page = q
-        if last is not None:
-            lt, ltid, lsid = last
-            page = q.where(
-                sa.or_(
-                    ts > lt,
-                    sa.and_(
-                        ts == lt,
-                        sa.or_(
-                            spans.c.trace_id > ltid,
-                            sa.and_(spans.c.trace_id == ltid, spans.c.span_id > lsid),
-                        ),
-                    ),
-                )
-            )
+        in_scope.append(ts < hi_ms)
+    has_usage = sa.or_(
+        spans.c.content.like("%mlflow.chat.tokenUsage%"),
+        spans.c.content.like("%gen_ai.usage.%"),
+    )
+    dialect = engine.dialect.name if pick_in_db else "python"
+    picked = _pricing_attributes(dialect, spans.c.content)
+    cols = (spans.c.trace_id, spans.c.span_id, spans.c.experiment_id, ts,
+            spans.c.model_name, spans.c.model_provider)  # fmt: skip
+    if dialect == "postgresql":
+        # One join over the whole scope through a server-side cursor: paging made the
+        # planner scan ``spans`` once per page on all but the largest stores. The read
+        # has its own snapshot, so the job's writes meanwhile do not disturb it.
+        q = (
+            sa.select(*cols, picked)
+            .select_from(spans.join(traces, rid == spans.c.trace_id))
+            .where(has_usage, *in_scope)
+        )
+        done: set[int] = set()
+        try:
+            with engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, max_row_buffer=batch_size)
+                for rows in result.execute(q).partitions(batch_size):
+                    done.update(hash((r[0], r[1])) for r in rows)
+                    yield _llm_spans(rows, dialect)
+            return
+        except sa.exc.DataError as e:  # a span whose JSON the database cannot read
+            _logger.warning("span JSON the database cannot read (%s); parsing in Python", e.orig)
+        raw = q.with_only_columns(*cols, spans.c.content)
         with engine.connect() as conn:
-            rows = conn.execute(page).all()
-        if not rows:
-            return
-        out: list[LlmSpan] = []
-        for tid, sid, exp, t_ms, model_name, model_provider, content in rows:
+            result = conn.execution_options(stream_results=True, max_row_buffer=batch_size)
+            for rows in result.execute(raw).partitions(batch_size):
+                yield _llm_spans([r for r in rows if hash((r[0], r[1])) not in done], "python")
+        return
+    # Elsewhere (SQLite: a long read would block the job's own writes to the same file):
+    # page over traces by (timestamp_ms, request_id), an index of MLflow's, then read the
+    # LLM spans of each page by trace id, so a page costs its own size, not the history's.
+    tq = sa.select(rid, ts).where(*in_scope).order_by(ts, rid).limit(batch_size)
+    sq = sa.select(*cols[:3], *cols[4:], picked).where(
+        spans.c.trace_id.in_(sa.bindparam("ids", expanding=True)), has_usage
+    )
+    last: tuple[int, str] | None = None
+    while True:
+        page = tq if last is None else tq.where(sa.or_(ts > last[0], sa.and_(ts == last[0], rid > last[1])))  # fmt: skip
+        with engine.connect() as conn:
+            trace_rows = conn.execute(page).all()
+            if not trace_rows:
+                return
+            when = dict(trace_rows)
+            params = {"ids": list(when)}
             try:
-                raw_attrs = json.loads(content).get("attributes") or {}
-            except (ValueError, AttributeError):
-                raw_attrs = {}
-            attrs = {k: decode_attr(raw_attrs[k]) for k in PRICING_ATTRIBUTES if k in raw_attrs}
-            s = span_from_attributes(
-                tid, sid, str(exp), t_ms, attrs, model_col=model_name, provider_col=model_provider
-            )
-            if s is not None:
-                out.append(s)
-        last = (rows[-1][3], rows[-1][0], rows[-1][1])
-        yield out
-        if len(rows) < batch_size:
+                rows = conn.execute(sq, params).all()
+                how = dialect
+            except sa.exc.DBAPIError as e:  # a span whose JSON the database cannot read
+                if dialect == "python" or "json" not in str(e.orig).lower():
+                    raise
+                _logger.warning(
+                    "span JSON the database cannot read (%s); parsing in Python", e.orig
+                )
+                conn.rollback()
+                how = "python"
+                raw = sq.with_only_columns(*sq.selected_columns[:-1], spans.c.content)
+                rows = conn.execute(raw, params).all()
+        yield _llm_spans(((t, s, x, when[t], m, p, c) for t, s, x, m, p, c in rows), how)
+        last = (trace_rows[-1][1], trace_rows[-1][0])
+        if len(trace_rows) < batch_size:
             return
+
+
+def _llm_spans(rows: Iterable[Sequence[Any]], how: str) -> list[LlmSpan]:
+    out: list[LlmSpan] = []
+    for tid, sid, exp, t_ms, model_name, model_provider, content in rows:
+        attrs = _decode_pricing_attributes(how, content)
+        s = span_from_attributes(tid, sid, str(exp), t_ms, attrs,
+                                 model_col=model_name, provider_col=model_provider)  # fmt: skip
+        if s is not None:
+            out.append(s)
+    return out
+
+
+def _pricing_attributes(dialect: str, content: sa.ColumnElement) -> sa.ColumnElement:
+    """Only the attributes pricing reads, picked out of the span JSON by the database.
+
+    A span's ``content`` holds its inputs and outputs too; parsing all of it in Python
+    was most of the job's time. SQLite and PostgreSQL return a small JSON array instead
+    (one value per :data:`PRICING_ATTRIBUTES` key, null where absent).
+    """
+    if dialect == "sqlite":
+        return sa.func.json_extract(content, *(f'$.attributes."{k}"' for k in PRICING_ATTRIBUTES))
+    if dialect == "postgresql":
+        picks = ", ".join(f"a -> '{k}'" for k in PRICING_ATTRIBUTES)
+        # OFFSET 0 keeps the sub-select whole: inlined, it would parse the JSON per key
+        col = content.compile(dialect=sa.dialects.postgresql.dialect())
+        return sa.literal_column(
+            f"(SELECT jsonb_build_array({picks}) FROM (SELECT CAST({col} AS jsonb) -> 'attributes'"
+            " AS a OFFSET 0) AS picked)"
+        )
+    return content
+
+
+def _decode_pricing_attributes(dialect: str, value: Any) -> dict[str, Any]:
+    if dialect in ("sqlite", "postgresql"):
+        picked = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(picked, list):
+            return {}
+        return {
+            k: decode_attr(v)
+            for k, v in zip(PRICING_ATTRIBUTES, picked, strict=True)
+            if v is not None
+        }
+    try:
+        raw = json.loads(value).get("attributes") or {}
+    except (ValueError, AttributeError, TypeError):
+        raw = {}
+    return {k: decode_attr(raw[k]) for k in PRICING_ATTRIBUTES if k in raw}
 
 
 def _iter_rest_spans(
@@ -323,13 +388,152 @@ def cost_row(span: LlmSpan, r: CostResult | None, version: str, now: datetime) -
     }
 
 
-def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
+_PART_BUCKETS = {
+    "input_cost_usd": ("input",),
+    "cache_read_cost_usd": ("cache_read",),
+    "cache_write_cost_usd": ("cache_write_5m", "cache_write_1h"),
+    "output_cost_usd": ("output", "reasoning"),
+    "other_cost_usd": ("audio_input", "audio_output", "image_input"),
+}
+_PART_PUSD = {
+    "input_cost_usd": "input_cost_pusd",
+    "cache_read_cost_usd": "cache_read_cost_pusd",
+    "cache_write_cost_usd": "cache_write_cost_pusd",
+    "output_cost_usd": "output_cost_pusd",
+    "other_cost_usd": "other_cost_pusd",
+}
+_PART_MASK = {
+    col: sum(1 << BUCKETS.index(b) for b in buckets) for col, buckets in _PART_BUCKETS.items()
+}
+
+
+def _usd(pusd: int) -> Decimal:
+    return Decimal(pusd).scaleb(-12)
+
+
+def price_spans(
+    calc: CostCalculator, spans: Sequence[LlmSpan], version: str, now: datetime
+) -> list[dict[str, Any]]:
+    """The ``llmops_span_costs`` rows of ``spans``, priced in one vectorised pass.
+
+    Row for row equal to ``cost_row(s, calc.cost(...), ...)`` (a property test holds
+    them equal); rates finer than a pico-dollar per token go through the scalar path.
+    """
+    import numpy as np
+    import pandas as pd
+
+    rows: list[dict[str, Any] | None] = [None] * len(spans)
+    idx = [i for i, s in enumerate(spans) if s.usage is not None]
+    for i, s in enumerate(spans):
+        if s.usage is None:
+            rows[i] = cost_row(s, None, version, now)
+    if not idx:
+        return rows  # type: ignore[return-value]
+    usages = [spans[i].usage for i in idx]
+    frame = pd.DataFrame(
+        {
+            "model": [spans[i].model for i in idx],
+            "provider": [spans[i].provider for i in idx],
+            "service_tier": [spans[i].service_tier for i in idx],
+            "timestamp_ms": np.fromiter((spans[i].trace_timestamp_ms for i in idx), np.int64),
+            **{
+                col: np.fromiter((getattr(u, b) for u in usages), np.int64, len(usages))
+                for b, col in FRAME_TOKEN_COLUMNS.items()
+            },
+        }
+    )
+    priced = calc.cost_frame(frame, detail=True)
+    status = priced["status"].astype(object).to_numpy()
+    entry = priced["matched_entry"].astype(object).to_numpy()
+    match_key = priced["match_key"].astype(object).to_numpy()
+    tier = priced["service_tier_applied"].astype(object).to_numpy()
+    priced_bits = priced["priced_bits"].to_numpy().tolist()
+    missing_bits = priced["missing_bits"].to_numpy().tolist()
+    inexact = np.asarray(priced["inexact"], dtype=bool).tolist()
+    total = priced["total_cost_pusd"].fillna(0).to_numpy(dtype=np.int64).tolist()
+    parts = {col: priced[p].to_numpy().tolist() for col, p in _PART_PUSD.items()}
+    for k, i in enumerate(idx):
+        s = spans[i]
+        u = usages[k]
+        if inexact[k]:
+            r = calc.cost(model=s.model, provider=s.provider, usage=u,
+                          service_tier=s.service_tier, at=s.trace_timestamp_ms)  # fmt: skip
+            rows[i] = cost_row(s, r, version, now)
+            continue
+        st = status[k]
+        ok = st != "unpriced"
+        row = {
+            "trace_id": s.trace_id,
+            "span_id": s.span_id,
+            "experiment_id": s.experiment_id,
+            "trace_timestamp_ms": s.trace_timestamp_ms,
+            "model": s.model,
+            "provider": s.provider,
+            "matched_entry": entry[k]
+            if isinstance(entry[k], str)
+            else (match_key[k] if isinstance(match_key[k], str) else None),  # fmt: skip
+            "service_tier": tier[k] if isinstance(tier[k], str) and tier[k] else s.service_tier,
+            "status": st,
+            "currency": "USD",
+            "input_tokens": u.input + u.audio_input + u.image_input,
+            "cache_read_tokens": u.cache_read,
+            "cache_write_5m_tokens": u.cache_write_5m,
+            "cache_write_1h_tokens": u.cache_write_1h,
+            "output_tokens": u.output + u.audio_output,
+            "reasoning_tokens": u.reasoning,
+        }
+        pb, mb = priced_bits[k], missing_bits[k]
+        for col, mask in _PART_MASK.items():
+            if not ok or (mb & mask and not pb & mask):
+                row[col] = None
+            else:
+                row[col] = _usd(parts[col][k])
+        row["total_cost_usd"] = _usd(total[k]) if ok else None
+        row["catalog_version"] = version
+        row["priced_at"] = now
+        rows[i] = row
+    return rows  # type: ignore[return-value]
+
+
+def _upsert(conn: Connection, rows: list[dict[str, Any]], bulk: bool = True) -> None:
     if not rows:
         return
-    dialect = conn.dialect.name
+    dialect = conn.dialect.name if bulk else "generic"
     keys = ("trace_id", "span_id")
-    if dialect in ("sqlite", "postgresql"):
-        if dialect == "sqlite":
+    cols = [c.name for c in span_costs.c]
+    names = ", ".join(cols)
+    update = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in keys)
+    upsert = f"ON CONFLICT (trace_id, span_id) DO UPDATE SET {update}"
+    if dialect == "sqlite":  # one executemany of plain tuples: no per-row statement building
+        procs = [span_costs.c[c].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+                 for c in cols]  # fmt: skip
+        data = [
+            tuple(
+                v if p is None or v is None else p(v)
+                for p, v in zip(procs, map(r.get, cols), strict=True)
+            )
+            for r in rows
+        ]
+        marks = ", ".join("?" * len(cols))
+        conn.exec_driver_sql(f"INSERT INTO {span_costs.name} ({names}) VALUES ({marks}) {upsert}",
+                             data)  # fmt: skip
+        return
+    if dialect == "postgresql" and conn.dialect.driver == "psycopg":  # COPY, then one upsert
+        with conn.connection.driver_connection.cursor() as cur:
+            cur.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS _llmops_span_costs_in "
+                f"(LIKE {span_costs.name}) ON COMMIT DELETE ROWS"
+            )
+            with cur.copy(f"COPY _llmops_span_costs_in ({names}) FROM STDIN") as copy:
+                for r in rows:
+                    copy.write_row(tuple(map(r.get, cols)))
+            cur.execute(
+                f"INSERT INTO {span_costs.name} ({names}) "
+                f"SELECT {names} FROM _llmops_span_costs_in {upsert}"
+            )
+        return
+    if conn.dialect.name in ("sqlite", "postgresql"):
+        if conn.dialect.name == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
         else:
             from sqlalchemy.dialects.postgresql import insert
@@ -395,6 +599,7 @@ def reprice(
     lookback_s: float | None = None,
     batch_size: int | None = None,
     config: PricingConfig | None = None,
+    scalar: bool = False,
 ) -> RepriceResult:
     """Price every LLM span in scope; see the module docstring for the rules.
 
@@ -403,6 +608,9 @@ def reprice(
     watermark; ``force`` re-writes spans already priced with this catalog.
     ``config`` (the ``pricing:`` section) gives the catalog sources, look-back and
     batch size unless ``calculator`` / the explicit arguments say otherwise.
+    ``scalar``: the row-at-a-time reference path (whole span JSON parsed in Python, one
+    ``cost()`` per span, per-row statements), kept for the benchmark beside the default
+    batch path; both write the same rows.
     """
     now = now or datetime.now(UTC)
     config = config or PricingConfig()
@@ -449,7 +657,7 @@ def reprice(
 
     if sql_url:
         engine = make_engine(sql_url)
-        batches = _iter_sql_spans(engine, experiment_ids, lo, until_ms, batch_size)
+        batches = _iter_sql_spans(engine, experiment_ids, lo, until_ms, batch_size, not scalar)
     else:
         engine = None
         batches = _iter_rest_spans(tracking_uri, experiment_ids, lo, until_ms, batch_size)
@@ -464,28 +672,24 @@ def reprice(
             result.spans_seen += len(batch)
             with analytics.engine.begin() as conn:
                 existing = _existing(conn, batch)
-                rows = []
+                batch_max = max(s.trace_timestamp_ms for s in batch)
+                max_ts = batch_max if max_ts is None else max(max_ts, batch_max)
+                todo = []
                 for s in batch:
-                    max_ts = (
-                        s.trace_timestamp_ms
-                        if max_ts is None
-                        else max(max_ts, s.trace_timestamp_ms)
-                    )
                     old = existing.get((s.trace_id, s.span_id))
                     if old is not None and old[0] == version and not force:
                         result.spans_skipped += 1
-                        continue
-                    r = None
-                    if s.usage is not None:
-                        r = calc.cost(
-                            model=s.model,
-                            provider=s.provider,
-                            usage=s.usage,
-                            service_tier=s.service_tier,
-                            at=s.trace_timestamp_ms,
-                        )
-                    row = cost_row(s, r, version, now)
-                    rows.append(row)
+                    else:
+                        todo.append(s)
+                if scalar:
+                    rows = [cost_row(s, None if s.usage is None else calc.cost(
+                        model=s.model, provider=s.provider, usage=s.usage,
+                        service_tier=s.service_tier, at=s.trace_timestamp_ms), version, now)
+                        for s in todo]  # fmt: skip
+                else:
+                    rows = price_spans(calc, todo, version, now)
+                for s, row in zip(todo, rows, strict=True):
+                    old = existing.get((s.trace_id, s.span_id))
                     status = row["status"]
                     result.status_counts[status] = result.status_counts.get(status, 0) + 1
                     new_total = row["total_cost_usd"]
@@ -510,7 +714,7 @@ def reprice(
                         if old[2] != new_total or old[1] != status:
                             d.changed_spans += 1
                             result.spans_changed += 1
-                _upsert(conn, rows)
+                _upsert(conn, rows, bulk=not scalar)
                 result.spans_written += len(rows)
     finally:
         if engine is not None:

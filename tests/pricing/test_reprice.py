@@ -231,3 +231,43 @@ def test_cost_rows_keep_unpriced_parts_null_and_bad_usage_unpriced():
     row = cost_row(bad, None, calc.catalog_version, NOW)
     assert row["status"] == "unpriced" and row["total_cost_usd"] is None
     assert span_from_attributes("tr-1", "s-3", "1", 1, {"mlflow.llm.model": "gpt-4o"}) is None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_span_whose_json_is_broken_does_not_stop_the_job(tmp_path, request, state_url, backend):
+    """The database picks the pricing attributes out of the span JSON; one unreadable span
+    makes that page fall back to Python parsing, which skips it and prices the rest."""
+    if backend == "postgres":
+        request.applymarker(pytest.mark.postgres)
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
+    exp = log_traces(url, "broken-json", FIRST_BATCH)
+    eng = sa.create_engine(url)
+    with eng.begin() as c:
+        sid = c.execute(
+            sa.text("SELECT span_id FROM spans WHERE content LIKE '%mystery-model%'")
+        ).scalar_one()
+        c.execute(
+            sa.text("UPDATE spans SET content = :c WHERE span_id = :s"),
+            {"c": '{"attributes": {"mlflow.chat.tokenUsage": broken', "s": sid},
+        )
+    eng.dispose()
+    r = reprice(url, state_store=StateStore(state_url), experiment_ids=[exp], now=NOW,
+                calculator=CostCalculator.default(clock=FakeClock(NOW)))  # fmt: skip
+    assert r.spans_written == 5 and r.status_counts == {"priced": 5}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_batch_path_writes_the_rows_of_the_scalar_path(tmp_path, request, backend):
+    if backend == "postgres":
+        request.applymarker(pytest.mark.postgres)
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
+    exp = log_traces(url, "paths", FIRST_BATCH + SECOND_BATCH)
+    tables = {}
+    for scalar in (False, True):
+        out = f"sqlite:///{tmp_path / f'costs-{scalar}.db'}"
+        r = reprice(url, analytics_url=out, state_store=StateStore(out), experiment_ids=[exp],
+                    now=NOW, calculator=CostCalculator.default(clock=FakeClock(NOW)),
+                    scalar=scalar)  # fmt: skip
+        assert r.spans_written == 7
+        tables[scalar] = _rows(out)
+    assert tables[False] == tables[True] and len(tables[False]) == 7
