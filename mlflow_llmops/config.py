@@ -20,7 +20,12 @@ from mlflow_llmops.alerting.config import AlertingConfig
 from mlflow_llmops.errors import ConfigError
 from mlflow_llmops.pricing.config import PricingConfig
 from mlflow_llmops.scoring.config import ScoringConfig
-from mlflow_llmops.secrets import SECRET_KEYS, mask_text, register_config_secrets
+from mlflow_llmops.secrets import (
+    SECRET_KEYS,
+    mask_text,
+    register_config_secrets,
+    register_secret,
+)
 from mlflow_llmops.store.config import AnalyticsConfig
 from mlflow_llmops.tracing.config import TracingConfig
 
@@ -84,6 +89,10 @@ class LlmopsConfig(Section):
         """Every secret this configuration holds is masked in logs, errors and stored text
         of this process from now on, however the configuration was built."""
         register_config_secrets(self)
+        # secrets read from the environment by name (the judge's key, MLflow's credentials)
+        for var in (self.scoring.judge.api_key_env, "MLFLOW_TRACKING_PASSWORD",
+                    "MLFLOW_TRACKING_TOKEN"):  # fmt: skip
+            register_secret(os.environ.get(var))
         return self
 
 
@@ -223,7 +232,9 @@ def load_section(
         data = _merge(data, overrides)
     model = LlmopsConfig.model_fields[name].annotation
     try:
-        return model.model_validate(data)
+        section = model.model_validate(data)
+        register_config_secrets(section)  # a service's OTLP headers, without the rest
+        return section
     except ValidationError as e:
         where = str(p) if p is not None else "configuration"
         raise ConfigError(

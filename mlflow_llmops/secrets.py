@@ -40,6 +40,9 @@ _AUTH_RE = re.compile(
 )
 #: config keys whose value is a secret whatever its form
 SECRET_KEYS = ("token", "secret", "password", "routing_key", "api_key", "headers", "webhook_url")
+#: headers whose values are not secrets (not masked wherever they appear)
+_PLAIN_HEADERS = frozenset({"content-type", "accept", "user-agent", "content-encoding",
+                            "accept-encoding", "connection"})  # fmt: skip
 #: shorter values are not masked by value (too likely to occur by chance)
 MIN_SECRET_LEN = 6
 _DB_SCHEMES = ("postgres", "mysql", "mariadb", "sqlite", "mssql", "oracle", "cockroach",
@@ -112,6 +115,9 @@ class _Registry:
     def __contains__(self, value: str) -> bool:
         return value in self._values
 
+    def found_in(self, text: str) -> bool:
+        return any(v in text for v in self._values)
+
 
 _REGISTRY = _Registry()
 
@@ -159,7 +165,12 @@ def register_config_secrets(node: Any, key: str = "") -> None:
         register_secret(node)
     elif isinstance(node, Mapping):
         for k, v in node.items():
-            if key and _secret_key(key) and isinstance(v, str):
+            if (
+                key
+                and _secret_key(key)
+                and isinstance(v, str)
+                and str(k).lower() not in _PLAIN_HEADERS
+            ):
                 register_secret(v)  # headers: {Authorization: ...}
             register_config_secrets(v, str(k))
     elif isinstance(node, list | tuple | set | frozenset):
@@ -176,11 +187,21 @@ def _secret_key(key: str) -> bool:
     return any(w in k for w in SECRET_KEYS) and not k.endswith("_env")
 
 
+#: what any credential by form needs (one search rules most strings out)
+_SUSPECT = re.compile(r"://|[?&;#][\w.-]+=|(?i:bearer|basic)\s")
+
+
 def mask_text(text: str) -> str:
     """``text`` with every registered secret and every credential in a URL replaced."""
-    if not isinstance(text, str) or not text:
+    if not isinstance(text, str) or len(text) < MIN_SECRET_LEN:
         return text
+    if " " not in text and "/" not in text and ":" not in text and "=" not in text \
+            and "\n" not in text:  # fmt: skip
+        # one word (an id, a name, a number): a secret only if it is one
+        return MASK if text in _REGISTRY else text
     text = _REGISTRY.sub(text)
+    if _SUSPECT.search(text) is None:
+        return text
     if "://" in text:
         text = _URL_RE.sub(lambda m: mask_url(m.group(0)), text)
     return _mask_loose(text)
@@ -247,13 +268,44 @@ def install_log_masking() -> None:
 
 
 # -- the state store -------------------------------------------------------------
+_SCALARS = frozenset({int, float, bool, type(None), bytes})
+
+
+def _strings(params: Any) -> list[str]:
+    t = type(params)
+    if t is str:
+        return [params]
+    if t is dict:
+        return [v for v in params.values() if type(v) is str]
+    if t is list or t is tuple:
+        if params and type(params[0]) is dict:  # executemany: one dict per row
+            return [v for row in params for v in row.values() if type(v) is str]
+        out: list[str] = []
+        for v in params:
+            out.extend(_strings(v)) if type(v) is not str else out.append(v)
+        return out
+    return []
+
+
+def _clean(params: Any) -> bool:
+    """True when no value of a write can hold a credential: checked on all of its strings at
+    once, in C, so bulk writes (costs, scores) pay almost nothing."""
+    text = "\x00".join(_strings(params))
+    if any(w in text for w in ("://", "=", "earer ", "asic ")):
+        return False
+    return not _REGISTRY.found_in(text)
+
+
 def _mask_params_of(params: Any) -> Any:
-    if isinstance(params, str):
-        return mask_text(params)
+    t = type(params)
+    if t is str:
+        return mask_text(params) if len(params) >= MIN_SECRET_LEN else params
+    if t in _SCALARS:
+        return params
+    if t is list or t is tuple:
+        return t(_mask_params_of(v) for v in params)
     if isinstance(params, Mapping):
         return {k: _mask_params_of(v) for k, v in params.items()}
-    if isinstance(params, list | tuple):
-        return type(params)(_mask_params_of(v) for v in params)
     return params
 
 
@@ -267,7 +319,7 @@ def mask_secrets_in_writes(engine: Any) -> None:
 
     def before(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001, ANN202
         head = statement.lstrip()[:6].upper()
-        if head in ("INSERT", "UPDATE") and parameters:
+        if head in ("INSERT", "UPDATE") and parameters and not _clean(parameters):
             parameters = _mask_params_of(parameters)
         return statement, parameters
 

@@ -121,7 +121,8 @@ class StateStore:
     ):
         self.url = url
         self.engine = engine or make_engine(url, immediate=True)
-        mask_secrets_in_writes(self.engine)  # no stored error, payload or audit in clear
+        if engine is None:
+            mask_secrets_in_writes(self.engine)  # no stored error, payload or audit in clear
         self._ensured: set[tuple[str, int]] = set()
         try:
             self.ensure_schema(CORE_MIGRATIONS)

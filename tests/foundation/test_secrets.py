@@ -77,6 +77,22 @@ def test_registered_values_are_masked_in_logs_and_stored_rows(tmp_path, caplog):
     assert stored == "error at http://a:***@h/?token=*** ***"
 
 
+def test_secrets_named_by_the_config_and_of_a_section_are_masked(monkeypatch, caplog):
+    """The judge's key (read from the variable the config names) and a service's OTLP
+    headers (``load_section("tracing")`` alone) are masked in every log line."""
+    from mlflow_llmops.config import load_config, load_section
+
+    monkeypatch.setenv("JUDGE_KEY_VAR", "sk-judge-0f9e8d7c")
+    load_config(env={}, overrides={"scoring": {"judge": {"api_key_env": "JUDGE_KEY_VAR"}}})
+    load_section("tracing", env={"MLFLOW_LLMOPS__TRACING__OTLP__HEADERS":
+                                 "{x-honeycomb-team: hny-7c6b5a4f3e}"})  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("openai").debug("request with key=%s", "sk-judge-0f9e8d7c")
+    logging.getLogger("otel").warning("export failed; headers %s", {"x": "hny-7c6b5a4f3e"})
+    assert "sk-judge-0f9e8d7c" not in caplog.text and "hny-7c6b5a4f3e" not in caplog.text
+    assert caplog.text.count("***") == 2
+
+
 def test_config_show_masks_by_field_and_by_form():
     data = {
         "tracking": {"uri": "postgresql://llmops:dbpa55@db/llmops"},
