@@ -218,6 +218,8 @@ def export_prometheus_cmd(
         click.echo(text, nl=False)
     for name, why in sorted(export.skipped.items()):
         click.echo(f"left out {name}: {why}", err=True)
+    for name, notes in sorted(export.changed.items()):
+        click.echo(f"approximated {name}: {'; '.join(notes)}", err=True)
     if dashboard:
         Path(dashboard).write_text(dashboard_json(), encoding="utf-8")
         click.echo(f"wrote the Grafana dashboard to {dashboard}", err=True)

@@ -176,13 +176,15 @@ def test_grafana_dashboard_is_shipped_and_current():
     assert len({p["id"] for p in grafana_dashboard()["panels"]}) == len(dash["panels"])
 
 
-def test_cli_export_prometheus(tmp_path, monkeypatch):
+def test_cli_export_prometheus(tmp_path, monkeypatch, capsys):
     cfg = tmp_path / "mlflow-llmops.yaml"
     cfg.write_text("alerting:\n  packs: [three-layer, slo]\n")
     out, dash = tmp_path / "rules.yml", tmp_path / "dash.json"
     main(["--config", str(cfg), "alerts", "export-prometheus", "-o", str(out),
           "--dashboard", str(dash)])  # fmt: skip
     assert "llm_latency_p95_high" in out.read_text()
+    err = capsys.readouterr().err
+    assert "approximated llm_latency_p95_high: " in err and "left out llm_cost_spike: " in err
     assert json.loads(Path(dash).read_text())["uid"] == "mlflow-llmops"
 
 
