@@ -84,3 +84,10 @@ def main(argv: list[str] | None = None) -> None:
 
         click.echo(f"error: {mask_text(str(e))}", err=True)
         sys.exit(2)
+    except Exception:  # an unexpected error: the traceback, with no secret in it
+        import traceback
+
+        from mlflow_llmops.secrets import mask_text
+
+        click.echo(mask_text(traceback.format_exc()).rstrip(), err=True)
+        sys.exit(1)

@@ -264,3 +264,18 @@ def test_no_planted_secret_leaves_in_clear(tmp_path, pg_url):
         assert received  # the receivers were really called
     finally:
         drop_database(state_db)
+
+
+def test_an_unexpected_error_of_the_cli_prints_a_masked_traceback(tmp_path, monkeypatch, capsys):
+    from mlflow_llmops.cli import config_cmd, main
+
+    def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("POST https://hooks.internal/x?token=tb-secret-42 failed")
+
+    monkeypatch.setattr(config_cmd, "yaml", type("Y", (), {"safe_dump": boom}))
+    (tmp_path / "c.yaml").write_text("tracking: {experiment_name: x}\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(tmp_path / "c.yaml"), "config", "show"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "RuntimeError: POST https://hooks.internal/x?token=***" in err
+    assert "tb-secret-42" not in err
