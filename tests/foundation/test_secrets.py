@@ -279,3 +279,35 @@ def test_an_unexpected_error_of_the_cli_prints_a_masked_traceback(tmp_path, monk
     err = capsys.readouterr().err
     assert e.value.code == 1 and "RuntimeError: POST https://hooks.internal/x?token=***" in err
     assert "tb-secret-42" not in err
+
+
+def flag_with_token(**kw):  # noqa: ANN003, ANN201
+    """A rollback function (``module:function``) whose answer carries a credential."""
+    return "flag flipped at https://flags.internal/api?token=ff-secret-77"
+
+
+def test_rollback_audit_records_are_masked(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from mlflow_llmops.alerting.model import Alert, AlertState, Severity
+    from mlflow_llmops.alerting.notify_config import RollbackConfig
+    from mlflow_llmops.alerting.rollback import RollbackManager
+    from mlflow_llmops.store.state import StateStore
+
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    t0 = datetime(2026, 6, 1, tzinfo=UTC)
+    hook = {"name": "f", "target": "function", "function": "test_secrets:flag_with_token",
+            "rules": ["QualityDrop"], "mode": "auto", "min_firing": "0s"}  # fmt: skip
+    mgr = RollbackManager(RollbackConfig.model_validate({"hooks": [hook]}), store,
+                          f"sqlite:///{tmp_path / 'mlflow.db'}")  # fmt: skip
+    alert = Alert(labels={"alertname": "QualityDrop", "severity": "critical"}, annotations={},
+                  state=AlertState.FIRING, severity=Severity.CRITICAL, starts_at=t0,
+                  ends_at=None, value=1.0, threshold=0.5, baseline=None, window_s=300,
+                  episode=1, rule="QualityDrop")  # fmt: skip
+    [rec] = mgr.process([alert], t0 + timedelta(minutes=1))
+    assert rec.outcome == "executed"
+    rows = [r for rows in _scan_tables(str(store.engine.url)).values() for r in rows]
+    audit = [r for r in rows if "flag flipped" in r]
+    assert audit and all("token=***" in r for r in audit)
+    assert not any("ff-secret-77" in r for r in rows)
+    store.dispose()
