@@ -172,6 +172,7 @@ def register_config_secrets(node: Any, key: str = "") -> None:
                 and str(k).lower() not in _PLAIN_HEADERS
             ):
                 register_secret(v)  # headers: {Authorization: ...}
+                register_secret(v.rsplit(" ", 1)[-1])  # the token of "Bearer <token>"
             register_config_secrets(v, str(k))
     elif isinstance(node, list | tuple | set | frozenset):
         for v in node:
@@ -197,8 +198,8 @@ def mask_text(text: str) -> str:
         return text
     if " " not in text and "/" not in text and ":" not in text and "=" not in text \
             and "\n" not in text:  # fmt: skip
-        # one word (an id, a name, a number): a secret only if it is one
-        return MASK if text in _REGISTRY else text
+        # one word (an id, a name, a number): only registered values can hide in it
+        return _REGISTRY.sub(text) if _REGISTRY.found_in(text) else text
     text = _REGISTRY.sub(text)
     if _SUSPECT.search(text) is None:
         return text
