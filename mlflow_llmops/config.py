@@ -14,12 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlflow_llmops.alerting.config import AlertingConfig
 from mlflow_llmops.errors import ConfigError
 from mlflow_llmops.pricing.config import PricingConfig
 from mlflow_llmops.scoring.config import ScoringConfig
+from mlflow_llmops.secrets import (
+    SECRET_KEYS,
+    mask_text,
+    register_config_secrets,
+    register_secret,
+)
 from mlflow_llmops.store.config import AnalyticsConfig
 from mlflow_llmops.tracing.config import TracingConfig
 
@@ -77,6 +83,17 @@ class LlmopsConfig(Section):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     alerting: AlertingConfig = Field(default_factory=AlertingConfig)
     analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
+
+    @model_validator(mode="after")
+    def _register_secrets(self) -> LlmopsConfig:
+        """Every secret this configuration holds is masked in logs, errors and stored text
+        of this process from now on, however the configuration was built."""
+        register_config_secrets(self)
+        # secrets read from the environment by name (the judge's key, MLflow's credentials)
+        for var in (self.scoring.judge.api_key_env, "MLFLOW_TRACKING_PASSWORD",
+                    "MLFLOW_TRACKING_TOKEN"):  # fmt: skip
+            register_secret(os.environ.get(var))
+        return self
 
 
 def interpolate(value: Any, env: Mapping[str, str], *, where: str = "") -> Any:
@@ -157,9 +174,11 @@ def format_validation_error(
         elif e["type"] == "missing":
             lines.append(f"  - {key}: required; add it")
         else:
-            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-            lines.append(f"  - {key}: {e['msg']}{shown}")
-    return "\n".join(lines)
+            secret = any(w in key.lower() for w in SECRET_KEYS)
+            shown = "" if secret or isinstance(got, dict | list) else f" (got {got!r})"
+            msg = e["msg"].replace("\n", "\n      ")  # rule errors: one line each
+            lines.append(f"  - {key}: {msg}{shown}")
+    return mask_text("\n".join(lines))
 
 
 def config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
@@ -213,7 +232,9 @@ def load_section(
         data = _merge(data, overrides)
     model = LlmopsConfig.model_fields[name].annotation
     try:
-        return model.model_validate(data)
+        section = model.model_validate(data)
+        register_config_secrets(section)  # a service's OTLP headers, without the rest
+        return section
     except ValidationError as e:
         where = str(p) if p is not None else "configuration"
         raise ConfigError(

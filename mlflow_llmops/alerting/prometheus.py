@@ -14,6 +14,12 @@ service, tenant, ... would export PromQL that matches nothing, so it is left
 out, like the signals the metrics cannot express (cost, unpriced share,
 scores); the file header lists every rule left out and why: the monitor
 evaluates them from traces.
+
+A rule that is exported but cannot mean exactly what the monitor evaluates (the
+metrics count LLM calls where the monitor counts traces; a latency threshold between
+two histogram buckets; hysteresis and no-data policies PromQL has no word for) is
+listed in the header too, and carries the same notes in its ``export_notes``
+annotation, so nobody mistakes the exported rule for the monitor's.
 """
 
 from __future__ import annotations
@@ -75,6 +81,29 @@ def _by(groups: list[str], *extra: str) -> str:
     return f" by ({', '.join(cols)})" if cols else ""
 
 
+#: signals whose value is a share (0..1): shown as percentages (0.12 -> "12%")
+RATIO_SIGNALS = frozenset({"error_rate", "latency_over", "unpriced_share", "scorer_pass_rate",
+                           "scorer_fail_rate"})  # fmt: skip
+#: signals the GenAI metrics count per LLM call, where the monitor counts traces
+_PER_CALL = {
+    "request_count": "counts LLM calls (gen_ai_client_operation_duration_seconds_count) where "
+    "the monitor counts traces; a trace with several LLM calls counts several times",
+    "error_rate": "the share of failed LLM calls (error_type set) where the monitor takes the "
+    "share of failed traces; a trace with several LLM calls counts several times",
+    "latency_over": "the share of LLM calls slower than the threshold where the monitor takes "
+    "the share of traces (a trace's latency includes all its calls and its own work)",
+    "latency": "the latency of single LLM calls where the monitor takes the latency of traces "
+    "(a trace's latency includes all its calls and its own work)",
+}
+
+
+def latency_bucket(threshold_ms: float) -> float | None:
+    """The histogram bucket boundary (seconds) a latency threshold is counted against: the
+    smallest ``le`` at or above it (None above the largest bucket)."""
+    thr = threshold_ms / 1000.0
+    return next((b for b in DURATION_BUCKETS if b >= thr - 1e-9), None)
+
+
 def signal_expr(
     spec: SignalSpec, window: timedelta | None = None, offset: timedelta | None = None
 ) -> str:
@@ -93,10 +122,10 @@ def signal_expr(
             f"sum{_by(g)} (rate({DURATION}_count{m}{rng}))"
         )
     if s == "latency_over":
-        thr = (spec.latency_threshold_ms or 0) / 1000.0
-        le = next((b for b in DURATION_BUCKETS if b >= thr - 1e-9), None)
+        le = latency_bucket(spec.latency_threshold_ms or 0)
         if le is None:
-            raise NotExportable(f"latency threshold {thr}s is above the largest bucket")
+            thr = (spec.latency_threshold_ms or 0) / 1000.0
+            raise NotExportable(f"latency threshold {thr:g}s is above the largest bucket")
         good = _matchers(spec.where, f'le="{le:g}"')
         return (
             f"1 - (sum{_by(g)} (rate({DURATION}_bucket{good}{rng})) / "
@@ -128,12 +157,18 @@ _TEMPLATE = re.compile(r"\{(\w+)\}")
 
 
 def _annotations(
-    rule: Any, threshold: str, window: timedelta, baseline: str = "n/a"
+    rule: Any,
+    threshold: str,
+    window: timedelta,
+    baseline: str = "n/a",
+    *,
+    value: str = "{{ $value | humanize }}",
+    notes: Sequence[str] = (),
 ) -> dict[str, str]:
     def sub(m: re.Match[str]) -> str:
         key = m.group(1)
         if key == "value":
-            return "{{ $value | humanize }}"
+            return value
         if key == "threshold":
             return threshold
         if key == "window":
@@ -155,9 +190,19 @@ def _annotations(
     out = {k: _TEMPLATE.sub(sub, v) for k, v in rule.annotations.items()}
     if rule.runbook_url and "runbook_url" not in out:
         out["runbook_url"] = _TEMPLATE.sub(sub, rule.runbook_url)
-    out.setdefault("summary", f"{rule.name}: {{{{ $value | humanize }}}} (threshold {threshold})")
+    out.setdefault("summary", f"{rule.name}: {value} (threshold {threshold})")
     out["source"] = "exported by mlflow-llmops alerts export-prometheus"
+    if notes:
+        out["export_notes"] = "Differs from the monitor's rule: " + "; ".join(notes)
     return out
+
+
+def _ratio(rule: Any) -> bool:
+    return not isinstance(rule, BurnRateRule) and rule.query.signal in RATIO_SIGNALS
+
+
+def _fmt_threshold(rule: Any, v: float) -> str:
+    return f"{v * 100:.4g}%" if _ratio(rule) else f"{v:g}"
 
 
 def _alert(rule: Any, expr: str, *, severity: str, extra_labels: dict[str, str] | None = None,
@@ -168,8 +213,64 @@ def _alert(rule: Any, expr: str, *, severity: str, extra_labels: dict[str, str] 
     if rule.keep_firing_for:
         out["keep_firing_for"] = format_duration(rule.keep_firing_for)
     out["labels"] = {**rule.labels, **(extra_labels or {}), "severity": severity}
-    out["annotations"] = _annotations(rule, threshold, window, baseline)
+    value = "{{ $value | humanizePercentage }}" if _ratio(rule) else "{{ $value | humanize }}"
+    out["annotations"] = _annotations(
+        rule, threshold, window, baseline, value=value, notes=translation_notes(rule)
+    )
     return out
+
+
+def translation_notes(rule: Any) -> list[str]:
+    """What the exported form of ``rule`` changes or approximates, and why (empty: exact)."""
+    notes: list[str] = []
+    if isinstance(rule, BurnRateRule):
+        signal = "error_rate" if rule.sli == "errors" else "latency_over"
+        threshold_ms = rule.latency_threshold_ms
+    else:
+        signal, threshold_ms = rule.query.signal, rule.query.latency_threshold_ms
+    kind = "latency" if signal.startswith("latency_p") else signal
+    if kind in _PER_CALL:
+        notes.append(_PER_CALL[kind])
+    if signal.startswith("latency_p"):
+        notes.append(
+            f"{signal} is estimated from the histogram buckets (histogram_quantile interpolates "
+            "linearly inside a bucket) where the monitor computes it exactly from traces"
+        )
+    if signal == "latency_over" and threshold_ms is not None:
+        le = latency_bucket(threshold_ms)
+        if le is not None and abs(le * 1000.0 - threshold_ms) > 1e-6:
+            notes.append(
+                f"latency threshold {threshold_ms / 1000.0:g} s moved to the {le:g} s bucket "
+                f'boundary (le="{le:g}"): the histogram has no {threshold_ms / 1000.0:g} s '
+                f"bucket, so calls between {threshold_ms / 1000.0:g} s and {le:g} s count as fast"
+            )
+    min_samples = rule.min_samples if isinstance(rule, BurnRateRule) else rule.query.min_samples
+    if min_samples > 1 or isinstance(rule, BaselineRule):
+        what = (f"min_samples ({min_samples})" if min_samples > 1
+                else f"min_baseline_samples ({rule.min_baseline_samples})")  # fmt: skip
+        if isinstance(rule, BaselineRule) and min_samples > 1:
+            what += f" and min_baseline_samples ({rule.min_baseline_samples})"
+        notes.append(f"{what} counted in LLM calls, not traces")
+    if isinstance(rule, ThresholdRule) and rule.recovery_threshold is not None:
+        notes.append(
+            f"recovery_threshold {_fmt_threshold(rule, rule.recovery_threshold)} dropped: "
+            "Prometheus alerts have no hysteresis, so this one resolves as soon as the value "
+            f"is back past the threshold {_fmt_threshold(rule, rule.threshold)} "
+            "(keep_firing_for is the closest guard)"
+        )
+    if rule.no_data == "alerting":
+        notes.append(
+            "no_data: alerting dropped: an expression without series fires nothing in "
+            "Prometheus; add an absent() rule to page on missing data"
+        )
+    elif rule.no_data == "keep_state":
+        notes.append("no_data: keep_state dropped: without series Prometheus resolves the alert")
+    if rule.on_error == "alerting":
+        notes.append(
+            "on_error: alerting dropped: Prometheus keeps the state of a rule whose query "
+            "fails and fires no error alert"
+        )
+    return notes
 
 
 def rule_to_prometheus(rule: Any) -> list[dict[str, Any]]:
@@ -180,7 +281,7 @@ def rule_to_prometheus(rule: Any) -> list[dict[str, Any]]:
         expr = f"({signal_expr(spec)}) {rule.op} {rule.threshold:g}"
         if spec.min_samples > 1:
             expr += f" and on({', '.join(_labels(spec.group_by))}) ({_volume(spec)} >= {spec.min_samples})"  # noqa: E501
-        return [_alert(rule, expr, severity=sev, threshold=f"{rule.threshold:g}",
+        return [_alert(rule, expr, severity=sev, threshold=_fmt_threshold(rule, rule.threshold),
                        window=spec.window)]  # fmt: skip
     if isinstance(rule, BaselineRule):
         if rule.median_of_days:
@@ -235,9 +336,18 @@ def rule_to_prometheus(rule: Any) -> list[dict[str, Any]]:
 class PrometheusExport:
     groups: dict[str, Any]
     skipped: dict[str, str] = field(default_factory=dict)
+    #: exported rules that differ from the monitor's: rule name -> what and why
+    changed: dict[str, list[str]] = field(default_factory=dict)
 
     def to_yaml(self) -> str:
         head = "# Generated by `mlflow-llmops alerts export-prometheus`; check with promtool.\n"
+        if self.changed:
+            head += (
+                "# Rules changed or approximated in translation (also in each rule's "
+                "export_notes annotation):\n"
+            )
+            for name, notes in sorted(self.changed.items()):
+                head += f"#   {name}:\n" + "".join(f"#     - {n}\n" for n in notes)
         if self.skipped:
             head += "# Rules left out (evaluated by `mlflow-llmops monitor` instead):\n"
             head += "".join(f"#   {n}: {why}\n" for n, why in sorted(self.skipped.items()))
@@ -253,13 +363,17 @@ def export_prometheus_rules(
     """Prometheus rule groups for every exportable rule; the others are listed as skipped."""
     alerts: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
+    changed: dict[str, list[str]] = {}
     for rule in rules:
         try:
             alerts.extend(rule_to_prometheus(rule))
         except NotExportable as e:
             skipped[rule.name] = str(e)
+            continue
+        if notes := translation_notes(rule):
+            changed[rule.name] = notes
     groups = {"groups": [{"name": group, "interval": format_duration(interval), "rules": alerts}]}
-    return PrometheusExport(groups, skipped)
+    return PrometheusExport(groups, skipped, changed)
 
 
 def _panel(pid: int, title: str, exprs: list[tuple[str, str]], unit: str, x: int, y: int,

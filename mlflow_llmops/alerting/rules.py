@@ -21,8 +21,8 @@ from pydantic import (
     PlainSerializer,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from mlflow_llmops.alerting.model import Severity
@@ -141,7 +141,7 @@ class SignalSpec(_Model):
     #: scorer_pass_rate / scorer_fail_rate: a score at or above this passes
     pass_threshold: float = 0.5
     #: latency_over: the share of requests slower than this
-    latency_threshold_ms: float | None = None
+    latency_threshold_ms: float | None = Field(default=None, validate_default=True)
     #: groups with fewer traces (or scores) than this are not evaluated
     min_samples: int = Field(default=1, ge=0)
 
@@ -163,19 +163,33 @@ class SignalSpec(_Model):
     def _labels_list(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
-    @model_validator(mode="after")
-    def _check_labels(self) -> SignalSpec:
-        allowed = LABEL_COLUMNS + (
-            (SCORER_LABEL,) if signal_kind(self.signal) == "assessment" else ()
-        )
-        for label in (*self.group_by, *self.where):
-            if label not in allowed:
-                raise ValueError(
-                    f"cannot group or filter by {label!r}; use one of {', '.join(allowed)}"
-                )
-        if self.signal == "latency_over" and self.latency_threshold_ms is None:
+    @field_validator("group_by", "where")
+    @classmethod
+    def _check_labels(cls, v: Any, info: ValidationInfo) -> Any:
+        # validated field by field, so an error names query.group_by or query.where
+        return _allowed_labels(v, info.data.get("signal"))
+
+    @field_validator("latency_threshold_ms")
+    @classmethod
+    def _latency_threshold(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if info.data.get("signal") == "latency_over" and v is None:
             raise ValueError("signal latency_over needs latency_threshold_ms")
-        return self
+        return v
+
+
+def _allowed_labels(labels: Iterable[str], signal: str | None) -> Any:
+    """``labels`` if a rule on ``signal`` may group or filter by all of them."""
+    try:
+        assessment = signal is not None and signal_kind(signal) == "assessment"
+    except ValueError:
+        assessment = False  # the signal's own error is reported under its field
+    allowed = LABEL_COLUMNS + ((SCORER_LABEL,) if assessment else ())
+    for label in labels:
+        if label not in allowed:
+            raise ValueError(
+                f"cannot group or filter by {label!r}; use one of {', '.join(allowed)}"
+            )
+    return labels
 
 
 class _RuleBase(_Model):
@@ -217,17 +231,18 @@ class ThresholdRule(_RuleBase):
     #: once firing, stay firing until the value is back beyond this (default: threshold)
     recovery_threshold: float | None = None
 
-    @model_validator(mode="after")
-    def _recovery_side(self) -> ThresholdRule:
-        r = self.recovery_threshold
-        if r is not None:
-            above = self.op in (">", ">=")
-            if (above and r > self.threshold) or (not above and r < self.threshold):
+    @field_validator("recovery_threshold")
+    @classmethod
+    def _recovery_side(cls, r: float | None, info: ValidationInfo) -> float | None:
+        op, threshold = info.data.get("op"), info.data.get("threshold")
+        if r is not None and op is not None and threshold is not None:
+            above = op in (">", ">=")
+            if (above and r > threshold) or (not above and r < threshold):
                 raise ValueError(
                     f"recovery_threshold {r} must be on the healthy side of threshold "
-                    f"{self.threshold} (op {self.op!r})"
+                    f"{threshold} (op {op!r})"
                 )
-        return self
+        return r
 
 
 class BaselineRule(_RuleBase):
@@ -256,6 +271,14 @@ class BurnRateTier(_Model):
     factor: float = Field(gt=0)
     severity: Severity = Severity.CRITICAL
 
+    @field_validator("short")
+    @classmethod
+    def _shorter(cls, v: timedelta, info: ValidationInfo) -> timedelta:
+        long = info.data.get("long")
+        if long is not None and v >= long:
+            raise ValueError(f"tier short window {v} must be shorter than long {long}")
+        return v
+
 
 #: The SRE workbook's table for a 30-day SLO: 2% of the budget in 1h, 5% in 6h, 10% in 3d.
 DEFAULT_TIERS: tuple[BurnRateTier, ...] = (
@@ -276,7 +299,7 @@ class BurnRateRule(_RuleBase):
     objective: float = Field(gt=0.0, lt=1.0)
     period: Duration = timedelta(days=30)
     #: latency SLI: a request slower than this is bad
-    latency_threshold_ms: float | None = None
+    latency_threshold_ms: float | None = Field(default=None, validate_default=True)
     #: quality SLI: the scorer whose failures are bad, and its pass threshold
     scorer: str | None = None
     pass_threshold: float = 0.5
@@ -290,17 +313,25 @@ class BurnRateRule(_RuleBase):
     def _labels_list(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
-    @model_validator(mode="after")
-    def _sli_fields(self) -> BurnRateRule:
-        if self.sli == "latency" and self.latency_threshold_ms is None:
+    @field_validator("latency_threshold_ms")
+    @classmethod
+    def _latency(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if info.data.get("sli") == "latency" and v is None:
             raise ValueError("sli latency needs latency_threshold_ms (a slower request is bad)")
-        if not self.tiers:
+        return v
+
+    @field_validator("group_by", "where")
+    @classmethod
+    def _labels(cls, v: Any, info: ValidationInfo) -> Any:
+        sli = info.data.get("sli")
+        return _allowed_labels(v, "scorer_fail_rate" if sli == "quality" else "error_rate")
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers(cls, v: tuple[BurnRateTier, ...]) -> tuple[BurnRateTier, ...]:
+        if not v:
             raise ValueError("tiers must not be empty")
-        for t in self.tiers:
-            if t.short >= t.long:
-                raise ValueError(f"tier short window {t.short} must be shorter than long {t.long}")
-        self.query_for(self.tiers[0].long)  # validates group_by / where
-        return self
+        return v
 
     @property
     def error_budget(self) -> float:
@@ -342,56 +373,83 @@ def burn_rate_for_budget(fraction: float, window: timedelta, period: timedelta) 
     return fraction * period / window
 
 
-def _describe_error(err: ValidationError) -> str:
+def _field_path(loc: Sequence[Any]) -> str:
+    """``('query', 'group_by', 0)`` -> ``query.group_by[0]``."""
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def describe_errors(err: ValidationError) -> list[str]:
+    """One ``field 'path': message`` per error of a rule, with the exact field path."""
     parts = []
     for e in err.errors():
-        loc = [str(p) for p in e["loc"] if p not in ("threshold", "baseline", "burn_rate")]
+        loc = list(e["loc"])
         # The discriminated union adds the rule type as the first location element.
-        if e["loc"] and e["loc"][0] in ("threshold", "baseline", "burn_rate"):
-            loc = [str(p) for p in e["loc"][1:]]
-        field = ".".join(loc) or "(rule)"
+        if loc and loc[0] in ("threshold", "baseline", "burn_rate"):
+            loc = loc[1:]
+        field = _field_path(loc) or "(rule)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling"
         elif e["type"] == "missing":
             msg = "required; add it"
-        elif e["type"] == "union_tag_invalid" or e["type"] == "union_tag_not_found":
+        elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):
             field = "type"
             msg = "must be one of threshold, baseline, burn_rate"
         parts.append(f"field {field!r}: {msg}")
-    return "; ".join(parts)
+    return parts
 
 
-def parse_rules(items: Any, *, source: str) -> list[ThresholdRule | BaselineRule | BurnRateRule]:
-    """Validate a list of rule mappings; errors name the source, the rule and the field."""
+def _describe_error(err: ValidationError) -> str:
+    return "; ".join(describe_errors(err))
+
+
+def _parse_rules(
+    items: Any, source: str
+) -> tuple[list[ThresholdRule | BaselineRule | BurnRateRule], list[str]]:
+    """The valid rules and one message per error of every rule (none stops at the first)."""
     if items is None:
-        return []
+        return [], []
     if not isinstance(items, list | tuple):
-        raise ConfigError(f"{source}: 'rules' must be a list of rules, got {type(items).__name__}")
-    rules = []
+        return [], [f"{source}: 'rules' must be a list of rules, got {type(items).__name__}"]
+    rules, errors = [], []
     seen: dict[str, int] = {}
     for i, raw in enumerate(items):
+        label = f"rule #{i + 1}"
+        if isinstance(raw, Mapping) and raw.get("name"):
+            label = f"rule {raw['name']!r} (#{i + 1})"
         if isinstance(raw, ThresholdRule | BaselineRule | BurnRateRule):
             rule = raw
+        elif not isinstance(raw, Mapping):
+            errors.append(f"{source}: {label}: must be a mapping with name, type, ...")
+            continue
         else:
-            label = f"rule #{i + 1}"
-            if isinstance(raw, Mapping) and raw.get("name"):
-                label = f"rule {raw['name']!r} (#{i + 1})"
-            if not isinstance(raw, Mapping):
-                raise ConfigError(f"{source}: {label}: must be a mapping with name, type, ...")
             data = dict(raw)
             data.setdefault("type", "threshold")
             try:
                 rule = _RULE.validate_python(data)
             except ValidationError as e:
-                raise ConfigError(f"{source}: {label}: {_describe_error(e)}") from None
+                errors.extend(f"{source}: {label}: {m}" for m in describe_errors(e))
+                continue
         if rule.name in seen:
-            raise ConfigError(
+            errors.append(
                 f"{source}: rule {rule.name!r} (#{i + 1}) has the same name as rule "
                 f"#{seen[rule.name] + 1}; rule names must be unique"
             )
+            continue
         seen[rule.name] = i
         rules.append(rule)
+    return rules, errors
+
+
+def parse_rules(items: Any, *, source: str) -> list[ThresholdRule | BaselineRule | BurnRateRule]:
+    """Validate a list of rule mappings; the error lists every error of every rule, one per
+    line, each naming the source, the rule and the field."""
+    rules, errors = _parse_rules(items, source)
+    if errors:
+        raise ConfigError("\n".join(errors))
     return rules
 
 
@@ -404,12 +462,16 @@ def load_rule_file(path: str | Path) -> list[ThresholdRule | BaselineRule | Burn
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    errors = []
     if isinstance(data, Mapping):
         extra = set(data) - {"rules", "description", "name"}
         if extra:
-            raise ConfigError(f"{p}: unknown top-level key(s) {sorted(extra)}; expected 'rules'")
+            errors.append(f"{p}: unknown top-level key(s) {sorted(extra)}; expected 'rules'")
         data = data.get("rules")
-    return parse_rules(data, source=str(p))
+    rules, rule_errors = _parse_rules(data, str(p))
+    if errors or rule_errors:
+        raise ConfigError("\n".join(errors + rule_errors))
+    return rules
 
 
 PACKS_DIR = Path(__file__).resolve().parent / "packs"
@@ -492,10 +554,20 @@ def collect_rules(
     base_dir: Path | None = None,
     include_disabled: bool = False,
 ) -> list[ThresholdRule | BaselineRule | BurnRateRule]:
-    """All rules of a config: packs, then rule files (globs allowed), then inline rules."""
+    """All rules of a config: packs, then rule files (globs allowed), then inline rules.
+
+    Every error of every pack, file and rule is reported (one per line), not the first."""
     rules: list[ThresholdRule | BaselineRule | BurnRateRule] = []
+    errors: list[str] = []
+
+    def add(load: Any, *args: Any) -> None:
+        try:
+            rules.extend(load(*args))
+        except ConfigError as e:
+            errors.extend(str(e).splitlines())
+
     for ref in packs:
-        rules.extend(load_pack(ref))
+        add(load_pack, ref)
     for pattern in rule_files:
         pat = Path(pattern)
         if not pat.is_absolute() and base_dir is not None:
@@ -503,18 +575,20 @@ def collect_rules(
         if any(c in str(pat) for c in "*?["):
             matches = sorted(pat.parent.glob(pat.name))
             if not matches:
-                raise ConfigError(f"alerting.rule_files: {pattern!r} matches no file")
+                errors.append(f"alerting.rule_files: {pattern!r} matches no file")
         else:
             matches = [pat]
         for m in matches:
-            rules.extend(load_rule_file(m))
-    rules.extend(parse_rules(list(inline), source="alerting.rules"))
+            add(load_rule_file, m)
+    add(lambda: parse_rules(list(inline), source="alerting.rules"))
     seen: set[str] = set()
     for r in rules:
         if r.name in seen:
-            raise ConfigError(
+            errors.append(
                 f"rule {r.name!r} is defined twice (packs, rule files, inline rules); "
                 "rename one or disable the pack's rule"
             )
         seen.add(r.name)
+    if errors:
+        raise ConfigError("\n".join(dict.fromkeys(errors)))
     return rules if include_disabled else [r for r in rules if r.enabled]

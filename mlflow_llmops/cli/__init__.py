@@ -47,6 +47,9 @@ pass_app = click.make_pass_decorator(AppContext)
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     """Production monitoring for LLM applications on MLflow traces."""
+    from mlflow_llmops.secrets import install_log_masking
+
+    install_log_masking()
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx.obj = AppContext(config_path)
@@ -71,8 +74,20 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("aborted", err=True)
         sys.exit(1)
     except click.ClickException as e:
+        from mlflow_llmops.secrets import mask_text
+
+        e.message = mask_text(e.message)
         e.show()
         sys.exit(e.exit_code)
     except LlmopsError as e:
-        click.echo(f"error: {e}", err=True)
+        from mlflow_llmops.secrets import mask_text
+
+        click.echo(f"error: {mask_text(str(e))}", err=True)
         sys.exit(2)
+    except Exception:  # an unexpected error: the traceback, with no secret in it
+        import traceback
+
+        from mlflow_llmops.secrets import mask_text
+
+        click.echo(mask_text(traceback.format_exc()).rstrip(), err=True)
+        sys.exit(1)

@@ -218,6 +218,8 @@ def export_prometheus_cmd(
         click.echo(text, nl=False)
     for name, why in sorted(export.skipped.items()):
         click.echo(f"left out {name}: {why}", err=True)
+    for name, notes in sorted(export.changed.items()):
+        click.echo(f"approximated {name}: {'; '.join(notes)}", err=True)
     if dashboard:
         Path(dashboard).write_text(dashboard_json(), encoding="utf-8")
         click.echo(f"wrote the Grafana dashboard to {dashboard}", err=True)
@@ -269,17 +271,29 @@ def rules_list(app: AppContext, show_packs: bool) -> None:
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
 @pass_app
 def rules_check(app: AppContext, files: tuple[str, ...]) -> None:
-    """Validate rule files (and the configured rules); exit 2 naming the rule and field."""
+    """Validate rule files (and the configured rules); report every error of every file,
+    naming the file, the rule and the field path; exit 2 if any."""
     from mlflow_llmops.alerting.rules import load_rule_file
+    from mlflow_llmops.errors import ConfigError
 
-    total = 0
+    errors: list[str] = []
     for f in files:
-        n = len(load_rule_file(f))
+        try:
+            n = len(load_rule_file(f))
+        except ConfigError as e:
+            errors.extend(str(e).splitlines())
+            continue
         click.echo(f"{f}: {n} rules OK")
-        total += n
     if not files or app.config_path:
-        rules = app.config.alerting.all_rules(_base_dir(app))
-        click.echo(f"configuration: {len(rules)} enabled rules OK")
+        try:
+            rules = app.config.alerting.all_rules(_base_dir(app))
+        except ConfigError as e:
+            errors.extend(str(e).splitlines())
+        else:
+            click.echo(f"configuration: {len(rules)} enabled rules OK")
+    if errors:
+        raise ConfigError(f"{len(errors)} error(s) in the alert rules:\n" + "\n".join(
+            f"  - {line}" for line in errors))  # fmt: skip
 
 
 COMMANDS = [alerts]

@@ -28,23 +28,12 @@ def check(app: AppContext) -> None:
 @config_group.command("show")
 @pass_app
 def show(app: AppContext) -> None:
-    """Print the effective configuration (secrets masked)."""
-    data = app.config.model_dump(mode="json")
-    click.echo(yaml.safe_dump(_mask(data), sort_keys=False))
+    """Print the effective configuration, secrets masked: secret fields (tokens, routing
+    keys, webhook URLs and secrets, headers) and the credentials of every URL."""
+    from mlflow_llmops.secrets import mask_config
 
-
-_SECRET_WORDS = ("token", "secret", "password", "routing_key", "api_key", "headers", "webhook_url")
-
-
-def _mask(node):  # noqa: ANN001, ANN202
-    if isinstance(node, dict):
-        return {
-            k: ("***" if any(w in k.lower() for w in _SECRET_WORDS) and node[k] else _mask(v))
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_mask(v) for v in node]
-    return node
+    data = app.config.model_dump(mode="json", by_alias=True)
+    click.echo(yaml.safe_dump(mask_config(data), sort_keys=False))
 
 
 COMMANDS = [config_group]

@@ -38,6 +38,7 @@ def monitor(
     interval."""
     from mlflow_llmops.alerting import Monitor
     from mlflow_llmops.alerting.rules import parse_duration
+    from mlflow_llmops.secrets import mask_text
 
     cfg = app.config
     updates: dict = {}
@@ -75,7 +76,7 @@ def monitor(
         once=once,
         max_cycles=max_cycles,
         stop=stop,
-        on_cycle=lambda r: click.echo(r.summary(), err=True),
+        on_cycle=lambda r: click.echo(mask_text(r.summary()), err=True),  # errors of steps
     )
 
 

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from mlflow_llmops.errors import StoreError
+from mlflow_llmops.secrets import mask_secrets_in_writes
 
 metadata = sa.MetaData()
 
@@ -120,6 +121,8 @@ class StateStore:
     ):
         self.url = url
         self.engine = engine or make_engine(url, immediate=True)
+        if engine is None:
+            mask_secrets_in_writes(self.engine)  # no stored error, payload or audit in clear
         self._ensured: set[tuple[str, int]] = set()
         try:
             self.ensure_schema(CORE_MIGRATIONS)

@@ -48,6 +48,7 @@ def test_promtool_unit_test_error_rate_rule(tmp_path, promtool):
     export = export_prometheus_rules([r for r in load_pack(ref)
                                       if r.name == "llm_error_rate_high"])  # fmt: skip
     (tmp_path / "rules.yml").write_text(export.to_yaml())
+    notes = export.groups["groups"][0]["rules"][0]["annotations"]["export_notes"]
     ok = 'gen_ai_client_operation_duration_seconds_count{gen_ai_request_model="gpt-4o"}'
     bad = (
         'gen_ai_client_operation_duration_seconds_count{gen_ai_request_model="gpt-4o",'
@@ -74,8 +75,9 @@ def test_promtool_unit_test_error_rate_rule(tmp_path, promtool):
                             {
                                 "exp_labels": {"severity": "critical", "layer": "infrastructure"},
                                 "exp_annotations": {
-                                    "summary": "LLM error rate 333.3m above 0.05 over 5m "
+                                    "summary": "LLM error rate 33.33% above 5% over 5m "
                                     "(all traffic)",
+                                    "export_notes": notes,
                                     "source": "exported by mlflow-llmops alerts export-prometheus",
                                     "description": load_pack("three-layer")[0].annotations[
                                         "description"
@@ -174,11 +176,96 @@ def test_grafana_dashboard_is_shipped_and_current():
     assert len({p["id"] for p in grafana_dashboard()["panels"]}) == len(dash["panels"])
 
 
-def test_cli_export_prometheus(tmp_path, monkeypatch):
+def test_cli_export_prometheus(tmp_path, monkeypatch, capsys):
     cfg = tmp_path / "mlflow-llmops.yaml"
     cfg.write_text("alerting:\n  packs: [three-layer, slo]\n")
     out, dash = tmp_path / "rules.yml", tmp_path / "dash.json"
     main(["--config", str(cfg), "alerts", "export-prometheus", "-o", str(out),
           "--dashboard", str(dash)])  # fmt: skip
     assert "llm_latency_p95_high" in out.read_text()
+    err = capsys.readouterr().err
+    assert "approximated llm_latency_p95_high: " in err and "left out llm_cost_spike: " in err
     assert json.loads(Path(dash).read_text())["uid"] == "mlflow-llmops"
+
+
+def _promtool_test(tmp_path, promtool, rules_text: str, test: dict) -> None:
+    (tmp_path / "rules.yml").write_text(rules_text)
+    (tmp_path / "test.yml").write_text(yaml.safe_dump({"rule_files": ["rules.yml"],
+                                                       "evaluation_interval": "1m",
+                                                       "tests": [test]}))  # fmt: skip
+    proc = subprocess.run([promtool, "test", "rules", "test.yml"], capture_output=True,
+                          text=True, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_changed_rule_is_listed_with_why(tmp_path, promtool):
+    """Each rule whose export differs from the monitor's says how and why, in the header and
+    in its export_notes annotation; an exact translation says nothing; promtool accepts it."""
+    rules = parse_rules([
+        {"name": "calls", "query": {"signal": "request_count", "window": "5m"},
+         "op": "<", "threshold": 10, "no_data": "alerting"},
+        {"name": "errors_hyst", "query": {"signal": "error_rate", "min_samples": 30},
+         "threshold": 0.1, "recovery_threshold": 0.05, "on_error": "alerting"},
+        {"name": "p95", "query": {"signal": "latency_p95", "group_by": "model"},
+         "threshold": 8000},
+        {"name": "slow_share_exact", "query": {"signal": "latency_over",
+                                               "latency_threshold_ms": 5120}, "threshold": 0.2},
+        {"name": "slo_latency_10s", "type": "burn_rate", "sli": "latency", "objective": 0.95,
+         "latency_threshold_ms": 10000},
+        {"name": "tokens_exact", "query": {"signal": "tokens", "window": "1h"},
+         "threshold": 1e6},
+    ], source="t")  # fmt: skip
+    export = export_prometheus_rules(rules)
+    text = export.to_yaml()
+    header = text.split("\ngroups:", 1)[0]
+    want = {
+        "calls": ["counts LLM calls", "where the monitor counts traces",
+                  "no_data: alerting dropped"],
+        "errors_hyst": ["share of failed LLM calls", "min_samples (30) counted in LLM calls",
+                        "recovery_threshold 5% dropped", "back past the threshold 10%",
+                        "on_error: alerting dropped"],
+        "p95": ["latency of single LLM calls", "estimated from the histogram buckets"],
+        "slow_share_exact": ["share of LLM calls slower than the threshold"],
+        "slo_latency_10s": ['latency threshold 10 s moved to the 10.24 s bucket boundary '
+                            '(le="10.24")', "calls between 10 s and 10.24 s count as fast"],
+    }  # fmt: skip
+    assert set(export.changed) == set(want)
+    by_name = {r["alert"]: r for r in export.groups["groups"][0]["rules"]}
+    for name, phrases in want.items():
+        section = re.split(r"\n# {1,3}\S", header.split(f"#   {name}:\n", 1)[1])[0]
+        note = by_name[name]["annotations"]["export_notes"]
+        for phrase in phrases:
+            assert phrase in section and phrase in note, (name, phrase, section, note)
+    assert "moved to" not in by_name["slow_share_exact"]["annotations"]["export_notes"]
+    assert 'le="5.12"' in by_name["slow_share_exact"]["expr"]
+    assert 'le="10.24"' in by_name["slo_latency_10s"]["expr"]
+    assert "export_notes" not in by_name["tokens_exact"]["annotations"]
+    assert "tokens_exact" not in header
+    (tmp_path / "rules.yml").write_text(text)
+    proc = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yml")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS: 8 rules found" in proc.stdout  # the burn rate: one per tier
+
+
+def test_ratios_are_shown_as_percentages(tmp_path, promtool):
+    """An error ratio of 0.12 reads "12%" (not "120m") in the alert promtool fires."""
+    [rule] = parse_rules([{"name": "err", "query": {"signal": "error_rate"}, "threshold": 0.1,
+                           "annotations": {"summary": "{value} of calls failed (over {threshold})"}}],
+                         source="t")  # fmt: skip
+    export = export_prometheus_rules([rule])
+    ann = export.groups["groups"][0]["rules"][0]["annotations"]
+    calls = "gen_ai_client_operation_duration_seconds_count"
+    _promtool_test(tmp_path, promtool, export.to_yaml(), {
+        "interval": "1m",
+        "input_series": [
+            {"series": f'{calls}{{gen_ai_request_model="m"}}', "values": "0+88x20"},
+            {"series": f'{calls}{{gen_ai_request_model="m",error_type="timeout"}}',
+             "values": "0+12x20"},
+        ],
+        "alert_rule_test": [{"eval_time": "10m", "alertname": "err", "exp_alerts": [{
+            "exp_labels": {"severity": "warning"},
+            "exp_annotations": {"summary": "12% of calls failed (over 10%)",
+                                "source": ann["source"], "export_notes": ann["export_notes"]},
+        }]}],
+    })  # fmt: skip

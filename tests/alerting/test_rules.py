@@ -171,3 +171,101 @@ def test_packs_match_the_guide():
         assert (r.factor, r.offset, r.for_) == (2, timedelta(days=1), timedelta(minutes=10))
     q = rules["llm_quality_score_low"]
     assert (q.op, q.threshold, q.for_) == ("<", 0.8, timedelta(minutes=10))
+
+
+@pytest.mark.parametrize(
+    ("rule", "field"),
+    [
+        ({"name": "a", "query": {"signal": "error_rate", "group_by": ["user_id"]},
+          "threshold": 1}, "query.group_by"),
+        ({"name": "a", "query": {"signal": "error_rate", "where": {"user_id": "x"}},
+          "threshold": 1}, "query.where"),
+        ({"name": "a", "query": {"signal": "latency_over"}, "threshold": 1},
+         "query.latency_threshold_ms"),
+        ({"name": "a", "query": {"signal": "error_rate"}, "threshold": 0.1,
+          "recovery_threshold": 0.2}, "recovery_threshold"),
+        ({"name": "a", "type": "burn_rate", "sli": "latency", "objective": 0.99},
+         "latency_threshold_ms"),
+        ({"name": "a", "type": "burn_rate", "sli": "errors", "objective": 0.99,
+          "group_by": ["user_id"]}, "group_by"),
+        ({"name": "a", "type": "burn_rate", "sli": "errors", "objective": 0.99,
+          "tiers": [{"long": "1h", "short": "5m", "factor": 14}, {"long": "1h", "short": "2h",
+                                                                 "factor": 6}]}, "tiers[1].short"),
+    ],
+)  # fmt: skip
+def test_errors_carry_the_exact_field_path(rule, field):
+    with pytest.raises(ConfigError) as e:
+        parse_rules([rule], source="r.yaml")
+    assert f"r.yaml: rule 'a' (#1): field {field!r}: " in str(e.value), str(e.value)
+
+
+BROKEN_A = """rules:
+  - name: a1
+    query: {signal: latncy_p95, group_by: [user_id]}
+    threshold: x
+  - name: a2
+    query: {signal: error_rate}
+    threshold: 0.1
+  - name: a3
+    query: {signal: error_rate, group_by: [tenant, customer]}
+    threshold: 0.1
+    severty: critical
+"""
+BROKEN_B = """rules:
+  - name: b1
+    type: burn_rate
+    sli: latency
+    objective: 1.5
+  - {name: b2, type: slo}
+"""
+GOOD = "rules:\n  - {name: ok1, query: {signal: error_rate}, threshold: 0.1}\n"
+
+#: every error of both files, with its exact field path
+EXPECTED = [
+    "a.yaml: rule 'a1' (#1): field 'query.signal': unknown signal 'latncy_p95'",
+    "a.yaml: rule 'a1' (#1): field 'query.group_by': cannot group or filter by 'user_id'",
+    "a.yaml: rule 'a1' (#1): field 'threshold': Input should be a valid number",
+    "a.yaml: rule 'a3' (#3): field 'query.group_by': cannot group or filter by 'customer'",
+    "a.yaml: rule 'a3' (#3): field 'severty': unknown field",
+    "b.yaml: rule 'b1' (#1): field 'objective': Input should be less than 1",
+    "b.yaml: rule 'b1' (#1): field 'latency_threshold_ms': sli latency needs",
+    "b.yaml: rule 'b2' (#2): field 'type': must be one of threshold, baseline, burn_rate",
+]
+
+
+def _write_rule_files(tmp_path):
+    for name, text in (("a.yaml", BROKEN_A), ("b.yaml", BROKEN_B), ("good.yaml", GOOD)):
+        (tmp_path / name).write_text(text)
+
+
+def test_every_error_of_every_file_is_reported(tmp_path):
+    _write_rule_files(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        collect_rules([], ["a.yaml", "good.yaml", "b.yaml"], base_dir=tmp_path)
+    lines = str(e.value).splitlines()
+    for want in EXPECTED:
+        assert sum(f"{tmp_path}/{want}" in line for line in lines) == 1, (want, lines)
+    assert len(lines) == len(EXPECTED), lines
+    assert not any("a2" in line or "ok1" in line for line in lines)
+
+
+def test_cli_rules_check_and_config_check_report_every_error(tmp_path):
+    import subprocess
+    import sys
+
+    _write_rule_files(tmp_path)
+    cli = [sys.executable, "-m", "mlflow_llmops.cli"]
+    r = subprocess.run([*cli, "alerts", "rules", "check", "a.yaml", "good.yaml", "b.yaml"],
+                       capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "good.yaml: 1 rules OK" in r.stdout
+    assert f"{len(EXPECTED)} error(s) in the alert rules" in r.stderr
+    for want in EXPECTED:
+        assert want in r.stderr, (want, r.stderr)
+    (tmp_path / "c.yml").write_text("alerting:\n  rule_files: ['*.yaml']\n")
+    r = subprocess.run([*cli, "--config", "c.yml", "config", "check"],
+                       capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    for want in EXPECTED:
+        assert want in r.stderr, (want, r.stderr)
+    assert "configuration OK" not in r.stdout

@@ -35,6 +35,7 @@ from mlflow_llmops.alerting.rollback.targets import (
     load_function,
 )
 from mlflow_llmops.errors import ConfigError, LlmopsError
+from mlflow_llmops.secrets import mask_text
 from mlflow_llmops.store.state import Migration, StateStore, create_tables
 
 log = logging.getLogger(__name__)
@@ -582,7 +583,7 @@ class RollbackManager:
                 )
             )
         if target is not None:
-            note = f"{outcome} {now:%Y-%m-%dT%H:%M:%SZ} by {actor}: {reason}"[:4900]
+            note = mask_text(f"{outcome} {now:%Y-%m-%dT%H:%M:%SZ} by {actor}: {reason}")[:4900]
             for v in {p["from_version"], p["to_version"]} - {None}:
                 try:
                     target.tag(v, f"llmops.rollback.{plan_id}", note)
