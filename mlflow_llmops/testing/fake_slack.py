@@ -41,6 +41,8 @@ class Recorded:
     body: Any
     received_at: float
     status: int = 0
+    #: when the answer was written (``time.time()``), e.g. to measure from a 429
+    answered_at: float = 0.0
 
 
 @dataclass
@@ -126,6 +128,7 @@ class FakeHttpServer:
             h.send_header(k, v)
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
+        rec.answered_at = time.time()
         h.wfile.write(data)
 
     def handle(self, rec: Recorded) -> tuple[int, dict[str, str], str | bytes]:

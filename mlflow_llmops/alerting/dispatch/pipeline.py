@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -404,8 +405,9 @@ class Dispatcher:
         now = _now_utc(now)
         report = DispatchReport()
         with self._lock:
+            started = time.monotonic()  # ``now`` was read about now (see ``deliver``)
             self.decide(now, report)
-            self.deliver(now, report)
+            self.deliver(now, report, started=started)
             self.resend(now, report)
             if self._last_purge is None or now - self._last_purge > timedelta(hours=1):
                 self._last_purge = now
@@ -584,8 +586,11 @@ class Dispatcher:
             return self._insert_outbox(c, n, now)
 
     # -- deliver --------------------------------------------------------
-    def deliver(self, now: datetime, report: DispatchReport | None = None) -> DispatchReport:
-        """Send the due outbox rows (in order per group), at most once each."""
+    def deliver(
+        self, now: datetime, report: DispatchReport | None = None, *, started: float | None = None
+    ) -> DispatchReport:
+        """Send the due outbox rows (in order per group), at most once each. ``started``:
+        the ``time.monotonic()`` at which ``now`` was read (default: on entry)."""
         now = _now_utc(now)
         report = report or DispatchReport()
         policy = self.config.retry
@@ -601,6 +606,13 @@ class Dispatcher:
             )
         blocked: set[tuple[str, str]] = set()
         sends = 0
+        started = time.monotonic() if started is None else started
+
+        def answered_at() -> datetime:
+            # a backoff or Retry-After counts from the answer that asked for it, not from
+            # the start of this flush (a 429 late in a long flush is not retried at once)
+            return now + timedelta(seconds=time.monotonic() - started)
+
         for r in rows:
             key = (r["receiver"], r["group_id"])
             if key in blocked:
@@ -635,12 +647,12 @@ class Dispatcher:
             try:
                 result = self.notifier(r["receiver"]).send(n)
             except NotifyError as e:
-                self._failed_attempt(r, attempts, e, now, report)
+                self._failed_attempt(r, attempts, e, answered_at(), report)
                 continue
             except Exception as e:  # noqa: BLE001 - a notifier bug must not stop the others
                 log.exception("notifier %s raised", r["receiver"])
                 self._failed_attempt(
-                    r, attempts, NotifyError(f"{type(e).__name__}: {e}"), now, report
+                    r, attempts, NotifyError(f"{type(e).__name__}: {e}"), answered_at(), report
                 )
                 continue
             self._finish(r["id"], "sent", now, ref=result.external_ref)
