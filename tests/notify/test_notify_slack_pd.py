@@ -149,7 +149,7 @@ def test_slack_rate_limit_per_channel_with_the_delivery_thread(store, slack):
 
 
 def _pd_config(pd, backend):
-    return pd_rcv(pd, backend=backend)
+    return pd_rcv(pd, backend=backend, incident_per="instance")
 
 
 @pytest.mark.parametrize("backend", ["pagerduty", "pdpyras"])

@@ -633,8 +633,8 @@ class Dispatcher:
             n = Notification.from_json(json.loads(r["payload"]))
             bucket = self._buckets.get(r["receiver"])
             if bucket is not None:
-                # PagerDuty gets one event per alert; Slack one message per notification
-                need = max(1, len(n.alerts)) if self._is_pd(r["receiver"]) else 1
+                # one request per notification, but one per alert to PagerDuty per instance
+                need = max(1, len(n.alerts)) if self._pd_per_instance(r["receiver"]) else 1
                 wait = bucket.take(now, min(need, bucket.capacity))
                 if wait > 0:
                     report.rate_limited += 1
@@ -730,8 +730,9 @@ class Dispatcher:
                 out[a.fingerprint] = a
         return list(out.values())
 
-    def _is_pd(self, name: str) -> bool:
-        return getattr(self._receivers[name], "type", "") == "pagerduty"
+    def _pd_per_instance(self, name: str) -> bool:
+        rcv = self._receivers[name]
+        return getattr(rcv, "type", "") == "pagerduty" and rcv.incident_per == "instance"  # type: ignore[union-attr]
 
     def _claim(self, row_id: int, now: datetime, timeout: timedelta) -> bool:
         with self.store.engine.begin() as c:
