@@ -57,6 +57,9 @@ class SlackReceiver(_Receiver):
     channel: str | None = None
     #: Web API base URL (tests point it at the fake server)
     base_url: str = "https://slack.com/api/"
+    #: Web API: how many of the channel's latest messages to search for a notification
+    #: that may have been sent before a crash (its outbox key is in the message metadata)
+    history_lookback: int = Field(default=200, ge=1, le=5000)
     rate_limit: RateLimit | None = Field(default_factory=RateLimit)
     timeout_s: float = 10.0
 

@@ -5,10 +5,15 @@ group (state store). ``flush`` runs the due groups through inhibit, silence
 and dedup, writes each notification to the outbox together with the
 notification-log update (one transaction: decided once, never lost), then
 delivers due outbox rows: rate limit, send, retry with backoff and jitter
-that honours Retry-After. A row is claimed before it is sent, so it is sent
-at most once per (receiver, group, sequence) unless the sender dies mid-send;
-then the claim expires and the row is re-sent (PagerDuty deduplicates by
-``dedup_key``). Alertmanager receivers also get every active alert re-posted
+that honours Retry-After (counted from the answer that asked for it). A row
+is claimed before it is sent, so it is sent once per (receiver, group,
+sequence) unless the sender dies mid-send; then the claim expires and the row
+is re-sent with ``maybe_sent`` and its outbox key, so the receiver's effect
+stays single: PagerDuty deduplicates by ``dedup_key``, the Slack Web API
+notifier looks for the key in the channel's message metadata first, webhooks
+get it as ``Idempotency-Key``. Only a Slack incoming webhook, which cannot be
+asked, may show that one message twice (at most one repeat per crash).
+Alertmanager receivers also get every active alert re-posted
 each ``resend_interval`` outside the outbox (``resend``), as Prometheus does.
 """
 
@@ -45,7 +50,7 @@ from mlflow_llmops.alerting.dispatch.stages import (
 )
 from mlflow_llmops.alerting.model import Alert, AlertState
 from mlflow_llmops.alerting.notifiers import Notification, Notifier, NotifyError, build_notifier
-from mlflow_llmops.alerting.notifiers.base import alert_from_dict, alert_to_dict
+from mlflow_llmops.alerting.notifiers.base import alert_from_dict, alert_to_dict, outbox_key
 from mlflow_llmops.alerting.notify_config import AlertmanagerReceiver, NotificationsConfig, Route
 from mlflow_llmops.clock import Clock
 from mlflow_llmops.errors import ConfigError
@@ -630,7 +635,15 @@ class Dispatcher:
                 )
                 report.failed.append((r["receiver"], "receiver no longer configured"))
                 continue
-            n = Notification.from_json(json.loads(r["payload"]))
+            payload = json.loads(r["payload"])
+            n = dataclasses.replace(
+                Notification.from_json(payload),
+                outbox_key=outbox_key(
+                    r["receiver"], r["group_id"], r["seq"], payload.get("created_at")
+                ),
+                # claimed before and never confirmed: the receiver may have it already
+                maybe_sent=int(r["attempts"]) > 0,
+            )
             bucket = self._buckets.get(r["receiver"])
             if bucket is not None:
                 # one request per notification, but one per alert to PagerDuty per instance
