@@ -643,6 +643,7 @@ class Dispatcher:
                 ),
                 # claimed before and never confirmed: the receiver may have it already
                 maybe_sent=int(r["attempts"]) > 0,
+                epoch=self.store.fence.epoch if self.store.fence else None,
             )
             bucket = self._buckets.get(r["receiver"])
             if bucket is not None:
@@ -748,6 +749,8 @@ class Dispatcher:
         return getattr(rcv, "type", "") == "pagerduty" and rcv.incident_per == "instance"  # type: ignore[union-attr]
 
     def _claim(self, row_id: int, now: datetime, timeout: timedelta) -> bool:
+        """The last state write before a send: on a fenced store (a monitor holding the
+        lease) it is refused with ``FencedOut`` once a newer leader exists."""
         with self.store.engine.begin() as c:
             n = c.execute(
                 t.outbox.update()

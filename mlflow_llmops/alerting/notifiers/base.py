@@ -131,6 +131,8 @@ class Notification:
     #: receiver (claimed but never confirmed): then look before sending again
     outbox_key: str = ""
     maybe_sent: bool = False
+    #: the lease epoch of the leader sending it (None without leader election)
+    epoch: int | None = None
 
     @property
     def firing(self) -> list[Alert]:

@@ -277,7 +277,8 @@ class SlackNotifier:
         meta = (
             {
                 "event_type": METADATA_EVENT_TYPE,
-                "event_payload": {"outbox_key": n.outbox_key, "seq": n.seq},
+                "event_payload": {"outbox_key": n.outbox_key, "seq": n.seq}
+                | ({"epoch": n.epoch} if n.epoch is not None else {}),
             }
             if n.outbox_key
             else None

@@ -32,6 +32,8 @@ from mlflow_llmops.alerting.notify_config import WebhookReceiver
 
 SIGNATURE_HEADER = "X-Llmops-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: the lease epoch of the monitor that sent it (a receiver may refuse older epochs)
+EPOCH_HEADER = "X-Llmops-Epoch"
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -103,6 +105,8 @@ class WebhookNotifier:
         headers = {"Content-Type": "application/json", **self.cfg.headers}
         if n.outbox_key:
             headers[IDEMPOTENCY_HEADER] = n.outbox_key
+        if n.epoch is not None:
+            headers[EPOCH_HEADER] = str(n.epoch)
         if self.cfg.secret is not None:
             headers[SIGNATURE_HEADER] = sign(
                 self.cfg.secret.get_secret_value(), body, int(self.clock().timestamp())
