@@ -134,9 +134,13 @@ class LeaseFence:
     name: str
     holder: str
     epoch: int
-    #: on PostgreSQL, a transaction idle this long (its process frozen) is aborted by the
-    #: server, so a frozen holder cannot keep the lease row locked
+    #: the lease TTL; on PostgreSQL a fenced transaction idle for twice this (at least
+    #: ``IDLE_TX_TIMEOUT_MIN_S``; its process frozen) is aborted by the server, so a frozen
+    #: holder cannot keep the lease row locked
     ttl_s: float
+
+
+IDLE_TX_TIMEOUT_MIN_S = 30.0
 
 
 class StateStore:
@@ -327,8 +331,10 @@ class StateStore:
             self._fence_listening = True
 
     def _idle_timeout(self, conn: Connection, ttl_s: float) -> None:
+        """Bound how long a frozen process can keep the lease row locked (and so delay the
+        next holder); generous, so that no live transaction is cut short."""
         if self.dialect == "postgresql":
-            ms = int(max(1.0, ttl_s) * 1000)
+            ms = int(max(IDLE_TX_TIMEOUT_MIN_S, 2 * ttl_s) * 1000)
             conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {ms}")
 
     def _check_fence(self, conn: Connection) -> None:
