@@ -7,6 +7,14 @@ compete for a lease: only the holder evaluates, and a standby takes over
 within one evaluation interval when the holder dies (lease TTL = half the
 interval by default, renewed every third of the TTL by a heartbeat thread).
 
+Fencing: each lease term has an epoch (one more than the previous holder's).
+The leader fences its state store with it, so every transaction (alert state,
+dispatch groups, outbox claims right before a send, the cycle log) checks
+inside itself that the lease is still its own at that epoch; a leader frozen
+past its lease (SIGSTOP, a long GC pause) resumes, is refused its first write
+and steps down, instead of running one more evaluate-and-dispatch cycle
+beside the new leader.
+
 Delivery has its own timers (``group_wait``, ``group_interval``, retries,
 rate limits) that must not wait for the next evaluation: beside the heartbeat,
 a delivery thread flushes the sink whenever ``sink.next_due`` says so, while
@@ -42,7 +50,7 @@ from mlflow_llmops.alerting.model import Alert
 from mlflow_llmops.alerting.signals import SignalSource, SqlSignalSource
 from mlflow_llmops.clock import Clock, SystemClock
 from mlflow_llmops.errors import ConfigError
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.store.state import FencedOut, LeaseFence, StateStore
 
 if TYPE_CHECKING:
     from mlflow_llmops.config import LlmopsConfig
@@ -86,6 +94,8 @@ def deliver_when_due(
                     due = sink.next_due(now)
                 if due is not None:
                     wait = min(max_sleep_s, max(0.01, (due - now).total_seconds()))
+            except FencedOut as e:
+                log.warning("delivery stopped: %s", e)
             except Exception as e:  # noqa: BLE001 - e.g. a state store hiccup: try again
                 log.warning("delivery failed: %s: %s", type(e).__name__, e)
         stop.wait(wait)
@@ -113,6 +123,11 @@ class CycleReport:
     @property
     def alerts(self) -> list[Alert]:
         return self.evaluation.alerts if self.evaluation else []
+
+    @property
+    def fenced(self) -> bool:
+        """A step was refused because a newer leader holds the lease."""
+        return any(s.detail.startswith(FencedOut.__name__) for s in self.steps.values())
 
     @property
     def failed_steps(self) -> list[str]:
@@ -211,6 +226,8 @@ class Monitor:
                 steps["score"] = self._score
         self.steps = steps
         self.is_leader = False
+        #: the lease epoch this monitor writes under (None before it first leads)
+        self.epoch: int | None = None
 
     # -- steps ------------------------------------------------------------
     def _reprice(self, now: datetime) -> str:
@@ -241,12 +258,20 @@ class Monitor:
             self.is_leader = True
             return True
         try:
-            self.is_leader = self.store.acquire_lease(
+            epoch = self.store.take_lease(
                 self.lease_name,
                 self.holder,
                 self.lease_ttl.total_seconds(),
                 now or self.clock.now(),
             )
+            self.is_leader = epoch is not None
+            if epoch is not None and epoch != self.epoch:
+                self.epoch = epoch
+                # every later transaction on this store (alert state, groups, outbox
+                # claims, cycle log) is refused once a newer leader has the lease
+                self.store.set_fence(
+                    LeaseFence(self.lease_name, self.holder, epoch, self.lease_ttl.total_seconds())
+                )
         except Exception as e:  # noqa: BLE001 - a store hiccup means "not leader" this time
             log.warning(
                 "monitor %s: cannot reach the state store for the lease: %s", self.holder, e
@@ -306,6 +331,15 @@ class Monitor:
                     False, (time.perf_counter() - s0) * 1000, f"{type(e).__name__}: {e}"[:300]
                 )
         report.duration_s = time.perf_counter() - t0
+        if report.fenced:
+            self.is_leader = False
+            log.warning(
+                "monitor %s: a newer leader holds the lease (this one had epoch %s); "
+                "nothing written or sent by this cycle",
+                self.holder,
+                self.epoch,
+            )
+            return report
         log.info("%s", report.summary())
         if not self.dry_run:
             self._record(report)

@@ -57,6 +57,9 @@ class SlackReceiver(_Receiver):
     channel: str | None = None
     #: Web API base URL (tests point it at the fake server)
     base_url: str = "https://slack.com/api/"
+    #: Web API: how many of the channel's latest messages to search for a notification
+    #: that may have been sent before a crash (its outbox key is in the message metadata)
+    history_lookback: int = Field(default=200, ge=1, le=5000)
     rate_limit: RateLimit | None = Field(default_factory=RateLimit)
     timeout_s: float = 10.0
 
@@ -75,7 +78,8 @@ class SlackReceiver(_Receiver):
 
 
 class PagerDutyReceiver(_Receiver):
-    """PagerDuty Events API v2: one incident per alert instance (stable ``dedup_key``)."""
+    """PagerDuty Events API v2: one incident per alert group (``dedup_key`` from the group
+    key, as Alertmanager), or per alert instance with ``incident_per: instance``."""
 
     type: Literal["pagerduty"] = "pagerduty"
     routing_key: SecretStr
@@ -86,6 +90,9 @@ class PagerDutyReceiver(_Receiver):
     ca_bundle: str | None = None
     #: ``source`` of the events (default: the ``service`` label, else mlflow-llmops)
     source: str | None = None
+    #: ``group``: one incident per alert group (a storm of 1,000 alerts in 50 groups opens
+    #: 50); ``instance``: one per alert instance (its label set)
+    incident_per: Literal["group", "instance"] = "group"
     timeout_s: float = 10.0
     rate_limit: RateLimit | None = Field(
         default_factory=lambda: RateLimit(per_second=2.0, burst=20)

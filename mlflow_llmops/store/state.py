@@ -46,6 +46,8 @@ leases = sa.Table(
     sa.Column("holder", sa.String(200), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+    # +1 each time the lease changes hands: the fencing token of its holder
+    sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
 )
 
 
@@ -108,9 +110,38 @@ def make_engine(url: str, *, immediate: bool = False) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+def _add_lease_epoch(conn: Connection) -> None:
+    cols = {c["name"] for c in sa.inspect(conn).get_columns("llmops_leases")}
+    if "epoch" not in cols:
+        conn.execute(
+            sa.text("ALTER TABLE llmops_leases ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
+        )
+
+
 CORE_MIGRATIONS: tuple[Migration, ...] = (
     Migration("core", 1, "watermarks and leases", create_tables(watermarks, leases)),
+    Migration("core", 2, "lease epochs (fencing tokens)", _add_lease_epoch),
 )
+
+
+class FencedOut(StoreError):
+    """A newer holder has the lease this process writes under: it must stop writing."""
+
+
+@dataclass(frozen=True)
+class LeaseFence:
+    """The lease (and epoch) every transaction of a fenced store is checked against."""
+
+    name: str
+    holder: str
+    epoch: int
+    #: the lease TTL; on PostgreSQL a fenced transaction idle for twice this (at least
+    #: ``IDLE_TX_TIMEOUT_MIN_S``; its process frozen) is aborted by the server, so a frozen
+    #: holder cannot keep the lease row locked
+    ttl_s: float
+
+
+IDLE_TX_TIMEOUT_MIN_S = 30.0
 
 
 class StateStore:
@@ -124,6 +155,10 @@ class StateStore:
         if engine is None:
             mask_secrets_in_writes(self.engine)  # no stored error, payload or audit in clear
         self._ensured: set[tuple[str, int]] = set()
+        #: set by a lease holder (``set_fence``): then every transaction first checks, in
+        #: itself, that the lease is still its own at its epoch
+        self.fence: LeaseFence | None = None
+        self._fence_listening = False
         try:
             self.ensure_schema(CORE_MIGRATIONS)
         except sa.exc.OperationalError as e:
@@ -227,36 +262,102 @@ class StateStore:
     # -- leases (leader election, work ownership) -------------------------
     def acquire_lease(self, name: str, holder: str, ttl_s: float, now: datetime) -> bool:
         """Take or renew the lease ``name`` for ``holder``; True if ``holder`` holds it now."""
+        return self.take_lease(name, holder, ttl_s, now) is not None
+
+    def _unfenced(self) -> Connection:
+        return self.engine.connect().execution_options(llmops_unfenced=True)
+
+    def take_lease(self, name: str, holder: str, ttl_s: float, now: datetime) -> int | None:
+        """Take or renew the lease ``name`` for ``holder``: its epoch (one more than the
+        previous holder's) if ``holder`` holds it now, else None."""
         expires = now + timedelta(seconds=ttl_s)
-        with self.engine.begin() as conn:
+        with self._unfenced() as conn, conn.begin():
+            self._idle_timeout(conn, ttl_s)
             self._lock(conn, f"lease:{name}")
             row = conn.execute(
-                sa.select(leases.c.holder, leases.c.expires_at).where(leases.c.name == name)
+                sa.select(leases.c.holder, leases.c.expires_at, leases.c.epoch).where(
+                    leases.c.name == name
+                )
             ).first()
             if row is None:
                 conn.execute(
                     leases.insert().values(
-                        name=name, holder=holder, expires_at=expires, acquired_at=now
+                        name=name, holder=holder, expires_at=expires, acquired_at=now, epoch=1
                     )
                 )
-                return True
-            current_holder, current_expiry = row
+                return 1
+            current_holder, current_expiry, epoch = row
             if current_expiry.tzinfo is None:
                 current_expiry = current_expiry.replace(tzinfo=UTC)
+            if current_holder == holder and current_expiry > now:
+                conn.execute(
+                    leases.update().where(leases.c.name == name).values(expires_at=expires)
+                )
+                return int(epoch)
             if current_holder == holder or current_expiry <= now:
-                values = {"holder": holder, "expires_at": expires}
-                if current_holder != holder:
-                    values["acquired_at"] = now
-                conn.execute(leases.update().where(leases.c.name == name).values(**values))
-                return True
-            return False
+                # a new term, even for the same holder after its lease lapsed: whatever it
+                # started under the old epoch must not write any more
+                conn.execute(
+                    leases.update()
+                    .where(leases.c.name == name)
+                    .values(holder=holder, expires_at=expires, acquired_at=now, epoch=epoch + 1)
+                )
+                return int(epoch) + 1
+            return None
 
     def release_lease(self, name: str, holder: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))
+        """Let the lease lapse now (the row and its epoch stay, so epochs only grow)."""
+        with self._unfenced() as conn, conn.begin():
+            conn.execute(
+                leases.update()
+                .where(leases.c.name == name, leases.c.holder == holder)
+                .values(expires_at=datetime(1970, 1, 1, tzinfo=UTC))
+            )
+
+    def lease_epoch(self, name: str) -> int:
+        """The current epoch of the lease ``name`` (0 if it never had a holder)."""
+        with self._unfenced() as conn:
+            row = conn.execute(sa.select(leases.c.epoch).where(leases.c.name == name)).first()
+        return int(row[0]) if row else 0
+
+    # -- fencing ----------------------------------------------------------------
+    def set_fence(self, fence: LeaseFence | None) -> None:
+        """Fence this store: from now on every transaction (the alert engine's state, the
+        dispatcher's groups and outbox claims, the cycle log) first checks, inside itself,
+        that ``fence.holder`` still holds the lease at ``fence.epoch`` and raises
+        ``FencedOut`` otherwise. On PostgreSQL the lease row is read ``FOR SHARE``, so a
+        new holder cannot take over while such a transaction is open: a write commits
+        before the next epoch starts or not at all."""
+        self.fence = fence
+        if fence is not None and not self._fence_listening:
+            sa.event.listen(self.engine, "begin", self._check_fence)
+            self._fence_listening = True
+
+    def _idle_timeout(self, conn: Connection, ttl_s: float) -> None:
+        """Bound how long a frozen process can keep the lease row locked (and so delay the
+        next holder); generous, so that no live transaction is cut short."""
+        if self.dialect == "postgresql":
+            ms = int(max(IDLE_TX_TIMEOUT_MIN_S, 2 * ttl_s) * 1000)
+            conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {ms}")
+
+    def _check_fence(self, conn: Connection) -> None:
+        f = self.fence
+        if f is None or conn.get_execution_options().get("llmops_unfenced"):
+            return
+        self._idle_timeout(conn, f.ttl_s)
+        q = sa.select(leases.c.holder, leases.c.epoch).where(leases.c.name == f.name)
+        if self.dialect == "postgresql":
+            q = q.with_for_update(read=True)
+        row = conn.execute(q).first()
+        if row is None or row[0] != f.holder or int(row[1]) != f.epoch:
+            now_held = f"{row[0]} at epoch {row[1]}" if row else "nobody"
+            raise FencedOut(
+                f"lease {f.name!r} is now held by {now_held}; {f.holder} (epoch {f.epoch}) "
+                "must not write: a newer leader took over"
+            )
 
     def lease_holder(self, name: str, now: datetime) -> str | None:
-        with self.engine.connect() as conn:
+        with self._unfenced() as conn:
             row = conn.execute(
                 sa.select(leases.c.holder, leases.c.expires_at).where(leases.c.name == name)
             ).first()

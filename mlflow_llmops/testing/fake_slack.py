@@ -1,6 +1,12 @@
 """A fake Slack on 127.0.0.1: incoming webhooks and the Web API (``chat.postMessage``,
 ``chat.update``), driven by the real ``slack-sdk`` in tests, the demo and benchmarks.
 
+Message metadata (``metadata={"event_type", "event_payload"}`` on
+``chat.postMessage`` and ``chat.update``) is kept and returned by
+``conversations.history`` and ``conversations.replies`` when asked with
+``include_all_metadata`` (newest first, ``limit`` and ``cursor`` paging), and
+``conversations.list`` maps channel names to IDs, as the real API does.
+
 Speaks Slack's wire protocol: a webhook answers ``200 ok`` or an HTTP error
 with a plain-text reason (``invalid_payload``, ``channel_not_found``, ...);
 the Web API answers JSON ``{"ok": true, "ts": ...}`` or ``{"ok": false,
@@ -14,6 +20,7 @@ from __future__ import annotations
 import collections
 import json
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,6 +48,8 @@ class Recorded:
     body: Any
     received_at: float
     status: int = 0
+    #: when the answer was written (``time.time()``), e.g. to measure from a 429
+    answered_at: float = 0.0
 
 
 @dataclass
@@ -52,6 +61,19 @@ class SlackMessage:
     thread_ts: str | None = None
     updates: list[dict[str, Any]] = field(default_factory=list)
     received_at: float = 0.0
+    #: Slack message metadata (``event_type`` and ``event_payload``), as posted
+    metadata: dict[str, Any] | None = None
+
+    def as_api(self, *, with_metadata: bool) -> dict[str, Any]:
+        """The message as ``conversations.history`` / ``replies`` return it."""
+        out: dict[str, Any] = {"type": "message", "ts": self.ts, "text": self.text}
+        if self.blocks:
+            out["blocks"] = self.blocks
+        if self.thread_ts:
+            out["thread_ts"] = self.thread_ts
+        if with_metadata and self.metadata:
+            out["metadata"] = self.metadata
+        return out
 
 
 class FakeHttpServer:
@@ -80,7 +102,15 @@ class FakeHttpServer:
 
             do_PUT = do_POST  # noqa: N815
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+            def do_GET(self) -> None:  # noqa: N802
+                outer._dispatch(self, b"")
+
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                if not isinstance(sys.exc_info()[1], OSError):  # a client gone (killed)
+                    super().handle_error(request, client_address)
+
+        self.server = Server(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         if ssl_context is not None:
             self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
@@ -113,6 +143,8 @@ class FakeHttpServer:
                 body = raw.decode(errors="replace")
         except ValueError:
             body = raw.decode(errors="replace")
+        if h.command == "GET" and "?" in h.path:
+            body = {k: v[0] for k, v in parse_qs(h.path.split("?", 1)[1]).items()}
         rec = Recorded(h.path, {k.lower(): v for k, v in h.headers.items()}, body, time.time())
         with self.lock:
             self.requests.append(rec)
@@ -126,6 +158,7 @@ class FakeHttpServer:
             h.send_header(k, v)
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
+        rec.answered_at = time.time()
         h.wfile.write(data)
 
     def handle(self, rec: Recorded) -> tuple[int, dict[str, str], str | bytes]:
@@ -260,6 +293,8 @@ class FakeSlackServer(FakeHttpServer):
         body = rec.body if isinstance(rec.body, dict) else {}
         if isinstance(body.get("blocks"), str):
             body["blocks"] = json.loads(body["blocks"])
+        if isinstance(body.get("metadata"), str):
+            body["metadata"] = json.loads(body["metadata"])
         cid = self._channel_id(str(body.get("channel", "")))
         if method in ("chat.postMessage", "chat.update") and cid is None:
             return answer(200, {"ok": False, "error": "channel_not_found"})
@@ -279,6 +314,7 @@ class FakeSlackServer(FakeHttpServer):
                         body.get("blocks") or [],
                         thread,
                         received_at=rec.received_at,
+                        metadata=body.get("metadata") or None,
                     )  # type: ignore[arg-type]
                 )
             return answer(
@@ -293,11 +329,59 @@ class FakeSlackServer(FakeHttpServer):
                             {"text": body.get("text", ""), "blocks": body.get("blocks") or []}
                         )
                         m.text, m.blocks = body.get("text", m.text), body.get("blocks") or m.blocks
+                        if body.get("metadata"):
+                            m.metadata = body["metadata"]
                         return answer(200, {"ok": True, "channel": cid, "ts": m.ts})
             return answer(200, {"ok": False, "error": "message_not_found"})
+        if method in ("conversations.history", "conversations.replies"):
+            return answer(200, self._history(method, body, cid))
+        if method == "conversations.list":
+            chans = [{"id": i, "name": n.lstrip("#"), "is_channel": True}
+                     for n, i in self.channels.items()]  # fmt: skip
+            return answer(200, {"ok": True, "channels": chans,
+                                "response_metadata": {"next_cursor": ""}})  # fmt: skip
         if method == "auth.test":
             return answer(200, {"ok": True, "user_id": "U0000", "team": "test"})
         return answer(200, {"ok": False, "error": "unknown_method"})
+
+    def _history(self, method: str, body: dict[str, Any], cid: str | None) -> dict[str, Any]:
+        """Newest first; ``history`` shows top-level messages (thread parents included),
+        ``replies`` a thread's parent and replies; ``cursor`` is an offset."""
+        if cid is None:
+            return {"ok": False, "error": "channel_not_found"}
+        with self.lock:
+            if method == "conversations.history":
+                msgs = [m for m in self.messages if m.channel == cid and m.thread_ts is None]
+            else:
+                ts = str(body.get("ts", ""))
+                msgs = [
+                    m
+                    for m in self.messages
+                    if m.channel == cid and (m.ts == ts or m.thread_ts == ts)
+                ]
+                if not msgs:
+                    return {"ok": False, "error": "thread_not_found"}
+            msgs = sorted(msgs, key=lambda m: float(m.ts), reverse=True)
+        limit = min(999, int(body.get("limit") or 100))
+        start = int(body.get("cursor") or 0)
+        page = msgs[start : start + limit]
+        more = start + limit < len(msgs)
+        meta = str(body.get("include_all_metadata", "")).lower() in ("1", "true")
+        return {
+            "ok": True,
+            "messages": [m.as_api(with_metadata=meta) for m in page],
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
+
+    def keys_in(self, channel: str = "#alerts", event_type: str | None = None) -> list[str]:
+        """The ``event_payload`` keys of every message in ``channel`` (threads included)."""
+        out = []
+        for m in self.messages_in(channel):
+            md = m.metadata or {}
+            if event_type is None or md.get("event_type") == event_type:
+                out.append(str((md.get("event_payload") or {}).get("outbox_key", "")))
+        return out
 
     def max_per_second(self, channel: str = "#alerts") -> int:
         """Most messages received for ``channel`` within any one-second window."""

@@ -23,7 +23,7 @@ from mlflow_llmops.alerting.signals import MemorySignalSource, TraceEvent
 from mlflow_llmops.cli import main
 from mlflow_llmops.clock import FakeClock, to_ms
 from mlflow_llmops.config import load_config
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.store.state import FencedOut, StateStore
 
 RULE = {
     "name": "errors_high",
@@ -122,6 +122,37 @@ def test_lease_one_evaluator_and_takeover(tmp_path, state_url):
     assert a.try_lead() and not b.try_lead()  # renewed
     clock.advance(31)  # a died: ttl (interval/2 = 30s) expired
     assert b.try_lead() and not a.try_lead()
+
+
+def test_a_stale_leader_is_fenced_out_of_every_write(tmp_path, state_url):
+    """A leader that lost its lease without noticing (frozen, then resumed with
+    ``is_leader`` still true) runs a cycle: every state write is refused (epoch fence),
+    it records nothing and steps down; the new leader's cycle runs as usual."""
+    clock = FakeClock()
+    cfg = config(tmp_path, state_url)
+    out = io.StringIO()
+    a = Monitor(cfg, clock=clock, source=MemorySignalSource(), steps={}, holder="a",
+                sink=ConsoleSink(out))  # fmt: skip
+    b = Monitor(cfg, clock=clock, source=MemorySignalSource(), steps={}, holder="b",
+                sink=ConsoleSink(out))  # fmt: skip
+    assert a.try_lead() and a.epoch == 1
+    assert a.cycle().steps["evaluate"].ok
+    clock.advance(31)
+    assert b.try_lead() and b.epoch == 2
+    assert a.is_leader  # a has not looked at the lease since
+    r = a.cycle()
+    assert r.fenced and r.failed_steps == ["evaluate"] and "newer leader" in r.steps[
+        "evaluate"].detail  # fmt: skip
+    assert not a.is_leader
+    with pytest.raises(FencedOut):
+        with a.store.engine.begin() as conn:
+            conn.execute(monitor_cycles.delete())
+    assert b.cycle().steps["evaluate"].ok
+    holders = [row["holder"] for row in monitor_cycle_rows(b.store)]
+    assert sorted(holders) == ["a", "b"]  # a's first cycle, b's; nothing from stale a
+    # a released lease keeps its epoch: the next term is a newer one
+    b.release()
+    assert a.try_lead() and a.epoch == 3
 
 
 def test_loop_runs_cycles_and_releases_the_lease(tmp_path, state_url):

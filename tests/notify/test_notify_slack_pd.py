@@ -116,7 +116,7 @@ def test_slack_web_api_channel_not_found_is_permanent_ratelimited_retried(store,
     d2.submit([make_alert("X")], at(0))
     assert d2.flush(at(30)).retry_scheduled == 1
     assert d2.flush(at(32)).sent == 0
-    assert d2.flush(at(33)).sent == 1
+    assert d2.flush(at(34)).sent == 1  # 3 s after the 429 answered
 
 
 def test_slack_rate_limit_per_channel_with_the_delivery_thread(store, slack):
@@ -149,7 +149,7 @@ def test_slack_rate_limit_per_channel_with_the_delivery_thread(store, slack):
 
 
 def _pd_config(pd, backend):
-    return pd_rcv(pd, backend=backend)
+    return pd_rcv(pd, backend=backend, incident_per="instance")
 
 
 @pytest.mark.parametrize("backend", ["pagerduty", "pdpyras"])
@@ -182,7 +182,7 @@ def test_pagerduty_summary_truncated_429_retried_400_permanent(store, pd):
     d.submit([long], at(0))
     assert d.flush(at(30)).retry_scheduled == 1
     assert len(pd.requests) == 1  # the client did not retry on its own: the outbox owns it
-    assert d.flush(at(35)).sent == 1
+    assert d.flush(at(36)).sent == 1  # 5 s after the 429 answered
     assert len(pd.events[-1]["payload"]["summary"]) == 1024
     pd.script(PagerDutyFault(400))
     d.submit([make_alert("Bad")], at(40))

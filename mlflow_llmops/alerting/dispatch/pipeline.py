@@ -5,10 +5,15 @@ group (state store). ``flush`` runs the due groups through inhibit, silence
 and dedup, writes each notification to the outbox together with the
 notification-log update (one transaction: decided once, never lost), then
 delivers due outbox rows: rate limit, send, retry with backoff and jitter
-that honours Retry-After. A row is claimed before it is sent, so it is sent
-at most once per (receiver, group, sequence) unless the sender dies mid-send;
-then the claim expires and the row is re-sent (PagerDuty deduplicates by
-``dedup_key``). Alertmanager receivers also get every active alert re-posted
+that honours Retry-After (counted from the answer that asked for it). A row
+is claimed before it is sent, so it is sent once per (receiver, group,
+sequence) unless the sender dies mid-send; then the claim expires and the row
+is re-sent with ``maybe_sent`` and its outbox key, so the receiver's effect
+stays single: PagerDuty deduplicates by ``dedup_key``, the Slack Web API
+notifier looks for the key in the channel's message metadata first, webhooks
+get it as ``Idempotency-Key``. Only a Slack incoming webhook, which cannot be
+asked, may show that one message twice (at most one repeat per crash).
+Alertmanager receivers also get every active alert re-posted
 each ``resend_interval`` outside the outbox (``resend``), as Prometheus does.
 """
 
@@ -20,6 +25,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,7 +50,7 @@ from mlflow_llmops.alerting.dispatch.stages import (
 )
 from mlflow_llmops.alerting.model import Alert, AlertState
 from mlflow_llmops.alerting.notifiers import Notification, Notifier, NotifyError, build_notifier
-from mlflow_llmops.alerting.notifiers.base import alert_from_dict, alert_to_dict
+from mlflow_llmops.alerting.notifiers.base import alert_from_dict, alert_to_dict, outbox_key
 from mlflow_llmops.alerting.notify_config import AlertmanagerReceiver, NotificationsConfig, Route
 from mlflow_llmops.clock import Clock
 from mlflow_llmops.errors import ConfigError
@@ -404,8 +410,9 @@ class Dispatcher:
         now = _now_utc(now)
         report = DispatchReport()
         with self._lock:
+            started = time.monotonic()  # ``now`` was read about now (see ``deliver``)
             self.decide(now, report)
-            self.deliver(now, report)
+            self.deliver(now, report, started=started)
             self.resend(now, report)
             if self._last_purge is None or now - self._last_purge > timedelta(hours=1):
                 self._last_purge = now
@@ -584,8 +591,11 @@ class Dispatcher:
             return self._insert_outbox(c, n, now)
 
     # -- deliver --------------------------------------------------------
-    def deliver(self, now: datetime, report: DispatchReport | None = None) -> DispatchReport:
-        """Send the due outbox rows (in order per group), at most once each."""
+    def deliver(
+        self, now: datetime, report: DispatchReport | None = None, *, started: float | None = None
+    ) -> DispatchReport:
+        """Send the due outbox rows (in order per group), at most once each. ``started``:
+        the ``time.monotonic()`` at which ``now`` was read (default: on entry)."""
         now = _now_utc(now)
         report = report or DispatchReport()
         policy = self.config.retry
@@ -601,6 +611,13 @@ class Dispatcher:
             )
         blocked: set[tuple[str, str]] = set()
         sends = 0
+        started = time.monotonic() if started is None else started
+
+        def answered_at() -> datetime:
+            # a backoff or Retry-After counts from the answer that asked for it, not from
+            # the start of this flush (a 429 late in a long flush is not retried at once)
+            return now + timedelta(seconds=time.monotonic() - started)
+
         for r in rows:
             key = (r["receiver"], r["group_id"])
             if key in blocked:
@@ -618,11 +635,20 @@ class Dispatcher:
                 )
                 report.failed.append((r["receiver"], "receiver no longer configured"))
                 continue
-            n = Notification.from_json(json.loads(r["payload"]))
+            payload = json.loads(r["payload"])
+            n = dataclasses.replace(
+                Notification.from_json(payload),
+                outbox_key=outbox_key(
+                    r["receiver"], r["group_id"], r["seq"], payload.get("created_at")
+                ),
+                # claimed before and never confirmed: the receiver may have it already
+                maybe_sent=int(r["attempts"]) > 0,
+                epoch=self.store.fence.epoch if self.store.fence else None,
+            )
             bucket = self._buckets.get(r["receiver"])
             if bucket is not None:
-                # PagerDuty gets one event per alert; Slack one message per notification
-                need = max(1, len(n.alerts)) if self._is_pd(r["receiver"]) else 1
+                # one request per notification, but one per alert to PagerDuty per instance
+                need = max(1, len(n.alerts)) if self._pd_per_instance(r["receiver"]) else 1
                 wait = bucket.take(now, min(need, bucket.capacity))
                 if wait > 0:
                     report.rate_limited += 1
@@ -635,12 +661,12 @@ class Dispatcher:
             try:
                 result = self.notifier(r["receiver"]).send(n)
             except NotifyError as e:
-                self._failed_attempt(r, attempts, e, now, report)
+                self._failed_attempt(r, attempts, e, answered_at(), report)
                 continue
             except Exception as e:  # noqa: BLE001 - a notifier bug must not stop the others
                 log.exception("notifier %s raised", r["receiver"])
                 self._failed_attempt(
-                    r, attempts, NotifyError(f"{type(e).__name__}: {e}"), now, report
+                    r, attempts, NotifyError(f"{type(e).__name__}: {e}"), answered_at(), report
                 )
                 continue
             self._finish(r["id"], "sent", now, ref=result.external_ref)
@@ -718,10 +744,13 @@ class Dispatcher:
                 out[a.fingerprint] = a
         return list(out.values())
 
-    def _is_pd(self, name: str) -> bool:
-        return getattr(self._receivers[name], "type", "") == "pagerduty"
+    def _pd_per_instance(self, name: str) -> bool:
+        rcv = self._receivers[name]
+        return getattr(rcv, "type", "") == "pagerduty" and rcv.incident_per == "instance"  # type: ignore[union-attr]
 
     def _claim(self, row_id: int, now: datetime, timeout: timedelta) -> bool:
+        """The last state write before a send: on a fenced store (a monitor holding the
+        lease) it is refused with ``FencedOut`` once a newer leader exists."""
         with self.store.engine.begin() as c:
             n = c.execute(
                 t.outbox.update()

@@ -9,6 +9,7 @@ by the outbox, honouring ``retry_after``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -124,6 +125,14 @@ class Notification:
     rollback: Mapping[str, Any] | None = None
     #: free text for kind == "test"
     text: str = ""
+    #: set by the outbox at send time, not stored in the payload: the key of this
+    #: (receiver, group, sequence) that receivers dedupe on (Slack message metadata,
+    #: webhook ``Idempotency-Key``), and whether an earlier attempt may have reached the
+    #: receiver (claimed but never confirmed): then look before sending again
+    outbox_key: str = ""
+    maybe_sent: bool = False
+    #: the lease epoch of the leader sending it (None without leader election)
+    epoch: int | None = None
 
     @property
     def firing(self) -> list[Alert]:
@@ -202,6 +211,13 @@ class Notification:
             rollback=d.get("rollback"),
             text=d.get("text") or "",
         )
+
+
+def outbox_key(receiver: str, group_id: str, seq: int, created_at: str | None) -> str:
+    """The idempotency key of one (receiver, group, sequence): stable across restarts (it
+    is derived from the stored row), distinct for a group that restarts its sequence."""
+    raw = f"{receiver}\n{group_id}\n{seq}\n{created_at or ''}"
+    return "llmops-" + hashlib.sha256(raw.encode()).hexdigest()[:40]
 
 
 @dataclass(frozen=True)

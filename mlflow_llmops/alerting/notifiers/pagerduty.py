@@ -1,14 +1,18 @@
 """PagerDuty Events API v2 through the ``pagerduty`` package (or ``pdpyras``, deprecated).
 
-One incident per alert instance: ``dedup_key`` is derived from the alert's
-fingerprint, so a notification re-sent after a crash or a retry updates the
-same incident instead of opening another. Both clients retry 429 forever by
+One incident per alert group by default, as Alertmanager: ``dedup_key`` is
+derived from the group key, each notification of the group triggers (updates)
+that incident and the all-resolved one resolves it. ``incident_per: instance``
+keys each alert's own incident by its fingerprint instead. Either way a
+notification re-sent after a crash or a retry updates the same incident
+instead of opening another (the Events API deduplicates by ``dedup_key``). Both clients retry 429 forever by
 default; here every non-2xx answer is raised at once (``postprocess``) and
 network retries are off, so the outbox owns the retry policy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import warnings
 from datetime import UTC, datetime
@@ -26,12 +30,19 @@ from mlflow_llmops.alerting.notifiers.base import (
 from mlflow_llmops.alerting.notify_config import PagerDutyReceiver
 
 SUMMARY_MAX = 1024
+#: alerts listed in a group incident's details (PagerDuty caps an event at 512 KB)
+MAX_DETAILED = 50
 PD_SEVERITIES = {"critical": "critical", "error": "error", "warning": "warning", "info": "info"}
 
 
 def dedup_key(a: Alert) -> str:
     """Stable per alert instance (its label set), within PagerDuty's 255 characters."""
     return f"mlflow-llmops/{a.name[:150]}/{a.fingerprint}"
+
+
+def group_dedup_key(group_key: str) -> str:
+    """Stable per alert group (Alertmanager hashes the group key the same way)."""
+    return f"mlflow-llmops/group/{hashlib.sha256(group_key.encode()).hexdigest()}"
 
 
 class _Status(Exception):
@@ -199,6 +210,8 @@ class PagerDutyNotifier:
             )
             self._call(self.backend.resolve, key)
             return SendResult(external_ref=key, requests=2)
+        if self.cfg.incident_per == "group":
+            return self._send_group(n)
         keys = []
         for a in n.alerts:
             key = dedup_key(a)
@@ -216,3 +229,36 @@ class PagerDutyNotifier:
                 )
             keys.append(key)
         return SendResult(external_ref=",".join(keys)[:2000], requests=len(keys))
+
+    def _send_group(self, n: Notification) -> SendResult:
+        """One event per notification on the group's incident: trigger while any alert
+        fires (the summary counts them, details list them), resolve when none does."""
+        key = group_dedup_key(n.group_key)
+        firing = n.firing
+        if not firing:
+            self._call(self.backend.resolve, key)
+            return SendResult(external_ref=key, requests=1)
+        first = firing[0]
+        summary = n.title
+        if len(firing) == 1:
+            summary = summary_for(first)
+        elif first.annotations.get("summary"):
+            summary += f": {first.annotations['summary']}"
+        common = n.common_labels
+        self._call(
+            self.backend.trigger,
+            summary=summary[:SUMMARY_MAX],
+            source=self.cfg.source or common.get("service") or "mlflow-llmops",
+            dedup_key=key,
+            severity=PD_SEVERITIES.get(n.top_severity.value, "error"),
+            custom_details={
+                "group_key": n.group_key,
+                "group_labels": dict(n.group_labels),
+                "num_firing": len(firing),
+                "num_resolved": len(n.resolved_alerts),
+                "firing": [_details(a) for a in firing[:MAX_DETAILED]],
+                "resolved": [_details(a) for a in n.resolved_alerts[:MAX_DETAILED]],
+            },
+            links=_links(first, n.mlflow_ui_url) or None,
+        )
+        return SendResult(external_ref=key, requests=1)

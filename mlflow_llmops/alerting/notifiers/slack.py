@@ -1,5 +1,16 @@
 """Slack through ``slack-sdk``: incoming webhook or Web API (threads, resolved edits).
 
+Exactly once per (receiver, group, sequence) on the Web API: every message
+carries its outbox key in Slack message metadata (``event_type``
+``mlflow_llmops_notification``), and a notification that may have been sent
+before a crash (claimed, never confirmed) is first looked for in the group's
+thread and the channel's latest ``history_lookback`` messages
+(``conversations.replies`` / ``conversations.history`` with
+``include_all_metadata``); found means sent. The token needs ``chat:write``,
+``channels:history`` (``groups:history`` for a private channel) and, when the
+channel is given by name, ``channels:read`` to find its ID. Incoming webhooks
+cannot be asked what they received: a crash mid-send repeats that one message.
+
 Incoming webhooks answer HTTP 200 with body ``ok`` and never raise; anything
 else is classified here (429 and 5xx retried, 400/403/404/410 permanent). The
 Web API posts the first notification of a group, answers repeats in its
@@ -31,6 +42,8 @@ TRANSIENT_ERRORS = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 )
 MAX_ALERTS_SHOWN = 10
+#: the ``event_type`` of the message metadata that carries the outbox key
+METADATA_EVENT_TYPE = "mlflow_llmops_notification"
 _EMOJI = {"critical": ":red_circle:", "error": ":large_orange_circle:", "warning": ":warning:"}
 
 
@@ -141,6 +154,8 @@ class SlackNotifier:
             assert cfg.token is not None
             self._webhook = None
             self._web = (client_factory or self._web_client)()
+        #: the channel's ID once known (history is read by ID)
+        self._channel: str | None = None
 
     def _web_client(self) -> WebClient:
         assert self.cfg.token is not None
@@ -157,6 +172,77 @@ class SlackNotifier:
         if self._webhook is not None:
             return self._send_webhook(text, blocks)
         return self._send_web(n, text, blocks)
+
+    def _channel_id(self) -> str:
+        """The configured channel's ID (history needs the ID, not ``#name``)."""
+        if self._channel is not None:
+            return self._channel
+        name = str(self.cfg.channel)
+        if not name.startswith("#"):
+            self._channel = name
+            return name
+        assert self._web is not None
+        cursor = None
+        for _ in range(20):
+            resp = self._web.conversations_list(
+                types="public_channel,private_channel",
+                exclude_archived=True,
+                limit=200,
+                cursor=cursor,
+            )
+            for c in resp.get("channels") or []:
+                if c.get("name") == name[1:]:
+                    self._channel = str(c["id"])
+                    return self._channel
+            cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                break
+        raise NotifyError(f"slack {self.name}: channel {name} not found", permanent=True)
+
+    def _already_sent(
+        self, key: str, thread: tuple[str, str] | None
+    ) -> tuple[tuple[str, str, bool] | None, int]:
+        """Look for a message tagged ``key`` in the group's thread, then in the channel's
+        latest ``history_lookback`` top-level messages (a resolved edit is on the thread's
+        first message). Returns ((channel, ts, is_top_level) or None, requests made)."""
+        assert self._web is not None
+        requests = 0
+
+        def tagged(m: dict[str, Any]) -> bool:
+            md = m.get("metadata") or {}
+            return (
+                md.get("event_type") == METADATA_EVENT_TYPE
+                and (md.get("event_payload") or {}).get("outbox_key") == key
+            )
+
+        if thread is not None:
+            channel, ts = thread
+            resp = self._web.conversations_replies(
+                channel=channel, ts=ts, include_all_metadata=True, limit=200
+            )
+            requests += 1
+            for m in resp.get("messages") or []:
+                if tagged(m):
+                    return (channel, str(m["ts"]), m["ts"] == ts), requests
+        channel = thread[0] if thread else self._channel_id()
+        seen, cursor = 0, None
+        while seen < self.cfg.history_lookback:
+            resp = self._web.conversations_history(
+                channel=channel,
+                include_all_metadata=True,
+                limit=min(200, self.cfg.history_lookback - seen),
+                cursor=cursor,
+            )
+            requests += 1
+            msgs = resp.get("messages") or []
+            for m in msgs:
+                if tagged(m):
+                    return (channel, str(m["ts"]), True), requests
+            seen += len(msgs)
+            cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+            if not msgs or not cursor:
+                break
+        return None, requests
 
     def _send_webhook(self, text: str, blocks: list[dict[str, Any]]) -> SendResult:
         assert self._webhook is not None
@@ -181,31 +267,59 @@ class SlackNotifier:
         raise error_for_status(resp.status_code, f"slack webhook {self.name}", body, ra)
 
     def _send_web(self, n: Notification, text: str, blocks: list[dict[str, Any]]) -> SendResult:
+        """Post (or reply in the group's thread, or edit its first message when it resolves),
+        tagged with the outbox key in the message metadata. A notification that may have
+        been sent already is looked for in the channel first, and not sent again if found."""
         assert self._web is not None and self.cfg.channel
         thread = (
             self.threads.get(self.name, n.group_id) if self.threads and n.kind == "alert" else None
         )
+        meta = (
+            {
+                "event_type": METADATA_EVENT_TYPE,
+                "event_payload": {"outbox_key": n.outbox_key, "seq": n.seq}
+                | ({"epoch": n.epoch} if n.epoch is not None else {}),
+            }
+            if n.outbox_key
+            else None
+        )
         requests = 0
         try:
+            if n.maybe_sent and n.outbox_key:
+                found, looked = self._already_sent(n.outbox_key, thread)
+                requests += looked
+                if found is not None:
+                    channel, ts, parent = found
+                    if self.threads and n.kind == "alert":
+                        if n.status == "resolved":
+                            self.threads.delete(self.name, n.group_id)
+                        elif parent and thread is None:
+                            self.threads.put(self.name, n.group_id, channel, ts)
+                    return SendResult(external_ref=ts, requests=requests)
             if thread and n.status == "resolved":
                 channel, ts = thread
-                self._web.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
-                requests += 1
+                self._web.chat_update(
+                    channel=channel, ts=ts, text=text, blocks=blocks, metadata=meta
+                )
                 self.threads.delete(self.name, n.group_id)  # type: ignore[union-attr]
-                return SendResult(external_ref=ts, requests=requests)
+                return SendResult(external_ref=ts, requests=requests + 1)
             if thread:
                 channel, ts = thread
                 resp = self._web.chat_postMessage(
-                    channel=channel, text=text, blocks=blocks, thread_ts=ts
+                    channel=channel, text=text, blocks=blocks, thread_ts=ts, metadata=meta
                 )
-                return SendResult(external_ref=str(resp.get("ts")), requests=1)
-            resp = self._web.chat_postMessage(channel=self.cfg.channel, text=text, blocks=blocks)
+                return SendResult(external_ref=str(resp.get("ts")), requests=requests + 1)
+            resp = self._web.chat_postMessage(
+                channel=self.cfg.channel, text=text, blocks=blocks, metadata=meta
+            )
             ts = str(resp.get("ts"))
+            if resp.get("channel"):
+                self._channel = str(resp["channel"])
             if self.threads and n.kind == "alert" and n.status == "firing":
                 self.threads.put(
                     self.name, n.group_id, str(resp.get("channel") or self.cfg.channel), ts
                 )
-            return SendResult(external_ref=ts, requests=1)
+            return SendResult(external_ref=ts, requests=requests + 1)
         except SlackApiError as e:
             status = e.response.status_code
             err = str(e.response.get("error", "")) if e.response.data else ""

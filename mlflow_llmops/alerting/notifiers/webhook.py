@@ -4,6 +4,10 @@ The body has the shape of Alertmanager's webhook (``version: "4"``), so
 existing webhook consumers work unchanged. Signature header:
 ``X-Llmops-Signature: t=<unix seconds>,v1=<hex hmac_sha256(secret, "<t>.<body>")>``
 (the timestamp bounds replay); check it with ``verify_signature``.
+
+Every POST carries ``Idempotency-Key: <outbox key>``, the same on every retry of
+one (receiver, group, sequence): a receiver that keeps the keys it has seen (as
+Stripe-style APIs do) applies a notification re-sent after a crash only once.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from mlflow_llmops.alerting.notifiers.base import (
 from mlflow_llmops.alerting.notify_config import WebhookReceiver
 
 SIGNATURE_HEADER = "X-Llmops-Signature"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: the lease epoch of the monitor that sent it (a receiver may refuse older epochs)
+EPOCH_HEADER = "X-Llmops-Epoch"
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -96,6 +103,10 @@ class WebhookNotifier:
     def send(self, n: Notification) -> SendResult:
         body = json.dumps(webhook_body(n), separators=(",", ":"), default=str).encode()
         headers = {"Content-Type": "application/json", **self.cfg.headers}
+        if n.outbox_key:
+            headers[IDEMPOTENCY_HEADER] = n.outbox_key
+        if n.epoch is not None:
+            headers[EPOCH_HEADER] = str(n.epoch)
         if self.cfg.secret is not None:
             headers[SIGNATURE_HEADER] = sign(
                 self.cfg.secret.get_secret_value(), body, int(self.clock().timestamp())
