@@ -59,6 +59,7 @@ def test_pack_on_a_noisy_day_pages_only_on_incidents_and_within_for_plus_one_int
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 400,000 traces, 18,720 evaluations: minutes on a busy machine
 def test_pack_on_the_14_day_benchmark_replay():
     rules = load_pack(PACK)
     source = MemorySignalSource(events(START, 14, 20.0, FOURTEEN_DAYS))
