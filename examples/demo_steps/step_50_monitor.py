@@ -46,7 +46,7 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
     from mlflow_llmops.store.state import StateStore
     from mlflow_llmops.testing.seed import Incident, bulk_load, synthetic_traffic
 
-    ctx.banner("Monitor: detect a latency spike, an error burst and a cost jump")
+    ctx.banner("Monitor: detect a latency spike, an error burst, a cost jump, a quality drop")
     # 90 minutes of traffic, and the same 90 minutes on each of the 4 days before: the
     # pack's latency, token and cost baselines are the median of the same window over 5 days.
     end = busy_afternoon(datetime.now(UTC))
@@ -57,6 +57,7 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
         Incident(start + 40 * m, start + 55 * m, "errors", 0.4),
         Incident(start + 60 * m, start + 90 * m, "cost", 6.0),
     ]
+    quality = (start + 62 * m, start + 82 * m)  # the scorer's verdicts drop from 0.9 to 0.3
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
     exp_id = exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
@@ -69,10 +70,16 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
     n += bulk_load(
         engine, exp_id, synthetic_traffic(start, SPAN / DAY, RATE, seed=3, incidents=incidents)
     )
+    # scores from 15 minutes before the drop (a score takes ~40 ms to write here)
+    scored = score_traces(ctx.tracking_uri, engine, exp_id, quality[0] - 15 * m, end, quality)
     engine.dispose()
-    print(f"injected {n} traces into experiment {EXPERIMENT!r} ({time.perf_counter() - t0:.1f}s):")
+    print(f"injected {n} traces into experiment {EXPERIMENT!r}, {scored} scores "
+          f"({time.perf_counter() - t0:.1f}s):")  # fmt: skip
     for inc in incidents:
         print(f"  {inc.kind:<8} x{inc.factor:<4g} {inc.start:%H:%M}-{inc.end:%H:%M} UTC")
+    print(
+        f"  quality  0.3   {quality[0]:%H:%M}-{quality[1]:%H:%M} UTC (correctness score, else 0.9)"
+    )
 
     config = load_config(
         overrides={
@@ -81,7 +88,7 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
             "alerting": {
                 "evaluation_interval": f"{INTERVAL.seconds}s",
                 "experiment_ids": [exp_id],
-                # the pack as shipped (no scores in this step: its quality rule has no data)
+                # the pack as shipped; the scores are written above, as a scorer would
                 "packs": ["three-layer"],
                 "monitor": {"score": False},
                 # alerts link to their traces (on the alert's window) and to a runbook
@@ -124,7 +131,8 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
     print(f"{cycles} monitor cycles over {(end - start) / m - 10:.0f} simulated minutes in "
           f"{time.perf_counter() - t0:.1f}s")  # fmt: skip
     print(out.getvalue(), end="")
-    check_detection(incidents, rules, fired)
+    periods = [(i.kind, i.start, i.end) for i in incidents] + [("quality", *quality)]
+    check_detection(periods, rules, fired)
     ctx.data["alerts"] = alerts
     store.dispose()
 
@@ -133,32 +141,62 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
 #: is a false alert. llm_unpriced_usage (info) is a true finding here: one model of the
 #: synthetic traffic has no price.
 EXPECTED = {"latency": ["llm_latency_p95_high"], "errors": ["llm_error_rate_high"],
-            "cost": ["llm_cost_spike", "llm_token_usage_spike"]}  # fmt: skip
+            "cost": ["llm_cost_spike", "llm_token_usage_spike"],
+            "quality": ["llm_quality_score_low"]}  # fmt: skip
 
 
-def check_detection(incidents, rules, fired) -> None:  # noqa: ANN001
+def score_traces(tracking_uri, engine, exp_id, since, until, bad) -> int:  # noqa: ANN001
+    """Log a ``correctness`` score (CODE source, as a scorer does) on every third trace
+    in [since, until): 0.9, or 0.3 during ``bad``. Through MLflow's own store API."""
+    import sqlalchemy as sa
+    from mlflow.entities import AssessmentSource, Feedback
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from mlflow_llmops.clock import to_ms
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT request_id, timestamp_ms FROM trace_info WHERE experiment_id = :e "
+                "AND timestamp_ms >= :a AND timestamp_ms < :b ORDER BY timestamp_ms"
+            ),
+            {"e": int(exp_id), "a": to_ms(since), "b": to_ms(until)},
+        ).all()
+    store = SqlAlchemyStore(tracking_uri, None)
+    source = AssessmentSource(source_type="CODE", source_id="correctness@v1")
+    lo, hi = to_ms(bad[0]), to_ms(bad[1])
+    for trace_id, ts in rows[::3]:
+        value = 0.3 if lo <= ts < hi else 0.9
+        store.create_assessment(
+            Feedback(trace_id=trace_id, name="correctness", value=value, source=source)
+        )
+    store.engine.dispose()
+    return len(rows[::3])
+
+
+def check_detection(periods, rules, fired) -> None:  # noqa: ANN001
     """Print each incident's time to detect beside its bound (``for`` + one interval) and
     the false alerts; raise if one is late, missed or false."""
     print("time to detect (bound: the rule's `for` plus one evaluation interval):")
     problems = []
-    for inc in incidents:
-        for name in EXPECTED[inc.kind]:
+    for kind, begin, finish in periods:
+        for name in EXPECTED[kind]:
             bound = (rules[name].for_ + INTERVAL).total_seconds() / 60
-            hits = [t for n, t in fired if n == name and inc.start <= t <= inc.end]
+            hits = [t for n, t in fired if n == name and begin <= t <= finish]
             if not hits:
-                problems.append(f"{name} missed the {inc.kind} incident")
-                print(f"  {inc.kind:<8} -> {name:<24} NOT DETECTED (bound {bound:.0f} min)")
+                problems.append(f"{name} missed the {kind} incident")
+                print(f"  {kind:<8} -> {name:<24} NOT DETECTED (bound {bound:.0f} min)")
                 continue
-            ttd = (hits[0] - inc.start).total_seconds() / 60
+            ttd = (hits[0] - begin).total_seconds() / 60
             if ttd > bound:
                 problems.append(f"{name} took {ttd:.0f} min (bound {bound:.0f})")
             verdict = "ok" if ttd <= bound else "LATE"
-            print(f"  {inc.kind:<8} -> {name:<24} {ttd:.0f} min (bound {bound:.0f} min) {verdict}")
+            print(f"  {kind:<8} -> {name:<24} {ttd:.0f} min (bound {bound:.0f} min) {verdict}")
     false = [
         f"{n} at {t:%H:%M}"
         for n, t in fired
         if n != "llm_unpriced_usage"
-        and not any(n in EXPECTED[i.kind] and i.start <= t <= i.end for i in incidents)
+        and not any(n in EXPECTED[k] and begin <= t <= finish for k, begin, finish in periods)
     ]
     print(f"false alerts: {len(false)}{' (' + ', '.join(false) + ')' if false else ''}")
     problems += [f"false alert {f}" for f in false]

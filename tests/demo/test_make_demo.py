@@ -39,7 +39,8 @@ def test_demo_runs_every_step_and_shows_what_it_promises(tmp_path):
     # the three-layer pack, untuned: each incident within `for` + one interval, no false page
     detected = re.findall(r"-> (\w+) +(\d+) min \(bound (\d+) min\)", out)
     assert {d[0] for d in detected} == {"llm_latency_p95_high", "llm_error_rate_high",
-                                        "llm_cost_spike", "llm_token_usage_spike"}  # fmt: skip
+                                        "llm_cost_spike", "llm_token_usage_spike",
+                                        "llm_quality_score_low"}  # fmt: skip
     assert all(int(ttd) <= int(bound) for _, ttd, bound in detected), detected
     assert "false alerts: 0" in out
     assert (tmp_path / "demo" / "reports").is_dir()
