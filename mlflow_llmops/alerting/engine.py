@@ -679,6 +679,11 @@ class AlertEngine:
                 self._transition(
                     inst, active, now, keep_firing_for=rule.keep_firing_for, for_=rule.for_
                 )
+            elif inst.state == AlertState.PENDING:
+                # unknown (too few samples, no baseline) does not confirm a pending alert:
+                # `for` means true at every evaluation, as Prometheus drops a pending alert
+                # whose series is gone (else two noisy minutes with unknowns between fire)
+                inst.state = AlertState.INACTIVE
             inst.last_eval_at = now
             inst.annotations = render_annotations(
                 rule, inst, sample.note if sample else "", runbook_url=self.links.runbook_url

@@ -35,9 +35,10 @@ def test_packs_pass_promtool_check(tmp_path, promtool):
     proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     names = [r["alert"] for r in export.groups["groups"][0]["rules"]]
-    assert {"llm_error_rate_high", "llm_latency_p95_high", "llm_token_usage_spike"} <= set(names)
+    assert {"llm_error_rate_high", "slo_latency"} <= set(names)
     assert names.count("slo_errors") == 3  # one per burn-rate tier
     assert "llm_cost_spike" in export.skipped  # no GenAI metric carries our cost
+    assert "llm_latency_p95_high" in export.skipped  # a 5-day median: no PromQL equivalent
     assert "# Rules left out" in path.read_text()
 
 
@@ -75,7 +76,7 @@ def test_promtool_unit_test_error_rate_rule(tmp_path, promtool):
                             {
                                 "exp_labels": {"severity": "critical", "layer": "infrastructure"},
                                 "exp_annotations": {
-                                    "summary": "LLM error rate 33.33% above 5% over 5m "
+                                    "summary": "LLM error rate 33.33% above 20% over 1m "
                                     "(all traffic)",
                                     "export_notes": notes,
                                     "source": "exported by mlflow-llmops alerts export-prometheus",
@@ -182,9 +183,10 @@ def test_cli_export_prometheus(tmp_path, monkeypatch, capsys):
     out, dash = tmp_path / "rules.yml", tmp_path / "dash.json"
     main(["--config", str(cfg), "alerts", "export-prometheus", "-o", str(out),
           "--dashboard", str(dash)])  # fmt: skip
-    assert "llm_latency_p95_high" in out.read_text()
+    assert "llm_error_rate_high" in out.read_text()
     err = capsys.readouterr().err
-    assert "approximated llm_latency_p95_high: " in err and "left out llm_cost_spike: " in err
+    assert "approximated llm_error_rate_high: " in err and "left out llm_cost_spike: " in err
+    assert "left out llm_latency_p95_high: median_of_days" in err
     assert json.loads(Path(dash).read_text())["uid"] == "mlflow-llmops"
 
 

@@ -124,7 +124,7 @@ def test_rule_file_and_config(tmp_path):
     cfg.write_text(
         "alerting:\n  evaluation_interval: 30s\n  rule_files: ['rules/*.yaml']\n"
         "  packs:\n    - name: three-layer\n      overrides:\n        llm_latency_p95_high:"
-        " {threshold: 8000, for: 5m}\n      disable: [llm_unpriced_usage]\n"
+        " {factor: 3, for: 5m}\n      disable: [llm_unpriced_usage]\n"
         "      where: {environment: production}\n"
         "  rules:\n    - name: inline_rule\n      query: {signal: request_count, window: 5m}\n"
         "      op: '<'\n      threshold: 1\n      no_data: alerting\n"
@@ -135,7 +135,7 @@ def test_rule_file_and_config(tmp_path):
     rules = {r.name: r for r in c.alerting.all_rules(tmp_path)}
     assert "llm_unpriced_usage" not in rules and "cost_high" in rules and "inline_rule" in rules
     p95 = rules["llm_latency_p95_high"]
-    assert p95.threshold == 8000 and p95.for_ == timedelta(minutes=5)
+    assert p95.factor == 3 and p95.for_ == timedelta(minutes=5)
     assert p95.query.where == {"environment": "production"}
 
 
@@ -158,17 +158,23 @@ def test_config_errors_are_clear(tmp_path):
 def test_packs_match_the_guide():
     rules = {r.name: r for r in load_pack("three-layer")}
     assert set(available_packs()) >= {"three-layer", "slo"}
+    # detection within `for` + one interval: windows of 1-5 minutes (the incident bench)
     p95 = rules["llm_latency_p95_high"]
-    assert (p95.query.signal, p95.threshold, p95.for_) == (
+    assert (p95.query.signal, p95.median_of_days, p95.factor, p95.for_) == (
         "latency_p95",
-        5000,
+        5,
+        2,
         timedelta(minutes=3),
     )
     err = rules["llm_error_rate_high"]
-    assert (err.threshold, err.for_) == (0.05, timedelta(minutes=2))
+    assert (err.threshold, err.query.window, err.for_) == (
+        0.2,
+        timedelta(minutes=1),
+        timedelta(minutes=2),
+    )
     for name in ("llm_token_usage_spike", "llm_cost_spike"):
         r = rules[name]
-        assert (r.factor, r.offset, r.for_) == (2, timedelta(days=1), timedelta(minutes=10))
+        assert (r.factor, r.median_of_days, r.for_) == (2, 5, timedelta(minutes=10))
     q = rules["llm_quality_score_low"]
     assert (q.op, q.threshold, q.for_) == ("<", 0.8, timedelta(minutes=10))
 

@@ -292,3 +292,63 @@ def test_cached_rows_see_late_traces_after_their_ttl(seeded_sqlite, tmp_path):
     src.cache_ttl_s = 0  # the TTL has passed
     assert src.query(spec, a, b)[0].samples == before + 2
     engine.dispose()
+
+
+def test_pack_baselines_give_the_same_verdicts_from_sql_as_from_rows(seeded_sqlite, tmp_path):
+    """The three-layer pack's short windows against the median of the same window over
+    past days: the SQL source (trace rows cached per minute, past days' minutes included)
+    gives the in-memory answer at every minute of a latency and an error incident. On a
+    copy of the seeded database (MLflow's schema takes long to create), in an experiment
+    of its own, ten days after the seeded traffic."""
+    import shutil
+
+    import sqlalchemy as sa
+    from seeded import init_mlflow_db
+
+    from mlflow_llmops.alerting.engine import evaluate_rule
+    from mlflow_llmops.alerting.rules import load_pack
+    from mlflow_llmops.testing.seed import Incident, bulk_load, synthetic_traffic
+
+    m = timedelta(minutes=1)
+    now = NOON + timedelta(days=10)
+    shutil.copy(seeded_sqlite.engine.url.database, tmp_path / "mlflow.db")
+    url = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = init_mlflow_db(url, str(tmp_path / "artifacts"), experiment="pack")
+    traces = []
+    for day in (3, 2, 1):  # the same half hour on the three days before: the baselines
+        start = now - timedelta(days=day) - 30 * m
+        traces += synthetic_traffic(start, 30 / 1440, 20, seed=day)
+    incidents = [Incident(now - 15 * m, now, "latency", 4.0),
+                 Incident(now - 8 * m, now, "errors", 0.4)]  # fmt: skip
+    traces += synthetic_traffic(now - 30 * m, 30 / 1440, 20, seed=9, incidents=incidents)
+    engine = sa.create_engine(url)
+    try:
+        bulk_load(engine, exp_id, traces, seed=99)  # trace ids unlike the seeded ones
+        sql = SqlSignalSource(engine, experiment_ids=[exp_id])
+        mem = MemorySignalSource(as_events(traces))
+        names = ("llm_error_rate_high", "llm_latency_p95_high", "llm_token_usage_spike")
+        rules = [r for r in load_pack("three-layer") if r.name in names]
+        verdicts = set()
+        for k in range(20):
+            end = to_ms(now - 19 * m + k * m)
+            sql.new_tick()
+            for rule in rules:
+                got = {tuple(sorted(s.labels.items())): s for s in
+                       evaluate_rule(rule, sql, end).samples}  # fmt: skip
+                want = {tuple(sorted(s.labels.items())): s for s in
+                        evaluate_rule(rule, mem, end).samples}  # fmt: skip
+                assert got.keys() == want.keys(), (rule.name, k)
+                for key, s in want.items():
+                    g = got[key]
+                    assert (g.active, g.note) == (s.active, s.note), (rule.name, k, key)
+                    assert g.value == pytest.approx(s.value, rel=1e-9)
+                    if s.baseline is None:
+                        assert g.baseline is None
+                    else:
+                        assert g.baseline == pytest.approx(s.baseline, rel=1e-9)
+                    verdicts.add((rule.name, s.active))
+        # both sources saw breaches, calm minutes and the baselines they compare with
+        assert {("llm_latency_p95_high", True), ("llm_error_rate_high", True),
+                ("llm_token_usage_spike", False), ("llm_latency_p95_high", False)} <= verdicts  # fmt: skip
+    finally:
+        engine.dispose()

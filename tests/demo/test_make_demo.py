@@ -35,6 +35,13 @@ def test_demo_runs_every_step_and_shows_what_it_promises(tmp_path):
     assert "every LLM span has a price" in out
     assert "same top traces from Parquet with DuckDB: True" in out
     assert "rerun of the same command: nothing is scored twice" in out
-    assert "NOT DETECTED" not in out and "time to detect:" in out
+    assert "NOT DETECTED" not in out and "time to detect (bound:" in out
+    # the three-layer pack, untuned: each incident within `for` + one interval, no false page
+    detected = re.findall(r"-> (\w+) +(\d+) min \(bound (\d+) min\)", out)
+    assert {d[0] for d in detected} == {"llm_latency_p95_high", "llm_error_rate_high",
+                                        "llm_cost_spike", "llm_token_usage_spike",
+                                        "llm_quality_score_low"}  # fmt: skip
+    assert all(int(ttd) <= int(bound) for _, ttd, bound in detected), detected
+    assert "false alerts: 0" in out
     assert (tmp_path / "demo" / "reports").is_dir()
     assert "Everything above ran in" in out

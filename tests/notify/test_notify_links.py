@@ -20,7 +20,8 @@ def _config(tmp_path, state_url, slack, **notifications):
                 "packs": [{"name": "three-layer", "disable": [
                     "llm_latency_p95_high", "llm_token_usage_spike", "llm_cost_spike",
                     "llm_unpriced_usage", "llm_quality_score_low"],
-                    "overrides": {"llm_error_rate_high": {"for": "0s"}}}],
+                    "overrides": {"llm_error_rate_high": {"for": "0s",
+                                                          "query": {"window": "5m"}}}}],
                 "rules": [{"name": "model_errors", "query": {"signal": "error_rate",
                            "window": "5m", "group_by": ["model"]}, "threshold": 0.2,
                            "runbook_url": "https://runbooks.test/errors?model={model}"}],
