@@ -134,18 +134,22 @@ class SpanEndProcessor:
                 self._llm_span(span, attrs)
             r = self.redactor
             if r is not None and attrs is not None:
-                # Redact the serialized JSON of inputs and outputs in place: one regex pass
-                # per pattern over a string, no parse (replacement tokens hold no JSON
-                # syntax); most strings pass the redactor's quick test and are left as is.
-                clean = getattr(r, "clean", None)
-                for key in (_INPUTS, _OUTPUTS):
-                    raw = attrs.get(key)
-                    if isinstance(raw, str) and raw and (clean is None or not clean(raw)):
-                        new = r.text(raw)
-                        if new is not raw and new != raw:
-                            otel.set_attribute(key, new)
+                # every attribute, event, the status message and the name, before the span
+                # is frozen: the MLflow exporter and the OTLP copy both get the redacted span
+                r.redact_span(otel, attrs)
+                if getattr(otel, "parent", None) is None:
+                    self._redact_trace(span)
         except Exception:  # noqa: BLE001 - instrumentation must never break the request
             _logger.debug("llmops span processor failed", exc_info=True)
+
+    def _redact_trace(self, span: Any) -> None:
+        """At the root span's end: the trace's tags, metadata and previews (MLflow adds its
+        previews from the root's already redacted inputs and outputs right after)."""
+        from mlflow.tracing.trace_manager import InMemoryTraceManager
+
+        with InMemoryTraceManager.get_instance().get_trace(span.trace_id) as trace:
+            if trace is not None:
+                self.redactor.redact_trace_info(trace.info)  # type: ignore[union-attr]
 
     def _llm_span(self, span: Any, attrs: Any = None) -> None:
         get: Any = span.get_attribute if attrs is None else lambda k: _decoded(attrs.get(k))
