@@ -88,6 +88,9 @@ class FakeLLMConfig:
     #: the model a response names, by requested model (providers answer ``gpt-4o`` with a
     #: dated snapshot such as ``gpt-4o-2024-08-06``); default: the requested one
     response_models: dict[str, str] = field(default_factory=dict)
+    #: the ``service_tier`` OpenAI names in responses and in every stream chunk (None: left
+    #: out); a request's own ``service_tier`` wins, as with OpenAI
+    service_tier: str | None = None
 
 
 class FakeLLMServer:
@@ -248,6 +251,8 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             model = body.get("model", "gpt-4o-mini")
             model = server.config.response_models.get(model, model)
             rec.status = 200
+            tier = body.get("service_tier") or server.config.service_tier
+            tier_field = {"service_tier": tier} if tier else {}
             if body.get("stream"):
                 self._stream(
                     cid,
@@ -256,6 +261,7 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                     text,
                     usage,
                     bool((body.get("stream_options") or {}).get("include_usage")),
+                    tier_field,
                 )
                 return
             self._send_json(
@@ -275,6 +281,7 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                     ],
                     "usage": usage,
                     "system_fingerprint": "fp_fake",
+                    **tier_field,
                 },
             )
 
@@ -317,7 +324,14 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             return fault.status
 
         def _stream(
-            self, cid: str, created: int, model: str, text: str, usage: dict, include_usage: bool
+            self,
+            cid: str,
+            created: int,
+            model: str,
+            text: str,
+            usage: dict,
+            include_usage: bool,
+            extra: dict[str, Any],
         ) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
@@ -335,6 +349,7 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
+                **extra,
             }
             send(
                 {
