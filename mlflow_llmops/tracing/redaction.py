@@ -267,7 +267,12 @@ class Redactor:
         clean = self.clean
         for mapping, keep in ((info.tags, _KEEP_TAGS), (info.trace_metadata, _KEEP_METADATA)):
             for key, v in list(mapping.items()):
-                if key in keep or not isinstance(v, str) or (clean is not None and clean(v)):
+                if (
+                    key in keep
+                    or key.startswith("mlflow.source.")  # git commit, entry point: not PII
+                    or not isinstance(v, str)
+                    or (clean is not None and clean(v))
+                ):
                     continue
                 new = self.json_text(v)
                 if new != v:
