@@ -1,7 +1,9 @@
 """A fake OpenAI-compatible LLM server on 127.0.0.1 for tests, the demo and benchmarks.
 
 Speaks the real wire protocol of ``POST /v1/chat/completions`` (JSON and
-server-sent-event streaming with a final usage chunk), reports usage with
+server-sent-event streaming with a final usage chunk) and of Anthropic's
+``POST /v1/messages`` (JSON and its event stream; client ``base_url`` is
+``root_url``), reports usage with
 cached and reasoning tokens, and injects latency and faults:
 
 * ``latency_s`` (a number or a callable of the request) before answering;
@@ -88,6 +90,9 @@ class FakeLLMConfig:
     #: the model a response names, by requested model (providers answer ``gpt-4o`` with a
     #: dated snapshot such as ``gpt-4o-2024-08-06``); default: the requested one
     response_models: dict[str, str] = field(default_factory=dict)
+    #: the ``service_tier`` OpenAI names in responses and in every stream chunk (None: left
+    #: out); a request's own ``service_tier`` wins, as with OpenAI
+    service_tier: str | None = None
 
 
 class FakeLLMServer:
@@ -113,6 +118,11 @@ class FakeLLMServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def root_url(self) -> str:
+        """The server's root: the ``base_url`` of the Anthropic client (it adds ``/v1``)."""
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FakeLLMServer:
         self._thread = threading.Thread(
@@ -223,6 +233,9 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             rec = RecordedRequest(self.path, dict(self.headers), body, time.time())
             with server._lock:
                 server.requests.append(rec)
+            if self.path.split("?", 1)[0].rstrip("/").endswith("/v1/messages"):
+                rec.status = self._anthropic(body)
+                return
             if not self.path.rstrip("/").endswith("/chat/completions"):
                 rec.status = 404
                 self._send_json(
@@ -248,6 +261,8 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             model = body.get("model", "gpt-4o-mini")
             model = server.config.response_models.get(model, model)
             rec.status = 200
+            tier = body.get("service_tier") or server.config.service_tier
+            tier_field = {"service_tier": tier} if tier else {}
             if body.get("stream"):
                 self._stream(
                     cid,
@@ -256,6 +271,7 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                     text,
                     usage,
                     bool((body.get("stream_options") or {}).get("include_usage")),
+                    tier_field,
                 )
                 return
             self._send_json(
@@ -275,8 +291,69 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                     ],
                     "usage": usage,
                     "system_fingerprint": "fp_fake",
+                    **tier_field,
                 },
             )
+
+        def _anthropic(self, body: dict[str, Any]) -> int:
+            """Anthropic's Messages API (``POST /v1/messages``), JSON or server-sent events.
+            Its ``input_tokens`` exclude cache reads, unlike OpenAI's ``prompt_tokens``."""
+            fault = server._next_fault()
+            if fault is not None:
+                return self._fault(fault)
+            delay = server._latency(body)
+            if delay > 0:
+                time.sleep(delay)
+            text, u = server.completion(body)
+            cached = u["prompt_tokens_details"]["cached_tokens"]
+            usage = {
+                "input_tokens": u["prompt_tokens"] - cached,
+                "output_tokens": u["completion_tokens"],
+                "cache_read_input_tokens": cached,
+                "cache_creation_input_tokens": 0,
+            }
+            model = str(body.get("model", "claude-sonnet-4-5"))
+            message = {
+                "id": f"msg_{uuid.uuid4().hex[:24]}",
+                "type": "message",
+                "role": "assistant",
+                "model": server.config.response_models.get(model, model),
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": usage,
+            }
+            if not body.get("stream"):
+                self._send_json(200, message)
+                return 200
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+
+            def send(event: dict[str, Any]) -> None:
+                line = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+                self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+                self.wfile.flush()
+
+            start = {**message, "content": [], "stop_reason": None,
+                     "usage": {**usage, "output_tokens": 1}}  # fmt: skip
+            send({"type": "message_start", "message": start})
+            send({"type": "content_block_start", "index": 0,
+                  "content_block": {"type": "text", "text": ""}})  # fmt: skip
+            for i, w in enumerate(text.split(" ")):
+                if server.config.stream_chunk_delay_s:
+                    time.sleep(server.config.stream_chunk_delay_s)
+                send({"type": "content_block_delta", "index": 0,
+                      "delta": {"type": "text_delta", "text": w if i == 0 else " " + w}})  # fmt: skip
+            send({"type": "content_block_stop", "index": 0})
+            send({"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                  "stop_sequence": None}, "usage": {"output_tokens": usage["output_tokens"]}})  # fmt: skip
+            send({"type": "message_stop"})
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            return 200
 
         def _fault(self, fault: Fault) -> int:
             if fault.delay_s:
@@ -317,7 +394,14 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             return fault.status
 
         def _stream(
-            self, cid: str, created: int, model: str, text: str, usage: dict, include_usage: bool
+            self,
+            cid: str,
+            created: int,
+            model: str,
+            text: str,
+            usage: dict,
+            include_usage: bool,
+            extra: dict[str, Any],
         ) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
@@ -335,6 +419,7 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
+                **extra,
             }
             send(
                 {

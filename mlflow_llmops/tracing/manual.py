@@ -10,6 +10,10 @@ MLflow reads for cost (``mlflow.llm.model``, ``mlflow.llm.provider``,
             ...
         call.set_usage(input_tokens=812, output_tokens=96, cache_read_tokens=512)
         call.set_output(text)
+
+It is also the way to trace Anthropic streams: MLflow's autolog makes no trace for
+``messages.stream()`` and one without usage for ``messages.create(stream=True)``
+(``call.set_usage_from_anthropic(stream.get_final_message().usage)``).
 """
 
 from __future__ import annotations
@@ -104,6 +108,21 @@ class LlmCall:
             output_tokens=int(out),
             cache_read_tokens=int(pd.get("cached_tokens") or 0),
             reasoning_tokens=int(cd["reasoning_tokens"]) if cd.get("reasoning_tokens") else None,
+        )
+
+    def set_usage_from_anthropic(self, usage: Any) -> None:
+        """Usage from an Anthropic ``usage`` object or dict (a message, or the final message
+        of a stream: ``stream.get_final_message().usage``). Anthropic's ``input_tokens``
+        exclude cache reads and writes; MLflow's include them."""
+        if usage is None:
+            return
+        u = usage.model_dump() if hasattr(usage, "model_dump") else dict(usage)
+        self.set_usage(
+            input_tokens=int(u.get("input_tokens") or 0),
+            output_tokens=int(u.get("output_tokens") or 0),
+            cache_read_tokens=int(u.get("cache_read_input_tokens") or 0),
+            cache_write_tokens=int(u.get("cache_creation_input_tokens") or 0),
+            input_excludes_cache=True,
         )
 
     def set_output(self, output: Any) -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
 from mlflow_llmops.tracing import keys
 from mlflow_llmops.tracing.metrics import GenAiMetrics
-from mlflow_llmops.tracing.redaction import Redactor
+from mlflow_llmops.tracing.redaction import CHUNK_EVENT_PREFIX, CHUNK_VALUE_KEY, Redactor
 
 _logger = logging.getLogger("mlflow_llmops.tracing")
 _LLM_TYPES_JSON = frozenset(f'"{t}"' for t in keys.LLM_SPAN_TYPES)  # as MLflow stores them
@@ -22,6 +23,7 @@ _INPUTS = "mlflow.spanInputs"
 _OUTPUTS = "mlflow.spanOutputs"
 _KNOWN_FORMATS = frozenset({"openai", "anthropic", "gemini", "bedrock", "groq", "mistral"})
 _OPERATION_BY_TYPE = {"CHAT_MODEL": "chat", "LLM": "text_completion"}
+_SERVICE_TIER = re.compile(r'"service_tier":\s*"([A-Za-z0-9_.-]{1,40})"')
 
 
 def _decoded(raw: Any) -> Any:
@@ -134,18 +136,46 @@ class SpanEndProcessor:
                 self._llm_span(span, attrs)
             r = self.redactor
             if r is not None and attrs is not None:
-                # Redact the serialized JSON of inputs and outputs in place: one regex pass
-                # per pattern over a string, no parse (replacement tokens hold no JSON
-                # syntax); most strings pass the redactor's quick test and are left as is.
-                clean = getattr(r, "clean", None)
-                for key in (_INPUTS, _OUTPUTS):
-                    raw = attrs.get(key)
-                    if isinstance(raw, str) and raw and (clean is None or not clean(raw)):
-                        new = r.text(raw)
-                        if new is not raw and new != raw:
-                            otel.set_attribute(key, new)
+                # every attribute, event, the status message and the name, before the span
+                # is frozen: the MLflow exporter and the OTLP copy both get the redacted span
+                r.redact_span(otel, attrs)
+                if getattr(otel, "parent", None) is None:
+                    self._redact_trace(span)
         except Exception:  # noqa: BLE001 - instrumentation must never break the request
             _logger.debug("llmops span processor failed", exc_info=True)
+
+    @staticmethod
+    def _from_stream(span: Any, attrs: Any, get: Any, ttft_ms: Any) -> Any:
+        """Time to first chunk and service tier of an autologged call, which MLflow does not
+        record: the first chunk event's time (autolog adds one per chunk as it arrives) and
+        the ``service_tier`` the provider names in its chunks or its response. Returns the
+        time to first chunk (ms) now on the span."""
+        otel = getattr(span, "_span", None)
+        events = getattr(otel, "_events", None) or ()
+        first = next((e for e in events if e.name.startswith(CHUNK_EVENT_PREFIX)), None)
+        if ttft_ms is None and first is not None and first.timestamp:
+            ttft_ms = round(max(0, first.timestamp - span.start_time_ns) / 1e6, 3)
+            span.set_attribute(keys.TTFT_MS, ttft_ms)
+        if get(keys.SERVICE_TIER) is None:
+            raws: list[Any] = [(attrs or {}).get(_OUTPUTS)]
+            if first is not None:  # the tier is in every chunk; the last one is enough
+                last = next(e for e in reversed(events) if e.name.startswith(CHUNK_EVENT_PREFIX))
+                raws.append((last.attributes or {}).get(CHUNK_VALUE_KEY))
+            for raw in raws:
+                m = _SERVICE_TIER.search(raw) if isinstance(raw, str) else None
+                if m:
+                    span.set_attribute(keys.SERVICE_TIER, m.group(1))
+                    break
+        return ttft_ms
+
+    def _redact_trace(self, span: Any) -> None:
+        """At the root span's end: the trace's tags, metadata and previews (MLflow adds its
+        previews from the root's already redacted inputs and outputs right after)."""
+        from mlflow.tracing.trace_manager import InMemoryTraceManager
+
+        with InMemoryTraceManager.get_instance().get_trace(span.trace_id) as trace:
+            if trace is not None:
+                self.redactor.redact_trace_info(trace.info)  # type: ignore[union-attr]
 
     def _llm_span(self, span: Any, attrs: Any = None) -> None:
         get: Any = span.get_attribute if attrs is None else lambda k: _decoded(attrs.get(k))
@@ -163,10 +193,12 @@ class SpanEndProcessor:
                 reasoning = _reasoning_from_outputs(span.outputs)
                 if reasoning:
                     span.set_attribute(keys.REASONING_TOKENS, reasoning)
+        ttft_ms = get(keys.TTFT_MS)
+        if ttft_ms is None or get(keys.SERVICE_TIER) is None:
+            ttft_ms = self._from_stream(span, attrs, get, ttft_ms)
         if self.metrics is None:
             return
         usage = _usage_dict(get(keys.TOKEN_USAGE))
-        ttft_ms = get(keys.TTFT_MS)
         # autolog sets mlflow.llm.model from the response (a dated snapshot), and a failed
         # call has none: the request model labels every call, the response model beside it
         response_model = get(keys.MODEL)
