@@ -7,6 +7,13 @@ Run the fake LLM server and then this file::
 
     python -m mlflow_llmops.testing.fake_llm --port 8900 &
     python examples/service.py --base-url http://127.0.0.1:8900/v1 --requests 50
+
+or serve it (tracing set up in the FastAPI lifespan; on SIGTERM the server finishes the
+requests in flight and their traces are stored before each worker exits)::
+
+    LLM_BASE_URL=http://127.0.0.1:8900/v1 uvicorn --factory examples.service:app_from_env --workers 2
+    LLM_BASE_URL=http://127.0.0.1:8900/v1 gunicorn -w 2 -k uvicorn.workers.UvicornWorker \
+        'examples.service:app_from_env()'
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 from typing import Any
 
@@ -113,6 +121,46 @@ def start(
     )
     mlflow.openai.autolog()
     return handle
+
+
+def create_app(base_url: str, tracking_uri: str, experiment_name: str = "llmops-demo") -> Any:
+    """The service over HTTP. Tracing is set up in the lifespan, in each worker; nothing
+    is needed at shutdown: the flush runs when the worker really ends, after the server
+    has answered the requests in flight."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):  # noqa: ANN202
+        state["tracing"] = start(experiment_name, tracking_uri)
+        state["service"] = QaService(base_url)
+        yield
+
+    api = FastAPI(lifespan=lifespan)
+
+    @api.post("/ask")
+    def ask(body: dict[str, str]) -> dict[str, str]:  # sync: FastAPI runs it in a thread
+        with request_context(user=body.get("user"), route="/ask", task_type="qa"):
+            return {"answer": state["service"].answer(body["question"])}
+
+    @api.get("/tracing")
+    def tracing_stats() -> dict[str, Any]:
+        return state["tracing"].stats()
+
+    return api
+
+
+def app_from_env() -> Any:
+    """``create_app`` from ``LLM_BASE_URL``, ``MLFLOW_TRACKING_URI`` (default
+    ``sqlite:///mlflow.db``) and ``LLMOPS_EXPERIMENT`` (default ``llmops-demo``)."""
+    return create_app(
+        os.environ["LLM_BASE_URL"],
+        os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+        os.environ.get("LLMOPS_EXPERIMENT", "llmops-demo"),
+    )
 
 
 def main() -> None:

@@ -21,8 +21,49 @@ def check(app: AppContext) -> None:
     from mlflow_llmops.cli.alerts import _base_dir
 
     rules = app.config.alerting.all_rules(_base_dir(app))  # loading validates
+    cfg = app.config
+    problems = [_sqlite_problem("tracking.uri", cfg.tracking.uri),
+                _sqlite_problem("state_store.url", cfg.state_store.url)]  # fmt: skip
+    if any(problems):
+        from mlflow_llmops.errors import ConfigError
+
+        raise ConfigError("\n".join(p for p in problems if p))
     click.echo(f"configuration OK ({app.config_path or 'defaults and environment'}; "
                f"{len(rules)} alert rules)")  # fmt: skip
+
+
+def _sqlite_problem(name: str, url: str) -> str | None:
+    """Why the SQLite database at ``url`` cannot be written, with the fix (None if it can,
+    or if ``url`` is not a SQLite file). Otherwise tracing starts, then only says
+    "experiment not resolved yet". MLflow creates missing parent directories, so the
+    nearest existing one is probed with a real file: permissions alone do not tell (root,
+    read-only mounts)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    if not url.startswith("sqlite:///"):
+        return None
+    raw = url.removeprefix("sqlite:///").split("?", 1)[0]
+    if not raw or raw == ":memory:":
+        return None
+    path = Path(raw).absolute()
+    fix = f"point {name} at a file in a writable directory (e.g. sqlite:///mlflow.db)"
+    if path.is_dir():
+        return f"{name}: {url}: {path} is a directory; {fix}"
+    existing = path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{name}: {url}: {existing} is a file, not a directory; {fix}"
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".llmops-check-"):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(f"{path} is read-only")
+    except OSError as e:
+        return f"{name}: {url}: cannot write in {existing} ({e.strerror or e}); {fix}"
+    return None
 
 
 @config_group.command("show")

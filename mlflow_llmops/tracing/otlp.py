@@ -26,13 +26,21 @@ class CountingSpanExporter(SpanExporter):
         self.failed_spans = 0
         self.export_errors = 0  # failed export calls
         self.last_error: str | None = None
+        self.idle = threading.Event()  # no export call under way
+        self.idle.set()
+        self.frozen = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.idle.clear()
         try:
             result = self.delegate.export(spans)
         except Exception as e:  # noqa: BLE001 - counted, as the batch processor would only log
             result = SpanExportResult.FAILURE
             self.last_error = f"{type(e).__name__}: {e}"[:300]
+        finally:
+            self.idle.set()
+        if self.frozen:  # abandoned at the shutdown deadline: already counted as dropped
+            return result
         if result is SpanExportResult.SUCCESS:
             self.exported_spans += len(spans)
         else:
@@ -111,9 +119,24 @@ class SampledOtlpProcessor(SpanProcessor):
         """After this, spans handed over but neither sent nor failed were dropped by the
         batch queue (full) or left in it at the deadline: counted as dropped."""
         self.delegate.shutdown()
-        e = self.exporter
-        self.dropped_spans += max(0, self._handed_spans - e.exported_spans - e.failed_spans)
-        self._handed_spans = e.exported_spans + e.failed_spans
+        self._count_unconfirmed()
+
+    def abandon(self) -> None:
+        """The shutdown deadline passed with the collector still refusing or hanging: stop
+        the exporter's retry backoff and count what it has not confirmed as dropped."""
+        try:
+            self.exporter.delegate.shutdown()  # sets the event its retry loop waits on
+        except Exception:  # noqa: BLE001 - already shut down, or a broken exporter
+            pass
+        self.exporter.idle.wait(0.5)  # the aborted call records its failure
+        self.exporter.frozen = True
+        self._count_unconfirmed()
+
+    def _count_unconfirmed(self) -> None:
+        with self._lock:
+            e = self.exporter
+            self.dropped_spans += max(0, self._handed_spans - e.exported_spans - e.failed_spans)
+            self._handed_spans = e.exported_spans + e.failed_spans
 
     def counters(self) -> dict[str, Any]:
         e = self.exporter
@@ -136,12 +159,28 @@ def make_span_exporter(endpoint: str, headers: dict[str, str], timeout_s: float)
 def make_metric_reader(
     endpoint: str, headers: dict[str, str], timeout_s: float, interval_s: float
 ) -> Any:
+    """A periodic OTLP reader; its exporter is kept as ``reader.llmops_exporter`` so that a
+    shutdown past its deadline can stop the exporter's retries (see ``abandon_exporter``)."""
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
     exporter = OTLPMetricExporter(endpoint=endpoint, headers=dict(headers), timeout=timeout_s)
-    return PeriodicExportingMetricReader(
+    reader = PeriodicExportingMetricReader(
         exporter,
         export_interval_millis=int(interval_s * 1000),
         export_timeout_millis=int(timeout_s * 1000),
     )
+    reader.llmops_exporter = exporter  # type: ignore[attr-defined]
+    return reader
+
+
+def abandon_exporter(reader: Any) -> None:
+    """Stop the retry backoff of an OTLP metric reader made by ``make_metric_reader``: a
+    refused collector otherwise holds the metrics shutdown, and the exit of the process
+    (OpenTelemetry's own atexit joins the reader's thread), for the exporter's timeout."""
+    exporter = getattr(reader, "llmops_exporter", None)
+    if exporter is not None:
+        try:
+            exporter.shutdown(timeout_millis=0)
+        except Exception:  # noqa: BLE001 - already shut down
+            pass

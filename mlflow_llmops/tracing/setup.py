@@ -37,7 +37,12 @@ from mlflow_llmops.tracing.export import (
     TracingStats,
 )
 from mlflow_llmops.tracing.metrics import GenAiMetrics
-from mlflow_llmops.tracing.otlp import SampledOtlpProcessor, make_metric_reader, make_span_exporter
+from mlflow_llmops.tracing.otlp import (
+    SampledOtlpProcessor,
+    abandon_exporter,
+    make_metric_reader,
+    make_span_exporter,
+)
 from mlflow_llmops.tracing.processors import SpanEndProcessor
 from mlflow_llmops.tracing.prometheus import PrometheusEndpoint
 from mlflow_llmops.tracing.redaction import Redactor
@@ -115,6 +120,7 @@ class TracingHandle:
         self._shutdown_done = threading.Event()
         self._shutdown_thread: int | None = None
         self._shutdown_report: dict[str, Any] | None = None
+        self._shutdown_callbacks: list[Callable[[dict[str, Any]], None]] = []
         self.queue = TraceQueue(config.queue_capacity)
         self.static_metadata = static_metadata(service_name, config)
         self.sampler = Sampler(config.sampling)
@@ -130,17 +136,17 @@ class TracingHandle:
                 make_span_exporter(otlp_cfg.traces_endpoint, otlp_cfg.headers, otlp_cfg.timeout_s)
             )
         readers = list(metric_readers or [])
+        self._otlp_reader: Any = None
         if otlp_cfg.metrics_enabled and otlp_cfg.metrics_endpoint:
-            readers.append(
-                make_metric_reader(
-                    otlp_cfg.metrics_endpoint,
-                    otlp_cfg.metrics_headers
-                    if otlp_cfg.metrics_headers is not None
-                    else otlp_cfg.headers,
-                    otlp_cfg.timeout_s,
-                    otlp_cfg.metrics_export_interval_s,
-                )
+            self._otlp_reader = make_metric_reader(
+                otlp_cfg.metrics_endpoint,
+                otlp_cfg.metrics_headers
+                if otlp_cfg.metrics_headers is not None
+                else otlp_cfg.headers,
+                otlp_cfg.timeout_s,
+                otlp_cfg.metrics_export_interval_s,
             )
+            readers.append(self._otlp_reader)
         self.prometheus: PrometheusEndpoint | None = None
         prom = config.metrics
         if otlp_cfg.metrics_enabled and prom.prometheus_port is not None:
@@ -158,6 +164,9 @@ class TracingHandle:
             )
         if self.prometheus is not None:
             self.prometheus.start()
+        #: runs the OTLP and metrics shutdown, given up at the deadline; started now, as a
+        #: thread may not start at interpreter exit (Python 3.12's atexit) or in a handler
+        self._closer = _TaskThread("llmops-telemetry-close") if self.otlp or self.metrics else None
 
         self.exporter = LlmopsSpanExporter(
             self.sampler,
@@ -235,7 +244,9 @@ class TracingHandle:
     # -- public ----------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Counters: created, kept, sampled_out, exported, dropped, failed, export_errors,
-        queued (waiting now), unsent_at_shutdown, by_reason, sampled_out_by_route."""
+        queued (waiting now), unsent_at_shutdown, by_reason, sampled_out_by_route. After
+        shutdown, ``created = exported + sampled_out + dropped + failed + unsent_at_shutdown
+        (+ spooled)``: every finished trace is stored or counted."""
         with self._lock:
             out = self._stats.as_dict()
         out["queued"] = self.queue.pending()
@@ -244,6 +255,11 @@ class TracingHandle:
         if self.otlp is not None:
             out.update(self.otlp.counters())
         return out
+
+    def on_shutdown(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``callback(report)`` once shutdown has its final report (e.g. to write it
+        where a supervisor reads it): the last word of a worker that exits on SIGTERM."""
+        self._shutdown_callbacks.append(callback)
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until every queued trace is written (True) or the timeout passes (False)."""
@@ -285,29 +301,72 @@ class TracingHandle:
         in_flight = self.queue.pending() if self.worker.is_alive() else 0
         with self._lock:
             self._stats.unsent_at_shutdown += len(leftover) + in_flight
-        if self.otlp is not None:
-            self.otlp.force_flush(int(max(0.1, deadline - time.monotonic()) * 1000))
-            self.otlp.shutdown()
-        if self.prometheus is not None:
-            self.prometheus.shutdown()
-        if self.metrics is not None:
-            try:
-                self.metrics.force_flush(max(0.1, deadline - time.monotonic()))
-                self.metrics.shutdown(max(0.1, deadline - time.monotonic()))
-            except Exception:  # noqa: BLE001
-                _logger.debug("metrics shutdown failed", exc_info=True)
+        self._close_telemetry(deadline)
         report = self.stats()
         report["flushed"] = flushed
         self._shutdown_report = report
         lost = report["unsent_at_shutdown"] + report["dropped"] + report["failed"]
         (_logger.warning if lost else _logger.info)(
             "mlflow-llmops tracing shut down: created=%d kept=%d exported=%d sampled_out=%d "
-            "dropped=%d failed=%d unsent=%d",
+            "dropped=%d failed=%d unsent=%d spooled=%d",
             report["created"], report["kept"], report["exported"], report["sampled_out"],
             report["dropped"], report["failed"], report["unsent_at_shutdown"],
+            report.get("spooled", 0),
         )  # fmt: skip
+        for callback in self._shutdown_callbacks:
+            try:
+                callback(report)
+            except Exception:  # noqa: BLE001 - a report reader must not stop the shutdown
+                _logger.exception("mlflow-llmops tracing: shutdown callback failed")
         self._uninstall()
         return report
+
+    def _close_telemetry(self, deadline: float) -> None:
+        """Flush and stop OTLP traces, the Prometheus endpoint and metrics by ``deadline``.
+
+        The OTLP exporters retry a refused or hanging collector with backoff for up to
+        their own timeout, for each of force_flush and shutdown (6-15 s for
+        ``shutdown(2)``): each step runs on a helper thread started ahead of time and is
+        given up at the deadline; OTLP spans not confirmed by then count as dropped."""
+        otlp, metrics = self.otlp, self.metrics
+        if otlp is not None:
+
+            def close_otlp() -> None:
+                otlp.force_flush(int(max(0.1, deadline - time.monotonic()) * 1000))
+                otlp.shutdown()
+
+            if not self._run_bounded(close_otlp, deadline):
+                otlp.abandon()
+        if self.prometheus is not None:
+            self.prometheus.shutdown()
+        if metrics is not None:
+
+            def close_metrics() -> None:
+                metrics.force_flush(max(0.1, deadline - time.monotonic()))
+                metrics.shutdown(max(0.1, deadline - time.monotonic()))
+
+            if not self._run_bounded(close_metrics, deadline):
+                _logger.warning("mlflow-llmops tracing: metrics export did not finish in time")
+                if self._otlp_reader is not None:
+                    abandon_exporter(self._otlp_reader)
+        if self._closer is not None:
+            self._closer.stop()
+
+    def _run_bounded(self, task: Callable[[], None], deadline: float) -> bool:
+        """Run ``task`` on the closer thread; False when it has not finished by ``deadline``."""
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                task()
+            except Exception:  # noqa: BLE001 - a failing exporter must not stop the shutdown
+                _logger.debug("telemetry shutdown step failed", exc_info=True)
+            finally:
+                done.set()
+
+        assert self._closer is not None
+        self._closer.submit(run)
+        return done.wait(max(0.1, deadline - time.monotonic()))
 
     def _progress(self) -> tuple[Any, ...] | None:
         """Changes while the export makes headway; None while the store is failing and the
@@ -353,6 +412,7 @@ class TracingHandle:
         with _ACTIVE_LOCK:
             if _ACTIVE is self:
                 _ACTIVE = None
+        _release_held()  # flushed: a signal a server re-raised may end the process now
 
     def describe(self) -> str:
         """The start-up line: endpoints without credentials or query strings."""
@@ -372,6 +432,7 @@ class TracingHandle:
 
 # -- signals -------------------------------------------------------------
 _PREVIOUS: dict[int, Any] = {}
+_INSTALLED: dict[int, Any] = {}
 _FLUSHER: _SignalFlusher | None = None
 #: a flush may wait this long for the interrupted main thread to release our locks
 _MAX_DEFER_S = 1.0
@@ -481,12 +542,34 @@ class _SignalFlusher:
 _DEFERRED_SINCE: float | None = None
 _FLUSH_DEADLINE: float | None = None
 _IN_HANDLER = False
+#: signals held (blocked on the main thread) until the flush at exit: see ``_hold``
+_HELD: set[int] = set()
+
+
+def _ends_process_now(previous: Any) -> bool:
+    """Whether the handler we chain to ends the process on the spot (the default action
+    of SIGTERM/SIGINT): then the flush must happen in our handler, before chaining."""
+    return previous is None or previous == signal.SIG_DFL
 
 
 def _on_signal(signum: int, frame: Any, previous: Any) -> None:
+    """SIGTERM/SIGINT: flush now only when the process is about to die of the signal.
+
+    A server's handler (uvicorn, gunicorn workers) or the application's own one starts
+    a graceful shutdown: the server stops accepting, lets the requests in flight finish,
+    then exits. Flushing here would close tracing under those requests (their traces
+    would be lost, uncounted). So we chain to it and flush when the process really ends
+    (``atexit``); the signal uvicorn re-raises at its end is held until then.
+    """
     global _DEFERRED_SINCE, _FLUSH_DEADLINE, _IN_HANDLER
     active, flusher = _ACTIVE, _FLUSHER
-    if active is not None and flusher is not None and not _IN_HANDLER:  # 2nd signal: no wait
+    if active is None or flusher is None or not _ends_process_now(previous):
+        if previous is not None and previous != signal.SIG_IGN:
+            if previous is not signal.default_int_handler:  # KeyboardInterrupt exits via atexit
+                _hold(signum)
+        _chain(signum, frame, previous)
+        return
+    if not _IN_HANDLER:  # a 2nd signal while we wait: no second wait
         now = time.monotonic()
         if _FLUSH_DEADLINE is None:
             since = _DEFERRED_SINCE if _DEFERRED_SINCE is not None else now
@@ -519,6 +602,40 @@ def _on_signal(signum: int, frame: Any, previous: Any) -> None:
     _chain(signum, frame, previous)
 
 
+def _hold(signum: int) -> None:
+    """Block ``signum`` on the main thread until the flush at exit.
+
+    uvicorn (alone, as ``--workers`` children, as a gunicorn worker class) installs its
+    handler around ``serve()``; at the end it restores the handler it found (the
+    default one when tracing was set up at import or in the lifespan, both inside
+    ``serve()``) and re-raises the signal on the main thread to die of it: no atexit,
+    the traces of the last requests lost. Blocked, that signal stays pending while the
+    process exits normally; ``_release_held`` (at the end of the flush at exit) lets it
+    through, so the process still ends by the signal, as the server meant. Only the
+    main thread blocks it: a signal sent to the process still reaches the other
+    threads, and so the server's handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+    except (AttributeError, OSError, ValueError):  # no pthread_sigmask (Windows)
+        return
+    _HELD.add(signum)
+
+
+def _release_held() -> None:
+    """Unblock the held signals: one the server re-raised meanwhile is delivered now."""
+    if not _HELD or threading.current_thread() is not threading.main_thread():
+        return
+    held = set(_HELD)
+    _HELD.clear()
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 def _install_signal_handlers(handle: TracingHandle) -> None:
     global _FLUSHER, _FLUSH_DEADLINE
     if threading.current_thread() is not threading.main_thread():
@@ -529,11 +646,15 @@ def _install_signal_handlers(handle: TracingHandle) -> None:
     _FLUSH_DEADLINE = None
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(sig)
-        _PREVIOUS[sig] = previous
+        if getattr(previous, "_llmops_handler", False):  # ours, from an earlier set-up
+            previous = _PREVIOUS.get(sig, signal.SIG_DFL)
 
         def handler(signum: int, frame: Any, _prev: Any = previous) -> None:
             _on_signal(signum, frame, _prev)
 
+        handler._llmops_handler = True  # type: ignore[attr-defined]
+        _PREVIOUS[sig] = previous
+        _INSTALLED[sig] = handler
         signal.signal(sig, handler)
 
 
@@ -543,33 +664,38 @@ def _chain(signum: int, frame: Any, previous: Any) -> None:
         previous(signum, frame)
     elif previous == signal.SIG_IGN:
         return
-    elif signum == signal.SIGINT:
-        raise KeyboardInterrupt
     else:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
 
 def _uninstall_signal_handlers(handle: TracingHandle) -> None:
-    """Restore the previous handlers (only possible on the main thread)."""
+    """Restore the previous handlers where ours is still installed (a server may have
+    put back its own meanwhile; only possible on the main thread)."""
     global _FLUSHER
     if threading.current_thread() is not threading.main_thread():
         return
     for sig, previous in list(_PREVIOUS.items()):
         try:
-            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+            if signal.getsignal(sig) is _INSTALLED.get(sig):
+                signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         except (ValueError, TypeError):
             pass
         _PREVIOUS.pop(sig, None)
+        _INSTALLED.pop(sig, None)
     if _FLUSHER is not None:
         _FLUSHER.stop()
         _FLUSHER = None
 
 
 def _atexit() -> None:
+    """The process really ends: every request the server answered has ended its trace."""
     active = _ACTIVE
-    if active is not None:
-        active.shutdown()
+    try:
+        if active is not None:
+            active.shutdown()
+    finally:
+        _release_held()
 
 
 atexit.register(_atexit)

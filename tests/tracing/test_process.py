@@ -21,6 +21,7 @@ from tracing_helpers import ROOT, count_spans, count_traces, memory_dir, run_loa
 
 from mlflow_llmops.testing.mlflow_server import MlflowServer
 from mlflow_llmops.testing.otlp_receiver import OtlpReceiver
+from mlflow_llmops.testing.ports import free_port
 from mlflow_llmops.tracing import keys, llm_call, request_context
 from mlflow_llmops.tracing.metrics import DURATION_BUCKETS, TOKEN_BUCKETS
 
@@ -394,3 +395,63 @@ def test_otlp_export_failures_are_counted(tracing, shared_sqlite_uri):
     assert report["otlp_export_errors"] >= 1
     assert (report["otlp_spans_failed"], report["otlp_spans_exported"]) == (10, 0)
     assert report["otlp_spans_dropped"] == 0
+
+
+def test_shutdown_is_bounded_by_its_deadline_when_the_collector_refuses(tracing, shared_sqlite_uri):
+    port = free_port()  # nothing listens: every connection is refused
+    h = tracing(
+        "otlp-refused", tracking_uri=shared_sqlite_uri,
+        otlp={"traces_endpoint": f"http://127.0.0.1:{port}/v1/traces",
+              "metrics_endpoint": f"http://127.0.0.1:{port}/v1/metrics"},
+    )  # fmt: skip
+    for i in range(5):
+        req(i)
+    t0 = time.monotonic()
+    report = h.shutdown(2)
+    elapsed = time.monotonic() - t0
+    # the OTLP exporters retry with backoff for their own 10 s timeout, for both flush and
+    # shutdown: before, this took 6-15 s; the margin only absorbs a loaded machine
+    assert elapsed < 2 + 3, f"shutdown(2) took {elapsed:.1f}s"
+    assert report["exported"] == 5  # the MLflow store comes first
+    spans = report["otlp_spans_exported"] + report["otlp_spans_failed"]
+    assert report["otlp_spans_exported"] == 0 and spans + report["otlp_spans_dropped"] == 10
+
+
+SERVER_PATTERN_APP = """
+import json, logging, signal, sys, mlflow
+from mlflow_llmops.tracing import setup_production_tracing
+logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+logging.getLogger("mlflow_llmops").setLevel(logging.INFO)
+signals = []
+signal.signal(signal.SIGTERM, lambda s, f: signals.append(s))  # the server's, installed first
+h = setup_production_tracing("server-pattern", "svc", tracking_uri=sys.argv[1])
+@mlflow.trace
+def f(i): return i
+for i in range(50): f(i)
+print(json.dumps({"ready": h.stats()["created"]}), flush=True)
+while not signals:
+    signal.pause()
+f(50)  # the request in flight ends after the signal: the server drains it
+print(json.dumps({"drained": h.stats()["created"], "signals": signals}), flush=True)
+# uvicorn's end: put back the handler found before serve() (the default), re-raise
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+signal.raise_signal(signal.SIGTERM)
+print(json.dumps({"held": True}), flush=True)  # held until the flush at exit
+"""
+
+
+def test_sigterm_waits_for_a_server_that_drains_then_re_raises(tmp_path, fast_dir):
+    """The server's handler runs instead of a flush, the trace of the request that ends
+    after the signal is stored, and the process still dies of the re-raised signal, after
+    the flush at exit."""
+    db = fast_dir / "pattern.db"
+    proc = start_app(tmp_path / "pattern.py", SERVER_PATTERN_APP, db)
+    assert json.loads(proc.stdout.readline()) == {"ready": 50}
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, err[-2000:]
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"drained": 51, "signals": [signal.SIGTERM]}, {"held": True},
+    ]  # fmt: skip
+    assert "shut down: created=51 kept=51 exported=51" in err and "unsent=0" in err, err[-2000:]
+    assert count_traces(db) == 51
