@@ -77,7 +77,7 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
         "trace_id", "span_id", "parent_span_id", "experiment_id", "name", "span_type",
         "status", "start_ms", "end_ms", "latency_ms", "model", "provider", "input_tokens",
         "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-        "ttft_ms", "cost_usd", "cost_source", "cost_status",
+        "ttft_ms", "cost_usd", "cost_source", "cost_status", "sample_weight",
     ),
     "llmops_assessments": (
         "assessment_id", "trace_id", "experiment_id", "name", "assessment_type", "value_num",
@@ -89,6 +89,7 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
         "input_tokens", "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
         "output_tokens", "reasoning_tokens", "input_cost_usd", "cache_read_cost_usd",
         "cache_write_cost_usd", "output_cost_usd", "total_cost_usd", "catalog_version",
+        "sample_weight",
     ),
 }  # fmt: skip
 
@@ -133,6 +134,20 @@ _META_COLUMNS = {
     "service_version": "llmops.service_version",
     "sample_weight_raw": "llmops.sample_weight",
 }
+
+
+#: A trace's ``llmops.sample_weight`` (1 / P(kept)); 1 where absent (unsampled traffic).
+_WEIGHT_SQL = "COALESCE(CAST({m}.value AS DOUBLE PRECISION), 1.0)"
+
+
+def _weight_of(trace_id_sql: str) -> str:
+    """A span's (or cost row's) trace weight: a scalar subquery, so it is read only for
+    the rows a query returns (one probe of the metadata primary key each), and the
+    planner still picks the span index for a query's time filter."""
+    return (
+        "COALESCE((SELECT CAST(m_w.value AS DOUBLE PRECISION) FROM trace_request_metadata m_w "
+        f"WHERE m_w.request_id = {trace_id_sql} AND m_w.key = 'llmops.sample_weight'), 1.0)"
+    )
 
 
 class _Json:
@@ -196,7 +211,7 @@ SELECT
   COALESCE(t.total_tokens, 0) AS total_tokens,
   COALESCE(t.cache_read_input_tokens, 0) AS cache_read_tokens,
   COALESCE(t.cache_creation_input_tokens, 0) AS cache_write_tokens,
-  COALESCE(CAST(m_sample_weight_raw.value AS DOUBLE PRECISION), 1.0) AS sample_weight,
+  {_WEIGHT_SQL.format(m="m_sample_weight_raw")} AS sample_weight,
   CASE WHEN {has_ours}
        THEN (SELECT SUM(CAST(c.total_cost_usd AS DOUBLE PRECISION)) FROM llmops_span_costs c
              WHERE c.trace_id = t.request_id)
@@ -238,7 +253,8 @@ SELECT
        ELSE CAST(s.total_cost AS DOUBLE PRECISION) END AS cost_usd,
   CASE WHEN c.trace_id IS NOT NULL THEN 'llmops'
        WHEN s.total_cost IS NOT NULL THEN 'mlflow' END AS cost_source,
-  c.status AS cost_status
+  c.status AS cost_status,
+  {_weight_of("s.trace_id")} AS sample_weight
 FROM spans s
 LEFT JOIN llmops_span_costs c ON c.trace_id = s.trace_id AND c.span_id = s.span_id
 """
@@ -287,7 +303,8 @@ SELECT
   {f.format("cache_write_cost_usd")} AS cache_write_cost_usd,
   {f.format("output_cost_usd")} AS output_cost_usd,
   {f.format("total_cost_usd")} AS total_cost_usd,
-  catalog_version
+  catalog_version,
+  {_weight_of("llmops_span_costs.trace_id")} AS sample_weight
 FROM llmops_span_costs
 """
 
@@ -481,11 +498,18 @@ def _create_duckdb_views(con: Any, root: Path) -> list[str]:
     for view, folder in EXPORT_TABLES.items():
         files = sorted((root / folder).glob("**/*.parquet"))
         if files:
+            import pyarrow.parquet as pq
+
             listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+            have = set().union(*(pq.read_schema(f).names for f in files))
+            # An export written before a column existed: its default (weight 1, else NULL).
+            cols = [
+                c if c in have else f"{'1.0' if c == 'sample_weight' else 'NULL'} AS {c}"
+                for c in VIEW_COLUMNS[view]
+            ]
             con.execute(
-                f"CREATE OR REPLACE VIEW {view} AS SELECT "
-                + ", ".join(VIEW_COLUMNS[view])
-                + f" FROM read_parquet([{listing}], union_by_name = true)"
+                f"CREATE OR REPLACE VIEW {view} AS SELECT {', '.join(cols)} "
+                f"FROM read_parquet([{listing}], union_by_name = true)"
             )
         else:
             con.register(f"_{view}_empty", empty_table(view))

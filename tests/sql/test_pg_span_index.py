@@ -81,7 +81,9 @@ def _index_state(engine: sa.Engine) -> tuple[bool | None, str | None]:
 
 def _day_rows(engine: sa.Engine) -> dict[str, tuple]:
     res = run_query("cost_by_model_day", engine, RANGE, now=NOW)
-    return {r[1]: r[3:] for r in res.rows}  # model -> (calls, cost, llmops, mlflow, unpriced)
+    cols = ("llm_calls", "cost_usd", "llmops_priced_spans", "mlflow_priced_spans",
+            "unpriced_spans")  # fmt: skip
+    return {r["model"]: tuple(r[c] for c in cols) for r in res.records()}
 
 
 def test_create_views_indexes_spans_once(pg):
