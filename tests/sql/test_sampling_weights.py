@@ -92,7 +92,7 @@ class Truth:
             out = sum(s.output_tokens for s in t.spans)
             self.traces.append({
                 "trace_id": f"tr-{t.trace_id}", "ts": t.timestamp_ms, "day": t.timestamp_ms // DAY * DAY,
-                "status": t.status, "user": t.user, "session": t.session, "task": t.task_type,
+                "status": t.status, "user": t.user, "tenant": t.tenant, "session": t.session, "task": t.task_type,
                 "name": t.name, "model": t.spans[0].model if t.spans else None, "head": head,
                 "input": inp, "output": out, "total": inp + out,
                 "cache_read": sum(s.cache_read_tokens for s in t.spans), "cost": cost,
@@ -262,6 +262,12 @@ def test_trace_level_analyses_estimate_the_population(engine, engines, truth):
     r = run_query("cost_by_user", e, {**RANGE, "limit": 100_000}, now=NOW)
     check(r, ["user_id"], sums(T, lambda t: (t["user"],), requests=one,
           total_tokens=lambda t: t["total"], cost_usd=lambda t: t["cost"]))  # fmt: skip
+    r = run_query("cost_by_tenant", e, {**RANGE, "limit": 100_000}, now=NOW)
+    tn = sums(T, lambda t: (t["tenant"],), requests=one, total_tokens=lambda t: t["total"],
+              cost_usd=lambda t: t["cost"])  # fmt: skip
+    for k, x in check(r, ["tenant"], tn).items():
+        assert ratio_ok(x["cost_per_request_usd"], tn[k]["cost_usd"], tn[k]["requests"])
+    assert sum(x["share_of_cost"] for x in r.records()) == pytest.approx(1.0)
     r = run_query("cost_by_session", e, {**RANGE, "limit": 100_000}, now=NOW)
     check(r, ["session_id"], sums(T, lambda t: (t["session"],), requests=one,
           cost_usd=lambda t: t["cost"]))  # fmt: skip
@@ -365,3 +371,28 @@ def test_old_unweighted_counts_would_be_far_off(engines, truth):
     r = run_query("daily_totals", engines["sqlite"], RANGE, now=NOW).records()
     kept, est = sum(x["kept_traces"] for x in r), sum(x["requests"] for x in r)
     assert kept < 0.3 * len(truth.traces) and abs(est - len(truth.traces)) < 0.1 * len(truth.traces)
+
+
+def test_daily_report_and_cli_say_the_figures_are_estimates(engines, truth, tmp_path):
+    from click.testing import CliRunner
+
+    from mlflow_llmops.cli import cli
+    from mlflow_llmops.reports import daily_report
+
+    day = START.date()
+    rep = daily_report(engines["duckdb"], day, tmp_path, now=NOW, chart=True)
+    assert rep.estimated and "**Estimates.**" in rep.markdown
+    total = run_query("daily_totals", engines["sqlite"], RANGE, now=NOW).records()[0]
+    assert rep.totals["requests"] == total["requests"] > 3 * rep.totals["kept_traces"]
+    true, se = sums([t for t in truth.traces if t["day"] == LO], lambda t: (), n=lambda t: 1.0)[()][
+        "n"
+    ]
+    assert abs(rep.totals["requests"] - true) <= 4 * se + 1
+    assert rep.chart_path.read_bytes()[:4] == b"\x89PNG"
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"tracking:\n  uri: {engines['sqlite'].url}\n")
+    r = CliRunner().invoke(cli, ["--config", str(cfg), "sql", "run", "daily_totals", "--now",
+                                 NOW.isoformat(), "-p", f"since_ms={LO}"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "estimated = 1: sampled traffic" in r.output
