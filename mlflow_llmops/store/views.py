@@ -97,7 +97,7 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
 #: below (PostgreSQL matches an indexed expression only when it is written the same way).
 START_MS_SQL = "start_time_unix_nano / 1000000"
 
-#: PostgreSQL indexes ``create_views`` adds to MLflow's tables, name -> definition. One
+#: PostgreSQL indexes ``create_views`` adds to MLflow's tables, name -> definition. A
 #: narrow index over LLM spans, keyed on ``start_ms``: a time filter on ``llmops_spans``
 #: becomes an index range, and a query that needs only these columns (no token counts,
 #: which live in the span's JSON) is answered by an index-only scan instead of reading
@@ -109,6 +109,12 @@ PG_INDEXES: dict[str, str] = {
         "INCLUDE (start_time_unix_nano, end_time_unix_nano, experiment_id, trace_id, span_id, "
         "status, model_name, model_provider, total_cost) "
         "WHERE type IN ('LLM', 'CHAT_MODEL')"
+    ),
+    # The traces' sample weights, for the join that weights every span and cost row: an
+    # index-only scan of one small entry per trace instead of all of the metadata.
+    "ix_llmops_trace_weight": (
+        "ON trace_request_metadata (request_id) INCLUDE (value) "
+        "WHERE key = 'llmops.sample_weight'"
     ),
 }
 
@@ -140,13 +146,14 @@ _META_COLUMNS = {
 _WEIGHT_SQL = "COALESCE(CAST({m}.value AS DOUBLE PRECISION), 1.0)"
 
 
-def _weight_of(trace_id_sql: str) -> str:
-    """A span's (or cost row's) trace weight: a scalar subquery, so it is read only for
-    the rows a query returns (one probe of the metadata primary key each), and the
-    planner still picks the span index for a query's time filter."""
+def _weight_join(alias: str, trace_id_sql: str) -> str:
+    """The LEFT JOIN that gives ``alias.value``, the trace's ``llmops.sample_weight``: one
+    join on the metadata primary key (request_id, key), however often a query reads the
+    weight (a scalar subquery would run once per reference and row), and dropped by the
+    database when a query does not read ``sample_weight``."""
     return (
-        "COALESCE((SELECT CAST(m_w.value AS DOUBLE PRECISION) FROM trace_request_metadata m_w "
-        f"WHERE m_w.request_id = {trace_id_sql} AND m_w.key = 'llmops.sample_weight'), 1.0)"
+        f"LEFT JOIN trace_request_metadata {alias} "
+        f"ON {alias}.request_id = {trace_id_sql} AND {alias}.key = 'llmops.sample_weight'"
     )
 
 
@@ -254,9 +261,10 @@ SELECT
   CASE WHEN c.trace_id IS NOT NULL THEN 'llmops'
        WHEN s.total_cost IS NOT NULL THEN 'mlflow' END AS cost_source,
   c.status AS cost_status,
-  {_weight_of("s.trace_id")} AS sample_weight
+  {_WEIGHT_SQL.format(m="m_w")} AS sample_weight
 FROM spans s
 LEFT JOIN llmops_span_costs c ON c.trace_id = s.trace_id AND c.span_id = s.span_id
+{_weight_join("m_w", "s.trace_id")}
 """
 
 
@@ -304,8 +312,9 @@ SELECT
   {f.format("output_cost_usd")} AS output_cost_usd,
   {f.format("total_cost_usd")} AS total_cost_usd,
   catalog_version,
-  {_weight_of("llmops_span_costs.trace_id")} AS sample_weight
+  {_WEIGHT_SQL.format(m="m_w")} AS sample_weight
 FROM llmops_span_costs
+{_weight_join("m_w", "llmops_span_costs.trace_id")}
 """
 
 
