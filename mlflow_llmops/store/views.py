@@ -113,8 +113,7 @@ PG_INDEXES: dict[str, str] = {
     # The traces' sample weights, for the join that weights every span and cost row: an
     # index-only scan of one small entry per trace instead of all of the metadata.
     "ix_llmops_trace_weight": (
-        "ON trace_request_metadata (request_id) INCLUDE (value) "
-        "WHERE key = 'llmops.sample_weight'"
+        "ON trace_request_metadata (request_id) INCLUDE (value) WHERE key = 'llmops.sample_weight'"
     ),
 }
 
