@@ -29,8 +29,10 @@ def daily_cmd(
     experiment_id: str | None,
     no_chart: bool,
 ) -> None:
-    """Write cost-report-DAY.md (and .png): totals, by model and task type, top traces,
-    changes against the previous day and week. Example cron line (06:00 UTC daily):
+    """Write cost-report-DAY.md (and .png): totals against the previous day and week,
+    month to date and forecast, spend by model, task type, user and tenant, errors and
+    latency, cache savings, scorer quality, top traces (linked to the MLflow UI) and
+    unpriced usage; estimates under sampling. Example cron line (06:00 UTC daily):
     `0 6 * * * mlflow-llmops report daily --out /srv/reports`."""
     from mlflow_llmops.errors import ConfigError
     from mlflow_llmops.reports.daily import daily_report, previous_day
@@ -52,12 +54,18 @@ def daily_cmd(
         top_n=cfg.report_top_traces,
         chart=not no_chart,
         sql_dir=cfg.sql_dir,
+        ui_url=cfg.ui_url or _server_url(app.config.tracking.uri),
     )
     t = report.totals
-    spend = "n/a" if t["cost_usd"] is None else f"${t['cost_usd']:.4f}"
-    click.echo(f"wrote {report.markdown_path} ({t['requests']} requests, spend {spend})")
+    spend = "unpriced" if t["cost_usd"] is None else f"${t['cost_usd']:.4f}"
+    est = ", estimated from sampled traces" if t["estimated"] else ""
+    click.echo(f"wrote {report.markdown_path} ({t['requests']} requests, spend {spend}{est})")
     if report.chart_path:
         click.echo(f"wrote {report.chart_path}")
+
+
+def _server_url(uri: str | None) -> str | None:
+    return uri if uri and uri.startswith(("http://", "https://")) else None
 
 
 COMMANDS = [report_group]

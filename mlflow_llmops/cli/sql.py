@@ -51,6 +51,11 @@ def render(result: Any, fmt: str) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     lines.append(f"({len(cells)} row{'s' if len(cells) != 1 else ''})")
+    if "estimated" in cols and any(r[cols.index("estimated")] for r in result.rows):
+        lines.append(
+            "(estimated = 1: sampled traffic; counts, tokens and cost are extrapolated by "
+            "llmops.sample_weight, kept_* columns are the traces or spans stored)"
+        )
     return "\n".join(lines)
 
 

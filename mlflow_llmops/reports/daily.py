@@ -32,6 +32,14 @@ class DailyReport:
     by_task_type: list[dict[str, Any]] = field(default_factory=list)
     top_traces: list[dict[str, Any]] = field(default_factory=list)
     unpriced: list[dict[str, Any]] = field(default_factory=list)
+    month: dict[str, Any] = field(default_factory=dict)
+    by_user: list[dict[str, Any]] = field(default_factory=list)
+    by_tenant: list[dict[str, Any]] = field(default_factory=list)
+    cache: list[dict[str, Any]] = field(default_factory=list)
+    latency: list[dict[str, Any]] = field(default_factory=list)
+    scorers: list[dict[str, Any]] = field(default_factory=list)
+    #: some figure is extrapolated from sampled traces (a weight other than 1)
+    estimated: bool = False
 
 
 def previous_day(now: datetime) -> date:
@@ -73,7 +81,9 @@ def _daily_totals(target: Any, day: date, common: dict[str, Any], now: datetime,
         sql_dir=sql_dir,
     ).records()
     by_day = {r["day_ms"]: r for r in rows}
-    empty = {"requests": 0, "errors": 0, "total_tokens": 0, "cost_usd": None, "unpriced_traces": 0}
+    # A day without traffic cost $0 (not "unpriced": nothing went unpriced).
+    empty = {"requests": 0, "kept_traces": 0, "errors": 0, "total_tokens": 0, "cost_usd": 0.0,
+             "unpriced_traces": 0, "estimated": 0}  # fmt: skip
     return (
         by_day.get(start, empty),
         by_day.get(start - DAY_MS, empty),
@@ -100,6 +110,21 @@ def _by_model(target: Any, day: date, common: dict[str, Any], now: datetime, sql
     return out
 
 
+def chart_series(rows: list[dict[str, Any]], days: list[int]) -> tuple[dict, dict]:
+    """(model -> day -> priced spend, unpriced model -> calls) from ``cost_by_model_day``
+    rows: a model without any price is left out of the bars (a zero bar would read as
+    free) and named apart; a partly priced model shows its priced spend."""
+    per_model: dict[str, dict[int, float]] = defaultdict(dict)
+    unpriced: dict[str, int] = defaultdict(int)
+    for r in rows:
+        key = r["model"] or "?"
+        if r["unpriced_spans"]:
+            unpriced[key] += r["unpriced_spans"]
+        if r["cost_usd"] is not None:
+            per_model[key][r["day_ms"]] = per_model[key].get(r["day_ms"], 0.0) + r["cost_usd"]
+    return dict(per_model), {m: n for m, n in unpriced.items() if m not in per_model}
+
+
 def _chart(target: Any, day: date, common: dict[str, Any], now: datetime, sql_dir: Any, path):
     """Stacked daily spend by model over the last two weeks, the report's day last."""
     import matplotlib
@@ -116,10 +141,7 @@ def _chart(target: Any, day: date, common: dict[str, Any], now: datetime, sql_di
         sql_dir=sql_dir,
     ).records()
     days = [start - i * DAY_MS for i in range(CHART_DAYS - 1, -1, -1)]
-    per_model: dict[str, dict[int, float]] = defaultdict(dict)
-    for r in rows:
-        key = r["model"] or "?"
-        per_model[key][r["day_ms"]] = per_model[key].get(r["day_ms"], 0.0) + (r["cost_usd"] or 0.0)
+    per_model, unpriced = chart_series(rows, days)
     labels = [datetime.fromtimestamp(d / 1000, UTC).strftime("%m-%d") for d in days]
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
     bottom = [0.0] * len(days)
@@ -128,14 +150,39 @@ def _chart(target: Any, day: date, common: dict[str, Any], now: datetime, sql_di
         vals = [per_model[model].get(d, 0.0) for d in days]
         ax.bar(labels, vals, bottom=bottom, label=model)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-    ax.set_title(f"LLM spend by model, {CHART_DAYS} days to {day.isoformat()} (USD)")
+    estimated = any(r["estimated"] for r in rows)
+    title = f"LLM spend by model, {CHART_DAYS} days to {day.isoformat()} (USD"
+    ax.set_title(title + (", estimated from sampled traces)" if estimated else ")"))
     ax.set_ylabel("USD")
     ax.tick_params(axis="x", labelrotation=45)
     if ranked:
         ax.legend(fontsize="small", loc="upper left")
-    fig.tight_layout()
+    if unpriced:
+        names = ", ".join(f"{m} ({n:,} calls)" for m, n in sorted(unpriced.items()))
+        fig.text(0.01, 0.01, f"unpriced (cost unknown, not shown): {names}", fontsize="small")
+    fig.tight_layout(rect=(0, 0.04 if unpriced else 0, 1, 1))
     fig.savefig(path, format="png")
     plt.close(fig)
+
+
+def trace_url(ui_url: str, experiment_id: Any, trace_id: str) -> str:
+    """The MLflow UI page of one trace (the experiment's Traces tab with it open)."""
+    base = ui_url.rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}/traces?selectedEvaluationId={trace_id}"
+
+
+def _month_bounds(day: date) -> tuple[int, int]:
+    first = date(day.year, day.month, 1)
+    nxt = date(day.year + (day.month == 12), day.month % 12 + 1, 1)
+    return _day_ms(first), _day_ms(nxt)
+
+
+def _pct(v: float | None) -> str:
+    return "" if v is None else f"{v:.1%}"
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "" if v is None else f"{v:.{digits}g}"
 
 
 def daily_report(
@@ -148,27 +195,50 @@ def daily_report(
     top_n: int = 10,
     chart: bool = True,
     sql_dir: str | Path | None = None,
+    ui_url: str | None = None,
 ) -> DailyReport:
     """Write ``cost-report-DAY.md`` (and ``.png`` when ``chart``) into ``out_dir``.
 
     ``target`` is what :func:`~mlflow_llmops.store.queries.run_query` takes: an
     engine on the tracking database with the views, or a DuckDB connection over
     a Parquet export. Totals are compared with the previous day and the same
-    day a week earlier.
+    day a week earlier; the month to date and its forecast are as of the end of
+    ``day`` (or ``now`` if earlier). ``ui_url`` (the MLflow server's address) turns
+    the top traces into links to the MLflow UI. Under sampling the figures are
+    weighted estimates and the report says so.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     common: dict[str, Any] = {"experiment_id": experiment_id}
-    window = {**common, "since_ms": _day_ms(day), "until_ms": _day_ms(day) + DAY_MS}
+    start = _day_ms(day)
+    window = {**common, "since_ms": start, "until_ms": start + DAY_MS}
+
+    def q(name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return run_query(name, target, params, now=now, sql_dir=sql_dir).records()
+
     cur, prev, week = _daily_totals(target, day, common, now, sql_dir)
     by_model = _by_model(target, day, common, now, sql_dir)
-    by_task = run_query("cost_by_task_type", target, window, now=now, sql_dir=sql_dir).records()
-    top = run_query(
-        "top_traces", target, {**window, "limit": top_n}, now=now, sql_dir=sql_dir
-    ).records()
-    unpriced = run_query("unpriced_usage", target, window, now=now, sql_dir=sql_dir).records()
+    by_task = q("cost_by_task_type", window)
+    top = q("top_traces", {**window, "limit": top_n})
+    unpriced = q("unpriced_usage", window)
+    by_user = q("cost_by_user", {**window, "limit": top_n})
+    by_tenant = q("cost_by_tenant", {**window, "limit": top_n})
+    cache = q("cache_savings", window)
+    latency = q("latency_errors_by_model", window)
+    scorers = q("scorer_quality", window)
+    month_start, month_end = _month_bounds(day)
+    as_of = min(start + DAY_MS, int(now.timestamp() * 1000))
+    month = q("month_forecast", {**common, "month_start_ms": month_start,
+                                 "month_end_ms": month_end, "now_ms": as_of})[0]  # fmt: skip
+    estimated = any(
+        r.get("estimated") or (r.get("sample_weight") or 1) != 1
+        for rows in ([cur, prev, week, month], by_model, by_task, top, unpriced, by_user,
+                     by_tenant, cache, latency, scorers)
+        for r in rows
+    )  # fmt: skip
     totals = {
         "requests": cur["requests"],
+        "kept_traces": cur["kept_traces"],
         "errors": cur["errors"],
         "total_tokens": cur["total_tokens"] or 0,
         "cost_usd": cur["cost_usd"],
@@ -177,6 +247,7 @@ def daily_report(
         "previous_day_cost_usd": prev["cost_usd"],
         "last_week_requests": week["requests"],
         "last_week_cost_usd": week["cost_usd"],
+        "estimated": estimated,
     }
 
     name = f"cost-report-{day.isoformat()}"
@@ -187,124 +258,144 @@ def daily_report(
         "",
         f"UTC day, {scope}. Costs are ours where re-priced, else MLflow's; unpriced "
         "usage is listed, never counted as $0.",
-        "",
-        "## Totals",
-        "",
-        *_table(
-            ["", "this day", "previous day", "change", "same day last week", "change"],
-            [
-                [
-                    "spend",
-                    _money(cur["cost_usd"]),
-                    _money(prev["cost_usd"]),
-                    _change(cur["cost_usd"], prev["cost_usd"]),
-                    _money(week["cost_usd"]),
-                    _change(cur["cost_usd"], week["cost_usd"]),
-                ],
-                [
-                    "requests",
-                    cur["requests"],
-                    prev["requests"],
-                    _change(cur["requests"], prev["requests"]),
-                    week["requests"],
-                    _change(cur["requests"], week["requests"]),
-                ],
-                ["errors", cur["errors"], prev["errors"], "", week["errors"], ""],
-                [
-                    "tokens",
-                    cur["total_tokens"] or 0,
-                    prev["total_tokens"] or 0,
-                    _change(cur["total_tokens"] or 0, prev["total_tokens"] or 0),
-                    week["total_tokens"] or 0,
-                    _change(cur["total_tokens"] or 0, week["total_tokens"] or 0),
-                ],
-                [
-                    "traces with unpriced calls",
-                    cur["unpriced_traces"],
-                    prev["unpriced_traces"],
-                    "",
-                    week["unpriced_traces"],
-                    "",
-                ],  # fmt: skip
-            ],
-        ),
     ]
+    if estimated:
+        md += [
+            "",
+            f"**Estimates.** Traces are sampled: counts, tokens and spend are extrapolated "
+            f"from the {cur['kept_traces']:,} traces stored that day, each counted "
+            "`llmops.sample_weight` times (1/ratio if kept by the head ratio, 1 if kept by a "
+            "tail rule). `stored` columns give the raw counts.",
+        ]
+
+    def err_rate(r: dict[str, Any]) -> str:
+        return _pct(r["errors"] / r["requests"]) if r["requests"] else ""
+
+    md += ["", "## Totals", ""]
+    md += _table(
+        ["", "this day", "previous day", "change", "same day last week", "change"],
+        [
+            [
+                "spend",
+                _money(cur["cost_usd"]),
+                _money(prev["cost_usd"]),
+                _change(cur["cost_usd"], prev["cost_usd"]),
+                _money(week["cost_usd"]),
+                _change(cur["cost_usd"], week["cost_usd"]),
+            ],
+            [
+                "requests",
+                cur["requests"],
+                prev["requests"],
+                _change(cur["requests"], prev["requests"]),
+                week["requests"],
+                _change(cur["requests"], week["requests"]),
+            ],
+            ["traces stored", cur["kept_traces"], prev["kept_traces"], "", week["kept_traces"], ""],
+            ["errors", cur["errors"], prev["errors"], "", week["errors"], ""],
+            ["error rate", err_rate(cur), err_rate(prev), "", err_rate(week), ""],
+            [
+                "tokens",
+                cur["total_tokens"] or 0,
+                prev["total_tokens"] or 0,
+                _change(cur["total_tokens"] or 0, prev["total_tokens"] or 0),
+                week["total_tokens"] or 0,
+                _change(cur["total_tokens"] or 0, week["total_tokens"] or 0),
+            ],
+            [
+                "traces with unpriced calls",
+                cur["unpriced_traces"],
+                prev["unpriced_traces"],
+                "",
+                week["unpriced_traces"],
+                "",
+            ],
+        ],  # fmt: skip
+    )
+    month_name = datetime.fromtimestamp(month_start / 1000, UTC).strftime("%B %Y")
+    md += ["", f"## Month to date ({month_name})", ""]
+    md += _table(
+        ["spend to date", "last 7 days", "days elapsed", "forecast (month average)",
+         "forecast (last 7 days' rate)"],
+        [[_money(month["spend_mtd_usd"]), _money(month["spend_last_7d_usd"]),
+          f"{month['elapsed_days']:.1f}", _money(month["forecast_linear_usd"]),
+          _money(month["forecast_recent_usd"])]],
+    )  # fmt: skip
     if chart_path is not None:
         md += ["", f"![spend by model, last {CHART_DAYS} days]({chart_path.name})"]
     md += ["", "## By model", ""]
     md += _table(
-        ["model", "provider", "calls", "spend", "previous day", "change", "unpriced calls"],
-        [
-            [
-                r["model"],
-                r["provider"] or "",
-                r["llm_calls"],
-                _money(r["cost_usd"]),
-                _money(r["previous_day_cost_usd"]),
-                _change(r["cost_usd"], r["previous_day_cost_usd"]),
-                r["unpriced_spans"],
-            ]  # fmt: skip
-            for r in by_model
-        ],
-    )
+        ["model", "provider", "calls", "stored", "spend", "previous day", "change",
+         "unpriced calls"],
+        [[r["model"], r["provider"] or "", r["llm_calls"], r["kept_spans"], _money(r["cost_usd"]),
+          _money(r["previous_day_cost_usd"]), _change(r["cost_usd"], r["previous_day_cost_usd"]),
+          r["unpriced_spans"]] for r in by_model],
+    )  # fmt: skip
+    md += ["", "## Errors and latency by model", ""]
+    md += _table(
+        ["model", "calls", "errors", "error rate", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+        [[r["model"], r["calls"], r["errors"], _pct(r["error_rate"]), r["p50_ms"], r["p90_ms"],
+          r["p99_ms"], r["max_ms"]] for r in latency],
+    )  # fmt: skip
     md += ["", "## By task type", ""]
     md += _table(
-        ["task type", "requests", "users", "spend", "per request", "share"],
-        [
-            [
-                r["task_type"] or "(not set)",
-                r["requests"],
-                r["users"],
-                _money(r["cost_usd"]),
-                _money(r["cost_per_request_usd"]),
-                "" if r["share_of_cost"] is None else f"{r['share_of_cost']:.1%}",
-            ]  # fmt: skip
-            for r in by_task
-        ],
-    )
-    md += ["", f"## Top {top_n} traces", ""]
+        ["task type", "requests", "stored", "users", "spend", "per request", "share"],
+        [[r["task_type"] or "(not set)", r["requests"], r["kept_traces"], r["users"],
+          _money(r["cost_usd"]), _money(r["cost_per_request_usd"]), _pct(r["share_of_cost"])]
+         for r in by_task],
+    )  # fmt: skip
+    md += ["", f"## Spend by user (top {top_n})", ""]
     md += _table(
-        [
-            "trace",
-            "time (UTC)",
-            "user",
-            "task type",
-            "model",
-            "status",
-            "latency ms",
-            "tokens",
-            "spend",
-        ],  # fmt: skip
-        [
-            [
-                f"`{r['trace_id']}`",
-                datetime.fromtimestamp(r["timestamp_ms"] / 1000, UTC).strftime("%H:%M:%S"),
-                r["user_id"] or "",
-                r["task_type"] or "",
-                r["model"] or "",
-                r["status"],
-                r["latency_ms"],
-                r["total_tokens"],
-                _money(r["cost_usd"]),
-            ]  # fmt: skip
-            for r in top
-        ],
-    )
+        ["user", "requests", "stored", "sessions", "tokens", "spend", "per request"],
+        [[r["user_id"] or "(anonymous)", r["requests"], r["kept_traces"], r["sessions"],
+          r["total_tokens"], _money(r["cost_usd"]), _money(r["cost_per_request_usd"])]
+         for r in by_user],
+    )  # fmt: skip
+    md += ["", f"## Spend by tenant (top {top_n})", ""]
+    md += _table(
+        ["tenant", "requests", "stored", "users", "tokens", "spend", "per request", "share"],
+        [[r["tenant"] or "(not set)", r["requests"], r["kept_traces"], r["users"],
+          r["total_tokens"], _money(r["cost_usd"]), _money(r["cost_per_request_usd"]),
+          _pct(r["share_of_cost"])] for r in by_tenant],
+    )  # fmt: skip
+    md += ["", "## Cache savings", ""]
+    md += _table(
+        ["model", "provider", "cached input tokens", "cache hit ratio", "cached tokens cost",
+         "cache writes cost", "saved"],
+        [[r["model"], r["provider"] or "", r["cache_read_tokens"], _pct(r["cache_hit_ratio"]),
+          _money(r["cache_read_cost_usd"]), _money(r["cache_write_cost_usd"]),
+          _money(r["saved_usd"])] for r in cache],
+    )  # fmt: skip
+    if not cache and by_model:
+        md += ["", "No re-priced spans that day: run `mlflow-llmops costs reprice`."]
+    md += ["", "## Scorer quality", ""]
+    md += _table(
+        ["scorer", "source", "evaluations", "scored", "failed", "mean score", "min", "max"],
+        [[r["scorer"], r["source_type"] or "", r["evaluations"], r["scored"], r["failed"],
+          _num(r["mean_score"]), _num(r["min_score"]), _num(r["max_score"])] for r in scorers],
+    )  # fmt: skip
+    md += ["", f"## Top {top_n} traces", ""]
+
+    def trace_cell(r: dict[str, Any]) -> str:
+        if not ui_url:
+            return f"`{r['trace_id']}`"
+        return f"[`{r['trace_id']}`]({trace_url(ui_url, r['experiment_id'], r['trace_id'])})"
+
+    md += _table(
+        ["trace", "time (UTC)", "user", "task type", "model", "status", "latency ms", "tokens",
+         "spend", "weight"],
+        [[trace_cell(r),
+          datetime.fromtimestamp(r["timestamp_ms"] / 1000, UTC).strftime("%H:%M:%S"),
+          r["user_id"] or "", r["task_type"] or "", r["model"] or "", r["status"],
+          r["latency_ms"], r["total_tokens"], _money(r["cost_usd"]), _num(r["sample_weight"])]
+         for r in top],
+    )  # fmt: skip
     md += ["", "## Unpriced usage", ""]
     md += _table(
         ["model", "provider", "calls", "traces", "input tokens", "output tokens"],
-        [
-            [
-                r["model"],
-                r["provider"] or "",
-                r["spans"],
-                r["traces"],
-                r["input_tokens"],
-                r["output_tokens"],
-            ]  # fmt: skip
-            for r in unpriced
-        ],
-    )
+        [[r["model"], r["provider"] or "", r["spans"], r["traces"], r["input_tokens"],
+          r["output_tokens"]] for r in unpriced],
+    )  # fmt: skip
     if unpriced:
         md += ["", "Add these models to a price override file, then run "
                "`mlflow-llmops costs reprice`."]  # fmt: skip
@@ -314,4 +405,7 @@ def daily_report(
     if chart_path is not None:
         _chart(target, day, common, now, sql_dir, chart_path)
     md_path.write_text(text, encoding="utf-8")
-    return DailyReport(day, text, md_path, chart_path, totals, by_model, by_task, top, unpriced)
+    return DailyReport(
+        day, text, md_path, chart_path, totals, by_model, by_task, top, unpriced, month,
+        by_user, by_tenant, cache, latency, scorers, estimated,
+    )  # fmt: skip

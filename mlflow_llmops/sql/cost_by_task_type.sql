@@ -1,20 +1,28 @@
 -- @question What does each feature (task type) cost, in total and per request?
+-- @notes Requests and cost are weighted by sample_weight (estimates when estimated = 1).
+--        users counts the distinct users among the stored traces (under sampling, a
+--        lower bound: a distinct count cannot be extrapolated by weights).
 -- @param since_ms timestamp now-30d  Start of the time range (inclusive)
 -- @param until_ms timestamp now  End of the time range (exclusive)
 -- @param experiment_id int null  Only this MLflow experiment id (default: all)
 -- @column task_type  The llmops.task_type metadata (NULL: not set)
--- @column requests  Traces
--- @column users  Distinct users
--- @column cost_usd  Total cost in USD
+-- @column requests  Requests (weighted)
+-- @column kept_traces  Traces stored (raw count)
+-- @column users  Distinct users among the stored traces
+-- @column cost_usd  Total cost in USD (weighted)
 -- @column cost_per_request_usd  cost_usd / requests
 -- @column share_of_cost  This task type's fraction of all cost in the range
+-- @column estimated  1 if any trace of the row has a sample weight other than 1
 SELECT
   t.task_type AS task_type,
-  COUNT(*) AS requests,
+  CAST(ROUND(SUM(t.sample_weight)) AS BIGINT) AS requests,
+  COUNT(*) AS kept_traces,
   COUNT(DISTINCT t.user_id) AS users,
-  SUM(t.cost_usd) AS cost_usd,
-  SUM(t.cost_usd) / COUNT(*) AS cost_per_request_usd,
-  SUM(t.cost_usd) / NULLIF(SUM(SUM(t.cost_usd)) OVER (), 0) AS share_of_cost
+  SUM(t.sample_weight * t.cost_usd) AS cost_usd,
+  SUM(t.sample_weight * t.cost_usd) / SUM(t.sample_weight) AS cost_per_request_usd,
+  SUM(t.sample_weight * t.cost_usd)
+    / NULLIF(SUM(SUM(t.sample_weight * t.cost_usd)) OVER (), 0) AS share_of_cost,
+  MAX(CASE WHEN t.sample_weight <> 1 THEN 1 ELSE 0 END) AS estimated
 FROM llmops_traces AS t
 WHERE t.timestamp_ms >= :since_ms
   AND t.timestamp_ms < :until_ms

@@ -27,6 +27,9 @@ class AnalyticsConfig(_Section):
     report_dir: str = "reports"
     #: How many most expensive traces the daily report lists.
     report_top_traces: int = Field(default=10, ge=1, le=1000)
+    #: The MLflow UI the daily report links top traces to; default: ``tracking.uri`` when
+    #: it is an ``http(s)://`` server.
+    ui_url: str | None = None
 
     @field_validator("experiment_ids", mode="before")
     @classmethod

@@ -303,6 +303,8 @@ def rows_from_traces(
         exp_id = int(info.experiment_id) if info.experiment_id is not None else None
         ts = int(info.request_time)
         spans = sorted(tr.data.spans, key=lambda s: (s.start_time_ns, s.span_id))
+        raw_weight = md.get("llmops.sample_weight")
+        weight = float(raw_weight) if raw_weight else 1.0
         llmops_rows = 0
         llmops_sum: float | None = None
         mlflow_sum: float | None = None
@@ -327,7 +329,7 @@ def rows_from_traces(
                         service_tier=ls.service_tier, at=ts,
                     )  # fmt: skip
                 row = cost_row(ls, r, calculator.catalog_version, priced_at)
-                out["llmops_costs"].append({**row, "timestamp_ms": ts})
+                out["llmops_costs"].append({**row, "timestamp_ms": ts, "sample_weight": weight})
                 status, csource = row["status"], "llmops"
                 llmops_rows += 1
                 unpriced += status == "unpriced"
@@ -364,6 +366,7 @@ def rows_from_traces(
                     "cost_usd": cost,
                     "cost_source": csource,
                     "cost_status": status,
+                    "sample_weight": weight,
                 }
             )
         usage = info.token_usage or {}
@@ -373,7 +376,6 @@ def rows_from_traces(
             trace_cost, source = mlflow_sum, "mlflow"
         else:
             trace_cost, source = None, None
-        weight = md.get("llmops.sample_weight")
         out["llmops_traces"].append(
             {
                 "trace_id": info.trace_id,
@@ -396,7 +398,7 @@ def rows_from_traces(
                 "total_tokens": _usage_int(usage, "total_tokens"),
                 "cache_read_tokens": _usage_int(usage, "cache_read_input_tokens"),
                 "cache_write_tokens": _usage_int(usage, "cache_creation_input_tokens"),
-                "sample_weight": float(weight) if weight else 1.0,
+                "sample_weight": weight,
                 "cost_usd": trace_cost,
                 "cost_source": source,
                 "unpriced_spans": unpriced,

@@ -328,7 +328,11 @@ def parse_time_ms(value: Any, what: str = "time") -> int:
 
 # --------------------------------------------------------------------------- running
 def _normalise(v: Any) -> Any:
+    """PostgreSQL's ``SUM(bigint)`` is a ``numeric`` (a Decimal with no fraction digits):
+    an int, like SQLite's and DuckDB's sum; other Decimals (divisions) become floats."""
     if isinstance(v, Decimal):
+        if v.is_finite() and v.as_tuple().exponent >= 0:
+            return int(v)
         return float(v)
     return v
 

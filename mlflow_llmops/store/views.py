@@ -77,7 +77,7 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
         "trace_id", "span_id", "parent_span_id", "experiment_id", "name", "span_type",
         "status", "start_ms", "end_ms", "latency_ms", "model", "provider", "input_tokens",
         "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-        "ttft_ms", "cost_usd", "cost_source", "cost_status",
+        "ttft_ms", "cost_usd", "cost_source", "cost_status", "sample_weight",
     ),
     "llmops_assessments": (
         "assessment_id", "trace_id", "experiment_id", "name", "assessment_type", "value_num",
@@ -89,6 +89,7 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
         "input_tokens", "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
         "output_tokens", "reasoning_tokens", "input_cost_usd", "cache_read_cost_usd",
         "cache_write_cost_usd", "output_cost_usd", "total_cost_usd", "catalog_version",
+        "sample_weight",
     ),
 }  # fmt: skip
 
@@ -96,7 +97,7 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
 #: below (PostgreSQL matches an indexed expression only when it is written the same way).
 START_MS_SQL = "start_time_unix_nano / 1000000"
 
-#: PostgreSQL indexes ``create_views`` adds to MLflow's tables, name -> definition. One
+#: PostgreSQL indexes ``create_views`` adds to MLflow's tables, name -> definition. A
 #: narrow index over LLM spans, keyed on ``start_ms``: a time filter on ``llmops_spans``
 #: becomes an index range, and a query that needs only these columns (no token counts,
 #: which live in the span's JSON) is answered by an index-only scan instead of reading
@@ -108,6 +109,11 @@ PG_INDEXES: dict[str, str] = {
         "INCLUDE (start_time_unix_nano, end_time_unix_nano, experiment_id, trace_id, span_id, "
         "status, model_name, model_provider, total_cost) "
         "WHERE type IN ('LLM', 'CHAT_MODEL')"
+    ),
+    # The traces' sample weights, for the join that weights every span and cost row: an
+    # index-only scan of one small entry per trace instead of all of the metadata.
+    "ix_llmops_trace_weight": (
+        "ON trace_request_metadata (request_id) INCLUDE (value) WHERE key = 'llmops.sample_weight'"
     ),
 }
 
@@ -133,6 +139,21 @@ _META_COLUMNS = {
     "service_version": "llmops.service_version",
     "sample_weight_raw": "llmops.sample_weight",
 }
+
+
+#: A trace's ``llmops.sample_weight`` (1 / P(kept)); 1 where absent (unsampled traffic).
+_WEIGHT_SQL = "COALESCE(CAST({m}.value AS DOUBLE PRECISION), 1.0)"
+
+
+def _weight_join(alias: str, trace_id_sql: str) -> str:
+    """The LEFT JOIN that gives ``alias.value``, the trace's ``llmops.sample_weight``: one
+    join on the metadata primary key (request_id, key), however often a query reads the
+    weight (a scalar subquery would run once per reference and row), and dropped by the
+    database when a query does not read ``sample_weight``."""
+    return (
+        f"LEFT JOIN trace_request_metadata {alias} "
+        f"ON {alias}.request_id = {trace_id_sql} AND {alias}.key = 'llmops.sample_weight'"
+    )
 
 
 class _Json:
@@ -196,7 +217,7 @@ SELECT
   COALESCE(t.total_tokens, 0) AS total_tokens,
   COALESCE(t.cache_read_input_tokens, 0) AS cache_read_tokens,
   COALESCE(t.cache_creation_input_tokens, 0) AS cache_write_tokens,
-  COALESCE(CAST(m_sample_weight_raw.value AS DOUBLE PRECISION), 1.0) AS sample_weight,
+  {_WEIGHT_SQL.format(m="m_sample_weight_raw")} AS sample_weight,
   CASE WHEN {has_ours}
        THEN (SELECT SUM(CAST(c.total_cost_usd AS DOUBLE PRECISION)) FROM llmops_span_costs c
              WHERE c.trace_id = t.request_id)
@@ -238,9 +259,11 @@ SELECT
        ELSE CAST(s.total_cost AS DOUBLE PRECISION) END AS cost_usd,
   CASE WHEN c.trace_id IS NOT NULL THEN 'llmops'
        WHEN s.total_cost IS NOT NULL THEN 'mlflow' END AS cost_source,
-  c.status AS cost_status
+  c.status AS cost_status,
+  {_WEIGHT_SQL.format(m="m_w")} AS sample_weight
 FROM spans s
 LEFT JOIN llmops_span_costs c ON c.trace_id = s.trace_id AND c.span_id = s.span_id
+{_weight_join("m_w", "s.trace_id")}
 """
 
 
@@ -287,8 +310,10 @@ SELECT
   {f.format("cache_write_cost_usd")} AS cache_write_cost_usd,
   {f.format("output_cost_usd")} AS output_cost_usd,
   {f.format("total_cost_usd")} AS total_cost_usd,
-  catalog_version
+  catalog_version,
+  {_WEIGHT_SQL.format(m="m_w")} AS sample_weight
 FROM llmops_span_costs
+{_weight_join("m_w", "llmops_span_costs.trace_id")}
 """
 
 
@@ -481,11 +506,18 @@ def _create_duckdb_views(con: Any, root: Path) -> list[str]:
     for view, folder in EXPORT_TABLES.items():
         files = sorted((root / folder).glob("**/*.parquet"))
         if files:
+            import pyarrow.parquet as pq
+
             listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+            have = set().union(*(pq.read_schema(f).names for f in files))
+            # An export written before a column existed: its default (weight 1, else NULL).
+            cols = [
+                c if c in have else f"{'1.0' if c == 'sample_weight' else 'NULL'} AS {c}"
+                for c in VIEW_COLUMNS[view]
+            ]
             con.execute(
-                f"CREATE OR REPLACE VIEW {view} AS SELECT "
-                + ", ".join(VIEW_COLUMNS[view])
-                + f" FROM read_parquet([{listing}], union_by_name = true)"
+                f"CREATE OR REPLACE VIEW {view} AS SELECT {', '.join(cols)} "
+                f"FROM read_parquet([{listing}], union_by_name = true)"
             )
         else:
             con.register(f"_{view}_empty", empty_table(view))

@@ -115,6 +115,10 @@ class SeedTrace:
     metadata: dict[str, str] = field(default_factory=dict)
     request: str = "hello"
     response: str = "hi"
+    #: 32 hex digits; :func:`bulk_load` stores the trace as ``tr-<trace_id>`` (a sampling
+    #: test decides on the same id tracing would). None: random. ``seed_traces`` ignores it
+    #: (MLflow's API picks the id).
+    trace_id: str | None = None
 
     def trace_metadata(self) -> dict[str, str]:
         """Metadata keys as ``setup_production_tracing`` writes them (docs/contracts.md)."""
@@ -315,7 +319,9 @@ def _rows_for(
     rng: random.Random,
     costs: _MlflowCost,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    trace_hex = f"{rng.getrandbits(128):032x}"
+    trace_hex = f"{rng.getrandbits(128):032x}"  # drawn either way: same stream for all
+    if t.trace_id is not None:
+        trace_hex = t.trace_id
     trace_id = f"tr-{trace_hex}"
     root_hex = f"{rng.getrandbits(64):016x}"
     t0 = t.timestamp_ms * 1_000_000

@@ -101,8 +101,13 @@ def test_export_then_query_parquet_and_daily_report(config, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for part in ("# LLM cost report for 2026-03-09", "## Totals", "previous day",
                  "same day last week", "## By model", "## By task type", "user-whale",
-                 "## Unpriced usage", "acme-internal-llm", "cost-report-2026-03-09.png"):  # fmt: skip
+                 "## Unpriced usage", "acme-internal-llm", "cost-report-2026-03-09.png",
+                 "## Month to date (March 2026)", "forecast (month average)",
+                 "## Spend by user", "## Spend by tenant", "tenant-", "## Cache savings",
+                 "## Errors and latency by model", "error rate", "p99 ms",
+                 "## Scorer quality"):  # fmt: skip
         assert part in md, part
+    assert "**Estimates.**" not in md  # the seeded traffic is not sampled (weight 1)
     from mlflow_llmops.cli import main
 
     with pytest.raises(SystemExit):
@@ -120,3 +125,40 @@ def test_daily_report_numbers_are_the_queries_numbers(sqlite_store, duck, tmp_pa
     assert a.totals["cost_usd"] == day[1]["cost_usd"]
     assert a.totals["previous_day_cost_usd"] == day[0]["cost_usd"]
     assert a.chart_path is None
+
+
+def test_daily_report_sections_links_and_an_empty_day(sqlite_store, tmp_path):
+    ui = "http://mlflow.example:5000/"
+    r = daily_report(sqlite_store[1], date(2026, 3, 9), tmp_path, now=NOW, chart=False,
+                     ui_url=ui)  # fmt: skip
+    whale = r.top_traces[0]
+    assert whale["user_id"] == "user-whale"
+    link = (f"http://mlflow.example:5000/#/experiments/{whale['experiment_id']}/traces"
+            f"?selectedEvaluationId={whale['trace_id']}")  # fmt: skip
+    assert f"[`{whale['trace_id']}`]({link})" in r.markdown
+    # Scorer quality from the assessments: the four feedbacks of conftest.FEEDBACK.
+    q = {x["scorer"]: x for x in run_query("scorer_quality", sqlite_store[1],
+         {"since_ms": "2026-03-01", "until_ms": "2026-03-11"}, now=NOW).records()}  # fmt: skip
+    assert q["correct"]["mean_score"] == 1.0 and q["relevance"]["mean_score"] == 0.4
+    assert q["tone"]["scored"] == 0 and q["tone"]["mean_score"] is None
+    assert r.month["spend_mtd_usd"] > 0 and r.month["forecast_linear_usd"] > 0
+    assert r.by_tenant and r.latency and r.by_user[0]["user_id"] == "user-whale"
+
+    # A day without traffic cost $0: not "unpriced".
+    empty = daily_report(sqlite_store[1], date(2026, 2, 10), tmp_path, now=NOW, chart=False)
+    spend = next(x for x in empty.markdown.splitlines() if x.startswith("| spend |"))
+    assert spend.split("|")[2].strip() == "$0.0000" and "unpriced" not in spend
+    assert empty.totals["requests"] == 0 and empty.totals["cost_usd"] == 0.0
+
+
+def test_chart_leaves_unpriced_models_out_of_the_bars():
+    from mlflow_llmops.reports.daily import chart_series
+
+    rows = [
+        {"model": "gpt-4o", "day_ms": 0, "cost_usd": 1.5, "unpriced_spans": 0},
+        {"model": "acme-internal-llm", "day_ms": 0, "cost_usd": None, "unpriced_spans": 4},
+        {"model": "mixed", "day_ms": 0, "cost_usd": 0.5, "unpriced_spans": 1},
+    ]
+    bars, unpriced = chart_series(rows, [0])
+    assert bars == {"gpt-4o": {0: 1.5}, "mixed": {0: 0.5}}
+    assert unpriced == {"acme-internal-llm": 4}
