@@ -196,3 +196,85 @@ def test_postgres_database_missing_for_the_whole_run_then_back(tracing, tmp_path
 def test_store_key_separates_stores_and_experiments():
     keys = {store_key(u, e) for u in ("sqlite:///a.db", "sqlite:///b.db") for e in ("x", "y")}
     assert len(keys) == 4
+
+
+_KILLED_BURST = """
+import sys, mlflow
+from mlflow_llmops.tracing import setup_production_tracing
+h = setup_production_tracing("pg-kill", "svc", tracking_uri=sys.argv[1], queue_capacity=20,
+                             batch_size=10, startup_timeout_s=1, retry_backoff_s=0.2,
+                             spool={"directory": sys.argv[2]})
+@mlflow.trace(name="request")
+def request(i):
+    with mlflow.start_span("llm", span_type="CHAT_MODEL") as s:
+        s.set_inputs({"q": i})
+    with mlflow.start_span("tool", span_type="TOOL"):
+        pass
+i = 0
+while True:
+    request(i); i += 1
+    if i % 50 == 0:
+        print(i, h.stats()["spooled"], flush=True)
+"""
+
+
+@pytest.mark.postgres
+def test_sigkill_mid_burst_then_restart_replays_every_spooled_trace_once(tracing, tmp_path):
+    """The database is missing while a process bursts into the spool; SIGKILL mid-burst;
+    once the database exists a restart replays every trace that reached the spool,
+    each exactly once with its three spans."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from tracing_helpers import ROOT
+
+    if not pg_available():
+        pytest.skip("PostgreSQL not available on 127.0.0.1:5432")
+    name = f"llmops_spkill_{os.getpid()}_{int(time.time())}"
+    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    spool_dir = tmp_path / "spool"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_MODEL_CATALOG_URI": ""}
+    p = subprocess.Popen([sys.executable, "-c", _KILLED_BURST, url, str(spool_dir)],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
+    try:
+        spooled = 0
+        deadline = time.monotonic() + 180
+        while spooled < 100 and time.monotonic() < deadline:
+            line = p.stdout.readline()
+            assert line, "burst process ended early"
+            spooled = int(line.split()[1])
+        p.send_signal(signal.SIGKILL)
+    finally:
+        p.kill()
+        p.wait(30)
+    assert spooled >= 100
+    reached: list[str] = []
+    for f in sorted(spool_dir.glob("*/proc-*/*.json")):
+        reached += [r["trace"]["info"]["trace_id"] for r in json.loads(f.read_bytes())["traces"]]
+    assert len(reached) >= spooled and len(set(reached)) == len(reached)
+
+    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    try:
+        h = tracing("pg-kill", "svc", tracking_uri=url, **_cfg(spool_dir))
+        assert h.flush(180)
+        assert h.stats()["replayed"] == len(reached), h.stats()
+        h.shutdown(10)
+        eng = sa.create_engine(url)
+        with eng.connect() as c:
+            rows = c.execute(
+                sa.text(
+                    "select t.request_id, (select count(*) from spans s "
+                    "where s.trace_id = t.request_id) from trace_info t"
+                )
+            ).all()
+        eng.dispose()
+    finally:
+        drop_database(url)
+    assert sorted(r[0] for r in rows) == sorted(reached)
+    assert {r[1] for r in rows} == {3}
+    assert not list(spool_dir.glob("*/proc-*/*.json"))
