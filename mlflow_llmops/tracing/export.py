@@ -32,6 +32,8 @@ _logger = logging.getLogger("mlflow_llmops.tracing")
 #: MLflow's active experiment while the store is unreachable at start-up: traces created
 #: meanwhile carry it, and the writer swaps in the real id once it can resolve it.
 UNRESOLVED_EXPERIMENT = "llmops-unresolved"
+#: how often an idle worker looks for spool directories of processes that ended
+ADOPT_EVERY_S = 30.0
 
 
 @dataclass
@@ -344,6 +346,7 @@ class ExportWorker:
         self._backoff = retry_backoff_s
         self._next_try = 0.0
         self.outage = False
+        self._next_adopt = time.monotonic() + ADOPT_EVERY_S
 
     def position(self) -> tuple[int, int] | None:
         """Where the worker's code is while it writes (None otherwise): changes as long
@@ -494,7 +497,7 @@ class ExportWorker:
                     wait = max(0.0, min(0.2, self._next_try - time.monotonic()))
                     batch = self.queue.take(self.batch_size, wait)
                 if batch:  # the spool is not empty: keep the order
-                    self.spool_or_retry(batch)
+                    self._spool_or_write(batch)
                 elif self._stop.is_set():
                     return
                 continue
@@ -502,10 +505,14 @@ class ExportWorker:
             if not batch:
                 if self._stop.is_set():
                     return
+                if spool is not None and time.monotonic() >= self._next_adopt:
+                    self._next_adopt = time.monotonic() + ADOPT_EVERY_S
+                    spool.adopt()  # a sibling worker process that died meanwhile
                 continue
             self._write_batch(batch)
 
-    def spool_or_retry(self, batch: list[Any]) -> None:
+    def _spool_or_write(self, batch: list[Any]) -> None:
+        """Behind a non-empty spool: to the spool (order), else (full) to the store."""
         traces = [_to_trace(i) for i in batch]
         if not self.spool_traces(traces):
             self._write_batch(batch, traces)
