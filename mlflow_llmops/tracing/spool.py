@@ -87,7 +87,7 @@ class Spool:
         self._lock = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True)
         self.dir = self.root / f"proc-{os.getpid()}-{secrets.token_hex(4)}"
-        self.dir.mkdir()
+        self.dir.mkdir(parents=True)  # parents: a sibling may have just removed the root
         self._lock_fd = os.open(self.dir / "lock", os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._seq = 0
@@ -251,6 +251,8 @@ class Spool:
                 else:
                     os.close(fd)
                     self._adopted_locks.pop(d, None)
+            with contextlib.suppress(OSError):  # only when no process left anything
+                self.root.rmdir()
 
 
 def _fsync_dir(d: Path) -> None:
