@@ -7,9 +7,13 @@ store on the normal disk, through ``python -m mlflow_llmops.tracing.loadgen``:
 * SIGTERM with 200 traces queued: traces persisted, ours vs MLflow;
 * caller-side cost per trace (median, p99) during the burst, ours vs MLflow, plus our own
   added work per trace (span-end processor + exporter, timed in a separate run);
-* a sampled-out trace (ratio 0.0), ours vs MLflow's ``MLFLOW_TRACE_SAMPLING_RATIO=0``.
+* a sampled-out trace (ratio 0.0), ours vs MLflow's ``MLFLOW_TRACE_SAMPLING_RATIO=0``;
+* drain throughput, SQLite and PostgreSQL: the burst held in our queue then written alone
+  (traces/s), vs MLflow's default async path (traces it persisted / time from the first
+  trace to the end of its flush; its writing overlaps the burst, which favours it).
 
-Set ``BENCH_TRACING_BURST`` to change the burst size.
+Set ``BENCH_TRACING_BURST`` to change the burst size, ``BENCH_TRACING_ONLY=drain`` to run
+the drain part alone.
 """
 
 from __future__ import annotations
@@ -29,8 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BURST = int(os.environ.get("BENCH_TRACING_BURST", "2000"))
 
 
+SPOOL_DIR = Path(tempfile.gettempdir()) / "bench-tracing-spool"
+
+
 def _env() -> dict[str, str]:
-    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", "PYTHONPATH": str(ROOT),
+           "MLFLOW_LLMOPS__TRACING__SPOOL__DIRECTORY": str(SPOOL_DIR)}  # fmt: skip
     for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         env.pop(k, None)
     return env
@@ -48,9 +56,9 @@ def _events(out: str) -> dict[str, dict]:
     return {e["event"]: e for e in (json.loads(x) for x in out.splitlines() if x.startswith("{"))}
 
 
-def loadgen(db: Path, *args: str, timeout: float = 1800) -> dict[str, dict]:
-    cmd = [sys.executable, "-m", "mlflow_llmops.tracing.loadgen", "--tracking-uri",
-           f"sqlite:///{db}", *args]  # fmt: skip
+def loadgen(db: Path | str, *args: str, timeout: float = 1800) -> dict[str, dict]:
+    uri = db if isinstance(db, str) else f"sqlite:///{db}"
+    cmd = [sys.executable, "-m", "mlflow_llmops.tracing.loadgen", "--tracking-uri", uri, *args]
     p = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
     if p.returncode != 0:
         raise RuntimeError(f"loadgen failed: {p.stderr[-3000:]}")
@@ -68,6 +76,52 @@ def sigterm_run(db: Path, mode: str, n: int = 200) -> tuple[int, int, int]:
     return _count(db)[0], queued, p.returncode
 
 
+def _pg_count(url: str) -> int:
+    import sqlalchemy as sa
+
+    eng = sa.create_engine(url)
+    with eng.connect() as c:
+        n = c.execute(sa.text("select count(*) from trace_info")).scalar()
+    eng.dispose()
+    return int(n or 0)
+
+
+def drain(work: Path) -> None:
+    """Drain throughput on SQLite and PostgreSQL, ours vs MLflow's default async path."""
+    from mlflow_llmops.testing.postgres import create_database, drop_database, pg_available
+
+    stores: list[tuple[str, str, str, object]] = [
+        ("sqlite", f"sqlite:///{work / 'drain-ours.db'}", f"sqlite:///{work / 'drain-mlflow.db'}",
+         lambda u: _count(Path(u.removeprefix("sqlite:///")))[0]),
+    ]  # fmt: skip
+    dbs: list[str] = []
+    if pg_available():
+        a, b = create_database("bench_drain_ours"), create_database("bench_drain_mlflow")
+        dbs += [a, b]
+        stores.append(("postgresql", a, b, _pg_count))
+    else:
+        print("RESULT tracing_drain_postgresql skipped: no PostgreSQL on 127.0.0.1:5432")
+    try:
+        for kind, ours_uri, base_uri, count in stores:
+            ours = loadgen(ours_uri, "--traces", str(BURST), "--hold-export")
+            n_ours = count(ours_uri)  # type: ignore[operator]
+            base = loadgen(base_uri, "--traces", str(BURST), "--mode", "mlflow")
+            n_base = count(base_uri)  # type: ignore[operator]
+            r_ours = n_ours / ours["drained"]["drain_s"]
+            r_base = n_base / base["drained"]["since_start_s"]
+            print(
+                f"RESULT tracing_drain_{kind} {BURST} three-span traces: ours={r_ours:.0f} "
+                f"traces/s ({n_ours}/{BURST} in {ours['drained']['drain_s']:.2f}s, path="
+                f"{ours['drained']['path']}) mlflow_default={r_base:.0f} traces/s "
+                f"({n_base}/{BURST} in {base['drained']['since_start_s']:.1f}s) "
+                f"ratio={r_ours / r_base:.1f}x (goal >= 1000 traces/s and >= 10x)",
+                flush=True,
+            )
+    finally:
+        for url in dbs:
+            drop_database(url)
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-tracing-"))
     try:
@@ -78,6 +132,9 @@ def main() -> None:
 
 def run(work: Path) -> None:
     print(f"bench_tracing: burst={BURST} three-span traces, SQLite stores under {work}", flush=True)
+    if os.environ.get("BENCH_TRACING_ONLY") == "drain":
+        drain(work)
+        return
 
     # 1. burst: persisted and drain time; caller-side cost measured during the burst
     ours = loadgen(work / "ours.db", "--traces", str(BURST))
@@ -139,6 +196,9 @@ def run(work: Path) -> None:
         f"(exit codes {o_rc}, {b_rc}; {time.perf_counter() - t0:.0f}s)",
         flush=True,
     )
+
+    # 5. drain throughput, SQLite and PostgreSQL
+    drain(work)
 
 
 if __name__ == "__main__":

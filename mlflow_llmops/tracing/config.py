@@ -164,6 +164,27 @@ class MetadataConfig(_Section):
     deployment: str | None = None
 
 
+class SpoolConfig(_Section):
+    """The on-disk spool: where traces go when the store is down, the queue is full, or the
+    shutdown deadline passes; replayed in order once the store answers (see ``spool.py``)."""
+
+    enabled: bool = True
+    #: one sub-directory per (store, experiment), one ``proc-`` directory per process
+    directory: str = ".mlflow-llmops/spool"
+    #: per process; beyond it traces are counted in ``spool_dropped`` (and dropped/unsent)
+    max_bytes: int = 512 * 1024 * 1024
+    #: fsync each file and its directory (survives power loss); false: survives a process
+    #: crash or SIGKILL only
+    fsync: bool = True
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _size(cls, v: int) -> int:
+        if v < 1024:
+            raise ValueError("must be at least 1024 bytes (e.g. 536870912 for 512 MiB)")
+        return v
+
+
 class TracingConfig(_Section):
     """Settings for tracing; every field has a working default."""
 
@@ -193,6 +214,7 @@ class TracingConfig(_Section):
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)
     otlp: OtlpConfig = Field(default_factory=OtlpConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
 
     @field_validator("queue_capacity", "batch_size")
     @classmethod

@@ -32,19 +32,31 @@ _logger = logging.getLogger("mlflow_llmops.tracing")
 #: MLflow's active experiment while the store is unreachable at start-up: traces created
 #: meanwhile carry it, and the writer swaps in the real id once it can resolve it.
 UNRESOLVED_EXPERIMENT = "llmops-unresolved"
+#: how often an idle worker looks for spool directories of processes that ended
+ADOPT_EVERY_S = 30.0
 
 
 @dataclass
 class TracingStats:
-    """Counters since start-up; ``queued`` is the current queue length."""
+    """Counters since start-up; ``queued`` is the current queue length.
+
+    Every trace created is in exactly one of: ``exported``, ``sampled_out``, ``dropped``,
+    ``failed``, ``unsent_at_shutdown``, ``spooled`` (in the on-disk spool, not yet in the
+    store). ``replayed`` counts traces written from the spool (also those left by an ended
+    process, which this process did not create); ``spool_dropped`` counts traces refused
+    by a full spool (each also in ``dropped`` or ``unsent_at_shutdown``).
+    """
 
     created: int = 0
     kept: int = 0
     sampled_out: int = 0
     exported: int = 0
-    dropped: int = 0  # queue full: never reached the store
+    dropped: int = 0  # queue full (and spool full or off): never reached the store
     failed: int = 0  # rejected by the store as invalid (permanent error)
     unsent_at_shutdown: int = 0
+    spooled: int = 0  # own traces on disk now, waiting to be replayed
+    replayed: int = 0
+    spool_dropped: int = 0
     export_errors: int = 0  # failed write attempts (each retried)
     queued: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
@@ -59,6 +71,9 @@ class TracingStats:
             "dropped": self.dropped,
             "failed": self.failed,
             "unsent_at_shutdown": self.unsent_at_shutdown,
+            "spooled": self.spooled,
+            "replayed": self.replayed,
+            "spool_dropped": self.spool_dropped,
             "export_errors": self.export_errors,
             "queued": self.queued,
             "by_reason": dict(self.by_reason),
@@ -160,12 +175,44 @@ def _is_permanent(exc: Exception) -> bool:
     return False
 
 
+def _to_trace(item: Any) -> Any:
+    return item.to_mlflow_trace() if hasattr(item, "to_mlflow_trace") else item
+
+
+def _probe_database(uri: str) -> None:
+    """Fail fast when a database server is down: MLflow's SQL store retries the first
+    connection for about 100 s, which would hold the export worker (and the spool)."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in ("postgresql", "postgres", "mysql", "mssql"):
+        return
+    import sqlalchemy as sa
+
+    args = {"connect_timeout": 5} if scheme in ("postgresql", "postgres", "mysql") else {}
+    engine = sa.create_engine(uri, connect_args=args, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
 class StoreWriter:
-    """Writes batches of MLflow ``Trace`` objects through the tracking store API."""
+    """Writes batches of MLflow ``Trace`` objects so that each trace lands with all its
+    spans or not at all.
+
+    SQLite and PostgreSQL stores: our bulk path (``bulk.py``), one transaction per batch.
+    Other stores (an MLflow server over HTTP, SQL stores we do not mirror): one
+    ``log_spans`` for the whole batch first (over HTTP, one OTLP ``/v1/traces`` request that
+    the server writes in one transaction, creating each trace with its spans), then
+    ``start_trace`` per trace, which merges metadata and tags into the existing row. A kill
+    between the two leaves complete traces lacking our metadata, never orphan rows; both
+    calls are idempotent, so a retried or replayed batch is not duplicated.
+    """
 
     def __init__(self, tracking_uri: str, experiment_id: Callable[[], str | None]) -> None:
         self.tracking_uri = tracking_uri
         self._client: Any = None
+        self._bulk: Any = None
         self._experiment_id = experiment_id
         self.supports_log_spans = True
         #: bumped after each store call: lets a waiting signal handler tell slow from stuck
@@ -178,18 +225,25 @@ class StoreWriter:
         if self._client is None:
             from mlflow.tracing.client import TracingClient
 
-            self._client = TracingClient(self.tracking_uri)
+            _probe_database(self.tracking_uri)
+
+            from mlflow_llmops.tracing.bulk import SqlBulkWriter, bulk_supported
+
+            client = TracingClient(self.tracking_uri)
+            self._bulk = SqlBulkWriter(client.store) if bulk_supported(client.store) else False
+            self._client = client
         return self._client
 
-    def write(self, batch: Sequence[Any], started: dict[str, bool], on_permanent: Callable) -> int:
-        """Write ``batch``; ``started`` remembers traces already created or rejected, so a
-        retry after a store error resumes where it stopped."""
+    @property
+    def path(self) -> str:
+        """``bulk`` or ``mlflow`` (known after the first write)."""
+        return "bulk" if self._bulk else "mlflow"
+
+    def _resolve(self, traces: Sequence[Any]) -> None:
         from mlflow.entities.trace_location import TraceLocation
 
-        written = 0
-        by_exp: dict[str, list[Any]] = collections.defaultdict(list)
-        for item in batch:
-            trace = item.to_mlflow_trace() if hasattr(item, "to_mlflow_trace") else item
+        minute = keys.ingested_minute(int(time.time() * 1000))
+        for trace in traces:
             info = trace.info
             exp = info.experiment_id
             if exp is None or exp == UNRESOLVED_EXPERIMENT:
@@ -197,43 +251,65 @@ class StoreWriter:
                 if exp is None:
                     raise RuntimeError("experiment not resolved yet (tracking store unreachable)")
                 info.trace_location = TraceLocation.from_experiment_id(exp)
-            by_exp[exp].append(trace)
-        minute = keys.ingested_minute(int(time.time() * 1000))
-        for exp, traces in by_exp.items():
-            ok: list[Any] = []
-            for trace in traces:
-                tid = trace.info.trace_id
-                if tid not in started:
-                    trace.info.trace_metadata[keys.INGESTED_MINUTE] = minute
-                    try:
-                        self.client.start_trace(trace.info)
-                    except Exception as e:
-                        if not _is_permanent(e):
-                            raise
-                        on_permanent(trace, e)
-                        started[tid] = False
-                        continue
-                    started[tid] = True
-                    self.progress += 1
-                if started[tid]:
-                    ok.append(trace)
-            spans = [s for t in ok for s in t.data.spans]
+            info.trace_metadata.setdefault(keys.INGESTED_MINUTE, minute)
+
+    def write(
+        self,
+        traces: Sequence[Any],
+        on_permanent: Callable[[Any, Exception], None],
+        on_existing: Callable[[Any], None] | None = None,
+    ) -> int:
+        """Write ``traces`` (MLflow ``Trace`` objects); return how many are now stored
+        (written, or found already there). Raises on a store error: retry the same batch."""
+        client = self.client
+        self._resolve(traces)
+        if self._bulk:
+            existing: list[Any] = []
+
+            def _existing(trace: Any) -> None:
+                existing.append(trace)
+                if on_existing is not None:
+                    on_existing(trace)
+
+            written = self._bulk.write(traces, on_permanent, _existing)
+            self.progress += 1
+            return len(written) + len(existing)
+        by_exp: dict[str, list[Any]] = collections.defaultdict(list)
+        for trace in traces:
+            by_exp[trace.info.experiment_id].append(trace)
+        written = 0
+        for exp, group in by_exp.items():
+            spans = [s for t in group for s in t.data.spans]
             if spans and self.supports_log_spans:
                 try:
-                    self.client.log_spans(exp, spans)
+                    client.log_spans(exp, spans)
                 except NotImplementedError:
                     self.supports_log_spans = False
                 self.progress += 1
-            if not self.supports_log_spans:
-                for trace in ok:
-                    self.client._upload_trace_data(trace.info, trace.data)
+            for trace in group:
+                try:
+                    client.start_trace(trace.info)
+                except Exception as e:
+                    if not _is_permanent(e):
+                        raise
+                    on_permanent(trace, e)
+                    continue
+                self.progress += 1
+                if not self.supports_log_spans:
+                    client._upload_trace_data(trace.info, trace.data)
                     self.progress += 1
-            written += len(ok)
+                written += 1
         return written
 
 
 class ExportWorker:
-    """Background writer: batches, backoff on store errors, never touches the caller."""
+    """Background writer: batches, backoff on store errors, never touches the caller.
+
+    With a spool: a batch the store refuses goes to the spool, and while the spool holds
+    anything new batches follow it there (replay keeps the order); every backoff interval
+    the oldest spool file is retried, and once one is written the rest follow at full
+    speed. Without a spool a failing batch is retried in memory until shutdown.
+    """
 
     def __init__(
         self,
@@ -245,6 +321,7 @@ class ExportWorker:
         batch_size: int,
         retry_backoff_s: float,
         max_backoff_s: float,
+        spool: Any = None,
     ) -> None:
         self.queue = queue
         self.writer = writer
@@ -253,14 +330,23 @@ class ExportWorker:
         self.batch_size = batch_size
         self.retry_backoff_s = retry_backoff_s
         self.max_backoff_s = max_backoff_s
+        self.spool = spool
         self._stop = threading.Event()
         self._abandon = threading.Event()
         self._log = RateLimitedLog()
+        self._spool_log = RateLimitedLog()
         self._thread = threading.Thread(target=self._run, name="llmops-trace-export", daemon=True)
         self.last_error: str | None = None
         #: what the worker is doing, for a signal handler telling slow from stuck
         self.writing = False
         self.in_backoff = False
+        #: the batch being written now; shutdown may spool it if the write hangs
+        self._current: list[Any] | None = None
+        self._current_taken = False
+        self._backoff = retry_backoff_s
+        self._next_try = 0.0
+        self.outage = False
+        self._next_adopt = time.monotonic() + ADOPT_EVERY_S
 
     def position(self) -> tuple[int, int] | None:
         """Where the worker's code is while it writes (None otherwise): changes as long
@@ -291,47 +377,194 @@ class ExportWorker:
             self.stats.failed += 1
         self._log.warning("trace %s rejected by the tracking store: %s", trace.info.trace_id, exc)
 
+    def _permanent_adopted(self, trace: Any, exc: Exception) -> None:
+        """A spooled trace of an ended process refused by the store: logged, not counted
+        (this process did not create it)."""
+        self._log.warning(
+            "spooled trace %s (from an ended process) rejected by the tracking store: %s",
+            trace.info.trace_id, exc,
+        )  # fmt: skip
+
+    def _error(self, e: Exception, what: str) -> None:
+        with self._lock:
+            self.stats.export_errors += 1
+        self.last_error = f"{type(e).__name__}: {e}"
+        self._log.warning(
+            "tracking store write failed (%s; %d traces waiting in memory, %d in the spool; "
+            "retrying in %.1fs): %s",
+            what, self.queue.pending(), self.spool.pending() if self.spool else 0,
+            self._backoff, self.last_error[:300],
+        )  # fmt: skip
+        self._next_try = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self.max_backoff_s)
+        self.outage = True
+
+    def _ok(self) -> None:
+        self.last_error = None
+        self._backoff = self.retry_backoff_s
+        self._next_try = 0.0
+        self.outage = False
+
+    # -- spool -----------------------------------------------------------------
+    def spool_traces(self, traces: list[Any]) -> bool:
+        """Put ``traces`` (this process's) in the spool; False when it is off or full."""
+        if self.spool is None or not traces or self.spool.closed:
+            return False
+        try:
+            ok = self.spool.put(traces)
+        except OSError as e:
+            self._spool_log.warning("spool write failed: %s", e)
+            ok = False
+        with self._lock:
+            if ok:
+                self.stats.spooled += len(traces)
+            else:
+                self.stats.spool_dropped += len(traces)
+        if not ok:
+            self._spool_log.warning(
+                "trace spool full or unavailable (%d bytes max): %d traces not spooled",
+                self.spool.max_bytes, len(traces),
+            )  # fmt: skip
+        return ok
+
+    def spill_at_shutdown(self, leftover: list[Any]) -> int:
+        """At the deadline: spool what is left in memory (the queue's ``leftover`` and a
+        batch the worker may still be writing); return how many traces could not be."""
+        batch: list[Any] = []
+        with self._lock:
+            if self.is_alive() and self._current is not None and not self._current_taken:
+                batch = list(self._current)
+                self._current_taken = True  # the worker will not count it any more
+        traces = [_to_trace(i) for i in leftover] + batch
+        if not traces:
+            return 0
+        return 0 if self.spool_traces(traces) else len(traces)
+
+    def _replay_one(self) -> bool:
+        """Write the oldest spool file; False when the store failed (retry later)."""
+        f = self.spool.head()
+        if f is None:
+            return True
+        try:
+            traces = self.spool.read(f)
+        except (OSError, ValueError, KeyError) as e:
+            self.spool.quarantine(f, f"{type(e).__name__}: {e}")
+            with self._lock:
+                if f.own:
+                    self.stats.spooled -= f.traces
+                    self.stats.failed += f.traces
+            return True
+        on_permanent = self._permanent if f.own else self._permanent_adopted
+        try:
+            self.writing = True
+            try:
+                stored = self.writer.write(traces, on_permanent)
+            finally:
+                self.writing = False
+        except Exception as e:  # noqa: BLE001 - the store may fail in any way
+            self._error(e, "replaying the spool")
+            return False
+        self.spool.remove(f)
+        with self._lock:
+            self.stats.replayed += stored
+            if f.own:
+                self.stats.spooled -= f.traces
+                self.stats.exported += stored
+        self._ok()
+        return True
+
+    def wait_flushed(self, deadline: float) -> bool:
+        """Until the queue is written or spooled and the spool replayed (or the store is
+        down, so replay waits for a later attempt or the next process): True, else False
+        at ``deadline``."""
+        if not self.queue.wait_empty(deadline):
+            return False
+        while self.spool is not None and self.spool.head() is not None and not self.outage:
+            if time.monotonic() >= deadline or not self.is_alive():
+                return False
+            time.sleep(0.02)
+        return True
+
+    # -- main loop -------------------------------------------------------------
     def _run(self) -> None:
         while True:
+            spool = self.spool
+            if spool is not None and spool.head() is not None:
+                if not self._stop.is_set() and time.monotonic() >= self._next_try:
+                    self._replay_one()
+                    batch = self.queue.take(self.batch_size, 0.0)
+                else:
+                    wait = max(0.0, min(0.2, self._next_try - time.monotonic()))
+                    batch = self.queue.take(self.batch_size, wait)
+                if batch:  # the spool is not empty: keep the order
+                    self._spool_or_write(batch)
+                elif self._stop.is_set():
+                    return
+                continue
             batch = self.queue.take(self.batch_size, 0.2)
             if not batch:
                 if self._stop.is_set():
                     return
+                if spool is not None and time.monotonic() >= self._next_adopt:
+                    self._next_adopt = time.monotonic() + ADOPT_EVERY_S
+                    spool.adopt()  # a sibling worker process that died meanwhile
                 continue
-            started: dict[str, bool] = {}
-            backoff = self.retry_backoff_s
-            while True:
+            self._write_batch(batch)
+
+    def _spool_or_write(self, batch: list[Any]) -> None:
+        """Behind a non-empty spool: to the spool (order), else (full) to the store."""
+        traces = [_to_trace(i) for i in batch]
+        if not self.spool_traces(traces):
+            self._write_batch(batch, traces)
+            return
+        self.queue.done(len(batch))
+
+    def _write_batch(self, batch: list[Any], traces: list[Any] | None = None) -> None:
+        traces = traces if traces is not None else [_to_trace(i) for i in batch]
+        with self._lock:
+            self._current, self._current_taken = traces, False
+        spooled = False
+        while True:
+            try:
+                self.writing = True
                 try:
-                    self.writing = True
-                    try:
-                        written = self.writer.write(batch, started, self._permanent)
-                    finally:
-                        self.writing = False
-                    with self._lock:
+                    written = self.writer.write(traces, self._permanent)
+                finally:
+                    self.writing = False
+                with self._lock:
+                    if not self._current_taken:
                         self.stats.exported += written
-                    self.last_error = None
+                self._ok()
+                break
+            except Exception as e:  # noqa: BLE001 - the store may fail in any way
+                self._error(e, "writing a batch")
+                with self._lock:
+                    taken = self._current_taken
+                if taken:
                     break
-                except Exception as e:  # noqa: BLE001 - the store may fail in any way
+                if not spooled and self.spool is not None:
                     with self._lock:
-                        self.stats.export_errors += 1
-                    self.last_error = f"{type(e).__name__}: {e}"
-                    self._log.warning(
-                        "tracking store write failed (%d traces waiting, retrying in %.1fs): %s",
-                        self.queue.pending(),
-                        backoff,
-                        self.last_error[:300],
-                    )
-                    self.in_backoff = True
-                    try:
-                        abandon = self._abandon.wait(backoff)
-                    finally:
-                        self.in_backoff = False
-                    if abandon:
-                        with self._lock:
-                            self.stats.unsent_at_shutdown += len(batch)
+                        self._current_taken = True
+                    if self.spool_traces(traces):
                         break
-                    backoff = min(backoff * 2, self.max_backoff_s)
-            self.queue.done(len(batch))
+                    with self._lock:  # spool full: keep retrying in memory
+                        self._current_taken = False
+                        self.stats.spool_dropped -= len(traces)
+                    spooled = True
+                self.in_backoff = True
+                try:
+                    abandon = self._abandon.wait(max(0.0, self._next_try - time.monotonic()))
+                finally:
+                    self.in_backoff = False
+                if abandon:
+                    with self._lock:
+                        if not self._current_taken:
+                            self._current_taken = True
+                            self.stats.unsent_at_shutdown += len(traces)
+                    break
+        with self._lock:
+            self._current = None
+        self.queue.done(len(batch))
 
 
 class LlmopsSpanExporter(SpanExporter):
@@ -369,6 +602,8 @@ class LlmopsSpanExporter(SpanExporter):
         #: set (under ``lock``) once shutdown has stopped the worker: a trace ending later
         #: can no longer be written and is counted as unsent instead of sitting in the queue
         self.closed = False
+        #: takes traces the queue cannot (the spool's ``put``); True when it took them
+        self.overflow: Callable[[list[Any]], bool] | None = None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         for span in spans:
@@ -466,21 +701,27 @@ class LlmopsSpanExporter(SpanExporter):
             s.created += 1
             s.kept += 1
             s.by_reason[decision.reason] = s.by_reason.get(decision.reason, 0) + 1  # type: ignore[index]
-            if self.closed:
+            closed = self.closed
+            accepted = False if closed else self.queue.put(trace)
+        if accepted:
+            return
+        # queue full, or shutdown already stopped the worker: the spool, else counted
+        overflow = self.overflow
+        if overflow is not None and overflow([_to_trace(trace)]):
+            return
+        with self._lock:
+            if closed:
                 s.unsent_at_shutdown += 1
                 return
-            accepted = self.queue.put(trace)
-            if not accepted:
-                s.dropped += 1
-                dropped = s.dropped
-        if not accepted:
-            self._drop_log.warning(
-                "trace export queue full (capacity %d): dropped trace %s; %d dropped so far. "
-                "Raise tracing.queue_capacity or check the tracking store.",
-                self.queue.capacity,
-                info.trace_id,
-                dropped,
-            )
+            s.dropped += 1
+            dropped = s.dropped
+        self._drop_log.warning(
+            "trace export queue full (capacity %d): dropped trace %s; %d dropped so far. "
+            "Raise tracing.queue_capacity or check the tracking store.",
+            self.queue.capacity,
+            info.trace_id,
+            dropped,
+        )
 
     def pending_deferred(self) -> int:
         with self._deferred_lock:

@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="time our own added work (export paused during the burst: no GIL contention)",
     )
+    ap.add_argument(
+        "--hold-export",
+        action="store_true",
+        help="hold the export during the burst, then time the drain alone (bench)",
+    )
     ap.add_argument("--drain-timeout", type=float, default=300.0)
     args = ap.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         if args.measure_own:
             _instrument(handle, own_ns)
+        if args.measure_own or args.hold_export:
             paused = threading.Event()
             real_write = handle.writer.write
 
@@ -124,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         own_us_per_trace=own_ns[0] / 1000 / max(1, args.traces) if args.measure_own else None,
         stats=handle.stats() if handle else None,
     )
-    if args.mode == "ours" and args.measure_own:
+    if args.mode == "ours" and (args.measure_own or args.hold_export):
         paused.set()
     if args.wait_signal:
         while True:
@@ -137,7 +143,14 @@ def main(argv: list[str] | None = None) -> None:
     else:
         mlflow.flush_trace_async_logging()
         report = None
-    _emit(event="drained", drain_s=time.perf_counter() - t0, stats=report)
+    drain_s = time.perf_counter() - t0
+    _emit(
+        event="drained",
+        drain_s=drain_s,
+        since_start_s=time.perf_counter() - t_start,
+        stats=report,
+        path=handle.writer.path if handle is not None else "mlflow",
+    )
 
 
 def _instrument(handle: Any, own_ns: list[int]) -> None:

@@ -47,6 +47,7 @@ from mlflow_llmops.tracing.processors import SpanEndProcessor
 from mlflow_llmops.tracing.prometheus import PrometheusEndpoint
 from mlflow_llmops.tracing.redaction import Redactor
 from mlflow_llmops.tracing.sampling import Sampler
+from mlflow_llmops.tracing.spool import open_spool
 
 _logger = logging.getLogger("mlflow_llmops.tracing")
 _ACTIVE: TracingHandle | None = None
@@ -178,6 +179,7 @@ class TracingHandle:
             coster=self.coster,
         )
         self.writer = StoreWriter(tracking_uri, self._resolve_experiment)
+        self.spool = open_spool(config.spool, tracking_uri, experiment_name)
         self.worker = ExportWorker(
             self.queue,
             self.writer,
@@ -186,7 +188,10 @@ class TracingHandle:
             batch_size=min(config.batch_size, config.queue_capacity),
             retry_backoff_s=config.retry_backoff_s,
             max_backoff_s=config.max_backoff_s,
+            spool=self.spool,
         )
+        if self.spool is not None:
+            self.exporter.overflow = self.worker.spool_traces
         self.span_processor = SpanEndProcessor(Redactor(config.redaction), self.metrics)
 
         tp = TracerProvider(resource=Resource.create({"service.name": service_name}))
@@ -250,6 +255,7 @@ class TracingHandle:
         with self._lock:
             out = self._stats.as_dict()
         out["queued"] = self.queue.pending()
+        out["spool_pending"] = self.spool.pending() if self.spool is not None else 0
         out["last_export_error"] = self.worker.last_error
         out["experiment_resolved"] = self.experiment_id is not None
         if self.otlp is not None:
@@ -264,7 +270,7 @@ class TracingHandle:
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until every queued trace is written (True) or the timeout passes (False)."""
         self.exporter.shutdown()  # finish traces whose root waited for background spans
-        return self.queue.wait_empty(time.monotonic() + timeout_s)
+        return self.worker.wait_flushed(time.monotonic() + timeout_s)
 
     def shutdown(self, timeout_s: float | None = None) -> dict[str, Any]:
         """Flush within ``timeout_s`` (default ``shutdown_timeout_s``), stop, and report what
@@ -297,10 +303,14 @@ class TracingHandle:
         with self._lock:
             self.exporter.closed = True
         leftover = self.queue.drain()
-        # a batch the worker is still writing at the deadline may not land: count it too
-        in_flight = self.queue.pending() if self.worker.is_alive() else 0
+        if self.spool is not None:  # what is still in memory goes to disk
+            unsent = self.worker.spill_at_shutdown(leftover)
+            self.spool.close()
+        else:
+            # a batch the worker is still writing at the deadline may not land: count it too
+            unsent = len(leftover) + (self.queue.pending() if self.worker.is_alive() else 0)
         with self._lock:
-            self._stats.unsent_at_shutdown += len(leftover) + in_flight
+            self._stats.unsent_at_shutdown += unsent
         self._close_telemetry(deadline)
         report = self.stats()
         report["flushed"] = flushed
