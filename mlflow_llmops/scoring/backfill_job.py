@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from mlflow_llmops.clock import Clock, SystemClock, to_ms
 from mlflow_llmops.errors import LlmopsError
 from mlflow_llmops.scoring.ledger import Ledger, holder_is_dead, new_holder_id, relaxed_commit
-from mlflow_llmops.scoring.mlflow_io import load_traces
+from mlflow_llmops.scoring.mlflow_io import is_sql_store, load_traces, search_trace_rows
 from mlflow_llmops.scoring.pipeline import ScoringPipeline
 from mlflow_llmops.scoring.ratelimit import RateLimiter
 from mlflow_llmops.scoring.registry import (
@@ -125,6 +125,13 @@ def job_id_for(
 def _enumerate(
     client: Any, exp_ids: list[str], flt: str | None, scorer: str, rate: float
 ) -> list[tuple[str, int, str, str]]:
+    if is_sql_store(client) and _FAST_PLAN["ok"]:
+        try:
+            return [r for r in search_trace_rows(client.store, exp_ids, flt)
+                    if sampled(r[0], scorer, rate)]  # fmt: skip
+        except (AttributeError, ImportError, TypeError):
+            _FAST_PLAN["ok"] = False  # MLflow moved: its public search
+            log.debug("fast backfill planning unavailable", exc_info=True)
     out, token = [], None
     while True:
         page = client.search_traces(
@@ -139,6 +146,9 @@ def _enumerate(
         token = page.token
         if not token:
             return out
+
+
+_FAST_PLAN = {"ok": True}
 
 
 class BackfillJob:

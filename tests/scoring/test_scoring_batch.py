@@ -17,7 +17,7 @@ from mlflow.entities import AssessmentSource, Feedback
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR, TEMPORARILY_UNAVAILABLE
 from mlflow.tracing.client import TracingClient
-from scoring_helpers import EPOCH, MlflowDb, config_for, make_traces
+from scoring_helpers import EPOCH, EPOCH_MS, MlflowDb, config_for, make_traces
 
 from mlflow_llmops.clock import FakeClock, SystemClock
 from mlflow_llmops.scoring import ScorerRegistry, ScorerSpec, backfill, mlflow_io, run_due_scorers
@@ -96,7 +96,8 @@ def tracking_db(request, tmp_path, template_db) -> MlflowDb:
 
     url = request.getfixturevalue("mlflow_server_pg").database_url
     exp_id = MlflowClient(url).create_experiment(f"readers-{uuid.uuid4().hex[:8]}")
-    return MlflowDb(url, exp_id, tmp_path)
+    # a shared database: trace ids of its own (the loader derives them from the seed)
+    return MlflowDb(url, exp_id, tmp_path, seed=uuid.uuid4().int % 2**31)
 
 
 def _exp_ids(db: MlflowDb) -> list[str]:
@@ -574,3 +575,31 @@ def test_items_read_ahead_and_never_scored_are_given_back(mlflow_db, store, stat
         leased = {r[0] for r in c.execute(sa.select(t.c.trace_id).where(t.c.state == "leased"))}
     assert pipe.put_ids == ids[:10] and leased == set(ids[:10])
     assert states == {"leased": 10, "pending": 20}
+
+
+def test_backfill_planning_reads_what_search_traces_returns(tracking_db):
+    """The guard of ``search_trace_rows``: for window, status, tag and metadata filters, the
+    same traces in the same order as MLflow's public ``search_traces`` (paged as before)."""
+    from mlflow_llmops.scoring.backfill_job import _FAST_PLAN, _enumerate
+    from mlflow_llmops.scoring.runner import sampled
+
+    mlflow_db = tracking_db
+    mlflow_db.load(make_traces(12))
+    client = TracingClient(mlflow_db.uri)
+    for t in _ids(mlflow_db)[::3]:
+        client.set_trace_tag(t, "team", "a")
+    window = f"trace.timestamp_ms >= {EPOCH_MS + 2000} AND trace.timestamp_ms < {EPOCH_MS + 9000}"
+    filters = {None: 12, window: 7, "trace.status = 'OK'": None, "tags.team = 'a'": 4,
+               "metadata.`mlflow.user` = 'nobody'": 0}  # fmt: skip
+    for flt, n in filters.items():
+        fast = _enumerate(client, [mlflow_db.experiment_id], flt, "s", 1.0)
+        assert _FAST_PLAN["ok"], "the one-query planning failed on this MLflow"
+        _FAST_PLAN["ok"] = False
+        try:
+            paged = _enumerate(client, [mlflow_db.experiment_id], flt, "s", 1.0)
+        finally:
+            _FAST_PLAN["ok"] = True
+        assert fast == paged, flt
+        assert n is None or len(fast) == n, flt
+        half = _enumerate(client, [mlflow_db.experiment_id], flt, "s", 0.5)
+        assert half == [r for r in fast if sampled(r[0], "s", 0.5)]
