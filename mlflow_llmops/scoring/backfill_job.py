@@ -122,6 +122,10 @@ def job_id_for(
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
 
+#: Whether planning reads MLflow's SQL store in one query (off once MLflow's internals moved).
+_FAST_PLAN = {"ok": True}
+
+
 def _enumerate(
     client: Any, exp_ids: list[str], flt: str | None, scorer: str, rate: float
 ) -> list[tuple[str, int, str, str]]:
@@ -146,9 +150,6 @@ def _enumerate(
         token = page.token
         if not token:
             return out
-
-
-_FAST_PLAN = {"ok": True}
 
 
 class BackfillJob:

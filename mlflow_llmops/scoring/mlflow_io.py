@@ -6,12 +6,14 @@ transaction per assessment, and on a SQLite store each commit waits on the disk
 second. ``AssessmentWriter`` writes a whole batch in one transaction of MLflow's
 own SQL store, building the rows exactly as ``SqlAlchemyStore.create_assessment``
 does (``SqlAssessments.from_mlflow_entity`` plus the trace's experiment and
-timestamp). That path reaches into MLflow's store module, so it is used only when
+timestamp) and inserting them with one Core statement (column arrays through
+``unnest`` on PostgreSQL, one prepared executemany on SQLite). That path reaches into MLflow's store module, so it is used only when
 the store is exactly ``SqlAlchemyStore`` with trace rollups off; any other store
 (an MLflow server, Databricks) and any surprise (a failed batch, then a per-item
 retry that works) falls back to the public ``log_assessment``, one per item.
 ``tests/scoring/test_scoring_batch.py`` checks that both paths write the same
-rows on the pinned MLflow.
+rows on the pinned MLflow, and that MLflow's readers return them as they return
+``mlflow.log_feedback``'s, on SQLite and PostgreSQL.
 
 ``load_traces`` reads full traces with one store call per batch:
 ``TracingClient.batch_get_traces`` first reads the trace infos one lazy query at
