@@ -19,10 +19,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import math
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +33,7 @@ import sqlalchemy as sa
 from mlflow_llmops.clock import Clock, SystemClock, to_ms
 from mlflow_llmops.errors import LlmopsError
 from mlflow_llmops.scoring.ledger import Ledger, holder_is_dead, new_holder_id, relaxed_commit
-from mlflow_llmops.scoring.mlflow_io import load_traces
+from mlflow_llmops.scoring.mlflow_io import is_sql_store, load_traces, search_trace_rows
 from mlflow_llmops.scoring.pipeline import ScoringPipeline
 from mlflow_llmops.scoring.ratelimit import RateLimiter
 from mlflow_llmops.scoring.registry import (
@@ -49,6 +51,8 @@ from mlflow_llmops.scoring.runner import (
     sampled,
 )
 from mlflow_llmops.store.state import StateStore
+
+log = logging.getLogger(__name__)
 
 
 class BackfillError(LlmopsError):
@@ -118,9 +122,20 @@ def job_id_for(
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
 
+#: Whether planning reads MLflow's SQL store in one query (off once MLflow's internals moved).
+_FAST_PLAN = {"ok": True}
+
+
 def _enumerate(
     client: Any, exp_ids: list[str], flt: str | None, scorer: str, rate: float
 ) -> list[tuple[str, int, str, str]]:
+    if is_sql_store(client) and _FAST_PLAN["ok"]:
+        try:
+            return [r for r in search_trace_rows(client.store, exp_ids, flt)
+                    if sampled(r[0], scorer, rate)]  # fmt: skip
+        except (AttributeError, ImportError, TypeError):
+            _FAST_PLAN["ok"] = False  # MLflow moved: its public search
+            log.debug("fast backfill planning unavailable", exc_info=True)
     out, token = [], None
     while True:
         page = client.search_traces(
@@ -235,9 +250,10 @@ class BackfillJob:
                 ids = [tid for tid, s in results if s == state]
                 conn.execute(
                     backfill_items_table.update()
-                    .where(t.job_id == self.job_id, t.holder == self.holder, t.trace_id.in_(ids))
+                    .where(t.job_id == self.job_id, t.holder == self.holder,
+                           _one_of(t.trace_id, ids, self.store.dialect))
                     .values(state=state, lease_expires_ms=None)
-                )
+                )  # fmt: skip
             if spent is not None:
                 j = backfill_jobs_table.c
                 conn.execute(
@@ -245,6 +261,20 @@ class BackfillJob:
                     .where(j.job_id == self.job_id)
                     .values(spent_usd=spent)
                 )
+
+    def release(self, ids: Sequence[str]) -> None:
+        """Give back items this worker leased but never put to scoring (read ahead when the
+        run stopped): pending again, for any worker, without waiting for the lease to expire."""
+        if not ids:
+            return
+        t = backfill_items_table.c
+        with self.store.engine.begin() as conn:
+            conn.execute(
+                backfill_items_table.update()
+                .where(t.job_id == self.job_id, t.holder == self.holder, t.state == "leased",
+                       t.trace_id.in_(list(ids)))
+                .values(state="pending", holder=None, lease_expires_ms=None)
+            )  # fmt: skip
 
     def set_status(self, status: str, now_ms: int) -> None:
         """Record this worker's view; a finished job is never set back to running."""
@@ -402,7 +432,10 @@ def backfill(
                          run)  # fmt: skip
     try:
         with ScoringPipeline(worker, concurrency=conc, on_commit=loop.on_commit) as pipe:
-            loop.run(pipe)
+            try:
+                loop.run(pipe)
+            finally:
+                loop.close()
     finally:
         bar.close()
     counts = job.counts()
@@ -487,6 +520,11 @@ class _BackfillLoop:
     (doubling), until the scorer's ``max_attempts`` turns it into an error Feedback; a trace
     another live worker holds is asked for again when that claim goes stale. Neither is
     marked finished in the job before then, so no item ends ``done`` unscored.
+
+    Without a budget, the next lease and its trace read run on a thread of their own
+    (``llmops-backfill-read``) while the batch just read is claimed and scored: reading is
+    most of the feeding thread's work, and it waits on the database, not on the GIL. With a
+    budget every lease is sized by the spend so far, so it is taken only when needed.
     """
 
     def __init__(self, job: BackfillJob, worker: TraceScorer, client: Any, clock: Clock,
@@ -501,6 +539,21 @@ class _BackfillLoop:
         self.tries: dict[str, int] = {}  # trace id -> failed or held attempts this run
         self.exhausted = self.budget_hit = False
         self.spent_mine, self.costed = 0.0, 0
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="llmops-backfill-read")
+        self._ahead: Future[tuple[list[str], list[Any]]] | None = None
+
+    def close(self) -> None:
+        """Stop reading ahead; items leased ahead and never put are given back."""
+        ahead, self._ahead = self._ahead, None
+        self._reader.shutdown(wait=True)
+        if ahead is None:
+            return
+        try:
+            ids, _ = ahead.result()
+            self.job.release(ids)
+        except Exception:  # noqa: BLE001 - the store may be what failed: leases expire
+            log.warning("could not give back the items read ahead; they are leased again "
+                        "after scoring.lease_ttl_s", exc_info=True)  # fmt: skip
 
     def on_commit(self, outcomes: list[TraceOutcome]) -> None:
         """On the writer thread, per batch: finish the items that are finished."""
@@ -546,17 +599,27 @@ class _BackfillLoop:
                 self._finish_missing(list(take), traces)
                 pipe.put(traces)
         while not self.exhausted and not self.budget_hit and (n := pipe.room()) > 0:
-            n = self._within_budget(n, pipe.pending)
-            if n == 0:
-                self.budget_hit = True
-                return
-            ids = self.job.lease(n, to_ms(self.clock.now()))
+            if self._ahead is not None:
+                ahead, self._ahead = self._ahead, None
+                ids, traces = ahead.result()
+            else:
+                n = self._within_budget(n, pipe.pending)
+                if n == 0:
+                    self.budget_hit = True
+                    return
+                ids, traces = self._read(n)
             if not ids:
                 self.exhausted = True
                 return
-            traces = load_traces(self.client, ids)
             self._finish_missing(ids, traces)
+            if self.max_cost_usd is None:
+                self._ahead = self._reader.submit(self._read, n)
             pipe.put(traces)
+
+    def _read(self, n: int) -> tuple[list[str], list[Any]]:
+        """Lease up to ``n`` items and read their traces."""
+        ids = self.job.lease(n, to_ms(self.clock.now()))
+        return ids, load_traces(self.client, ids) if ids else []
 
     def _finish_missing(self, ids: list[str], traces: Sequence[Any]) -> None:
         found = {t.info.trace_id for t in traces}
@@ -597,6 +660,16 @@ class _BackfillLoop:
 
     def _again(self, trace_id: str, delay_s: float) -> None:
         self.retries.append((time.monotonic() + delay_s, trace_id))
+
+
+def _one_of(column: Any, values: Sequence[str], dialect: str) -> Any:
+    """``column IN values``; on PostgreSQL ``= ANY(array)``: one parameter and one cached
+    statement text, where ``IN`` spells out a parameter per value (a new text per batch)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return column == sa.any_(sa.cast(sa.bindparam("values", list(values)), ARRAY(sa.String)))
+    return column.in_(list(values))
 
 
 def _window_filter(flt: str | None, since_ms: int | None, until_ms: int | None) -> str | None:

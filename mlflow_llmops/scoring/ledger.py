@@ -89,9 +89,6 @@ class Claim:
 
 _SKIP = Claim("skip")
 
-#: Rows per multi-row INSERT (10 columns: well under SQLite's 32,766 parameters).
-_CHUNK = 500
-
 
 @dataclass(frozen=True)
 class Confirmation:
@@ -129,6 +126,39 @@ def _dialect_insert(dialect: str) -> Any:
     else:
         from sqlalchemy.dialects.sqlite import insert
     return insert
+
+
+#: ``_confirm_many_pg``: array parameter name -> SQL type of its elements (in VALUES order).
+_CONFIRM_ARRAYS = {
+    "trace_id": "TEXT", "scorer": "TEXT", "version": "INTEGER", "state": "TEXT",
+    "value_num": "DOUBLE PRECISION", "passed": "BOOLEAN", "error": "TEXT", "now_ms": "BIGINT",
+    "add_cost": "DOUBLE PRECISION", "assessment_id": "TEXT", "adopted": "BOOLEAN",
+    "keep_assessment": "BOOLEAN",
+}  # fmt: skip
+_CONFIRM_PG = sa.text(
+    f"UPDATE {ledger_table.name} AS l SET state = v.state, value_num = v.value_num, "
+    "passed = v.passed, scored_ms = v.now_ms, "
+    "assessment_id = CASE WHEN v.keep_assessment THEN l.assessment_id "
+    "ELSE v.assessment_id END, "
+    "error = CASE WHEN v.adopted THEN l.error ELSE v.error END, "
+    "attempts = CASE WHEN v.adopted THEN l.attempts ELSE COALESCE(l.attempts, 0) + 1 END, "
+    "cost_usd = CASE WHEN v.add_cost IS NULL THEN l.cost_usd "
+    "ELSE COALESCE(l.cost_usd, 0) + v.add_cost END "
+    "FROM unnest("
+    + ", ".join(f"CAST(:{k} AS {t}[])" for k, t in _CONFIRM_ARRAYS.items())
+    + f") AS v({', '.join(_CONFIRM_ARRAYS)}) "
+    "WHERE l.trace_id = v.trace_id AND l.scorer = v.scorer "
+    "AND l.version = v.version AND l.holder = :holder"
+)
+#: ``claim_many`` on PostgreSQL: the new keys of one scorer version from three arrays.
+_CLAIM_PG = sa.text(
+    f"INSERT INTO {ledger_table.name} (trace_id, trace_timestamp_ms, experiment_id, scorer, "
+    "version, state, holder, claimed_ms, job_id, attempts) "
+    "SELECT u.trace_id, u.ts, u.experiment_id, :scorer, :version, 'claimed', :holder, :now_ms, "
+    ":job_id, 0 FROM unnest(CAST(:trace_ids AS TEXT[]), CAST(:timestamps AS BIGINT[]), "
+    "CAST(:experiment_ids AS TEXT[])) AS u(trace_id, ts, experiment_id) "
+    "ON CONFLICT (trace_id, scorer, version) DO NOTHING RETURNING trace_id"
+)
 
 
 class Ledger:
@@ -235,17 +265,27 @@ class Ledger:
             # one order for every writer, so two processes inserting overlapping keys on
             # PostgreSQL wait for each other instead of deadlocking
             group = sorted(group, key=lambda i: i[0].trace_id)
-            # one cached statement run with many parameter sets: SQLAlchemy sends them as
-            # multi-row INSERTs ("insertmanyvalues") and gathers the RETURNING rows, without
-            # compiling a new statement for every batch
-            stmt = (
-                insert(ledger_table)
-                .on_conflict_do_nothing(index_elements=["trace_id", "scorer", "version"])
-                .returning(t.trace_id)
-            )
-            rows = [self._new_row(k, now_ms, ts, e, job_id) for k, ts, e in group]
             with self.store.engine.begin() as conn:
-                taken = {r[0] for r in conn.execute(stmt, rows)}
+                if self.store.dialect == "postgresql":
+                    # one statement whatever the batch size: the keys as arrays
+                    taken = set(conn.execute(_CLAIM_PG, {
+                        "scorer": scorer, "version": version, "holder": self.holder,
+                        "now_ms": now_ms, "job_id": job_id,
+                        "trace_ids": [k.trace_id for k, _, _ in group],
+                        "timestamps": [ts for _, ts, _ in group],
+                        "experiment_ids": [e for _, _, e in group],
+                    }).scalars())  # fmt: skip
+                else:
+                    # one cached statement run with many parameter sets: SQLAlchemy sends
+                    # them as multi-row INSERTs ("insertmanyvalues") and gathers the
+                    # RETURNING rows, without compiling a new statement for every batch
+                    stmt = (
+                        insert(ledger_table)
+                        .on_conflict_do_nothing(index_elements=["trace_id", "scorer", "version"])
+                        .returning(t.trace_id)
+                    )
+                    rows = [self._new_row(k, now_ms, ts, e, job_id) for k, ts, e in group]
+                    taken = {r[0] for r in conn.execute(stmt, rows)}
             rest = [k for k, _, _ in group if k.trace_id not in taken]
             finished = self.finished(scorer, version, (k.trace_id for k in rest),
                                      states=("done", "failed"))  # fmt: skip
@@ -401,53 +441,23 @@ class Ledger:
                 )
 
     def _confirm_many_pg(self, items: Sequence[Confirmation]) -> None:
-        """``confirm_many`` on PostgreSQL: one ``UPDATE ... FROM (VALUES ...)`` per chunk, the
-        shapes of ``confirm_many`` spelled as CASEs (an executemany is one statement per
-        row, a round trip each: most of a code-scorer backfill's time)."""
-        table = ledger_table.name
-        statements = []
-        for i in range(0, len(items), _CHUNK):
-            chunk = items[i : i + _CHUNK]
-            params: dict[str, Any] = {"holder": self.holder}
-            rows = []
-            for j, c in enumerate(chunk):
-                add_cost = c.cost_usd if c.cost_usd is not None and not (
-                    c.adopted or c.cost_paid) else None  # fmt: skip
-                params.update({
-                    f"t{j}": c.key.trace_id, f"s{j}": c.key.scorer, f"v{j}": c.key.version,
-                    f"st{j}": c.state, f"n{j}": c.value_num, f"p{j}": c.passed,
-                    f"e{j}": c.error[:4000] if c.error else None, f"m{j}": c.now_ms,
-                    f"c{j}": add_cost, f"a{j}": c.assessment_id, f"ad{j}": c.adopted,
-                    f"ke{j}": not c.adopted and c.state == "error",
-                })  # fmt: skip
-                rows.append(
-                    f"(CAST(:t{j} AS TEXT), CAST(:s{j} AS TEXT), CAST(:v{j} AS INTEGER), "
-                    f"CAST(:st{j} AS TEXT), CAST(:n{j} AS DOUBLE PRECISION), "
-                    f"CAST(:p{j} AS BOOLEAN), CAST(:e{j} AS TEXT), CAST(:m{j} AS BIGINT), "
-                    f"CAST(:c{j} AS DOUBLE PRECISION), CAST(:a{j} AS TEXT), "
-                    f"CAST(:ad{j} AS BOOLEAN), CAST(:ke{j} AS BOOLEAN))"
-                )
-            sql = (
-                f"UPDATE {table} AS l SET state = v.state, value_num = v.value_num, "
-                "passed = v.passed, scored_ms = v.now_ms, "
-                "assessment_id = CASE WHEN v.keep_assessment THEN l.assessment_id "
-                "ELSE v.assessment_id END, "
-                "error = CASE WHEN v.adopted THEN l.error ELSE v.error END, "
-                "attempts = CASE WHEN v.adopted THEN l.attempts "
-                "ELSE COALESCE(l.attempts, 0) + 1 END, "
-                "cost_usd = CASE WHEN v.add_cost IS NULL THEN l.cost_usd "
-                "ELSE COALESCE(l.cost_usd, 0) + v.add_cost END "
-                f"FROM (VALUES {', '.join(rows)}) AS v(trace_id, scorer, version, state, "
-                "value_num, passed, error, now_ms, add_cost, assessment_id, adopted, "
-                "keep_assessment) "
-                "WHERE l.trace_id = v.trace_id AND l.scorer = v.scorer "
-                "AND l.version = v.version AND l.holder = :holder"
-            )
-            statements.append((sa.text(sql), params))
+        """``confirm_many`` on PostgreSQL: one ``UPDATE ... FROM unnest(arrays)`` for the whole
+        batch, the shapes of ``confirm_many`` spelled as CASEs. An executemany is a statement
+        per row; a ``VALUES`` list is a new statement text (and thousands of parameters) per
+        batch; twelve arrays keep one cached statement whatever the batch size."""
+        cols: dict[str, list[Any]] = {k: [] for k in _CONFIRM_ARRAYS}
+        for c in items:
+            add_cost = c.cost_usd if c.cost_usd is not None and not (
+                c.adopted or c.cost_paid) else None  # fmt: skip
+            for k, v in zip(_CONFIRM_ARRAYS, (
+                c.key.trace_id, c.key.scorer, c.key.version, c.state, c.value_num, c.passed,
+                c.error[:4000] if c.error else None, c.now_ms, add_cost, c.assessment_id,
+                c.adopted, not c.adopted and c.state == "error",
+            ), strict=True):  # fmt: skip
+                cols[k].append(v)
         with self.store.engine.begin() as conn:  # one transaction, as on the other stores
             relaxed_commit(conn)
-            for stmt, params in statements:
-                conn.execute(stmt, params)
+            conn.execute(_CONFIRM_PG, {**cols, "holder": self.holder})
 
     def release(self, claims: Sequence[tuple[LedgerKey, Claim]]) -> None:
         """Give back keys claimed but never scored (a run stopped before their turn): a new

@@ -6,12 +6,14 @@ transaction per assessment, and on a SQLite store each commit waits on the disk
 second. ``AssessmentWriter`` writes a whole batch in one transaction of MLflow's
 own SQL store, building the rows exactly as ``SqlAlchemyStore.create_assessment``
 does (``SqlAssessments.from_mlflow_entity`` plus the trace's experiment and
-timestamp). That path reaches into MLflow's store module, so it is used only when
+timestamp) and inserting them with one Core statement (column arrays through
+``unnest`` on PostgreSQL, one prepared executemany on SQLite). That path reaches into MLflow's store module, so it is used only when
 the store is exactly ``SqlAlchemyStore`` with trace rollups off; any other store
 (an MLflow server, Databricks) and any surprise (a failed batch, then a per-item
 retry that works) falls back to the public ``log_assessment``, one per item.
 ``tests/scoring/test_scoring_batch.py`` checks that both paths write the same
-rows on the pinned MLflow.
+rows on the pinned MLflow, and that MLflow's readers return them as they return
+``mlflow.log_feedback``'s, on SQLite and PostgreSQL.
 
 ``load_traces`` reads full traces with one store call per batch:
 ``TracingClient.batch_get_traces`` first reads the trace infos one lazy query at
@@ -60,8 +62,29 @@ def _sql_store_parts(store: Any) -> dict[str, Any] | None:
     if not all(hasattr(SqlAssessments, a) for a in ("from_mlflow_entity", "to_mlflow_entity",
                                                     "experiment_id", "trace_timestamp_ms")):  # fmt: skip
         return None
+    # (attribute, column name) of every mapped column: the Core values of an ORM row
+    columns = [(p.key, p.columns[0].name) for p in sa.inspect(SqlAssessments).column_attrs]
     return {"assessments": SqlAssessments, "trace_info": SqlTraceInfo,
+            "table": SqlAssessments.__table__, "columns": columns,
+            "insert_pg": _unnest_insert(SqlAssessments.__table__, [c for _, c in columns]),
             "rollups_enabled": rollups_enabled, "db_type": getattr(store, "db_type", None)}  # fmt: skip
+
+
+def _unnest_insert(table: sa.Table, columns: Sequence[str]) -> Any:
+    """PostgreSQL: ``INSERT INTO table (columns) SELECT * FROM unnest(:c0, :c1, ...)``, one
+    array parameter per column: one statement (and one cached text) for any number of rows,
+    where a multi-row ``VALUES`` is a new text of thousands of parameters per batch. Strings
+    are cast to unbounded arrays so an over-long value fails as a plain INSERT would,
+    instead of being cut by the cast."""
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    def array_of(t: Any) -> Any:
+        return ARRAY(sa.String() if isinstance(t, sa.String) else t)
+
+    cols = [table.c[c] for c in columns]
+    rows = sa.func.unnest(*(sa.cast(sa.bindparam(f"c{i}"), array_of(c.type))
+                            for i, c in enumerate(cols))).table_valued(*columns).render_derived()  # fmt: skip
+    return sa.insert(table).from_select(list(columns), sa.select(*rows.c))
 
 
 def is_sql_store(client: Any) -> bool:
@@ -96,6 +119,41 @@ def _read_sql_traces(store: Any, trace_ids: Sequence[str]) -> list[Trace]:
         if data is not None:  # None: not fully exported yet, as batch_get_traces skips it
             out.append(Trace(info=info, data=TraceData(spans=data)))
     return out
+
+
+def search_trace_rows(store: Any, experiment_ids: Sequence[str], filter_string: str | None
+                      ) -> list[tuple[str, int, str, str]]:  # fmt: skip
+    """``(trace id, timestamp, request preview, response preview)`` of every trace that
+    ``search_traces(filter_string, order_by=["timestamp_ms ASC"])`` of MLflow's SQL store
+    returns, in that order: the same query (MLflow's own filter and order clauses), in one
+    read of four columns. ``search_traces`` pages by OFFSET (each page rescans the ones before)
+    and builds a full ``TraceInfo`` (tags, metadata, assessments) per trace: most of a
+    backfill's planning. Raises ``AttributeError``/``ImportError``/``TypeError`` when MLflow's
+    internals changed."""
+    from mlflow.store.tracking import sqlalchemy_store as sql_store
+    from mlflow.store.tracking.dbmodels.models import SqlTraceInfo
+
+    t = SqlTraceInfo
+    with store.ManagedSessionMaker() as session:
+        locations = [int(e) for e in store._filter_experiment_ids(session, list(experiment_ids))]
+        in_locations = t.experiment_id.in_(locations)
+        cases, order, joins = sql_store._get_orderby_clauses_for_search_traces(
+            ["timestamp_ms ASC"], session
+        )
+        stmt = store._trace_query(session).with_entities(
+            t.request_id, t.timestamp_ms, t.request_preview, t.response_preview
+        )
+        if cases:
+            stmt = stmt.add_columns(*cases)
+        filters = sql_store._get_filter_clauses_for_search_traces(
+            filter_string, session, store._get_dialect(),
+            store._trace_query(session).filter(in_locations),
+        )  # fmt: skip
+        stmt = store._apply_trace_filter_clauses(stmt, *filters)
+        for j in joins:
+            stmt = stmt.outerjoin(j)
+        rows = stmt.filter(in_locations).order_by(*order).all()
+    return [(r[0], r[1], r[2] or "", r[3] or "") for r in rows]
 
 
 _FAST_READ = {"ok": True}
@@ -218,22 +276,35 @@ class AssessmentWriter:
                 # as create_assessment: hold the trace rows against concurrent span writes
                 q = q.with_for_update()
             found = {r[0]: r for r in q}
-            rows: list[Any] = []
+            rows: list[dict[str, Any]] = []
+            result: list[Any] = []
             for tid, a in items:
                 if tid not in found:
-                    rows.append(MlflowException(
+                    result.append(MlflowException(
                         f"Trace with ID '{tid}' not found. It may have been deleted.",
                         RESOURCE_DOES_NOT_EXIST,
                     ))  # fmt: skip
                     continue
                 a.trace_id = tid
+                # MLflow's own mapping of the entity to its row, then Core values of that row
                 row = sql_assessment.from_mlflow_entity(a)
                 row.experiment_id = found[tid][1]
                 row.trace_timestamp_ms = found[tid][2]
-                rows.append(row)
-            session.add_all([r for r in rows if not isinstance(r, Exception)])
-            session.flush()
-            result = [r if isinstance(r, Exception) else r.to_mlflow_entity() for r in rows]
+                rows.append({col: getattr(row, attr) for attr, col in parts["columns"]})
+                a.assessment_id = row.assessment_id
+                a.create_time_ms, a.last_update_time_ms = (row.created_timestamp,
+                                                           row.last_updated_timestamp)  # fmt: skip
+                a.valid = row.valid
+                result.append(a)
+            if rows:
+                # one statement per batch: rows as column arrays on PostgreSQL, the driver's
+                # executemany of one prepared INSERT elsewhere (SQLite: a C loop, no parsing)
+                if parts["db_type"] == "postgresql":
+                    names = [c for _, c in parts["columns"]]
+                    session.execute(parts["insert_pg"], {f"c{i}": [r[c] for r in rows]
+                                                         for i, c in enumerate(names)})  # fmt: skip
+                else:
+                    session.execute(sa.insert(parts["table"]), rows)
         self.batches += 1
         return result
 

@@ -30,11 +30,13 @@ class MlflowDb:
     uri: str
     experiment_id: str
     path: Path
+    seed: int | None = None  # trace ids of a load; None: the number of traces
 
     def load(self, traces: Sequence[SeedTrace]) -> None:
         engine = sa.create_engine(self.uri)
         try:
-            bulk_load(engine, self.experiment_id, traces, seed=len(traces))
+            seed = len(traces) if self.seed is None else self.seed
+            bulk_load(engine, self.experiment_id, traces, seed=seed)
         finally:
             engine.dispose()
 

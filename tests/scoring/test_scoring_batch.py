@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
 from datetime import timedelta
 
@@ -16,7 +17,7 @@ from mlflow.entities import AssessmentSource, Feedback
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR, TEMPORARILY_UNAVAILABLE
 from mlflow.tracing.client import TracingClient
-from scoring_helpers import EPOCH, config_for, make_traces
+from scoring_helpers import EPOCH, EPOCH_MS, MlflowDb, config_for, make_traces
 
 from mlflow_llmops.clock import FakeClock, SystemClock
 from mlflow_llmops.scoring import ScorerRegistry, ScorerSpec, backfill, mlflow_io, run_due_scorers
@@ -83,6 +84,85 @@ def test_a_batch_writes_the_same_rows_as_log_assessment(mlflow_db):
         by_name = {a.name: a for a in client.get_trace_info(t).assessments}
         assert by_name["viabatch"].value == by_name["viaone"].value == v
         assert by_name["viabatch"].valid is not False
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def tracking_db(request, tmp_path, template_db) -> MlflowDb:
+    """An MLflow store on SQLite, or a fresh experiment in the PostgreSQL store of the
+    session's ``mlflow server`` (read and written in this process, as a backfill does)."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("mlflow_db")
+    from mlflow import MlflowClient
+
+    url = request.getfixturevalue("mlflow_server_pg").database_url
+    exp_id = MlflowClient(url).create_experiment(f"readers-{uuid.uuid4().hex[:8]}")
+    # a shared database: trace ids of its own (the loader derives them from the seed)
+    return MlflowDb(url, exp_id, tmp_path, seed=uuid.uuid4().int % 2**31)
+
+
+def _exp_ids(db: MlflowDb) -> list[str]:
+    return [t.info.trace_id for t in TracingClient(db.uri).search_traces(
+        locations=[db.experiment_id], include_spans=False, order_by=["timestamp_ms ASC"])]  # fmt: skip
+
+
+def test_bulk_written_assessments_read_back_as_log_feedback_ones(tracking_db):
+    """The batch path's one-statement insert (column arrays on PostgreSQL, executemany on
+    SQLite) against ``mlflow.log_feedback``: MLflow's own readers (``get_trace``,
+    ``search_traces``, ``mlflow.get_assessment``) return the same fields, and the stored rows match
+    column by column, MLflow 3.17's analytics columns included."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import AssessmentError
+    from mlflow_state import use_tracking_uri
+
+    db = tracking_db
+    db.load(make_traces(5))
+    ids = _exp_ids(db)
+    values = [True, 0.75, "yes", {"k": [1, 2]}, None]
+    error = AssessmentError(error_code="TimeoutError", error_message="judge timed out")
+    writer = AssessmentWriter(TracingClient(db.uri))
+    assert writer.batched
+    bulk = [_feedback("bulk", v, error=error if v is None else None) for v in values]
+    written = writer.log_many(list(zip(ids, bulk, strict=True)))
+    assert writer.batches == 1 and writer.fallbacks == 0
+    with use_tracking_uri(db.uri):
+        for t, v in zip(ids, values, strict=True):
+            f = _feedback("api", v)
+            mlflow.log_feedback(trace_id=t, name="api", value=v, rationale=f.rationale,
+                                source=bulk[0].source, metadata=f.metadata,
+                                error=error if v is None else None)  # fmt: skip
+    client = MlflowClient(db.uri)
+    found = {t.info.trace_id: t for t in client.search_traces(locations=[db.experiment_id])}
+    skip = {"assessment_id", "assessment_name", "create_time", "last_update_time"}
+
+    def fields(a) -> dict:  # noqa: ANN001
+        return {k: v for k, v in a.to_dictionary().items() if k not in skip}
+
+    for t, w in zip(ids, written, strict=True):
+        got = {a.name: a for a in client.get_trace(t).info.assessments}
+        assert set(got) == {"bulk", "api"}
+        assert fields(got["bulk"]) == fields(got["api"])
+        assert got["bulk"].assessment_id == w.assessment_id and got["bulk"].valid is True
+        assert got["bulk"].create_time_ms == w.create_time_ms
+        searched = {a.name: a for a in found[t].info.assessments}
+        assert searched["bulk"].to_dictionary() == got["bulk"].to_dictionary()
+        with use_tracking_uri(db.uri):
+            one = mlflow.get_assessment(t, w.assessment_id)
+        assert one.to_dictionary() == got["bulk"].to_dictionary()
+    columns = {"assessment_id", "name", "created_timestamp", "last_updated_timestamp"}
+    rows_bulk, rows_api = _rows(db.uri, "bulk"), _rows(db.uri, "api")
+    assert len(rows_bulk) == len(rows_api) == len(ids)
+    for b, a in zip(rows_bulk, rows_api, strict=True):
+        assert {k: v for k, v in b.items() if k not in columns} == {
+            k: v for k, v in a.items() if k not in columns
+        }
+    # MLflow 3.17's denormalised analytics columns, as create_assessment fills them
+    value_of = dict(zip(ids, [(1.0, False), (0.75, True), (1.0, False), (None, False),
+                              (None, False)], strict=True))  # fmt: skip
+    assert {r["trace_id"]: (r["aggregate_value"], bool(r["is_numeric_value"]))
+            for r in rows_bulk} == value_of  # fmt: skip
+    assert all(str(r["experiment_id"]) == db.experiment_id and r["trace_timestamp_ms"]
+               for r in rows_bulk)  # fmt: skip
 
 
 def test_a_deleted_trace_fails_alone_and_a_broken_batch_path_falls_back(mlflow_db, monkeypatch):
@@ -444,3 +524,82 @@ def test_closing_early_gives_back_the_claims_never_scored(mlflow_db, store):
         states = Counter(o.state for o in pipe.score_all(traces))
     assert states == {"done": 30 - len(rows), "skipped": len(rows)}
     assert Counter(x[0] for x in mlflow_db.assessments()) == {t: 1 for t in _ids(mlflow_db)}
+
+
+def test_items_read_ahead_and_never_scored_are_given_back(mlflow_db, store, state_url):
+    """The backfill reads the next batch (lease and traces) while the current one is scored;
+    a run that stops before putting it gives those items back to the job, pending for any
+    worker, instead of leaving them leased until ``lease_ttl_s``."""
+    from mlflow_llmops.scoring.backfill_job import BackfillReport, _BackfillLoop
+
+    mlflow_db.load(make_traces(30))
+    ids = _ids(mlflow_db)
+    store.ensure_schema(SCORING_MIGRATIONS)
+    job = BackfillJob(store, "j", "host:1:a", 60_000)
+    job.create({"scorer": "s", "version": 1, "sample_rate": 1.0, "total_items": 30,
+                "status": "running", "created_ms": 0, "updated_ms": 0, "spent_usd": 0.0},
+               [(t, i) for i, t in enumerate(ids)])  # fmt: skip
+
+    class OneBatchPipe:  # room for one batch of 10, then the run stops
+        pending = 0
+
+        def __init__(self) -> None:
+            self.rooms, self.put_ids = [10, 0], []
+
+        def room(self) -> int:
+            return self.rooms.pop(0)
+
+        def put(self, traces) -> None:  # noqa: ANN001
+            self.put_ids += [t.info.trace_id for t in traces]
+
+    class Bar:
+        def update(self, n: int) -> None:
+            pass
+
+    cfg = config_for(mlflow_db.uri, state_url)
+    loop = _BackfillLoop(job, None, TracingClient(mlflow_db.uri), SystemClock(), cfg.scoring,
+                         BackfillReport("j", "s", 1, "host:1:a"), Bar(), None, 0.0)  # fmt: skip
+    pipe = OneBatchPipe()
+    loop._feed(pipe)
+    assert loop._ahead is not None  # the next batch was being read
+    loop._ahead.result()
+    t = sa.table("llmops_backfill_items", sa.column("trace_id"), sa.column("state"))
+    with store.engine.connect() as c:
+        leased_then = {
+            r[0] for r in c.execute(sa.select(t.c.trace_id).where(t.c.state == "leased"))
+        }
+    assert len(leased_then) == 20  # the batch put and the batch read ahead
+    loop.close()
+    with store.engine.connect() as c:
+        states = Counter(r[0] for r in c.execute(sa.select(t.c.state)))
+        leased = {r[0] for r in c.execute(sa.select(t.c.trace_id).where(t.c.state == "leased"))}
+    assert pipe.put_ids == ids[:10] and leased == set(ids[:10])
+    assert states == {"leased": 10, "pending": 20}
+
+
+def test_backfill_planning_reads_what_search_traces_returns(tracking_db):
+    """The guard of ``search_trace_rows``: for window, status, tag and metadata filters, the
+    same traces in the same order as MLflow's public ``search_traces`` (paged as before)."""
+    from mlflow_llmops.scoring.backfill_job import _FAST_PLAN, _enumerate
+    from mlflow_llmops.scoring.runner import sampled
+
+    mlflow_db = tracking_db
+    mlflow_db.load(make_traces(12))
+    client = TracingClient(mlflow_db.uri)
+    for t in _ids(mlflow_db)[::3]:
+        client.set_trace_tag(t, "team", "a")
+    window = f"trace.timestamp_ms >= {EPOCH_MS + 2000} AND trace.timestamp_ms < {EPOCH_MS + 9000}"
+    filters = {None: 12, window: 7, "trace.status = 'OK'": None, "tags.team = 'a'": 4,
+               "metadata.`mlflow.user` = 'nobody'": 0}  # fmt: skip
+    for flt, n in filters.items():
+        fast = _enumerate(client, [mlflow_db.experiment_id], flt, "s", 1.0)
+        assert _FAST_PLAN["ok"], "the one-query planning failed on this MLflow"
+        _FAST_PLAN["ok"] = False
+        try:
+            paged = _enumerate(client, [mlflow_db.experiment_id], flt, "s", 1.0)
+        finally:
+            _FAST_PLAN["ok"] = True
+        assert fast == paged, flt
+        assert n is None or len(fast) == n, flt
+        half = _enumerate(client, [mlflow_db.experiment_id], flt, "s", 0.5)
+        assert half == [r for r in fast if sampled(r[0], "s", 0.5)]
