@@ -31,11 +31,13 @@ from mlflow_llmops.store.views import VIEW_COLUMNS, VIEW_NAMES
 DEFAULT_MASTER = "local[2]"
 
 #: Session settings we rely on: UTC (the queries' day and hour buckets are UTC epoch
-#: arithmetic, but Spark would show timestamps in the JVM's zone), no UI port taken, and
-#: few shuffle partitions (an export of days is small next to Spark's default of 200).
+#: arithmetic, but Spark would show timestamps in the JVM's zone), no UI port taken, no
+#: progress bars on the terminal under the CLI's table, and few shuffle partitions (an
+#: export of days is small next to Spark's default of 200).
 SESSION_CONF: dict[str, str] = {
     "spark.sql.session.timeZone": "UTC",
     "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "4",
 }
 
