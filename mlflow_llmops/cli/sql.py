@@ -114,10 +114,19 @@ def show_cmd(app: AppContext, name: str, dialect: str) -> None:
     help="Query a Parquet export (mlflow-llmops export parquet) with DuckDB instead.",
 )
 @click.option("--now", help="Pretend it is this time (ISO or epoch ms) for relative defaults.")
+@click.option(
+    "--engine",
+    type=click.Choice(["duckdb", "spark"]),
+    help="Engine for --parquet: duckdb (default) or spark (Spark SQL; also s3a:// paths).",
+)
+@click.option(
+    "--master", default="local[2]", show_default=True,
+    help="Spark master for --engine spark: local[N], spark://HOST:7077, yarn, k8s://...",
+)  # fmt: skip
 @pass_app
 def run_cmd(
     app: AppContext, name: str, params: tuple[str, ...], fmt: str, parquet: str | None,
-    now: str | None,
+    now: str | None, engine: str | None = None, master: str = "local[2]",
 ) -> None:  # fmt: skip
     """Run analysis NAME, e.g. `sql run top_traces -p since_ms=2026-03-01 -p limit=5`."""
     from mlflow_llmops.store.queries import get_query, open_target, parse_param_args, run_query
@@ -127,9 +136,24 @@ def run_cmd(
     exp_ids = app.config.analytics.experiment_ids
     if len(exp_ids) == 1 and "experiment_id" in {p.name for p in q.params}:
         values.setdefault("experiment_id", exp_ids[0])
-    target = open_target(app.config, parquet)
-    result = run_query(q, target, values, now=_now(now))
+    if engine == "spark":
+        result = _run_spark(q, parquet, values, _now(now), master)
+    else:
+        target = open_target(app.config, parquet)
+        result = run_query(q, target, values, now=_now(now))
     click.echo(render(result, fmt))
+
+
+def _run_spark(q: Any, parquet: str | None, values: dict, now: datetime, master: str) -> Any:
+    """The query on Spark SQL over a Parquet export (local folder or s3a://... URL)."""
+    if not parquet:
+        raise click.UsageError(
+            "--engine spark reads a Parquet export: add --parquet DIR (or s3a://bucket/path); "
+            "write one with `mlflow-llmops export parquet`"
+        )
+    from mlflow_llmops.store.spark import run_query_spark
+
+    return run_query_spark(q, parquet, values, now=now, master=master)
 
 
 @sql_group.command("views")
