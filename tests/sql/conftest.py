@@ -6,56 +6,17 @@ to Parquet for DuckDB."""
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
 
 import mlflow
 import pytest
 import sqlalchemy as sa
 from mlflow_state import use_tracking_uri
-from sql_times import NOW, PRICED_UNTIL, START
+from sql_dataset import EXPERIMENT, SPIKE, dataset  # noqa: F401 (shared with tests)
+from sql_times import NOW, PRICED_UNTIL
 
 from mlflow_llmops.store.views import create_views
 from mlflow_llmops.testing.postgres import create_database, drop_database, pg_available
-from mlflow_llmops.testing.seed import Incident, SeedSpan, SeedTrace, seed_traces, synthetic_traffic
-
-SPIKE = Incident(
-    datetime(2026, 3, 10, 11, tzinfo=UTC), datetime(2026, 3, 10, 12, tzinfo=UTC), "traffic", 40
-)
-EXPERIMENT = "sql-analyses"
-
-
-def dataset() -> list[SeedTrace]:
-    traces = list(
-        synthetic_traffic(START, days=9.5, rate_per_min=0.005, seed=11, incidents=[SPIKE])
-    )
-    # An expensive outlier and a trace with cache writes, at known times.
-    big = int(datetime(2026, 3, 9, 15, tzinfo=UTC).timestamp() * 1000)
-    traces.append(
-        SeedTrace(
-            timestamp_ms=big,
-            latency_ms=9000,
-            user="user-whale",
-            session="sess-whale",
-            task_type="agent",
-            route="/agent",
-            name="POST /agent",
-            spans=(
-                SeedSpan(
-                    "gpt-4o", "openai", 90_000, 8_000, cache_read_tokens=30_000, latency_ms=8000
-                ),
-                SeedSpan(
-                    "claude-sonnet-4-20250514",
-                    "anthropic",
-                    5_000,
-                    500,
-                    cache_write_tokens=2_000,
-                    start_offset_ms=8100,
-                    latency_ms=800,
-                ),
-            ),
-        )  # fmt: skip
-    )
-    return sorted(traces, key=lambda t: t.timestamp_ms)
+from mlflow_llmops.testing.seed import seed_traces
 
 
 @pytest.fixture(autouse=True)

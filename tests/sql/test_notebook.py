@@ -71,7 +71,7 @@ def test_notebook_on_an_mlflow_server_with_sampled_traffic(mlflow_server_sqlite,
                                                            tmp_path):  # fmt: skip
     """The production set-up: an http:// server (no database URL); a third of the traces
     were kept by a head ratio of 0.1 (weight 10), so the figures are estimates."""
-    from conftest import dataset
+    from sql_dataset import dataset
 
     from mlflow_llmops.testing.seed import seed_traces
 
