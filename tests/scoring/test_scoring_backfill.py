@@ -217,7 +217,8 @@ def test_two_workers_split_a_backfill_on_postgres(judge_llm, mlflow_server_pg, p
     with engine.connect() as c:
         all_ids = {r[0] for r in c.execute(sa.text(
             "SELECT request_id FROM trace_info WHERE experiment_id = :e"), {"e": int(exp_id)})}  # fmt: skip
-    judge_llm.config.latency_s = 0.1  # about 4 s of judge time for one worker alone
+    # about 12 s of judge time for one worker alone: room for both to start, even under load
+    judge_llm.config.latency_s = 0.3
     store = StateStore(pg_url)
     _judge(store, judge_llm.base_url)
     cfg = tmp_path / "c.yaml"

@@ -81,16 +81,30 @@ def test_burst_of_500_is_persisted_whole(fast_dir):
 
 
 def test_drops_beyond_capacity_are_counted_exactly(fast_dir):
+    """Without the spool, a full queue drops, and every drop is counted."""
     db = fast_dir / "small.db"
     r = run_loadgen(
-        "--tracking-uri", f"sqlite:///{db}", "--traces", "200", "--queue-capacity", "20"
-    )
+        "--tracking-uri", f"sqlite:///{db}", "--traces", "200", "--queue-capacity", "20",
+        env={"MLFLOW_LLMOPS__TRACING__SPOOL__ENABLED": "false"},
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     st = events(r.stdout)["drained"]["stats"]
     assert st["dropped"] > 0
     assert st["created"] == 200 == st["exported"] + st["dropped"]
     assert count_traces(db) == st["exported"]
     assert "trace export queue full (capacity 20)" in r.stderr
+
+
+def test_a_full_queue_overflows_to_the_spool_and_loses_nothing(fast_dir):
+    db = fast_dir / "overflow.db"
+    r = run_loadgen(
+        "--tracking-uri", f"sqlite:///{db}", "--traces", "200", "--queue-capacity", "20",
+        env={"MLFLOW_LLMOPS__TRACING__SPOOL__DIRECTORY": str(fast_dir / "spool")},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    st = events(r.stdout)["drained"]["stats"]
+    assert st["dropped"] == 0 and st["spooled"] == 0 and st["replayed"] > 0
+    assert st["created"] == 200 == st["exported"] == count_traces(db)
 
 
 def test_sigterm_with_200_queued_loses_nothing(fast_dir):
@@ -257,12 +271,16 @@ def test_store_down_never_blocks_and_everything_arrives_when_back(tracing, own_s
     assert h.flush(30)
     own_server.stop()
     st = requests_while_store_is_down(h, range(100, 120))
-    assert st["export_errors"] > 0 and st["queued"] == 20 and st["dropped"] == 0
+    assert st["export_errors"] > 0 and st["dropped"] == 0
+    assert st["queued"] + st["spooled"] == 20  # in memory, or on disk once a write failed
     assert st["last_export_error"]
     own_server.start()
     assert h.flush(60), h.stats()
+    deadline = time.monotonic() + 90  # the spool replays at the worker's next retry
+    while h.stats()["exported"] < 25 and time.monotonic() < deadline:
+        time.sleep(0.2)
     st = h.stats()
-    assert (st["exported"], st["dropped"], st["queued"]) == (25, 0, 0)
+    assert (st["exported"], st["dropped"], st["queued"], st["spooled"]) == (25, 0, 0, 0)
     client = MlflowClient(tracking_uri=own_server.url)
     found = client.search_traces(locations=[h.experiment_id], max_results=200)
     assert len(found) == 25
@@ -281,11 +299,15 @@ def test_store_down_at_start_up_does_not_fail_set_up(tracing, own_server, caplog
     assert "unreachable at start-up" in caplog.text and h.experiment_id is None
 
     st = requests_while_store_is_down(h, range(10))
-    assert st["export_errors"] > 0 and st["queued"] == 10 and st["exported"] == 0
+    assert st["export_errors"] > 0 and st["exported"] == 0
+    assert st["queued"] + st["spooled"] == 10  # in memory, or on disk once a write failed
     assert st["experiment_resolved"] is False
     own_server.start()
     assert h.flush(60), h.stats()
     req(10)  # created after the store came back: same experiment
+    deadline = time.monotonic() + 90  # the spool replays at the worker's next retry
+    while h.stats()["exported"] < 11 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert h.flush(30)
     client = MlflowClient(tracking_uri=own_server.url)
     exp = client.get_experiment_by_name("down-at-start")

@@ -22,8 +22,10 @@ def count_spans(db_path: Path | str) -> int:
         return db.execute("select count(*) from spans").fetchone()[0]
 
 
-def run_loadgen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}
+def run_loadgen(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "mlflow_llmops.tracing.loadgen", *args],
         capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT),
