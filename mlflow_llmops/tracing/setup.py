@@ -43,7 +43,7 @@ from mlflow_llmops.tracing.otlp import (
     make_metric_reader,
     make_span_exporter,
 )
-from mlflow_llmops.tracing.processors import SpanEndProcessor
+from mlflow_llmops.tracing.processors import SpanEndProcessor, make_mlflow_span_processor
 from mlflow_llmops.tracing.prometheus import PrometheusEndpoint
 from mlflow_llmops.tracing.redaction import Redactor
 from mlflow_llmops.tracing.sampling import Sampler
@@ -105,7 +105,6 @@ class TracingHandle:
         pricing: PricingConfig | None = None,
     ) -> None:
         import mlflow
-        from mlflow.tracing.processor.mlflow_v3 import MlflowV3SpanProcessor
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
 
@@ -190,9 +189,9 @@ class TracingHandle:
         self.span_processor = SpanEndProcessor(Redactor(config.redaction), self.metrics)
 
         tp = TracerProvider(resource=Resource.create({"service.name": service_name}))
-        tp.add_span_processor(
-            MlflowV3SpanProcessor(self.exporter, export_metrics=False, use_batch_processor=False)
-        )
+        # MLflow's processor, plus the head decision at trace start (sampled-out traces are
+        # recorded light: no input/output serialisation; see processors.py)
+        tp.add_span_processor(make_mlflow_span_processor(self.exporter, self.sampler))
         if self.otlp is not None:
             tp.add_span_processor(self.otlp)
         self.tracer_provider = tp
