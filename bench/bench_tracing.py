@@ -9,7 +9,8 @@ store on the normal disk, through ``python -m mlflow_llmops.tracing.loadgen``:
   added work per trace (span-end processor + exporter, timed in a separate run);
 * a sampled-out trace (ratio 0.0), ours vs MLflow's ``MLFLOW_TRACE_SAMPLING_RATIO=0``.
 
-Set ``BENCH_TRACING_BURST`` to change the burst size.
+Set ``BENCH_TRACING_BURST`` to change the burst size, ``BENCH_TRACING_ONLY=sampled_out``
+to run the sampled-out case alone.
 """
 
 from __future__ import annotations
@@ -71,9 +72,32 @@ def sigterm_run(db: Path, mode: str, n: int = 200) -> tuple[int, int, int]:
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-tracing-"))
     try:
-        run(work)
+        if os.environ.get("BENCH_TRACING_ONLY") == "sampled_out":
+            sampled_out(work)
+        else:
+            run(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def sampled_out(work: Path) -> None:
+    """Ours and MLflow back to back, three pairs, the median of each (a loaded machine)."""
+    so_us, sb_us = [], []
+    for k in range(3):
+        so = loadgen(work / f"so{k}.db", "--traces", "1000", "--ratio", "0.0", "--no-drain")
+        sb = loadgen(work / f"sb{k}.db", "--traces", "1000", "--ratio", "0.0", "--mode",
+                     "mlflow", "--no-drain")  # fmt: skip
+        so_us.append(so["created"]["median_us"])
+        sb_us.append(sb["created"]["median_us"])
+    so_med, sb_med = sorted(so_us)[1], sorted(sb_us)[1]
+    print(
+        f"RESULT tracing_sampled_out per sampled-out three-span trace (median of 3 runs): "
+        f"ours={so_med:.0f}us mlflow_default={sb_med:.0f}us ratio={so_med / sb_med:.2f} "
+        f"(goal <= 2; ours records every call light, without inputs/outputs, for tail rules "
+        f"and 100% metrics; MLflow drops at the head and counts nothing); ours counted "
+        f"sampled_out={so['created']['stats']['sampled_out']}",
+        flush=True,
+    )
 
 
 def run(work: Path) -> None:
@@ -117,17 +141,7 @@ def run(work: Path) -> None:
     )
 
     # 3. sampled-out traces
-    so = loadgen(work / "so.db", "--traces", "1000", "--ratio", "0.0", "--no-drain")
-    sb = loadgen(work / "sb.db", "--traces", "1000", "--ratio", "0.0", "--mode", "mlflow",
-                 "--no-drain")  # fmt: skip
-    print(
-        f"RESULT tracing_sampled_out per sampled-out trace: median ours="
-        f"{so['created']['median_us']:.0f}us mlflow_default={sb['created']['median_us']:.0f}us "
-        f"ratio={so['created']['median_us'] / sb['created']['median_us']:.2f} (ours records "
-        f"every call for tail rules and 100% metrics; MLflow drops at the head and counts "
-        f"nothing); ours counted sampled_out={so['created']['stats']['sampled_out']}",
-        flush=True,
-    )
+    sampled_out(work)
 
     # 4. SIGTERM with 200 queued
     t0 = time.perf_counter()

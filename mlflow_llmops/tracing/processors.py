@@ -313,3 +313,37 @@ def make_mlflow_span_processor(exporter: Any, sampler: Any) -> Any:
                     self.light.discard(span.context.trace_id)
 
     return LlmopsMlflowSpanProcessor()
+
+
+def make_tracer_provider(resource: Any) -> Any:
+    """An OpenTelemetry SDK ``TracerProvider`` whose ``get_tracer`` answers from a dict.
+
+    MLflow calls ``get_tracer`` for every span; the SDK then builds two scope objects and
+    re-installs a warnings filter before finding the tracer it already made for that scope.
+    The cache returns that same tracer (so tracer configurators still apply to it)."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    class CachedTracerProvider(TracerProvider):
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(**kw)
+            self._llmops_tracers: dict[tuple[str, str | None, str | None], Any] = {}
+
+        def get_tracer(
+            self,
+            instrumenting_module_name: str,
+            instrumenting_library_version: str | None = None,
+            schema_url: str | None = None,
+            attributes: Any = None,
+        ) -> Any:
+            if attributes is not None:
+                return super().get_tracer(
+                    instrumenting_module_name, instrumenting_library_version, schema_url, attributes
+                )
+            key = (instrumenting_module_name, instrumenting_library_version, schema_url)
+            tracer = self._llmops_tracers.get(key)
+            if tracer is None:
+                tracer = super().get_tracer(*key)
+                self._llmops_tracers[key] = tracer
+            return tracer
+
+    return CachedTracerProvider(resource=resource)
