@@ -45,6 +45,9 @@ class SamplingConfig(_Section):
     routes: dict[str, float] = Field(default_factory=dict)
     tenants: dict[str, float] = Field(default_factory=dict)
     tail: TailRules = Field(default_factory=TailRules)
+    #: record traces the head ratio drops without span inputs/outputs (cheaper for the
+    #: caller); a tail rule that keeps such a trace then stores it without them
+    light_when_dropped: bool = False
 
     @field_validator("ratio")
     @classmethod

@@ -97,7 +97,9 @@ def _requested_model(span: Any, attrs: Any) -> str | None:
     """The model the call asked for (autolog sets ``mlflow.llm.model`` from the response,
     and a failed call has none): the ``model`` attribute or the ``model`` input. From the
     raw attributes, the inputs JSON is parsed only when it names a model."""
-    if attrs is None:
+    if getattr(span, "_llmops_light", False):  # recorded light: the inputs as given
+        model, inputs = _decoded((attrs or {}).get("model")), getattr(span, "_llmops_inputs", None)
+    elif attrs is None:
         model, inputs = span.get_attribute("model"), span.inputs
     else:
         model, raw = _decoded(attrs.get("model")), attrs.get(_INPUTS)
@@ -189,7 +191,11 @@ class SpanEndProcessor:
                 span.set_attribute(keys.PROVIDER, provider)
         if get(keys.REASONING_TOKENS) is None:
             raw = (attrs if attrs is not None else {}).get(_OUTPUTS)
-            if not isinstance(raw, str) or "reasoning_tokens" in raw:
+            if getattr(span, "_llmops_light", False):
+                reasoning = _reasoning_from_outputs(getattr(span, "_llmops_outputs", None))
+                if reasoning:
+                    span.set_attribute(keys.REASONING_TOKENS, reasoning)
+            elif not isinstance(raw, str) or "reasoning_tokens" in raw:
                 reasoning = _reasoning_from_outputs(span.outputs)
                 if reasoning:
                     span.set_attribute(keys.REASONING_TOKENS, reasoning)
@@ -215,3 +221,131 @@ class SpanEndProcessor:
             ttft_s=float(ttft_ms) / 1000 if ttft_ms is not None else None,
             error_type=_error_type(span),
         )
+
+
+#: trace metadata set on a trace recorded light (head-dropped at its start) that a tail rule
+#: kept: its spans carry no ``mlflow.spanInputs`` / ``mlflow.spanOutputs``
+IO_OMITTED = "llmops.io_omitted"
+_LIGHT_SPAN_CLASSES: dict[type, type] = {}
+
+
+def light_span_class(live_cls: type) -> type:
+    """A ``LiveSpan`` subclass whose ``set_inputs`` / ``set_outputs`` keep a reference to the
+    value instead of serialising it to JSON (the costliest part of recording a span). Used
+    for the spans of a trace the head ratio drops at its start: unless a tail rule keeps the
+    trace, nothing reads them; if one does, the trace is stored without them."""
+    cls = _LIGHT_SPAN_CLASSES.get(live_cls)
+    if cls is None:
+
+        class LightSpan(live_cls):  # type: ignore[misc,valid-type]
+            _llmops_light = True
+
+            def set_inputs(self, inputs: Any) -> None:
+                self._llmops_inputs = inputs
+
+            def set_outputs(self, outputs: Any) -> None:
+                self._llmops_outputs = outputs
+
+        cls = _LIGHT_SPAN_CLASSES[live_cls] = LightSpan
+    return cls
+
+
+def make_mlflow_span_processor(exporter: Any, sampler: Any, light: bool = False) -> Any:
+    """MLflow's synchronous span processor, plus (``light``) the head decision taken at
+    trace start.
+
+    With ``light`` (``sampling.light_when_dropped``), a trace the head ratio drops (ratio
+    from the ``request_context`` route and tenant known when the root span starts) is
+    recorded light: same spans, attributes, events, status,
+    tags and metadata (all the tail rules and the GenAI metrics read), but span inputs and
+    outputs are not serialised. The keep/drop decision itself is still taken at the root
+    span's end by the exporter, with the tail rules.
+    """
+    from mlflow.entities.span import LiveSpan
+    from mlflow.tracing.processor.mlflow_v3 import MlflowV3SpanProcessor
+    from mlflow.tracing.utils import encode_span_id
+
+    light_cls = light_span_class(LiveSpan)
+
+    class LlmopsMlflowSpanProcessor(MlflowV3SpanProcessor):
+        def __init__(self) -> None:
+            super().__init__(exporter, export_metrics=False, use_batch_processor=False)
+            self.sampler = sampler
+            #: OTel trace ids of the open traces recorded light
+            self.light: set[int] = set()
+
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            super().on_start(span, parent_context)
+            try:
+                s = self.sampler
+                if s.always_keeps or not light:
+                    return
+                tid = span.context.trace_id
+                manager = self._trace_manager
+                if span.parent is None:
+                    mlflow_id = manager.get_mlflow_trace_id_from_otel_id(tid)
+                    with manager.get_trace(mlflow_id) as trace:
+                        meta = trace.info.trace_metadata if trace is not None else {}
+                    ratio = s.ratio_for(meta.get(keys.ROUTE), meta.get(keys.TENANT))
+                    if ratio >= 1.0 or s.head_keeps(tid, ratio):
+                        return
+                    if len(self.light) > 100_000:  # roots that never ended (MLflow's TTL)
+                        self.light.clear()
+                    self.light.add(tid)
+                elif tid not in self.light:
+                    return
+                else:
+                    mlflow_id = manager.get_mlflow_trace_id_from_otel_id(tid)
+                live = manager.get_span_from_id(mlflow_id, encode_span_id(span.context.span_id))
+                if type(live) is LiveSpan:
+                    live.__class__ = light_cls
+            except Exception:  # noqa: BLE001 - a failure here only leaves the span full
+                _logger.debug("llmops head decision at span start failed", exc_info=True)
+
+        def _update_trace_info(self, trace: Any, root_span: Any) -> None:
+            super()._update_trace_info(trace, root_span)
+            if root_span.context.trace_id in self.light:
+                trace.info.trace_metadata[IO_OMITTED] = "head_sampled_out"
+
+        def on_end(self, span: Any) -> None:
+            try:
+                super().on_end(span)
+            finally:
+                if span.parent is None:
+                    self.light.discard(span.context.trace_id)
+
+    return LlmopsMlflowSpanProcessor()
+
+
+def make_tracer_provider(resource: Any) -> Any:
+    """An OpenTelemetry SDK ``TracerProvider`` whose ``get_tracer`` answers from a dict.
+
+    MLflow calls ``get_tracer`` for every span; the SDK then builds two scope objects and
+    re-installs a warnings filter before finding the tracer it already made for that scope.
+    The cache returns that same tracer (so tracer configurators still apply to it)."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    class CachedTracerProvider(TracerProvider):
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(**kw)
+            self._llmops_tracers: dict[tuple[str, str | None, str | None], Any] = {}
+
+        def get_tracer(
+            self,
+            instrumenting_module_name: str,
+            instrumenting_library_version: str | None = None,
+            schema_url: str | None = None,
+            attributes: Any = None,
+        ) -> Any:
+            if attributes is not None:
+                return super().get_tracer(
+                    instrumenting_module_name, instrumenting_library_version, schema_url, attributes
+                )
+            key = (instrumenting_module_name, instrumenting_library_version, schema_url)
+            tracer = self._llmops_tracers.get(key)
+            if tracer is None:
+                tracer = super().get_tracer(*key)
+                self._llmops_tracers[key] = tracer
+            return tracer
+
+    return CachedTracerProvider(resource=resource)

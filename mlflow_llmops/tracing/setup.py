@@ -43,7 +43,11 @@ from mlflow_llmops.tracing.otlp import (
     make_metric_reader,
     make_span_exporter,
 )
-from mlflow_llmops.tracing.processors import SpanEndProcessor
+from mlflow_llmops.tracing.processors import (
+    SpanEndProcessor,
+    make_mlflow_span_processor,
+    make_tracer_provider,
+)
 from mlflow_llmops.tracing.prometheus import PrometheusEndpoint
 from mlflow_llmops.tracing.redaction import Redactor
 from mlflow_llmops.tracing.sampling import Sampler
@@ -106,9 +110,7 @@ class TracingHandle:
         pricing: PricingConfig | None = None,
     ) -> None:
         import mlflow
-        from mlflow.tracing.processor.mlflow_v3 import MlflowV3SpanProcessor
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
 
         self.config = config
         self.tracking_uri = tracking_uri
@@ -194,9 +196,13 @@ class TracingHandle:
             self.exporter.overflow = self.worker.spool_traces
         self.span_processor = SpanEndProcessor(Redactor(config.redaction), self.metrics)
 
-        tp = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        tp = make_tracer_provider(Resource.create({"service.name": service_name}))
+        # MLflow's processor, plus the head decision at trace start (sampled-out traces are
+        # recorded light: no input/output serialisation; see processors.py)
         tp.add_span_processor(
-            MlflowV3SpanProcessor(self.exporter, export_metrics=False, use_batch_processor=False)
+            make_mlflow_span_processor(
+                self.exporter, self.sampler, light=config.sampling.light_when_dropped
+            )
         )
         if self.otlp is not None:
             tp.add_span_processor(self.otlp)
