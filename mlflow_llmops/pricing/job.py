@@ -346,6 +346,18 @@ def _q(d: Decimal | None) -> Decimal | None:
     return None if d is None else d.quantize(_Q12, rounding=ROUND_HALF_EVEN)
 
 
+def _token_columns(u: TokenUsage) -> dict[str, int]:
+    """The token columns of a cost row: billing buckets (input here is uncached input)."""
+    return {
+        "input_tokens": u.input + u.audio_input + u.image_input,
+        "cache_read_tokens": u.cache_read,
+        "cache_write_5m_tokens": u.cache_write_5m,
+        "cache_write_1h_tokens": u.cache_write_1h,
+        "output_tokens": u.output + u.audio_output,
+        "reasoning_tokens": u.reasoning,
+    }
+
+
 def cost_row(span: LlmSpan, r: CostResult | None, version: str, now: datetime) -> dict[str, Any]:
     """The ``llmops_span_costs`` row of one span (``r`` None: usage unreadable)."""
     u = span.usage or TokenUsage()
@@ -371,12 +383,7 @@ def cost_row(span: LlmSpan, r: CostResult | None, version: str, now: datetime) -
         "service_tier": (r.service_tier if r is not None and r.service_tier else span.service_tier),
         "status": r.status if r is not None else "unpriced",
         "currency": "USD",
-        "input_tokens": u.input + u.audio_input + u.image_input,
-        "cache_read_tokens": u.cache_read,
-        "cache_write_5m_tokens": u.cache_write_5m,
-        "cache_write_1h_tokens": u.cache_write_1h,
-        "output_tokens": u.output + u.audio_output,
-        "reasoning_tokens": u.reasoning,
+        **_token_columns(u),
         "input_cost_usd": part("input"),
         "cache_read_cost_usd": part("cache_read"),
         "cache_write_cost_usd": part("cache_write_5m", "cache_write_1h"),
@@ -475,12 +482,7 @@ def price_spans(
             "service_tier": tier[k] if isinstance(tier[k], str) and tier[k] else s.service_tier,
             "status": st,
             "currency": "USD",
-            "input_tokens": u.input + u.audio_input + u.image_input,
-            "cache_read_tokens": u.cache_read,
-            "cache_write_5m_tokens": u.cache_write_5m,
-            "cache_write_1h_tokens": u.cache_write_1h,
-            "output_tokens": u.output + u.audio_output,
-            "reasoning_tokens": u.reasoning,
+            **_token_columns(u),
         }
         pb, mb = priced_bits[k], missing_bits[k]
         for col, mask in _PART_MASK.items():
