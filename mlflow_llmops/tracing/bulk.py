@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 _logger = logging.getLogger("mlflow_llmops.tracing")
+#: trace ids the artifact-location template may hold (``tr-<hex>``, OTel hex ids)
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+")
+_ID_TOKEN = "tr-llmopsidtoken0123456789"
 
 
 @dataclass
@@ -88,6 +92,8 @@ class SqlBulkWriter:
         self.t_meta = SqlTraceMetadata.__table__
         self.t_spans = SqlSpan.__table__
         self._experiments: dict[str, Any] = {}
+        self._raw_sql: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._artifact_templates: dict[str, str | None] = {}
 
     def _experiment(self, experiment_id: str) -> Any:
         exp = self._experiments.get(experiment_id)
@@ -154,8 +160,50 @@ class SqlBulkWriter:
                 (self.t_spans, rows.spans),
             ):
                 if data:
-                    conn.execute(table.insert(), data)
+                    self._insert(conn, table, data)
         return built
+
+    def _insert(self, conn: Any, table: Any, data: list[dict[str, Any]]) -> None:
+        """One multi-row INSERT. On SQLite, straight to the driver's ``executemany`` when no
+        column needs a bind processor: SQLAlchemy's per-row parameter handling costs about
+        as much as SQLite's own insert."""
+        cols = list(data[0])
+        keys = data[0].keys()
+        if conn.dialect.name == "sqlite" and all(r.keys() == keys for r in data):
+            key = (table.name, tuple(cols))
+            sql = self._raw_sql.get(key)
+            if sql is None and not any(table.c[c].type.bind_processor(conn.dialect) for c in cols):
+                q = conn.dialect.identifier_preparer.quote
+                sql = self._raw_sql[key] = (
+                    f"INSERT INTO {q(table.name)} ({', '.join(q(c) for c in cols)}) "
+                    f"VALUES ({', '.join('?' for _ in cols)})"
+                )
+            if sql is not None:
+                conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in data])
+                return
+        conn.execute(table.insert(), data)
+
+    def _artifact_location(self, experiment: Any, trace_id: str) -> str:
+        """``append_to_uri_path(artifact_location, "traces", trace_id, "artifacts")`` as
+        ``start_trace`` computes it, from a per-experiment template (URI parsing is a tenth
+        of a batch's CPU otherwise); unusual ids or locations take MLflow's path."""
+        import mlflow.store.tracking.sqlalchemy_store as S
+
+        loc = experiment.artifact_location
+
+        def exact(tid: str) -> str:
+            return S.append_to_uri_path(
+                loc, S.SqlAlchemyStore.TRACE_FOLDER_NAME, tid,
+                S.SqlAlchemyStore.ARTIFACTS_FOLDER_NAME,
+            )  # fmt: skip
+
+        if not _PLAIN_ID.fullmatch(trace_id) or _ID_TOKEN in loc:
+            return exact(trace_id)
+        if loc not in self._artifact_templates:
+            t = exact(_ID_TOKEN)
+            self._artifact_templates[loc] = t if t.count(_ID_TOKEN) == 1 else None
+        template = self._artifact_templates[loc]
+        return template.replace(_ID_TOKEN, trace_id) if template else exact(trace_id)
 
     def _rows(self, trace: Any, experiment: Any) -> _Rows:
         """The rows ``start_trace(trace.info)`` then ``log_spans(spans)`` leave for a new trace."""
@@ -197,10 +245,7 @@ class SqlBulkWriter:
         }
         columns.update(S.analytics_columns_from_metadata(metadata))
         tags = {k: v for k, v in trace_tags.items() if k != TraceTagKey.TRACE_NAME}
-        tags[MLFLOW_ARTIFACT_LOCATION] = S.append_to_uri_path(
-            experiment.artifact_location, S.SqlAlchemyStore.TRACE_FOLDER_NAME, tid,
-            S.SqlAlchemyStore.ARTIFACTS_FOLDER_NAME,
-        )  # fmt: skip
+        tags[MLFLOW_ARTIFACT_LOCATION] = self._artifact_location(experiment, tid)
         for key in S.PROMOTED_TRACE_METADATA_KEYS:
             metadata.pop(key, None)
         metadata[TraceMetadataKey.TRACE_INFO_FINALIZED] = "true"
@@ -217,15 +262,13 @@ class SqlBulkWriter:
         for span in trace.data.spans:
             span_dict = S.translate_span_when_storing(span)
             attrs = span_dict.get("attributes", {})
+            # each of these properties re-encodes or re-wraps the OTel value: read once
+            span_id, parent_id, status_code = span.span_id, span.parent_id, span.status.status_code
             usage_nodes.append(
-                S._span_aggregation_node(
-                    span.span_id, span.parent_id, attrs, SpanAttributeKey.CHAT_USAGE
-                )
+                S._span_aggregation_node(span_id, parent_id, attrs, SpanAttributeKey.CHAT_USAGE)
             )
             cost_nodes.append(
-                S._span_aggregation_node(
-                    span.span_id, span.parent_id, attrs, SpanAttributeKey.LLM_COST
-                )
+                S._span_aggregation_node(span_id, parent_id, attrs, SpanAttributeKey.LLM_COST)
             )
             span_cost = None
             if attrs:
@@ -248,11 +291,11 @@ class SqlBulkWriter:
             out.spans.append({
                 "trace_id": span.trace_id,
                 "experiment_id": exp_id,
-                "span_id": span.span_id,
-                "parent_span_id": span.parent_id,
+                "span_id": span_id,
+                "parent_span_id": parent_id,
                 "name": span.name,
                 "type": span.span_type,
-                "status": span.status.status_code,
+                "status": status_code,
                 "start_time_unix_nano": span.start_time_ns,
                 "end_time_unix_nano": span.end_time_ns,
                 "content": json.dumps(span_dict, cls=S.TraceJSONEncoder, ensure_ascii=False),
@@ -270,9 +313,9 @@ class SqlBulkWriter:
                 r = getattr(span._span, "resource", None)
                 if r is not None and r.attributes:
                     resource = r
-            if span.parent_id is None:
+            if parent_id is None:
                 root_dict = span_dict
-                root_status = "ERROR" if span.status.status_code == S.SpanStatusCode.ERROR else "OK"
+                root_status = "ERROR" if status_code == S.SpanStatusCode.ERROR else "OK"
                 prefix = SpanAttributeKey.TRACE_TAG_PREFIX
                 for k, v in attrs.items():
                     if k.startswith(prefix):
