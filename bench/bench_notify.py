@@ -35,13 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slack_sdk.webhook import WebhookClient  # noqa: E402
 
-from mlflow_llmops.alerting.dispatch import Dispatcher  # noqa: E402
 from mlflow_llmops.alerting.model import Alert, AlertState, Severity  # noqa: E402
-from mlflow_llmops.alerting.monitor import deliver_when_due  # noqa: E402
-from mlflow_llmops.alerting.notifiers import Notification  # noqa: E402
-from mlflow_llmops.alerting.notifiers.slack import render_blocks  # noqa: E402
-from mlflow_llmops.alerting.notify_config import NotificationsConfig  # noqa: E402
 from mlflow_llmops.clock import SystemClock  # noqa: E402
+from mlflow_llmops.monitor.cycle import deliver_when_due  # noqa: E402
+from mlflow_llmops.notify import Dispatcher  # noqa: E402
+from mlflow_llmops.notify.config import NotificationsConfig  # noqa: E402
+from mlflow_llmops.notify.notifiers import Notification  # noqa: E402
+from mlflow_llmops.notify.notifiers.slack import render_blocks  # noqa: E402
 from mlflow_llmops.store.state import StateStore  # noqa: E402
 from mlflow_llmops.testing.fake_pagerduty import FakePagerDutyServer  # noqa: E402
 from mlflow_llmops.testing.fake_slack import FakeSlackServer  # noqa: E402
@@ -227,7 +227,7 @@ def crash_worker(state_url: str, config: str, state: str) -> None:
 
     import sqlalchemy as sa
 
-    from mlflow_llmops.alerting.dispatch import tables as t
+    from mlflow_llmops.notify import tables as t
 
     cfg = json.loads(config)
     store = StateStore(state_url)

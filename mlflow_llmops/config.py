@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mlflow_llmops.alerting.config import AlertingConfig
 from mlflow_llmops.errors import ConfigError
+from mlflow_llmops.monitor.config import AlertingConfig
 from mlflow_llmops.pricing.config import PricingConfig
 from mlflow_llmops.scoring.config import ScoringConfig
 from mlflow_llmops.secrets import (

@@ -39,10 +39,11 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
     import sqlalchemy as sa
     from mlflow import MlflowClient
 
-    from mlflow_llmops.alerting import ConsoleSink, Monitor
+    from mlflow_llmops.alerting import ConsoleSink
     from mlflow_llmops.alerting.model import AlertState
     from mlflow_llmops.clock import FakeClock
     from mlflow_llmops.config import load_config
+    from mlflow_llmops.monitor import Monitor
     from mlflow_llmops.store.state import StateStore
     from mlflow_llmops.testing.seed import Incident, bulk_load, synthetic_traffic
 
@@ -105,7 +106,7 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
     store = StateStore(ctx.state_url)
     monitor = Monitor(config, store=store, clock=clock, sink=ConsoleSink(out), holder="demo")
     # one log line per cycle is too much here: the alerts and detection times follow
-    logging.getLogger("mlflow_llmops.alerting.monitor").setLevel(logging.WARNING)
+    logging.getLogger("mlflow_llmops.monitor.cycle").setLevel(logging.WARNING)
     print(f"{len(monitor.rules)} rules ({', '.join(r.name for r in monitor.rules)}), "
           f"every {INTERVAL.seconds // 60} min")  # fmt: skip
     rules = {r.name: r for r in monitor.rules}

@@ -16,9 +16,10 @@ ROLLBACK_RULE = "llm_error_rate_high"
 def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
     from mlflow import MlflowClient
 
-    from mlflow_llmops.alerting.dispatch import Dispatcher
-    from mlflow_llmops.alerting.notify_config import NotificationsConfig, RollbackConfig
-    from mlflow_llmops.alerting.rollback import RollbackManager, promote
+    from mlflow_llmops.notify import Dispatcher
+    from mlflow_llmops.notify.config import NotificationsConfig
+    from mlflow_llmops.rollback import RollbackManager, promote
+    from mlflow_llmops.rollback.config import RollbackConfig
     from mlflow_llmops.store.state import StateStore
     from mlflow_llmops.testing.fake_slack import FakeSlackServer
 

@@ -1,4 +1,7 @@
-"""Alerting: rules, signals, the alert engine, the monitor, dispatch and rollback.
+"""Alerting: rules, signals, the alert engine (state machine), packs, Prometheus export.
+
+Notifications are in ``mlflow_llmops.notify``, rollback hooks in ``mlflow_llmops.rollback``,
+the monitor cycle in ``mlflow_llmops.monitor``.
 
 Public names are imported lazily so ``mlflow_llmops.config`` stays cheap.
 """
@@ -31,20 +34,9 @@ _EXPORTS: dict[str, str] = {
     "Evaluation": "mlflow_llmops.alerting.engine",
     "ALERTING_MIGRATIONS": "mlflow_llmops.alerting.engine",
     "replay": "mlflow_llmops.alerting.engine",
-    "Monitor": "mlflow_llmops.alerting.monitor",
-    "CycleReport": "mlflow_llmops.alerting.monitor",
-    "evaluate_rules": "mlflow_llmops.alerting.monitor",
     "ConsoleSink": "mlflow_llmops.alerting.console",
     "export_prometheus_rules": "mlflow_llmops.alerting.prometheus",
     "grafana_dashboard": "mlflow_llmops.alerting.prometheus",
-    **{
-        n: "mlflow_llmops.alerting.dispatch"
-        for n in ("Dispatcher", "DispatchReport", "AlertSink", "Silences")
-    },
-    **{
-        n: "mlflow_llmops.alerting.rollback"
-        for n in ("RollbackManager", "RollbackRecord", "promote")
-    },
 }
 
 

@@ -103,8 +103,8 @@ def evaluate_cmd(app: AppContext, at: str | None, interval: str | None, as_json:
     Never changes the alert state and never notifies.
     """
     from mlflow_llmops.alerting import replay
-    from mlflow_llmops.alerting.monitor import signal_source_from_config
     from mlflow_llmops.alerting.rules import parse_duration
+    from mlflow_llmops.monitor.cycle import signal_source_from_config
 
     when = parse_time(at)
     step = app.config.alerting.evaluation_interval

@@ -28,13 +28,13 @@ def _store(app):  # noqa: ANN001, ANN202
 
 
 def _dispatcher(app):  # noqa: ANN001, ANN202
-    from mlflow_llmops.alerting.dispatch import Dispatcher
+    from mlflow_llmops.notify import Dispatcher
 
     return Dispatcher(app.config.alerting.notifications, _store(app))
 
 
 def _rollback(app, with_notifier: bool = True):  # noqa: ANN001, ANN202
-    from mlflow_llmops.alerting.rollback import RollbackManager
+    from mlflow_llmops.rollback import RollbackManager
 
     store = _store(app)
     notifier = None
@@ -80,7 +80,7 @@ def silence() -> None:
 @pass_app
 def silence_add(app, matchers: tuple[str, ...], duration: str, comment: str, author: str) -> None:  # noqa: ANN001
     """Silence alerts matching all MATCHERS (name=value, name!=value, name=~regex, name!~regex)."""
-    from mlflow_llmops.alerting.dispatch import Silences
+    from mlflow_llmops.notify import Silences
 
     now = _now()
     try:
@@ -102,7 +102,7 @@ def silence_add(app, matchers: tuple[str, ...], duration: str, comment: str, aut
 @pass_app
 def silence_list(app, include_expired: bool) -> None:  # noqa: ANN001
     """Active (or all) silences."""
-    from mlflow_llmops.alerting.dispatch import Silences
+    from mlflow_llmops.notify import Silences
 
     rows = Silences(_store(app)).list(_now(), include_expired=include_expired)
     if not rows:
@@ -118,7 +118,7 @@ def silence_list(app, include_expired: bool) -> None:  # noqa: ANN001
 @pass_app
 def silence_expire(app, silence_id: str) -> None:  # noqa: ANN001
     """End a silence now."""
-    from mlflow_llmops.alerting.dispatch import Silences
+    from mlflow_llmops.notify import Silences
 
     if not Silences(_store(app)).expire(silence_id, _now()):
         raise click.ClickException(f"no active silence {silence_id!r} (see `alerts silence list`)")
@@ -134,7 +134,7 @@ def silence_expire(app, silence_id: str) -> None:  # noqa: ANN001
 @pass_app
 def test_notify(app, receiver: str, message: str) -> None:  # noqa: ANN001
     """Send a test message to RECEIVER (a name under alerting.notifications.receivers)."""
-    from mlflow_llmops.alerting.notifiers import Notification
+    from mlflow_llmops.notify.notifiers import Notification
 
     cfg = app.config.alerting.notifications
     names = [r.name for r in cfg.receivers]
@@ -240,7 +240,7 @@ def rollback_promote(
     app, model: str | None, prompt: str | None, alias: str, version: str, note: str
 ) -> None:  # noqa: ANN001
     """Move ALIAS to VERSION and record the previous version (what a rollback returns to)."""
-    from mlflow_llmops.alerting.rollback import promote
+    from mlflow_llmops.rollback import promote
 
     if (model is None) == (prompt is None):
         raise click.UsageError("give exactly one of --model or --prompt")

@@ -290,8 +290,8 @@ def test_rollback_audit_records_are_masked(tmp_path):
     from datetime import UTC, datetime, timedelta
 
     from mlflow_llmops.alerting.model import Alert, AlertState, Severity
-    from mlflow_llmops.alerting.notify_config import RollbackConfig
-    from mlflow_llmops.alerting.rollback import RollbackManager
+    from mlflow_llmops.rollback import RollbackManager
+    from mlflow_llmops.rollback.config import RollbackConfig
     from mlflow_llmops.store.state import StateStore
 
     store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")

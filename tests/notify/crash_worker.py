@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from notify_helpers import T0, make_alert, resolved
 
-from mlflow_llmops.alerting.dispatch import Dispatcher
-from mlflow_llmops.alerting.dispatch import tables as t
-from mlflow_llmops.alerting.notify_config import NotificationsConfig
+from mlflow_llmops.notify import Dispatcher
+from mlflow_llmops.notify import tables as t
+from mlflow_llmops.notify.config import NotificationsConfig
 from mlflow_llmops.store.state import StateStore
 
 

@@ -12,9 +12,9 @@ import signal
 import sys
 import threading
 
-from mlflow_llmops.alerting.monitor import Monitor
 from mlflow_llmops.alerting.signals import MemorySignalSource
 from mlflow_llmops.config import load_config
+from mlflow_llmops.monitor.cycle import Monitor
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime
 
 from mlflow_llmops.alerting.model import Alert, AlertState, Severity
-from mlflow_llmops.alerting.notifiers import Notification, NotifyError, SendResult
+from mlflow_llmops.notify.notifiers import Notification, NotifyError, SendResult
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 PD_KEY = "R0UT1NGK3Y0000000000000000000000"

@@ -11,9 +11,9 @@ import pytest
 import requests
 from notify_helpers import make_alert, resolved
 
-from mlflow_llmops.alerting.dispatch import Dispatcher
-from mlflow_llmops.alerting.notifiers.webhook import SIGNATURE_HEADER, verify_signature
-from mlflow_llmops.alerting.notify_config import NotificationsConfig
+from mlflow_llmops.notify import Dispatcher
+from mlflow_llmops.notify.config import NotificationsConfig
+from mlflow_llmops.notify.notifiers.webhook import SIGNATURE_HEADER, verify_signature
 from mlflow_llmops.testing.fake_slack import FakeHttpServer, Recorded
 from mlflow_llmops.testing.ports import free_port
 
@@ -173,8 +173,8 @@ def test_alertmanager_keeps_a_firing_alert_active_past_its_validity(store, tmp_p
 def test_test_notify_posts_a_short_lived_alert_to_alertmanager(tmp_path, alertmanager):
     from click.testing import CliRunner
 
-    from mlflow_llmops.alerting.notifiers.alertmanager import TEST_ALERTNAME
     from mlflow_llmops.cli import cli
+    from mlflow_llmops.notify.notifiers.alertmanager import TEST_ALERTNAME
 
     cfg = tmp_path / "mlflow-llmops.yaml"
     cfg.write_text(

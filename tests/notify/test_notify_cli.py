@@ -92,8 +92,8 @@ def test_rollback_promote_list_approve(tmp_path, slack, monkeypatch):
                                  "champion", "--version", "2").output  # fmt: skip
 
     # the monitor plans a rollback (mode: confirm) through the public API
-    from mlflow_llmops.alerting.rollback import RollbackManager
     from mlflow_llmops.config import load_config
+    from mlflow_llmops.rollback import RollbackManager
     from mlflow_llmops.store.state import StateStore
 
     conf = load_config(cfg)

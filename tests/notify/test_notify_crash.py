@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from notify_helpers import PD_KEY, T0
 
-from mlflow_llmops.alerting.dispatch import Dispatcher
-from mlflow_llmops.alerting.notify_config import NotificationsConfig
+from mlflow_llmops.notify import Dispatcher
+from mlflow_llmops.notify.config import NotificationsConfig
 from mlflow_llmops.testing.fake_slack import FakeSlackServer
 from mlflow_llmops.testing.fake_webhook import FakeWebhookReceiver
 

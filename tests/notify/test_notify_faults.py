@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 from notify_helpers import PD_KEY, T0, make_alert, resolved
 
-from mlflow_llmops.alerting.dispatch import Dispatcher
-from mlflow_llmops.alerting.notifiers.pagerduty import group_dedup_key
-from mlflow_llmops.alerting.notify_config import NotificationsConfig
 from mlflow_llmops.clock import SystemClock
+from mlflow_llmops.notify import Dispatcher
+from mlflow_llmops.notify.config import NotificationsConfig
+from mlflow_llmops.notify.notifiers.pagerduty import group_dedup_key
 from mlflow_llmops.testing.fake_slack import SlackFault
 
 
@@ -110,7 +110,7 @@ def test_pagerduty_storm_opens_one_incident_per_group_and_resolves_them(store, p
 def _groups(store) -> list[dict]:
     import sqlalchemy as sa
 
-    from mlflow_llmops.alerting.dispatch import tables
+    from mlflow_llmops.notify import tables
 
     with store.engine.connect() as c:
         return [dict(r) for r in c.execute(sa.select(tables.groups)).mappings()]

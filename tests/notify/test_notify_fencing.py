@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from mlflow_llmops.alerting.dispatch import NOTIFY_MIGRATIONS
 from mlflow_llmops.alerting.engine import ALERTING_MIGRATIONS
+from mlflow_llmops.notify import NOTIFY_MIGRATIONS
 from mlflow_llmops.store.state import StateStore
 
 HERE = Path(__file__).resolve().parent

@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from notify_helpers import make_alert
 
 from mlflow_llmops.alerting.console import ConsoleSink
-from mlflow_llmops.alerting.dispatch import Dispatcher
-from mlflow_llmops.alerting.monitor import Monitor
 from mlflow_llmops.alerting.signals import MemorySignalSource
 from mlflow_llmops.config import load_config
+from mlflow_llmops.monitor.cycle import Monitor
+from mlflow_llmops.notify import Dispatcher
 
 
 def _config(tmp_path, state_url, slack, *, rules: int = 1, interval: str = "60s", **receiver):

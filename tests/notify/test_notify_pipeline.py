@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 from notify_helpers import T0, Recorder, make_alert, resolved
 
-from mlflow_llmops.alerting.dispatch import Dispatcher, Silences
-from mlflow_llmops.alerting.notifiers import NotifyError
-from mlflow_llmops.alerting.notify_config import NotificationsConfig
 from mlflow_llmops.errors import ConfigError
+from mlflow_llmops.notify import Dispatcher, Silences
+from mlflow_llmops.notify.config import NotificationsConfig
+from mlflow_llmops.notify.notifiers import NotifyError
 
 
 def make(store, rec: Recorder | None = None, **cfg) -> tuple[Dispatcher, Recorder]:

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from notify_helpers import T0, Recorder, make_alert, resolved
 
-from mlflow_llmops.alerting.dispatch import Dispatcher
-from mlflow_llmops.alerting.notify_config import NotificationsConfig
+from mlflow_llmops.notify import Dispatcher
+from mlflow_llmops.notify.config import NotificationsConfig
 from mlflow_llmops.store.state import StateStore
 
 WAIT, INTERVAL = 30, 300

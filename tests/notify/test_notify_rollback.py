@@ -10,9 +10,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from notify_helpers import T0, make_alert, resolved
 
-from mlflow_llmops.alerting.dispatch import Dispatcher
-from mlflow_llmops.alerting.notify_config import NotificationsConfig, RollbackConfig
-from mlflow_llmops.alerting.rollback import RollbackError, RollbackManager, promote
+from mlflow_llmops.monitor import default_sink
+from mlflow_llmops.notify import Dispatcher
+from mlflow_llmops.notify.config import NotificationsConfig
+from mlflow_llmops.rollback import RollbackError, RollbackManager, promote
+from mlflow_llmops.rollback.config import RollbackConfig
 
 _n = itertools.count()
 CALLS: list[dict] = []
@@ -211,7 +213,7 @@ def test_dispatcher_from_config_runs_rollback_hooks_on_submit(store, registry, s
             },
         }
     )  # fmt: skip
-    d = Dispatcher.from_config(conf, store)
+    d = default_sink(conf, store)
     d.submit([qd()], T0 + timedelta(minutes=6))
     d.flush(T0 + timedelta(minutes=6))
     assert alias_version(registry, m) == "1"

@@ -8,10 +8,10 @@ from datetime import timedelta
 import pytest
 from notify_helpers import PD_KEY, T0, make_alert, resolved
 
-from mlflow_llmops.alerting.dispatch import Dispatcher
-from mlflow_llmops.alerting.notifiers import Notification
-from mlflow_llmops.alerting.notifiers.pagerduty import dedup_key
-from mlflow_llmops.alerting.notify_config import NotificationsConfig
+from mlflow_llmops.notify import Dispatcher
+from mlflow_llmops.notify.config import NotificationsConfig
+from mlflow_llmops.notify.notifiers import Notification
+from mlflow_llmops.notify.notifiers.pagerduty import dedup_key
 from mlflow_llmops.testing.fake_pagerduty import PagerDutyFault
 from mlflow_llmops.testing.fake_slack import SlackFault
 

@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 from notify_helpers import T0, make_alert, resolved
 
-from mlflow_llmops.alerting.dispatch.stages import (
+from mlflow_llmops.notify.config import InhibitRule, RateLimit, RetryPolicy, Route
+from mlflow_llmops.notify.stages import (
     Matcher,
     NflogEntry,
     Silence,
@@ -21,7 +22,6 @@ from mlflow_llmops.alerting.dispatch.stages import (
     needs_update,
     silenced_by,
 )
-from mlflow_llmops.alerting.notify_config import InhibitRule, RateLimit, RetryPolicy, Route
 
 D = {
     "group_by": ("alertname",),

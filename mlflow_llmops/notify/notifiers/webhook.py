@@ -21,14 +21,14 @@ from typing import Any
 
 import requests
 
-from mlflow_llmops.alerting.notifiers.alertmanager import to_postable
-from mlflow_llmops.alerting.notifiers.base import (
+from mlflow_llmops.notify.config import WebhookReceiver
+from mlflow_llmops.notify.notifiers.alertmanager import to_postable
+from mlflow_llmops.notify.notifiers.base import (
     Notification,
     NotifyError,
     SendResult,
     error_for_status,
 )
-from mlflow_llmops.alerting.notify_config import WebhookReceiver
 
 SIGNATURE_HEADER = "X-Llmops-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"

@@ -33,8 +33,14 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from mlflow_llmops.alerting.dispatch import tables as t
-from mlflow_llmops.alerting.dispatch.stages import (
+from mlflow_llmops.alerting.model import Alert, AlertState
+from mlflow_llmops.clock import Clock
+from mlflow_llmops.errors import ConfigError
+from mlflow_llmops.notify import tables as t
+from mlflow_llmops.notify.config import AlertmanagerReceiver, NotificationsConfig, Route
+from mlflow_llmops.notify.notifiers import Notification, Notifier, NotifyError, build_notifier
+from mlflow_llmops.notify.notifiers.base import alert_from_dict, alert_to_dict, outbox_key
+from mlflow_llmops.notify.stages import (
     Inhibitor,
     Matcher,
     NflogEntry,
@@ -48,12 +54,6 @@ from mlflow_llmops.alerting.dispatch.stages import (
     needs_update,
     silenced_by,
 )
-from mlflow_llmops.alerting.model import Alert, AlertState
-from mlflow_llmops.alerting.notifiers import Notification, Notifier, NotifyError, build_notifier
-from mlflow_llmops.alerting.notifiers.base import alert_from_dict, alert_to_dict, outbox_key
-from mlflow_llmops.alerting.notify_config import AlertmanagerReceiver, NotificationsConfig, Route
-from mlflow_llmops.clock import Clock
-from mlflow_llmops.errors import ConfigError
 from mlflow_llmops.store.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,8 @@ class Dispatcher:
         self._rate_wait: dict[str, datetime] = {}
         self.rng = rng or random.Random()
         self.max_sends_per_flush = max_sends_per_flush
-        #: a RollbackManager: fed every submitted batch (its notes go through this outbox)
+        #: rollback hooks (``mlflow_llmops.rollback.RollbackManager``, wired by the monitor):
+        #: fed every submitted batch; their notes go through this outbox
         self.rollback = rollback
         self._last_purge: datetime | None = None
         #: how often the monitor re-submits (the validity of alerts sent to Alertmanager)
@@ -264,20 +265,6 @@ class Dispatcher:
         self._resent_at: dict[str, datetime] = {}
         self._resend_due: dict[str, datetime] = {}
         self._lock = threading.RLock()
-
-    @classmethod
-    def from_config(cls, config: Any, store: StateStore, **kw: Any) -> Dispatcher:
-        """Notifications and rollback hooks from a whole ``LlmopsConfig``: what the monitor
-        should use as its sink once receivers are configured."""
-        kw.setdefault("evaluation_interval", config.alerting.evaluation_interval)
-        d = cls(config.alerting.notifications, store, **kw)
-        if config.alerting.rollback.hooks:
-            from mlflow_llmops.alerting.rollback import RollbackManager
-
-            d.rollback = RollbackManager(
-                config.alerting.rollback, store, config.tracking.uri, notifier=d
-            )
-        return d
 
     @property
     def max_group_wait(self) -> timedelta:

@@ -18,13 +18,13 @@ from typing import Any
 import requests
 
 from mlflow_llmops.alerting.model import Alert
-from mlflow_llmops.alerting.notifiers.base import (
+from mlflow_llmops.notify.config import AlertmanagerReceiver
+from mlflow_llmops.notify.notifiers.base import (
     Notification,
     NotifyError,
     SendResult,
     error_for_status,
 )
-from mlflow_llmops.alerting.notify_config import AlertmanagerReceiver
 
 #: how long a ``test-notify`` alert stays active in Alertmanager
 TEST_ALERT_TTL = timedelta(minutes=1)

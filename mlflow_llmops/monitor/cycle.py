@@ -174,9 +174,20 @@ def default_sink(config: LlmopsConfig, store: StateStore) -> AlertSink:
     console."""
     if not config.alerting.notifications.receivers:
         return ConsoleSink()
-    from mlflow_llmops.alerting.dispatch import Dispatcher
+    from mlflow_llmops.notify import Dispatcher
 
-    return Dispatcher.from_config(config, store)
+    d = Dispatcher(
+        config.alerting.notifications,
+        store,
+        evaluation_interval=config.alerting.evaluation_interval,
+    )
+    if config.alerting.rollback.hooks:
+        from mlflow_llmops.rollback import RollbackManager
+
+        d.rollback = RollbackManager(
+            config.alerting.rollback, store, config.tracking.uri, notifier=d
+        )
+    return d
 
 
 class Monitor:
@@ -481,25 +492,3 @@ class Monitor:
             except Exception as e:  # noqa: BLE001 - best effort on the way out
                 log.warning("cannot release the lease: %s", e)
         return reports
-
-
-def evaluate_rules(
-    config: LlmopsConfig,
-    store: StateStore,
-    now: datetime,
-    *,
-    source: SignalSource | None = None,
-    dry_run: bool = False,
-    base_dir: str | Path | None = None,
-) -> list[Alert]:
-    """Monitor step 3 (docs/contracts.md): evaluate the configured rules at ``now``."""
-    engine = AlertEngine(
-        config.alerting.all_rules(base_dir),
-        source or signal_source_from_config(config),
-        store,
-        persist=not dry_run,
-        evaluation_delay=config.alerting.evaluation_delay,
-        resolved_retention=config.alerting.resolved_retention,
-        links=AlertLinks.from_config(config.alerting),
-    )
-    return engine.evaluate(now).alerts

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from mlflow_llmops.alerting.model import Alert
-from mlflow_llmops.alerting.notify_config import InhibitRule, RateLimit, RetryPolicy, Route
+from mlflow_llmops.notify.config import InhibitRule, RateLimit, RetryPolicy, Route
 
 # -- routing ---------------------------------------------------------------
 

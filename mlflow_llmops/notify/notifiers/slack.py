@@ -28,7 +28,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
 
 from mlflow_llmops.alerting.model import Alert
-from mlflow_llmops.alerting.notifiers.base import (
+from mlflow_llmops.notify.config import SlackReceiver
+from mlflow_llmops.notify.notifiers.base import (
     Notification,
     NotifyError,
     SendResult,
@@ -36,7 +37,6 @@ from mlflow_llmops.alerting.notifiers.base import (
     error_for_status,
     target_desc,
 )
-from mlflow_llmops.alerting.notify_config import SlackReceiver
 
 TRANSIENT_ERRORS = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}

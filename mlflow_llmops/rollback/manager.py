@@ -26,15 +26,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from mlflow_llmops.alerting.model import Alert
-from mlflow_llmops.alerting.notify_config import RollbackConfig, RollbackHook
-from mlflow_llmops.alerting.rollback.targets import (
+from mlflow_llmops.errors import ConfigError, LlmopsError
+from mlflow_llmops.rollback.config import RollbackConfig, RollbackHook
+from mlflow_llmops.rollback.targets import (
     PROMPT_CACHE_ENV,
     AliasTarget,
     ModelAliasTarget,
     PromptAliasTarget,
     load_function,
 )
-from mlflow_llmops.errors import ConfigError, LlmopsError
 from mlflow_llmops.secrets import mask_text
 from mlflow_llmops.store.state import Migration, StateStore, create_tables
 
@@ -595,7 +595,7 @@ class RollbackManager:
         return rec
 
     def _notify(self, h: RollbackHook, rec: RollbackRecord, now: datetime) -> None:
-        from mlflow_llmops.alerting.notifiers import Notification
+        from mlflow_llmops.notify.notifiers import Notification
 
         with self.store.engine.connect() as c:
             seq = c.execute(

@@ -1,7 +1,7 @@
 """Configuration section ``alerting:`` of mlflow-llmops.yaml. Import-light: models only.
 
-Rules and the monitor loop live here; ``notifications`` and ``rollback`` are
-defined in ``notify_config.py``.
+The section the monitor runs: rules and the monitor loop are defined here,
+``notifications`` in ``notify/config.py`` and ``rollback`` in ``rollback/config.py``.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from mlflow_llmops.alerting.notify_config import NotificationsConfig, RollbackConfig
 from mlflow_llmops.alerting.rules import (
     BaselineRule,
     BurnRateRule,
@@ -22,11 +21,10 @@ from mlflow_llmops.alerting.rules import (
     collect_rules,
     parse_rules,
 )
+from mlflow_llmops.core.config import Section as _Section
 from mlflow_llmops.errors import ConfigError
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from mlflow_llmops.notify.config import NotificationsConfig
+from mlflow_llmops.rollback.config import RollbackConfig
 
 
 class MonitorConfig(_Section):

@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mlflow_llmops.alerting.model import Alert
-from mlflow_llmops.alerting.notifiers.base import (
+from mlflow_llmops.notify.config import PagerDutyReceiver
+from mlflow_llmops.notify.notifiers.base import (
     Notification,
     NotifyError,
     SendResult,
@@ -27,7 +28,6 @@ from mlflow_llmops.alerting.notifiers.base import (
     error_for_status,
     target_desc,
 )
-from mlflow_llmops.alerting.notify_config import PagerDutyReceiver
 
 SUMMARY_MAX = 1024
 #: alerts listed in a group incident's details (PagerDuty caps an event at 512 KB)

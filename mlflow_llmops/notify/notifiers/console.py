@@ -5,13 +5,13 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from mlflow_llmops.alerting.notifiers.base import (
+from mlflow_llmops.notify.config import ConsoleReceiver
+from mlflow_llmops.notify.notifiers.base import (
     Notification,
     SendResult,
     describe_alert,
     target_desc,
 )
-from mlflow_llmops.alerting.notify_config import ConsoleReceiver
 
 
 def render_text(n: Notification) -> str:

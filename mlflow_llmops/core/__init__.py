@@ -1,0 +1,1 @@
+"""One of each helper the other packages share: config base, time, errors."""
