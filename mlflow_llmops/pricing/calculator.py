@@ -534,156 +534,213 @@ class CostCalculator:
         tokens and a price / no price), ``match_key`` (the catalog key matched, also
         when no price is in force at that date) and ``inexact`` (a rate finer than a
         pico-dollar: price that row with :meth:`cost`; the frame skips the exact fix).
+
+        How it stays at array speed: the (model, provider, tier) columns become one
+        integer key; the catalog is consulted once per distinct key (not per row);
+        a dated price is found by one binary search over the days its price changes;
+        every row is then a handful of table look-ups and integer products. Model,
+        provider and tier columns of ``category`` dtype skip the hashing of strings.
         """
         import numpy as np
         import pandas as pd
 
         n = len(df)
-        # Only the buckets the frame has: absent columns cost nothing to skip.
-        present = [j for j, b in enumerate(_VEC) if FRAME_TOKEN_COLUMNS[b] in df.columns]
-        pos = {j: i for i, j in enumerate(present)}
-        tokens = np.empty((n, len(present)), dtype=np.int64)
-        for i, j in enumerate(present):
-            tokens[:, i] = df[FRAME_TOKEN_COLUMNS[_VEC[j]]].fillna(0).to_numpy(dtype=np.int64)
-        if (tokens < 0).any():
+        columns = df.columns
+        present = [j for j, b in enumerate(_VEC) if FRAME_TOKEN_COLUMNS[b] in columns]
+        tok = {j: _int64_column(df[FRAME_TOKEN_COLUMNS[_VEC[j]]]) for j in present}
+        if n and any(int(a.min()) < 0 for a in tok.values()):
             raise UsageError("token counts must not be negative")
-        if 5 in pos:  # output holds output incl. reasoning: price the two parts separately
-            if 4 not in pos or (tokens[:, pos[5]] > tokens[:, pos[4]]).any():
+        if 5 in tok:  # output holds output incl. reasoning: price the two parts separately
+            if 4 not in tok or (n and bool((tok[5] > tok[4]).any())):
                 raise UsageError("reasoning_tokens cannot exceed output_tokens")
-            tokens[:, pos[4]] -= tokens[:, pos[5]]
-        prompt_cols = [pos[j] for j in (0, 1, 2, 3, 6, 8) if j in pos]
-        prompt = tokens[:, prompt_cols].sum(axis=1) if prompt_cols else np.zeros(n, np.int64)
+            tok[4] = tok[4] - tok[5]
 
-        def codes_of(c: str) -> tuple[np.ndarray, list[str | None]]:
-            if c not in df.columns:
-                return np.zeros(n, dtype=np.int64), [None]
-            codes, uniques = pd.factorize(df[c], use_na_sentinel=True)
-            vals = [None if pd.isna(u) or u == "" else str(u) for u in uniques]
-            codes = np.where(codes < 0, len(vals), codes).astype(np.int64)
-            return codes, [*vals, None]
+        mc, mv = _factorized(df, model_col)
+        pc, pv = _factorized(df, provider_col)
+        tc, tv = _factorized(df, tier_col)
+        n_p, n_t = len(pv), len(tv)
+        n_keys = len(mv) * n_p * n_t
+        combo = _combined(n, ((mc, n_p * n_t), (pc, n_t), (tc, 1)))
+        if n_keys <= max(4 * n, 1 << 16):  # a table per possible key, indexed by the key
+            seen = np.zeros(n_keys, dtype=bool)
+            seen[combo] = True
+            raws = np.flatnonzero(seen)
+            slots, key, n_slots = raws, combo, n_keys
+        else:  # very many distinct names: number the keys that occur
+            raws, key = np.unique(combo, return_inverse=True)
+            slots, n_slots = np.arange(len(raws)), len(raws)
 
-        mc, mv = codes_of(model_col)
-        pc, pv = codes_of(provider_col)
-        tc, tv = codes_of(tier_col)
-        combo_raw = (mc * len(pv) + pc) * len(tv) + tc
-        if timestamp_col in df.columns:
-            days = df[timestamp_col].fillna(0).to_numpy(dtype=np.int64) // 86_400_000
-        else:
-            days = np.full(n, _to_day(at, self.clock).toordinal() - 719163, dtype=np.int64)
-
-        variant = np.full(n, -1, dtype=np.int64)  # index into rate tables
-        rate_rows: list[list[int]] = []
-        miss_rows: list[list[bool]] = []
-        labels: list[str] = []
-        tiers_applied: list[str | None] = []
-        exact_ok: list[bool] = []
-        variant_ids: dict[tuple[int, str | None, int], int] = {}
-        epoch = 719163  # date(1970, 1, 1).toordinal()
-        match_keys: list[str] = []
-        match_code = np.full(n, -1, dtype=np.int64) if detail else None
-        for code, rows in _groups(combo_raw):
-            code = int(code)
-            t_i = code % len(tv)
-            p_i = (code // len(tv)) % len(pv)
-            m_i = code // (len(tv) * len(pv))
-            match = self.catalog.match(mv[m_i], pv[p_i])
+        # One pass over the distinct keys: their price segments (one per run of days
+        # with the same entry in force), then the rates of each segment's levels.
+        catalog = self._catalog
+        fixed_day = None if timestamp_col in columns else _to_day(at, self.clock)
+        seg_first = np.zeros(n_slots, dtype=np.int64)
+        segments: list[tuple[PriceEntry | None, str | None]] = []
+        dated: list[tuple[int, list[int]]] = []  # (slot, days its price changes, ordinals)
+        match_codes: dict[str, int] = {}
+        slot_match = np.full(n_slots, -1, dtype=np.int64) if detail else None
+        for slot, raw in zip(slots.tolist(), raws.tolist(), strict=True):
+            m_i, rest = divmod(raw, n_p * n_t)
+            p_i, t_i = divmod(rest, n_t)
             tier = tv[t_i]
+            match = catalog.match(mv[m_i], pv[p_i])
+            seg_first[slot] = len(segments)
             if match.key is None:
+                segments.append((None, None))
                 continue
-            if match_code is not None:
-                match_code[rows] = len(match_keys)
-                match_keys.append(match.entry_key or "")
-            timeless = self.catalog.timeless.get(match.key)
-            if timeless is not None:
-                groups = [(rows, timeless)]
-            else:
-                groups = [
-                    (rows[sub], self._entry(match.key, date.fromordinal(int(d) + epoch)))
-                    for d, sub in _groups(days[rows])
-                ]
-            for grows, entry in groups:
-                if entry is None:
-                    continue
-                lcs = entry.tier_long_context.get(_norm_tier(tier) or "", ()) or entry.long_context
-                thresholds = np.array([lc.threshold for lc in lcs], dtype=np.int64)
-                level = (
-                    (prompt[grows][:, None] > thresholds[None, :]).sum(axis=1)
-                    if len(thresholds)
-                    else np.zeros(len(grows), dtype=np.int64)
-                )
-                for lv in np.unique(level):
-                    vk = (id(entry), tier, int(lv))
-                    vid = variant_ids.get(vk)
-                    if vid is None:
-                        probe = 0 if lv == 0 else int(thresholds[lv - 1]) + 1
-                        rr = self._resolved(entry, tier, probe)
-                        r_row, m_row, ok = [], [], True
-                        for b in _VEC:
-                            rate = rr.rates[b]
-                            if rate is None:
-                                r_row.append(0)
-                                m_row.append(True)
-                            else:
-                                p = rate * PICO
-                                if p != p.to_integral_value():
-                                    ok = False
-                                r_row.append(int(p))
-                                m_row.append(False)
-                        vid = len(rate_rows)
-                        variant_ids[vk] = vid
-                        rate_rows.append(r_row)
-                        miss_rows.append(m_row)
-                        labels.append(entry.label)
-                        tiers_applied.append(rr.tier)
-                        exact_ok.append(ok)
-                    variant[grows[level == lv]] = vid
-        rate_tab = np.array(rate_rows or [[0] * len(_VEC)], dtype=np.int64)[:, present]
-        miss_tab = np.array(miss_rows or [[True] * len(_VEC)], dtype=bool)[:, present]
-        matched = variant >= 0
-        vidx = np.where(matched, variant, 0)
-        costs = tokens * rate_tab[vidx]
-        has = tokens > 0
-        missing = has & miss_tab[vidx]
-        if miss_tab.any():
-            costs[missing] = 0
-        any_missing = missing.any(axis=1)
-        any_priced = (has & ~missing).any(axis=1) | ~has.any(axis=1)
-        status_code = np.where(
-            ~matched | (any_missing & ~any_priced), 2, np.where(any_missing, 1, 0)
-        ).astype(np.int8)
-        unpriced = status_code == 2
-        total = costs.sum(axis=1)
-        out = pd.DataFrame(index=df.index)
-        out["status"] = pd.Categorical.from_codes(status_code, categories=list(_STATUSES))
-        out["matched_entry"] = _categorical(labels, variant)
-        out["service_tier_applied"] = _categorical(tiers_applied, variant)
+            if slot_match is not None:
+                slot_match[slot] = match_codes.setdefault(match.entry_key or "", len(match_codes))
+            entry = catalog.timeless.get(match.key)
+            if entry is not None:
+                segments.append((entry, tier))
+                continue
+            if fixed_day is not None:
+                segments.append((self._entry(match.key, fixed_day), tier))
+                continue
+            changes = catalog.change_days(match.key)
+            first = changes[0] if changes else date.max
+            before = date.fromordinal(first.toordinal() - 1) if first > date.min else first
+            segments.append((self._entry(match.key, before), tier))
+            for d in changes:
+                segments.append((self._entry(match.key, d), tier))
+            if changes:
+                dated.append((slot, [d.toordinal() for d in changes]))
 
-        def bucket_cost(*js: int) -> np.ndarray:
-            cols = [pos[j] for j in js if j in pos]
-            if not cols:
+        seg = seg_first[key]
+        if dated:
+            is_dated = np.zeros(n_slots, dtype=bool)
+            is_dated[[s for s, _ in dated]] = True
+            rows = np.flatnonzero(is_dated[key])
+            if len(rows):
+                ms = _int64_column(df[timestamp_col])[rows]
+                day = np.clip(ms // _MS_PER_DAY + _EPOCH_ORDINAL, 1, _DAY_SPAN - 1)
+                starts = np.zeros(n_slots, dtype=np.int64)
+                changes_at: list[int] = []
+                for slot, ords in dated:  # slots ascending: the keys below stay sorted
+                    starts[slot] = len(changes_at)
+                    changes_at.extend(slot * _DAY_SPAN + o for o in ords)
+                k = key[rows]
+                pos = np.searchsorted(np.array(changes_at, dtype=np.int64),
+                                      k * _DAY_SPAN + day, side="right")  # fmt: skip
+                seg[rows] += pos - starts[k]
+
+        # Variants: (entry, tier, long-context level) -> resolved rates. Variant 0
+        # stands for "no price" (no match, or no entry in force on that day).
+        thresholds = [() if e is None else _lc_thresholds(e, t) for e, t in segments]
+        width = 1 + max((len(t) for t in thresholds), default=0)
+        var_of = np.zeros(len(segments) * width, dtype=np.int64)
+        rates: list[list[int]] = [[0] * len(_VEC)]
+        missing_masks: list[int] = [(1 << len(_VEC)) - 1]
+        labels: list[str | None] = [None]
+        tiers_applied: list[str | None] = [None]
+        inexact: list[bool] = [False]
+        variant_ids: dict[tuple[int, str | None, int], int] = {}
+        for s, (entry, tier) in enumerate(segments):
+            if entry is None:
+                continue
+            for level in range(len(thresholds[s]) + 1):
+                vk = (id(entry), tier, level)
+                vid = variant_ids.get(vk)
+                if vid is None:
+                    probe = 0 if level == 0 else thresholds[s][level - 1] + 1
+                    rr = self._resolved(entry, tier, probe)
+                    row, miss, exact = [], 0, True
+                    for j, b in enumerate(_VEC):
+                        rate = rr.rates[b]
+                        if rate is None:
+                            row.append(0)
+                            miss |= 1 << j
+                        else:
+                            p = rate * PICO
+                            exact = exact and p == p.to_integral_value()
+                            row.append(int(p))
+                    vid = variant_ids[vk] = len(rates)
+                    rates.append(row)
+                    missing_masks.append(miss)
+                    labels.append(entry.label)
+                    tiers_applied.append(rr.tier)
+                    inexact.append(not exact)
+                var_of[s * width + level] = vid
+
+        if width > 1:
+            has_lc = np.array([len(t) > 0 for t in thresholds], dtype=bool)
+            rows = np.flatnonzero(has_lc[seg])
+            seg *= width
+            if len(rows):
+                prompt_js = [j for j in (0, 1, 2, 3, 6, 8) if j in tok]
+                prompt = np.zeros(len(rows), dtype=np.int64)
+                for j in prompt_js:
+                    prompt += tok[j][rows]
+                limits = np.full((len(segments), width - 1), np.iinfo(np.int64).max, np.int64)
+                for s, t in enumerate(thresholds):
+                    limits[s, : len(t)] = t
+                seg[rows] += (prompt[:, None] > limits[seg[rows] // width]).sum(axis=1)
+        variant = var_of[seg]
+
+        # Rows: integer products per bucket, status from bit masks, labels by code.
+        rate_tab = np.array(rates, dtype=np.int64)
+        cost = {j: tok[j] * rate_tab[:, j][variant] for j in present}
+        no_price = variant == 0
+        miss_tab = np.array(missing_masks, dtype=np.int64)
+        present_mask = sum(1 << j for j in present)
+        if detail or bool((miss_tab[1:] & present_mask).any()):
+            has_bits = np.zeros(n, dtype=np.int64)
+            for j in present:
+                has_bits |= (tok[j] > 0).astype(np.int64) << j
+            miss_row = miss_tab[variant]
+            missing_bits = has_bits & miss_row
+            priced_bits = has_bits & ~miss_row
+            any_missing = missing_bits != 0
+            unpriced = no_price | (any_missing & (priced_bits == 0) & (has_bits != 0))
+            status = np.where(unpriced, 2, any_missing).astype(np.int8)
+        else:
+            unpriced = no_price
+            status = unpriced.astype(np.int8) * 2
+
+        def part(*js: int) -> np.ndarray:
+            arrs = [cost[j] for j in js if j in cost]
+            if not arrs:
                 return np.zeros(n, dtype=np.int64)
-            return costs[:, cols[0]] if len(cols) == 1 else costs[:, cols].sum(axis=1)
+            total = arrs[0].copy() if len(arrs) > 1 else arrs[0]
+            for a in arrs[1:]:
+                total += a
+            return total
 
-        out["input_cost_pusd"] = bucket_cost(0)
-        out["cache_read_cost_pusd"] = bucket_cost(1)
-        out["cache_write_cost_pusd"] = bucket_cost(2, 3)
-        out["output_cost_pusd"] = bucket_cost(4, 5)
-        out["other_cost_pusd"] = bucket_cost(6, 7, 8)
-        out["total_cost_pusd"] = pd.array(np.where(unpriced, 0, total), dtype="Int64")
-        out.loc[unpriced, "total_cost_pusd"] = pd.NA
-        out["total_cost_usd"] = np.where(unpriced, np.nan, total / 1e12)
-        inexact = [vid for vid, ok in enumerate(exact_ok) if not ok]
+        parts = {
+            "input_cost_pusd": part(0),
+            "cache_read_cost_pusd": part(1),
+            "cache_write_cost_pusd": part(2, 3),
+            "output_cost_pusd": part(4, 5),
+            "other_cost_pusd": part(6, 7, 8),
+        }
+        total = np.zeros(n, dtype=np.int64)
+        for a in parts.values():
+            total += a
+        usd = total / 1e12
+        any_unpriced = bool(unpriced.any())
+        if any_unpriced:
+            usd[unpriced] = np.nan
+        data: dict[str, Any] = {
+            "status": _from_codes(status, list(_STATUSES)),
+            "matched_entry": _by_variant(labels, variant),
+            "service_tier_applied": _by_variant(tiers_applied, variant),
+            **parts,
+            "total_cost_pusd": pd.arrays.IntegerArray(total, unpriced.copy())
+            if any_unpriced
+            else pd.arrays.IntegerArray(total, np.zeros(n, dtype=bool)),
+            "total_cost_usd": usd,
+        }
+        inexact_tab = np.array(inexact, dtype=bool)
         if detail:
-            weights = np.left_shift(1, np.array(present, dtype=np.int64))
-            out["priced_bits"] = ((has & ~missing) * weights).sum(axis=1) if present else 0
-            out["missing_bits"] = (missing * weights).sum(axis=1) if present else 0
-            out["match_key"] = _categorical(match_keys, match_code)
-            out["inexact"] = np.isin(variant, inexact) if inexact else False
-            out.attrs["catalog_version"] = self.catalog.version
-            return out
+            data["priced_bits"] = priced_bits
+            data["missing_bits"] = missing_bits
+            assert slot_match is not None
+            data["match_key"] = _from_codes(slot_match[key], list(match_codes))
+            data["inexact"] = inexact_tab[variant] if inexact_tab.any() else np.zeros(n, bool)
+        out = pd.DataFrame(data, index=df.index, copy=False)
         # Rates finer than a pico-dollar per token: price those rows exactly, one by one.
-        if inexact:
-            self._fix_inexact(df, out, np.isin(variant, inexact), model_col, provider_col,
+        if not detail and inexact_tab.any():
+            self._fix_inexact(df, out, inexact_tab[variant], model_col, provider_col,
                               tier_col, timestamp_col, at)  # fmt: skip
         out.attrs["catalog_version"] = self.catalog.version
         return out
@@ -692,48 +749,104 @@ class CostCalculator:
         import numpy as np
 
         out["total_cost_exact"] = None
+        exact_at = out.columns.get_loc("total_cost_exact")
+        usd_at = out.columns.get_loc("total_cost_usd")
         for i in np.nonzero(mask)[0]:
             row = df.iloc[i]
             u = _usage_from_row(row)
             r = self.cost(
-                model=row.get(model_col),
-                provider=row.get(provider_col),
+                model=_none_if_na(row.get(model_col)),
+                provider=_none_if_na(row.get(provider_col)),
                 usage=u,
-                service_tier=row.get(tier_col),
+                service_tier=_none_if_na(row.get(tier_col)),
                 at=int(row[ts_col]) if ts_col in df.columns else at,
             )
-            out.iat[i, out.columns.get_loc("total_cost_exact")] = r.total
+            out.iat[i, exact_at] = r.total
             if r.total is not None:
-                out.iat[i, out.columns.get_loc("total_cost_usd")] = float(r.total)
+                out.iat[i, usd_at] = float(r.total)
 
 
 _STATUSES = ("priced", "partial", "unpriced")
+_DAY_SPAN = date.max.toordinal() + 1  # day ordinals of ``date`` are 1 .. _DAY_SPAN - 1
 
 
-def _groups(codes: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """Row indices per distinct code, by one stable sort (O(n log n), any number of codes)."""
+def _lc_thresholds(entry: PriceEntry, tier: str | None) -> tuple[int, ...]:
+    lcs = entry.tier_long_context.get(_norm_tier(tier) or "", ()) or entry.long_context
+    return tuple(lc.threshold for lc in lcs)
+
+
+def _int64_column(s: pd.Series) -> np.ndarray:
+    """A token or timestamp column as int64 (missing values 0), without a copy when it is one."""
     import numpy as np
 
-    if len(codes) == 0:
-        return []
-    order = np.argsort(codes, kind="stable")
-    sorted_codes = codes[order]
-    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-    ends = np.r_[starts[1:], len(codes)]
-    return [(int(sorted_codes[a]), order[a:b]) for a, b in zip(starts, ends, strict=True)]
+    if s.dtype == np.int64:
+        return s.to_numpy()
+    return s.fillna(0).to_numpy(dtype=np.int64)
 
 
-def _categorical(values: list[str | None], variant: np.ndarray) -> pd.Categorical:
+def _factorized(df: pd.DataFrame, col: str) -> tuple[np.ndarray | None, list[str | None]]:
+    """Codes of a key column shifted by one (0 = missing or empty) and the values per code.
+
+    A ``category`` column gives its codes as they are; others are hashed once
+    (pyarrow-backed strings by Arrow's hash kernel)."""
     import numpy as np
     import pandas as pd
 
+    if col not in df.columns:
+        return None, [None]
+    s = df[col]
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        codes = s.cat.codes.to_numpy()
+        uniques = s.cat.categories
+    else:
+        codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    vals = [None if pd.isna(u) or u == "" else str(u) for u in uniques]
+    return codes.astype(np.int64, copy=False), [None, *vals]
+
+
+def _combined(n: int, parts: Sequence[tuple[np.ndarray | None, int]]) -> np.ndarray:
+    """``sum((codes + 1) * stride)``: one integer per (model, provider, tier) value."""
+    import numpy as np
+
+    out: np.ndarray | None = None
+    shift = 0
+    for codes, stride in parts:
+        if codes is None:
+            continue
+        shift += stride
+        if out is None:
+            out = codes * stride if stride != 1 else codes.copy()
+        elif stride != 1:
+            out += codes * stride
+        else:
+            out += codes
+    if out is None:
+        return np.zeros(n, dtype=np.int64)
+    out += shift
+    return out
+
+
+def _from_codes(codes: np.ndarray, categories: list[str]) -> pd.Categorical:
+    import pandas as pd
+
+    return pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(categories), validate=False)
+
+
+def _by_variant(values: list[str | None], variant: np.ndarray) -> pd.Categorical:
+    """A categorical column of one value per variant (None: missing)."""
+    import numpy as np
+
     cats: dict[str, int] = {}
-    mapping = np.full(len(values) + 1, -1, dtype=np.int64)
-    for i, v in enumerate(values):
-        if v is not None:
-            mapping[i] = cats.setdefault(v, len(cats))
-    codes = mapping[np.where(variant >= 0, variant, len(values))]
-    return pd.Categorical.from_codes(codes, categories=list(cats))
+    codes = np.array(
+        [-1 if v is None else cats.setdefault(v, len(cats)) for v in values], dtype=np.int64
+    )
+    return _from_codes(codes[variant], list(cats))
+
+
+def _none_if_na(v: Any) -> Any:
+    import pandas as pd
+
+    return None if v is None or (not isinstance(v, str) and pd.isna(v)) else v
 
 
 def _usage_from_row(row: Any) -> TokenUsage:
