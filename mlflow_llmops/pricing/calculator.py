@@ -606,24 +606,6 @@ class CostCalculator:
             if changes:
                 dated.append((slot, [d.toordinal() for d in changes]))
 
-        seg = seg_first[key]
-        if dated:
-            is_dated = np.zeros(n_slots, dtype=bool)
-            is_dated[[s for s, _ in dated]] = True
-            rows = np.flatnonzero(is_dated[key])
-            if len(rows):
-                ms = _int64_column(df[timestamp_col])[rows]
-                day = np.clip(ms // _MS_PER_DAY + _EPOCH_ORDINAL, 1, _DAY_SPAN - 1)
-                starts = np.zeros(n_slots, dtype=np.int64)
-                changes_at: list[int] = []
-                for slot, ords in dated:  # slots ascending: the keys below stay sorted
-                    starts[slot] = len(changes_at)
-                    changes_at.extend(slot * _DAY_SPAN + o for o in ords)
-                k = key[rows]
-                pos = np.searchsorted(np.array(changes_at, dtype=np.int64),
-                                      k * _DAY_SPAN + day, side="right")  # fmt: skip
-                seg[rows] += pos - starts[k]
-
         # Variants: (entry, tier, long-context level) -> resolved rates. Variant 0
         # stands for "no price" (no match, or no entry in force on that day).
         thresholds = [() if e is None else _lc_thresholds(e, t) for e, t in segments]
@@ -661,86 +643,158 @@ class CostCalculator:
                     tiers_applied.append(rr.tier)
                     inexact.append(not exact)
                 var_of[s * width + level] = vid
-
+        rate_of = {j: np.array([r[j] for r in rates], dtype=np.int64) for j in present}
+        miss_of = np.array(missing_masks, dtype=np.int64)
+        no_price_of = np.zeros(len(rates), dtype=bool)
+        no_price_of[0] = True
+        inexact_of = np.array(inexact, dtype=bool)
+        label_of, label_cats = _codes_of(labels)
+        tier_of, tier_cats = _codes_of(tiers_applied)
+        check_missing = detail or bool((miss_of[1:] & sum(1 << j for j in present)).any())
+        prompt_js = [j for j in (0, 1, 2, 3, 6, 8) if j in tok]
         if width > 1:
             has_lc = np.array([len(t) > 0 for t in thresholds], dtype=bool)
-            rows = np.flatnonzero(has_lc[seg])
-            seg *= width
-            if len(rows):
-                prompt_js = [j for j in (0, 1, 2, 3, 6, 8) if j in tok]
-                prompt = np.zeros(len(rows), dtype=np.int64)
-                for j in prompt_js:
-                    prompt += tok[j][rows]
-                limits = np.full((len(segments), width - 1), np.iinfo(np.int64).max, np.int64)
-                for s, t in enumerate(thresholds):
-                    limits[s, : len(t)] = t
-                seg[rows] += (prompt[:, None] > limits[seg[rows] // width]).sum(axis=1)
-        variant = var_of[seg]
+            limits = np.full((len(segments), width - 1), np.iinfo(np.int64).max, np.int64)
+            for s, t in enumerate(thresholds):
+                limits[s, : len(t)] = t
+        if dated:
+            is_dated = np.zeros(n_slots, dtype=bool)
+            starts = np.zeros(n_slots, dtype=np.int64)
+            changes_at: list[int] = []
+            for slot, ords in dated:  # slots ascending: the keys below stay sorted
+                is_dated[slot] = True
+                starts[slot] = len(changes_at)
+                changes_at.extend(slot * _DAY_SPAN + o for o in ords)
+            change_keys = np.array(changes_at, dtype=np.int64)
+            ms = _int64_column(df[timestamp_col])
+        if detail:
+            match_of, _ = _codes_of(list(match_codes))
+            match_of = np.append(match_of, match_of.dtype.type(-1))  # slot_match -1 -> last
+            slot_match_of = match_of[slot_match]  # type: ignore[index]
 
-        # Rows: integer products per bucket, status from bit masks, labels by code.
-        rate_tab = np.array(rates, dtype=np.int64)
-        cost = {j: tok[j] * rate_tab[:, j][variant] for j in present}
-        no_price = variant == 0
-        miss_tab = np.array(missing_masks, dtype=np.int64)
-        present_mask = sum(1 << j for j in present)
-        if detail or bool((miss_tab[1:] & present_mask).any()):
-            has_bits = np.zeros(n, dtype=np.int64)
-            for j in present:
-                has_bits |= (tok[j] > 0).astype(np.int64) << j
-            miss_row = miss_tab[variant]
-            missing_bits = has_bits & miss_row
-            priced_bits = has_bits & ~miss_row
-            any_missing = missing_bits != 0
-            unpriced = no_price | (any_missing & (priced_bits == 0) & (has_bits != 0))
-            status = np.where(unpriced, 2, any_missing).astype(np.int8)
-        else:
-            unpriced = no_price
-            status = unpriced.astype(np.int8) * 2
-
-        def part(*js: int) -> np.ndarray:
-            arrs = [cost[j] for j in js if j in cost]
-            if not arrs:
-                return np.zeros(n, dtype=np.int64)
-            total = arrs[0].copy() if len(arrs) > 1 else arrs[0]
-            for a in arrs[1:]:
-                total += a
-            return total
-
-        parts = {
-            "input_cost_pusd": part(0),
-            "cache_read_cost_pusd": part(1),
-            "cache_write_cost_pusd": part(2, 3),
-            "output_cost_pusd": part(4, 5),
-            "other_cost_pusd": part(6, 7, 8),
+        # Rows, in chunks that stay in cache: table look-ups and integer products only.
+        part_js = {
+            "input_cost_pusd": [j for j in (0,) if j in tok],
+            "cache_read_cost_pusd": [j for j in (1,) if j in tok],
+            "cache_write_cost_pusd": [j for j in (2, 3) if j in tok],
+            "output_cost_pusd": [j for j in (4, 5) if j in tok],
+            "other_cost_pusd": [j for j in (6, 7, 8) if j in tok],
         }
-        total = np.zeros(n, dtype=np.int64)
-        for a in parts.values():
-            total += a
-        usd = total / 1e12
-        any_unpriced = bool(unpriced.any())
-        if any_unpriced:
+        parts = {
+            name: np.empty(n, np.int64) if js else np.zeros(n, np.int64)
+            for name, js in part_js.items()
+        }
+        total = np.zeros(n, dtype=np.int64) if not present else np.empty(n, dtype=np.int64)
+        usd = np.empty(n, dtype=np.float64)
+        status = np.empty(n, dtype=np.int8)
+        label_codes = np.empty(n, dtype=label_of.dtype)
+        tier_codes = np.empty(n, dtype=tier_of.dtype)
+        if detail:
+            priced_bits = np.empty(n, dtype=np.int64)
+            missing_bits = np.empty(n, dtype=np.int64)
+            match_rows = np.empty(n, dtype=slot_match_of.dtype)
+        any_inexact = bool(inexact_of.any())
+        if detail or any_inexact:
+            inexact_rows = np.zeros(n, dtype=bool)
+        # A slot's variant when its price has one segment and no long-context level;
+        # the other slots' rows ("special") find their segment and level below.
+        slot_var = var_of.take(seg_first * width)
+        special = np.zeros(n_slots, dtype=bool)
+        if dated:
+            special |= is_dated
+        if width > 1:
+            special |= has_lc.take(seg_first)
+        any_special = bool(special.any())
+        status_of = np.where(no_price_of, 2, 0).astype(np.int8)
+        for a in range(0, n, _CHUNK):
+            b = min(a + _CHUNK, n)
+            k = key[a:b]
+            v = slot_var.take(k)
+            if any_special and len(rows := np.flatnonzero(special.take(k))):
+                kr = k[rows]
+                seg = seg_first.take(kr)
+                if dated:
+                    day = ms[a:b][rows] // _MS_PER_DAY + _EPOCH_ORDINAL
+                    np.clip(day, 1, _DAY_SPAN - 1, out=day)
+                    seg += np.searchsorted(change_keys, kr * _DAY_SPAN + day, "right")
+                    seg -= starts.take(kr)
+                    seg[~is_dated.take(kr)] = seg_first.take(kr[~is_dated.take(kr)])
+                if width > 1:
+                    lc = np.flatnonzero(has_lc.take(seg))
+                    seg *= width
+                    if len(lc):
+                        prompt = np.zeros(len(lc), dtype=np.int64)
+                        for j in prompt_js:
+                            prompt += tok[j][a:b][rows[lc]]
+                        over = prompt[:, None] > limits[seg[lc] // width]
+                        seg[lc] += over.sum(axis=1)
+                v[rows] = var_of.take(seg)
+            tot = total[a:b]
+            first = True
+            for name, js in part_js.items():
+                if not js:
+                    continue
+                dest = parts[name][a:b]
+                np.multiply(tok[js[0]][a:b], rate_of[js[0]].take(v), out=dest)
+                for j in js[1:]:
+                    g = rate_of[j].take(v)
+                    g *= tok[j][a:b]
+                    dest += g
+                if first:
+                    prev, first = dest, False
+                elif prev is not None:
+                    np.add(prev, dest, out=tot)
+                    prev = None
+                else:
+                    tot += dest
+            if not first and prev is not None:  # one part only
+                tot[:] = prev
+            np.divide(tot, 1e12, out=usd[a:b])
+            if check_missing:
+                has = np.zeros(b - a, dtype=np.int64)
+                for j in present:
+                    h = (tok[j][a:b] > 0).astype(np.int64)
+                    if j:
+                        h <<= j
+                    has |= h
+                mr = miss_of.take(v)
+                mb = has & mr
+                pb = has & ~mr
+                am = mb != 0
+                up = no_price_of.take(v)
+                up |= am & (pb == 0) & (has != 0)
+                status[a:b] = np.where(up, 2, am)
+                if detail:
+                    priced_bits[a:b] = pb
+                    missing_bits[a:b] = mb
+            else:
+                status_of.take(v, out=status[a:b], mode="clip")
+            label_of.take(v, out=label_codes[a:b], mode="clip")
+            tier_of.take(v, out=tier_codes[a:b], mode="clip")
+            if detail:
+                slot_match_of.take(k, out=match_rows[a:b], mode="clip")
+            if any_inexact:
+                inexact_of.take(v, out=inexact_rows[a:b], mode="clip")
+        unpriced = status == 2
+        if unpriced.any():
             usd[unpriced] = np.nan
         data: dict[str, Any] = {
             "status": _from_codes(status, list(_STATUSES)),
-            "matched_entry": _by_variant(labels, variant),
-            "service_tier_applied": _by_variant(tiers_applied, variant),
+            "matched_entry": _from_codes(label_codes, label_cats),
+            "service_tier_applied": _from_codes(tier_codes, tier_cats),
             **parts,
-            "total_cost_pusd": pd.arrays.IntegerArray(total, unpriced.copy())
-            if any_unpriced
-            else pd.arrays.IntegerArray(total, np.zeros(n, dtype=bool)),
+            "total_cost_pusd": pd.arrays.IntegerArray(total, unpriced),
             "total_cost_usd": usd,
         }
-        inexact_tab = np.array(inexact, dtype=bool)
         if detail:
             data["priced_bits"] = priced_bits
             data["missing_bits"] = missing_bits
-            assert slot_match is not None
-            data["match_key"] = _from_codes(slot_match[key], list(match_codes))
-            data["inexact"] = inexact_tab[variant] if inexact_tab.any() else np.zeros(n, bool)
+            data["match_key"] = _from_codes(match_rows, list(match_codes))
+            data["inexact"] = inexact_rows
         out = pd.DataFrame(data, index=df.index, copy=False)
         # Rates finer than a pico-dollar per token: price those rows exactly, one by one.
-        if not detail and inexact_tab.any():
-            self._fix_inexact(df, out, inexact_tab[variant], model_col, provider_col,
+        if not detail and any_inexact:
+            self._fix_inexact(df, out, inexact_rows, model_col, provider_col,
                               tier_col, timestamp_col, at)  # fmt: skip
         out.attrs["catalog_version"] = self.catalog.version
         return out
@@ -767,6 +821,7 @@ class CostCalculator:
 
 
 _STATUSES = ("priced", "partial", "unpriced")
+_CHUNK = 1 << 16  # rows per step of the row loop: its temporaries stay in cache
 _DAY_SPAN = date.max.toordinal() + 1  # day ordinals of ``date`` are 1 .. _DAY_SPAN - 1
 
 
@@ -832,15 +887,14 @@ def _from_codes(codes: np.ndarray, categories: list[str]) -> pd.Categorical:
     return pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(categories), validate=False)
 
 
-def _by_variant(values: list[str | None], variant: np.ndarray) -> pd.Categorical:
-    """A categorical column of one value per variant (None: missing)."""
+def _codes_of(values: list[str | None]) -> tuple[np.ndarray, list[str]]:
+    """Categorical codes (None: -1) of some values, in the dtype pandas keeps as is."""
     import numpy as np
 
     cats: dict[str, int] = {}
-    codes = np.array(
-        [-1 if v is None else cats.setdefault(v, len(cats)) for v in values], dtype=np.int64
-    )
-    return _from_codes(codes[variant], list(cats))
+    codes = [-1 if v is None else cats.setdefault(v, len(cats)) for v in values]
+    dtype = np.int8 if len(cats) < 127 else np.int16 if len(cats) < 32_767 else np.int32
+    return np.array(codes, dtype=dtype), list(cats)
 
 
 def _none_if_na(v: Any) -> Any:
