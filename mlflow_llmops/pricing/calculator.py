@@ -34,7 +34,7 @@ from mlflow_llmops.pricing.catalog import (
     Rates,
     build_catalog,
 )
-from mlflow_llmops.pricing.usage import TokenUsage, UsageError, coerce_usage
+from mlflow_llmops.pricing.usage import TokenUsage, UsageError, _CheckedUsage, coerce_usage
 
 if TYPE_CHECKING:
     import numpy as np
@@ -198,6 +198,16 @@ def resolve_rates(entry: PriceEntry, tier: str | None, prompt_tokens: int) -> Re
     return ResolvedRates(out, applied, lc_threshold, tuple(notes))
 
 
+#: Keys of an MLflow usage record that ``cost()`` reads inline (no cache writes, no reasoning).
+_PLAIN_USAGE_KEYS = frozenset(
+    {"input_tokens", "output_tokens", "total_tokens", "cache_read_input_tokens"}
+)
+
+
+def _text_counts(u: TokenUsage) -> tuple[int, int, int, int, int, int]:
+    return u.input, u.cache_read, u.cache_write_5m, u.cache_write_1h, u.output, u.reasoning
+
+
 def _norm_tier(tier: str | None) -> str | None:
     if tier is None:
         return None
@@ -258,12 +268,19 @@ class _EntryPlan:
 class _Level:
     """Resolved rates in ``_VEC`` order, plus the result fields they determine."""
 
-    __slots__ = ("rates", "merge_reasoning", "label", "kind", "tier", "threshold", "notes")
+    __slots__ = ("rates", "merge_reasoning", "text_priced", "label", "kind", "tier", "threshold",
+                 "notes")  # fmt: skip
 
     def __init__(self, rr: ResolvedRates, entry: PriceEntry, match: Match) -> None:
         rates = rr.rates
         self.rates = tuple(rates[b] for b in _VEC)
         self.merge_reasoning = rates["reasoning"] == rates["output"]
+        #: Every text bucket has a rate (and no positive exponent, so ``0 + x`` is ``x``
+        #: digit for digit): ``cost()`` may skip the missing-price checks and ``sum()``.
+        self.text_priced = all(
+            r is not None and r.as_tuple().exponent <= 0  # type: ignore[operator]
+            for r in self.rates[:6]
+        )
         self.label = entry.label
         self.kind = match.kind
         self.tier = rr.tier
@@ -451,22 +468,44 @@ class CostCalculator:
     ) -> CostResult:
         """Price one call. ``usage`` in MLflow's ``mlflow.chat.tokenUsage`` convention
         (input includes cached), GenAI semconv attributes, or a :class:`TokenUsage`."""
-        u = coerce_usage(usage)
+        if type(usage) is dict and usage.keys() <= _PLAIN_USAGE_KEYS:
+            # MLflow's usage record of a text call (the common span), read inline.
+            g = usage.get
+            inp, out, cr = (
+                g("input_tokens", 0),
+                g("output_tokens", 0),
+                g("cache_read_input_tokens", 0),
+            )
+            if type(inp) is int and type(out) is int and type(cr) is int and inp >= cr >= 0 <= out:
+                inp -= cr
+                u = _CheckedUsage(inp, cr, 0, 0, out, 0)
+                c5 = c1 = reasoning = 0
+                media = False
+            else:
+                u = coerce_usage(usage)
+                inp, cr, c5, c1, out, reasoning = _text_counts(u)
+                media = u.audio_input or u.audio_output or u.image_input
+        else:
+            u = usage if type(usage) is TokenUsage else coerce_usage(usage)
+            inp, cr, c5, c1, out, reasoning = _text_counts(u)
+            media = u.audio_input or u.audio_output or u.image_input
         try:
             plan = self._plans[(model, provider, service_tier)]
         except KeyError:
             plan = self._plan(model, provider, service_tier)
         except TypeError:  # an unhashable argument: a plan for this call only
             plan = self._plan(model, provider, service_tier, keep=False)
-        m = plan.match
-        if m.key is None:
-            return _NewResult("unpriced", None, {}, u, model, provider, self._version, None,
-                              "none", None, None, {}, (), m.reason)  # fmt: skip
-        ep = plan.timeless or self._dated(plan, at, service_tier)
+        ep = plan.timeless
         if ep is None:
-            return _NewResult("unpriced", None, {}, u, model, provider, self._version,
-                              m.entry_key, m.kind, None, None, {}, (),
-                              "no price in force at that date")  # fmt: skip
+            m = plan.match
+            if m.key is None:
+                return _NewResult("unpriced", None, {}, u, model, provider, self._version, None,
+                                  "none", None, None, {}, (), m.reason)  # fmt: skip
+            ep = self._dated(plan, at, service_tier)
+            if ep is None:
+                return _NewResult("unpriced", None, {}, u, model, provider, self._version,
+                                  m.entry_key, m.kind, None, None, {}, (),
+                                  "no price in force at that date")  # fmt: skip
         level = 0
         if ep.thresholds:
             prompt = u.prompt_tokens
@@ -476,7 +515,48 @@ class CostCalculator:
         lv = ep.levels[level]
         if lv is None:
             rr = self._resolved(ep.entry, service_tier, u.prompt_tokens)
-            lv = ep.levels[level] = _Level(rr, ep.entry, m)
+            lv = ep.levels[level] = _Level(rr, ep.entry, plan.match)
+        if lv.text_priced and not media:
+            # The common call: text tokens only, all priced. Same products, same order,
+            # and the total as ``sum(breakdown.values(), Decimal(0))`` has it.
+            rates = lv.rates
+            breakdown: dict[str, Decimal] = {}
+            total = _ZERO
+            if inp:
+                total = breakdown["input"] = rates[0] * inp
+            if cr:
+                v = breakdown["cache_read"] = rates[1] * cr
+                total = v if total is _ZERO else total + v
+            if c5:
+                v = breakdown["cache_write_5m"] = rates[2] * c5
+                total = v if total is _ZERO else total + v
+            if c1:
+                v = breakdown["cache_write_1h"] = rates[3] * c1
+                total = v if total is _ZERO else total + v
+            if not reasoning:
+                if out:
+                    v = breakdown["output"] = rates[4] * out
+                    total = v if total is _ZERO else total + v
+            else:
+                part = rates[5] * reasoning
+                if lv.merge_reasoning:
+                    if out > reasoning:
+                        part = rates[4] * (out - reasoning) + part
+                    v = breakdown["output"] = part
+                else:
+                    if out > reasoning:
+                        v = breakdown["output"] = rates[4] * (out - reasoning)
+                        total = v if total is _ZERO else total + v
+                    v = breakdown["reasoning"] = part
+                total = v if total is _ZERO else total + v
+            return _NewResult("priced", total, breakdown, u, model, provider, self._version,
+                              lv.label, lv.kind, lv.tier, lv.threshold, {}, lv.notes, "")  # fmt: skip
+        return self._cost_general(u, model, provider, lv)
+
+    def _cost_general(
+        self, u: TokenUsage, model: str | None, provider: str | None, lv: _Level
+    ) -> CostResult:
+        """``cost()`` for a call with media tokens or a bucket without a price."""
         breakdown: dict[str, Decimal] = {}
         missing: dict[str, int] = {}
         reasoning = u.reasoning
