@@ -778,7 +778,7 @@ class CostCalculator:
             inexact_rows = np.zeros(n, dtype=bool)
         # A slot's variant when its price has one segment and no long-context level;
         # the other slots' rows ("special") find their segment and level below.
-        slot_var = var_of.take(seg_first * width)
+        slot_var = var_of.take(seg_first * width) if len(var_of) else seg_first  # no rows
         special = np.zeros(n_slots, dtype=bool)
         if dated:
             special |= is_dated
