@@ -640,7 +640,7 @@ class CostCalculator:
         tc, tv = _factorized(df, tier_col)
         n_p, n_t = len(pv), len(tv)
         n_keys = len(mv) * n_p * n_t
-        combo = _combined(n, ((mc, n_p * n_t), (pc, n_t), (tc, 1)))
+        combo = _combined(n, mc, pc, tc, n_p, n_t)
         if n_keys <= max(4 * n, 1 << 16):  # a table per possible key, indexed by the key
             seen = np.zeros(n_keys, dtype=bool)
             seen[combo] = True
@@ -924,7 +924,6 @@ def _factorized(df: pd.DataFrame, col: str) -> tuple[np.ndarray | None, list[str
 
     A ``category`` column gives its codes as they are; others are hashed once
     (pyarrow-backed strings by Arrow's hash kernel)."""
-    import numpy as np
     import pandas as pd
 
     if col not in df.columns:
@@ -936,29 +935,41 @@ def _factorized(df: pd.DataFrame, col: str) -> tuple[np.ndarray | None, list[str
     else:
         codes, uniques = pd.factorize(s, use_na_sentinel=True)
     vals = [None if pd.isna(u) or u == "" else str(u) for u in uniques]
-    return codes.astype(np.int64, copy=False), [None, *vals]
+    return codes, [None, *vals]
 
 
-def _combined(n: int, parts: Sequence[tuple[np.ndarray | None, int]]) -> np.ndarray:
-    """``sum((codes + 1) * stride)``: one integer per (model, provider, tier) value."""
+def _combined(
+    n: int,
+    mc: np.ndarray | None,
+    pc: np.ndarray | None,
+    tc: np.ndarray | None,
+    n_p: int,
+    n_t: int,
+) -> np.ndarray:
+    """``((mc + 1) * n_p + pc + 1) * n_t + tc + 1``: one integer per (model, provider,
+    tier) value (a missing column counts as code -1). Horner's scheme in place, a chunk
+    at a time: no temporary arrays, the codes read once in whatever integer type."""
     import numpy as np
 
-    out: np.ndarray | None = None
-    shift = 0
-    for codes, stride in parts:
-        if codes is None:
-            continue
-        shift += stride
-        if out is None:
-            out = codes * stride if stride != 1 else codes.copy()
-        elif stride != 1:
-            out += codes * stride
+    key = np.empty(n, dtype=np.int64)
+    shift = (mc is not None) * n_p * n_t + (pc is not None) * n_t + (tc is not None)
+    for a in range(0, n, _CHUNK):
+        b = min(a + _CHUNK, n)
+        out = key[a:b]
+        if mc is None:
+            out[:] = 0
         else:
-            out += codes
-    if out is None:
-        return np.zeros(n, dtype=np.int64)
-    out += shift
-    return out
+            out[:] = mc[a:b]
+            if n_p != 1:
+                out *= n_p
+        if pc is not None:
+            out += pc[a:b]
+        if n_t != 1:
+            out *= n_t
+        if tc is not None:
+            out += tc[a:b]
+        out += shift
+    return key
 
 
 def _from_codes(codes: np.ndarray, categories: list[str]) -> pd.Categorical:
