@@ -6,8 +6,8 @@ batch tier, one unknown model), ours given MLflow's usage record (the dict a spa
 carries) and an already parsed :class:`TokenUsage`. Goal: ours <= MLflow per call.
 
 Vectorised: ``cost_frame`` over ``BENCH_PRICING_ROWS`` rows (default 1M), with the key
-columns as strings (as built from Python objects) and as ``category`` (as read from
-the Parquet export), against a hand-written pandas merge of a rate table (float
+columns as strings (as built from Python objects) and as ``category`` (as pyarrow reads
+a dictionary-encoded Parquet column), against a hand-written pandas merge of a rate table (float
 arithmetic) and against pricing row by row (MLflow's builtin, litellm's
 ``cost_per_token`` when installed). Goal: <= 50 ns per row.
 
