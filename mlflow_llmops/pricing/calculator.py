@@ -34,7 +34,7 @@ from mlflow_llmops.pricing.catalog import (
     Rates,
     build_catalog,
 )
-from mlflow_llmops.pricing.usage import TokenUsage, UsageError, coerce_usage
+from mlflow_llmops.pricing.usage import TokenUsage, UsageError, _CheckedUsage, coerce_usage
 
 if TYPE_CHECKING:
     import numpy as np
@@ -198,6 +198,16 @@ def resolve_rates(entry: PriceEntry, tier: str | None, prompt_tokens: int) -> Re
     return ResolvedRates(out, applied, lc_threshold, tuple(notes))
 
 
+#: Keys of an MLflow usage record that ``cost()`` reads inline (no cache writes, no reasoning).
+_PLAIN_USAGE_KEYS = frozenset(
+    {"input_tokens", "output_tokens", "total_tokens", "cache_read_input_tokens"}
+)
+
+
+def _text_counts(u: TokenUsage) -> tuple[int, int, int, int, int, int]:
+    return u.input, u.cache_read, u.cache_write_5m, u.cache_write_1h, u.output, u.reasoning
+
+
 def _norm_tier(tier: str | None) -> str | None:
     if tier is None:
         return None
@@ -258,12 +268,19 @@ class _EntryPlan:
 class _Level:
     """Resolved rates in ``_VEC`` order, plus the result fields they determine."""
 
-    __slots__ = ("rates", "merge_reasoning", "label", "kind", "tier", "threshold", "notes")
+    __slots__ = ("rates", "merge_reasoning", "text_priced", "label", "kind", "tier", "threshold",
+                 "notes")  # fmt: skip
 
     def __init__(self, rr: ResolvedRates, entry: PriceEntry, match: Match) -> None:
         rates = rr.rates
         self.rates = tuple(rates[b] for b in _VEC)
         self.merge_reasoning = rates["reasoning"] == rates["output"]
+        #: Every text bucket has a rate (and no positive exponent, so ``0 + x`` is ``x``
+        #: digit for digit): ``cost()`` may skip the missing-price checks and ``sum()``.
+        self.text_priced = all(
+            r is not None and r.as_tuple().exponent <= 0  # type: ignore[operator]
+            for r in self.rates[:6]
+        )
         self.label = entry.label
         self.kind = match.kind
         self.tier = rr.tier
@@ -451,22 +468,44 @@ class CostCalculator:
     ) -> CostResult:
         """Price one call. ``usage`` in MLflow's ``mlflow.chat.tokenUsage`` convention
         (input includes cached), GenAI semconv attributes, or a :class:`TokenUsage`."""
-        u = coerce_usage(usage)
+        if type(usage) is dict and usage.keys() <= _PLAIN_USAGE_KEYS:
+            # MLflow's usage record of a text call (the common span), read inline.
+            g = usage.get
+            inp, out, cr = (
+                g("input_tokens", 0),
+                g("output_tokens", 0),
+                g("cache_read_input_tokens", 0),
+            )
+            if type(inp) is int and type(out) is int and type(cr) is int and inp >= cr >= 0 <= out:
+                inp -= cr
+                u = _CheckedUsage(inp, cr, 0, 0, out, 0)
+                c5 = c1 = reasoning = 0
+                media = False
+            else:
+                u = coerce_usage(usage)
+                inp, cr, c5, c1, out, reasoning = _text_counts(u)
+                media = u.audio_input or u.audio_output or u.image_input
+        else:
+            u = usage if type(usage) is TokenUsage else coerce_usage(usage)
+            inp, cr, c5, c1, out, reasoning = _text_counts(u)
+            media = u.audio_input or u.audio_output or u.image_input
         try:
             plan = self._plans[(model, provider, service_tier)]
         except KeyError:
             plan = self._plan(model, provider, service_tier)
         except TypeError:  # an unhashable argument: a plan for this call only
             plan = self._plan(model, provider, service_tier, keep=False)
-        m = plan.match
-        if m.key is None:
-            return _NewResult("unpriced", None, {}, u, model, provider, self._version, None,
-                              "none", None, None, {}, (), m.reason)  # fmt: skip
-        ep = plan.timeless or self._dated(plan, at, service_tier)
+        ep = plan.timeless
         if ep is None:
-            return _NewResult("unpriced", None, {}, u, model, provider, self._version,
-                              m.entry_key, m.kind, None, None, {}, (),
-                              "no price in force at that date")  # fmt: skip
+            m = plan.match
+            if m.key is None:
+                return _NewResult("unpriced", None, {}, u, model, provider, self._version, None,
+                                  "none", None, None, {}, (), m.reason)  # fmt: skip
+            ep = self._dated(plan, at, service_tier)
+            if ep is None:
+                return _NewResult("unpriced", None, {}, u, model, provider, self._version,
+                                  m.entry_key, m.kind, None, None, {}, (),
+                                  "no price in force at that date")  # fmt: skip
         level = 0
         if ep.thresholds:
             prompt = u.prompt_tokens
@@ -476,7 +515,48 @@ class CostCalculator:
         lv = ep.levels[level]
         if lv is None:
             rr = self._resolved(ep.entry, service_tier, u.prompt_tokens)
-            lv = ep.levels[level] = _Level(rr, ep.entry, m)
+            lv = ep.levels[level] = _Level(rr, ep.entry, plan.match)
+        if lv.text_priced and not media:
+            # The common call: text tokens only, all priced. Same products, same order,
+            # and the total as ``sum(breakdown.values(), Decimal(0))`` has it.
+            rates = lv.rates
+            breakdown: dict[str, Decimal] = {}
+            total = _ZERO
+            if inp:
+                total = breakdown["input"] = rates[0] * inp
+            if cr:
+                v = breakdown["cache_read"] = rates[1] * cr
+                total = v if total is _ZERO else total + v
+            if c5:
+                v = breakdown["cache_write_5m"] = rates[2] * c5
+                total = v if total is _ZERO else total + v
+            if c1:
+                v = breakdown["cache_write_1h"] = rates[3] * c1
+                total = v if total is _ZERO else total + v
+            if not reasoning:
+                if out:
+                    v = breakdown["output"] = rates[4] * out
+                    total = v if total is _ZERO else total + v
+            else:
+                part = rates[5] * reasoning
+                if lv.merge_reasoning:
+                    if out > reasoning:
+                        part = rates[4] * (out - reasoning) + part
+                    v = breakdown["output"] = part
+                else:
+                    if out > reasoning:
+                        v = breakdown["output"] = rates[4] * (out - reasoning)
+                        total = v if total is _ZERO else total + v
+                    v = breakdown["reasoning"] = part
+                total = v if total is _ZERO else total + v
+            return _NewResult("priced", total, breakdown, u, model, provider, self._version,
+                              lv.label, lv.kind, lv.tier, lv.threshold, {}, lv.notes, "")  # fmt: skip
+        return self._cost_general(u, model, provider, lv)
+
+    def _cost_general(
+        self, u: TokenUsage, model: str | None, provider: str | None, lv: _Level
+    ) -> CostResult:
+        """``cost()`` for a call with media tokens or a bucket without a price."""
         breakdown: dict[str, Decimal] = {}
         missing: dict[str, int] = {}
         reasoning = u.reasoning
@@ -534,156 +614,267 @@ class CostCalculator:
         tokens and a price / no price), ``match_key`` (the catalog key matched, also
         when no price is in force at that date) and ``inexact`` (a rate finer than a
         pico-dollar: price that row with :meth:`cost`; the frame skips the exact fix).
+
+        How it stays at array speed: the (model, provider, tier) columns become one
+        integer key; the catalog is consulted once per distinct key (not per row);
+        a dated price is found by one binary search over the days its price changes;
+        every row is then a handful of table look-ups and integer products. Model,
+        provider and tier columns of ``category`` dtype skip the hashing of strings.
         """
         import numpy as np
         import pandas as pd
 
         n = len(df)
-        # Only the buckets the frame has: absent columns cost nothing to skip.
-        present = [j for j, b in enumerate(_VEC) if FRAME_TOKEN_COLUMNS[b] in df.columns]
-        pos = {j: i for i, j in enumerate(present)}
-        tokens = np.empty((n, len(present)), dtype=np.int64)
-        for i, j in enumerate(present):
-            tokens[:, i] = df[FRAME_TOKEN_COLUMNS[_VEC[j]]].fillna(0).to_numpy(dtype=np.int64)
-        if (tokens < 0).any():
+        columns = df.columns
+        present = [j for j, b in enumerate(_VEC) if FRAME_TOKEN_COLUMNS[b] in columns]
+        tok = {j: _int64_column(df[FRAME_TOKEN_COLUMNS[_VEC[j]]]) for j in present}
+        if n and any(int(a.min()) < 0 for a in tok.values()):
             raise UsageError("token counts must not be negative")
-        if 5 in pos:  # output holds output incl. reasoning: price the two parts separately
-            if 4 not in pos or (tokens[:, pos[5]] > tokens[:, pos[4]]).any():
+        if 5 in tok:  # output holds output incl. reasoning: price the two parts separately
+            if 4 not in tok or (n and bool((tok[5] > tok[4]).any())):
                 raise UsageError("reasoning_tokens cannot exceed output_tokens")
-            tokens[:, pos[4]] -= tokens[:, pos[5]]
-        prompt_cols = [pos[j] for j in (0, 1, 2, 3, 6, 8) if j in pos]
-        prompt = tokens[:, prompt_cols].sum(axis=1) if prompt_cols else np.zeros(n, np.int64)
+            tok[4] = tok[4] - tok[5]
 
-        def codes_of(c: str) -> tuple[np.ndarray, list[str | None]]:
-            if c not in df.columns:
-                return np.zeros(n, dtype=np.int64), [None]
-            codes, uniques = pd.factorize(df[c], use_na_sentinel=True)
-            vals = [None if pd.isna(u) or u == "" else str(u) for u in uniques]
-            codes = np.where(codes < 0, len(vals), codes).astype(np.int64)
-            return codes, [*vals, None]
+        mc, mv = _factorized(df, model_col)
+        pc, pv = _factorized(df, provider_col)
+        tc, tv = _factorized(df, tier_col)
+        n_p, n_t = len(pv), len(tv)
+        n_keys = len(mv) * n_p * n_t
+        combo = _combined(n, mc, pc, tc, n_p, n_t)
+        if n_keys <= max(4 * n, 1 << 16):  # a table per possible key, indexed by the key
+            seen = np.zeros(n_keys, dtype=bool)
+            seen[combo] = True
+            raws = np.flatnonzero(seen)
+            slots, key, n_slots = raws, combo, n_keys
+        else:  # very many distinct names: number the keys that occur
+            raws, key = np.unique(combo, return_inverse=True)
+            slots, n_slots = np.arange(len(raws)), len(raws)
 
-        mc, mv = codes_of(model_col)
-        pc, pv = codes_of(provider_col)
-        tc, tv = codes_of(tier_col)
-        combo_raw = (mc * len(pv) + pc) * len(tv) + tc
-        if timestamp_col in df.columns:
-            days = df[timestamp_col].fillna(0).to_numpy(dtype=np.int64) // 86_400_000
-        else:
-            days = np.full(n, _to_day(at, self.clock).toordinal() - 719163, dtype=np.int64)
-
-        variant = np.full(n, -1, dtype=np.int64)  # index into rate tables
-        rate_rows: list[list[int]] = []
-        miss_rows: list[list[bool]] = []
-        labels: list[str] = []
-        tiers_applied: list[str | None] = []
-        exact_ok: list[bool] = []
-        variant_ids: dict[tuple[int, str | None, int], int] = {}
-        epoch = 719163  # date(1970, 1, 1).toordinal()
-        match_keys: list[str] = []
-        match_code = np.full(n, -1, dtype=np.int64) if detail else None
-        for code, rows in _groups(combo_raw):
-            code = int(code)
-            t_i = code % len(tv)
-            p_i = (code // len(tv)) % len(pv)
-            m_i = code // (len(tv) * len(pv))
-            match = self.catalog.match(mv[m_i], pv[p_i])
+        # One pass over the distinct keys: their price segments (one per run of days
+        # with the same entry in force), then the rates of each segment's levels.
+        catalog = self._catalog
+        fixed_day = None if timestamp_col in columns else _to_day(at, self.clock)
+        seg_first = np.zeros(n_slots, dtype=np.int64)
+        segments: list[tuple[PriceEntry | None, str | None]] = []
+        dated: list[tuple[int, list[int]]] = []  # (slot, days its price changes, ordinals)
+        match_codes: dict[str, int] = {}
+        slot_match = np.full(n_slots, -1, dtype=np.int64) if detail else None
+        for slot, raw in zip(slots.tolist(), raws.tolist(), strict=True):
+            m_i, rest = divmod(raw, n_p * n_t)
+            p_i, t_i = divmod(rest, n_t)
             tier = tv[t_i]
+            match = catalog.match(mv[m_i], pv[p_i])
+            seg_first[slot] = len(segments)
             if match.key is None:
+                segments.append((None, None))
                 continue
-            if match_code is not None:
-                match_code[rows] = len(match_keys)
-                match_keys.append(match.entry_key or "")
-            timeless = self.catalog.timeless.get(match.key)
-            if timeless is not None:
-                groups = [(rows, timeless)]
-            else:
-                groups = [
-                    (rows[sub], self._entry(match.key, date.fromordinal(int(d) + epoch)))
-                    for d, sub in _groups(days[rows])
-                ]
-            for grows, entry in groups:
-                if entry is None:
-                    continue
-                lcs = entry.tier_long_context.get(_norm_tier(tier) or "", ()) or entry.long_context
-                thresholds = np.array([lc.threshold for lc in lcs], dtype=np.int64)
-                level = (
-                    (prompt[grows][:, None] > thresholds[None, :]).sum(axis=1)
-                    if len(thresholds)
-                    else np.zeros(len(grows), dtype=np.int64)
-                )
-                for lv in np.unique(level):
-                    vk = (id(entry), tier, int(lv))
-                    vid = variant_ids.get(vk)
-                    if vid is None:
-                        probe = 0 if lv == 0 else int(thresholds[lv - 1]) + 1
-                        rr = self._resolved(entry, tier, probe)
-                        r_row, m_row, ok = [], [], True
-                        for b in _VEC:
-                            rate = rr.rates[b]
-                            if rate is None:
-                                r_row.append(0)
-                                m_row.append(True)
-                            else:
-                                p = rate * PICO
-                                if p != p.to_integral_value():
-                                    ok = False
-                                r_row.append(int(p))
-                                m_row.append(False)
-                        vid = len(rate_rows)
-                        variant_ids[vk] = vid
-                        rate_rows.append(r_row)
-                        miss_rows.append(m_row)
-                        labels.append(entry.label)
-                        tiers_applied.append(rr.tier)
-                        exact_ok.append(ok)
-                    variant[grows[level == lv]] = vid
-        rate_tab = np.array(rate_rows or [[0] * len(_VEC)], dtype=np.int64)[:, present]
-        miss_tab = np.array(miss_rows or [[True] * len(_VEC)], dtype=bool)[:, present]
-        matched = variant >= 0
-        vidx = np.where(matched, variant, 0)
-        costs = tokens * rate_tab[vidx]
-        has = tokens > 0
-        missing = has & miss_tab[vidx]
-        if miss_tab.any():
-            costs[missing] = 0
-        any_missing = missing.any(axis=1)
-        any_priced = (has & ~missing).any(axis=1) | ~has.any(axis=1)
-        status_code = np.where(
-            ~matched | (any_missing & ~any_priced), 2, np.where(any_missing, 1, 0)
-        ).astype(np.int8)
-        unpriced = status_code == 2
-        total = costs.sum(axis=1)
-        out = pd.DataFrame(index=df.index)
-        out["status"] = pd.Categorical.from_codes(status_code, categories=list(_STATUSES))
-        out["matched_entry"] = _categorical(labels, variant)
-        out["service_tier_applied"] = _categorical(tiers_applied, variant)
+            if slot_match is not None:
+                slot_match[slot] = match_codes.setdefault(match.entry_key or "", len(match_codes))
+            entry = catalog.timeless.get(match.key)
+            if entry is not None:
+                segments.append((entry, tier))
+                continue
+            if fixed_day is not None:
+                segments.append((self._entry(match.key, fixed_day), tier))
+                continue
+            changes = catalog.change_days(match.key)
+            first = changes[0] if changes else date.max
+            before = date.fromordinal(first.toordinal() - 1) if first > date.min else first
+            segments.append((self._entry(match.key, before), tier))
+            for d in changes:
+                segments.append((self._entry(match.key, d), tier))
+            if changes:
+                dated.append((slot, [d.toordinal() for d in changes]))
 
-        def bucket_cost(*js: int) -> np.ndarray:
-            cols = [pos[j] for j in js if j in pos]
-            if not cols:
-                return np.zeros(n, dtype=np.int64)
-            return costs[:, cols[0]] if len(cols) == 1 else costs[:, cols].sum(axis=1)
-
-        out["input_cost_pusd"] = bucket_cost(0)
-        out["cache_read_cost_pusd"] = bucket_cost(1)
-        out["cache_write_cost_pusd"] = bucket_cost(2, 3)
-        out["output_cost_pusd"] = bucket_cost(4, 5)
-        out["other_cost_pusd"] = bucket_cost(6, 7, 8)
-        out["total_cost_pusd"] = pd.array(np.where(unpriced, 0, total), dtype="Int64")
-        out.loc[unpriced, "total_cost_pusd"] = pd.NA
-        out["total_cost_usd"] = np.where(unpriced, np.nan, total / 1e12)
-        inexact = [vid for vid, ok in enumerate(exact_ok) if not ok]
+        # Variants: (entry, tier, long-context level) -> resolved rates. Variant 0
+        # stands for "no price" (no match, or no entry in force on that day).
+        thresholds = [() if e is None else _lc_thresholds(e, t) for e, t in segments]
+        width = 1 + max((len(t) for t in thresholds), default=0)
+        var_of = np.zeros(len(segments) * width, dtype=np.int64)
+        rates: list[list[int]] = [[0] * len(_VEC)]
+        missing_masks: list[int] = [(1 << len(_VEC)) - 1]
+        labels: list[str | None] = [None]
+        tiers_applied: list[str | None] = [None]
+        inexact: list[bool] = [False]
+        variant_ids: dict[tuple[int, str | None, int], int] = {}
+        for s, (entry, tier) in enumerate(segments):
+            if entry is None:
+                continue
+            for level in range(len(thresholds[s]) + 1):
+                vk = (id(entry), tier, level)
+                vid = variant_ids.get(vk)
+                if vid is None:
+                    probe = 0 if level == 0 else thresholds[s][level - 1] + 1
+                    rr = self._resolved(entry, tier, probe)
+                    row, miss, exact = [], 0, True
+                    for j, b in enumerate(_VEC):
+                        rate = rr.rates[b]
+                        if rate is None:
+                            row.append(0)
+                            miss |= 1 << j
+                        else:
+                            p = rate * PICO
+                            exact = exact and p == p.to_integral_value()
+                            row.append(int(p))
+                    vid = variant_ids[vk] = len(rates)
+                    rates.append(row)
+                    missing_masks.append(miss)
+                    labels.append(entry.label)
+                    tiers_applied.append(rr.tier)
+                    inexact.append(not exact)
+                var_of[s * width + level] = vid
+        rate_of = {j: np.array([r[j] for r in rates], dtype=np.int64) for j in present}
+        miss_of = np.array(missing_masks, dtype=np.int64)
+        no_price_of = np.zeros(len(rates), dtype=bool)
+        no_price_of[0] = True
+        inexact_of = np.array(inexact, dtype=bool)
+        label_of, label_cats = _codes_of(labels)
+        tier_of, tier_cats = _codes_of(tiers_applied)
+        check_missing = detail or bool((miss_of[1:] & sum(1 << j for j in present)).any())
+        prompt_js = [j for j in (0, 1, 2, 3, 6, 8) if j in tok]
+        if width > 1:
+            has_lc = np.array([len(t) > 0 for t in thresholds], dtype=bool)
+            limits = np.full((len(segments), width - 1), np.iinfo(np.int64).max, np.int64)
+            for s, t in enumerate(thresholds):
+                limits[s, : len(t)] = t
+        if dated:
+            is_dated = np.zeros(n_slots, dtype=bool)
+            starts = np.zeros(n_slots, dtype=np.int64)
+            changes_at: list[int] = []
+            for slot, ords in dated:  # slots ascending: the keys below stay sorted
+                is_dated[slot] = True
+                starts[slot] = len(changes_at)
+                changes_at.extend(slot * _DAY_SPAN + o for o in ords)
+            change_keys = np.array(changes_at, dtype=np.int64)
+            ms = _int64_column(df[timestamp_col])
         if detail:
-            weights = np.left_shift(1, np.array(present, dtype=np.int64))
-            out["priced_bits"] = ((has & ~missing) * weights).sum(axis=1) if present else 0
-            out["missing_bits"] = (missing * weights).sum(axis=1) if present else 0
-            out["match_key"] = _categorical(match_keys, match_code)
-            out["inexact"] = np.isin(variant, inexact) if inexact else False
-            out.attrs["catalog_version"] = self.catalog.version
-            return out
+            match_of, _ = _codes_of(list(match_codes))
+            match_of = np.append(match_of, match_of.dtype.type(-1))  # slot_match -1 -> last
+            slot_match_of = match_of[slot_match]  # type: ignore[index]
+
+        # Rows, in chunks that stay in cache: table look-ups and integer products only.
+        part_js = {
+            "input_cost_pusd": [j for j in (0,) if j in tok],
+            "cache_read_cost_pusd": [j for j in (1,) if j in tok],
+            "cache_write_cost_pusd": [j for j in (2, 3) if j in tok],
+            "output_cost_pusd": [j for j in (4, 5) if j in tok],
+            "other_cost_pusd": [j for j in (6, 7, 8) if j in tok],
+        }
+        parts = {
+            name: np.empty(n, np.int64) if js else np.zeros(n, np.int64)
+            for name, js in part_js.items()
+        }
+        total = np.zeros(n, dtype=np.int64) if not present else np.empty(n, dtype=np.int64)
+        usd = np.empty(n, dtype=np.float64)
+        status = np.empty(n, dtype=np.int8)
+        label_codes = np.empty(n, dtype=label_of.dtype)
+        tier_codes = np.empty(n, dtype=tier_of.dtype)
+        if detail:
+            priced_bits = np.empty(n, dtype=np.int64)
+            missing_bits = np.empty(n, dtype=np.int64)
+            match_rows = np.empty(n, dtype=slot_match_of.dtype)
+        any_inexact = bool(inexact_of.any())
+        if detail or any_inexact:
+            inexact_rows = np.zeros(n, dtype=bool)
+        # A slot's variant when its price has one segment and no long-context level;
+        # the other slots' rows ("special") find their segment and level below.
+        slot_var = var_of.take(seg_first * width) if len(var_of) else seg_first  # no rows
+        special = np.zeros(n_slots, dtype=bool)
+        if dated:
+            special |= is_dated
+        if width > 1:
+            special |= has_lc.take(seg_first)
+        any_special = bool(special.any())
+        status_of = np.where(no_price_of, 2, 0).astype(np.int8)
+        for a in range(0, n, _CHUNK):
+            b = min(a + _CHUNK, n)
+            k = key[a:b]
+            v = slot_var.take(k)
+            if any_special and len(rows := np.flatnonzero(special.take(k))):
+                kr = k[rows]
+                seg = seg_first.take(kr)
+                if dated:
+                    day = ms[a:b][rows] // _MS_PER_DAY + _EPOCH_ORDINAL
+                    np.clip(day, 1, _DAY_SPAN - 1, out=day)
+                    seg += np.searchsorted(change_keys, kr * _DAY_SPAN + day, "right")
+                    seg -= starts.take(kr)
+                    seg[~is_dated.take(kr)] = seg_first.take(kr[~is_dated.take(kr)])
+                if width > 1:
+                    lc = np.flatnonzero(has_lc.take(seg))
+                    seg *= width
+                    if len(lc):
+                        prompt = np.zeros(len(lc), dtype=np.int64)
+                        for j in prompt_js:
+                            prompt += tok[j][a:b][rows[lc]]
+                        over = prompt[:, None] > limits[seg[lc] // width]
+                        seg[lc] += over.sum(axis=1)
+                v[rows] = var_of.take(seg)
+            tot = total[a:b]
+            first = True
+            for name, js in part_js.items():
+                if not js:
+                    continue
+                dest = parts[name][a:b]
+                np.multiply(tok[js[0]][a:b], rate_of[js[0]].take(v), out=dest)
+                for j in js[1:]:
+                    g = rate_of[j].take(v)
+                    g *= tok[j][a:b]
+                    dest += g
+                if first:
+                    prev, first = dest, False
+                elif prev is not None:
+                    np.add(prev, dest, out=tot)
+                    prev = None
+                else:
+                    tot += dest
+            if not first and prev is not None:  # one part only
+                tot[:] = prev
+            np.divide(tot, 1e12, out=usd[a:b])
+            if check_missing:
+                has = np.zeros(b - a, dtype=np.int64)
+                for j in present:
+                    h = (tok[j][a:b] > 0).astype(np.int64)
+                    if j:
+                        h <<= j
+                    has |= h
+                mr = miss_of.take(v)
+                mb = has & mr
+                pb = has & ~mr
+                am = mb != 0
+                up = no_price_of.take(v)
+                up |= am & (pb == 0) & (has != 0)
+                status[a:b] = np.where(up, 2, am)
+                if detail:
+                    priced_bits[a:b] = pb
+                    missing_bits[a:b] = mb
+            else:
+                status_of.take(v, out=status[a:b], mode="clip")
+            label_of.take(v, out=label_codes[a:b], mode="clip")
+            tier_of.take(v, out=tier_codes[a:b], mode="clip")
+            if detail:
+                slot_match_of.take(k, out=match_rows[a:b], mode="clip")
+            if any_inexact:
+                inexact_of.take(v, out=inexact_rows[a:b], mode="clip")
+        unpriced = status == 2
+        if unpriced.any():
+            usd[unpriced] = np.nan
+        data: dict[str, Any] = {
+            "status": _from_codes(status, list(_STATUSES)),
+            "matched_entry": _from_codes(label_codes, label_cats),
+            "service_tier_applied": _from_codes(tier_codes, tier_cats),
+            **parts,
+            "total_cost_pusd": pd.arrays.IntegerArray(total, unpriced),
+            "total_cost_usd": usd,
+        }
+        if detail:
+            data["priced_bits"] = priced_bits
+            data["missing_bits"] = missing_bits
+            data["match_key"] = _from_codes(match_rows, list(match_codes))
+            data["inexact"] = inexact_rows
+        out = pd.DataFrame(data, index=df.index, copy=False)
         # Rates finer than a pico-dollar per token: price those rows exactly, one by one.
-        if inexact:
-            self._fix_inexact(df, out, np.isin(variant, inexact), model_col, provider_col,
+        if not detail and any_inexact:
+            self._fix_inexact(df, out, inexact_rows, model_col, provider_col,
                               tier_col, timestamp_col, at)  # fmt: skip
         out.attrs["catalog_version"] = self.catalog.version
         return out
@@ -692,48 +883,115 @@ class CostCalculator:
         import numpy as np
 
         out["total_cost_exact"] = None
+        exact_at = out.columns.get_loc("total_cost_exact")
+        usd_at = out.columns.get_loc("total_cost_usd")
         for i in np.nonzero(mask)[0]:
             row = df.iloc[i]
             u = _usage_from_row(row)
             r = self.cost(
-                model=row.get(model_col),
-                provider=row.get(provider_col),
+                model=_none_if_na(row.get(model_col)),
+                provider=_none_if_na(row.get(provider_col)),
                 usage=u,
-                service_tier=row.get(tier_col),
+                service_tier=_none_if_na(row.get(tier_col)),
                 at=int(row[ts_col]) if ts_col in df.columns else at,
             )
-            out.iat[i, out.columns.get_loc("total_cost_exact")] = r.total
+            out.iat[i, exact_at] = r.total
             if r.total is not None:
-                out.iat[i, out.columns.get_loc("total_cost_usd")] = float(r.total)
+                out.iat[i, usd_at] = float(r.total)
 
 
 _STATUSES = ("priced", "partial", "unpriced")
+_CHUNK = 1 << 16  # rows per step of the row loop: its temporaries stay in cache
+_DAY_SPAN = date.max.toordinal() + 1  # day ordinals of ``date`` are 1 .. _DAY_SPAN - 1
 
 
-def _groups(codes: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """Row indices per distinct code, by one stable sort (O(n log n), any number of codes)."""
+def _lc_thresholds(entry: PriceEntry, tier: str | None) -> tuple[int, ...]:
+    lcs = entry.tier_long_context.get(_norm_tier(tier) or "", ()) or entry.long_context
+    return tuple(lc.threshold for lc in lcs)
+
+
+def _int64_column(s: pd.Series) -> np.ndarray:
+    """A token or timestamp column as int64 (missing values 0), without a copy when it is one."""
     import numpy as np
 
-    if len(codes) == 0:
-        return []
-    order = np.argsort(codes, kind="stable")
-    sorted_codes = codes[order]
-    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-    ends = np.r_[starts[1:], len(codes)]
-    return [(int(sorted_codes[a]), order[a:b]) for a, b in zip(starts, ends, strict=True)]
+    if s.dtype == np.int64:
+        return s.to_numpy()
+    return s.fillna(0).to_numpy(dtype=np.int64)
 
 
-def _categorical(values: list[str | None], variant: np.ndarray) -> pd.Categorical:
-    import numpy as np
+def _factorized(df: pd.DataFrame, col: str) -> tuple[np.ndarray | None, list[str | None]]:
+    """Codes of a key column shifted by one (0 = missing or empty) and the values per code.
+
+    A ``category`` column gives its codes as they are; others are hashed once
+    (pyarrow-backed strings by Arrow's hash kernel)."""
     import pandas as pd
 
+    if col not in df.columns:
+        return None, [None]
+    s = df[col]
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        codes = s.cat.codes.to_numpy()
+        uniques = s.cat.categories
+    else:
+        codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    vals = [None if pd.isna(u) or u == "" else str(u) for u in uniques]
+    return codes, [None, *vals]
+
+
+def _combined(
+    n: int,
+    mc: np.ndarray | None,
+    pc: np.ndarray | None,
+    tc: np.ndarray | None,
+    n_p: int,
+    n_t: int,
+) -> np.ndarray:
+    """``((mc + 1) * n_p + pc + 1) * n_t + tc + 1``: one integer per (model, provider,
+    tier) value (a missing column counts as code -1). Horner's scheme in place, a chunk
+    at a time: no temporary arrays, the codes read once in whatever integer type."""
+    import numpy as np
+
+    key = np.empty(n, dtype=np.int64)
+    shift = (mc is not None) * n_p * n_t + (pc is not None) * n_t + (tc is not None)
+    for a in range(0, n, _CHUNK):
+        b = min(a + _CHUNK, n)
+        out = key[a:b]
+        if mc is None:
+            out[:] = 0
+        else:
+            out[:] = mc[a:b]
+            if n_p != 1:
+                out *= n_p
+        if pc is not None:
+            out += pc[a:b]
+        if n_t != 1:
+            out *= n_t
+        if tc is not None:
+            out += tc[a:b]
+        out += shift
+    return key
+
+
+def _from_codes(codes: np.ndarray, categories: list[str]) -> pd.Categorical:
+    import pandas as pd
+
+    return pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(categories), validate=False)
+
+
+def _codes_of(values: list[str | None]) -> tuple[np.ndarray, list[str]]:
+    """Categorical codes (None: -1) of some values, in the dtype pandas keeps as is."""
+    import numpy as np
+
     cats: dict[str, int] = {}
-    mapping = np.full(len(values) + 1, -1, dtype=np.int64)
-    for i, v in enumerate(values):
-        if v is not None:
-            mapping[i] = cats.setdefault(v, len(cats))
-    codes = mapping[np.where(variant >= 0, variant, len(values))]
-    return pd.Categorical.from_codes(codes, categories=list(cats))
+    codes = [-1 if v is None else cats.setdefault(v, len(cats)) for v in values]
+    dtype = np.int8 if len(cats) < 127 else np.int16 if len(cats) < 32_767 else np.int32
+    return np.array(codes, dtype=dtype), list(cats)
+
+
+def _none_if_na(v: Any) -> Any:
+    import pandas as pd
+
+    return None if v is None or (not isinstance(v, str) and pd.isna(v)) else v
 
 
 def _usage_from_row(row: Any) -> TokenUsage:

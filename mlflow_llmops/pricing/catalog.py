@@ -259,6 +259,17 @@ class PriceCatalog:
         """Every entry for a key, lowest priority and earliest date first."""
         return list(self._versions.get(key, ()))
 
+    def change_days(self, key: tuple[str, str]) -> tuple[date, ...]:
+        """The days on which the entry in force for ``key`` may change, ascending.
+
+        :meth:`entry_at` is constant from one of these days to the day before the
+        next (it only depends on which versions have started), so a vectorised
+        caller finds the entry of a day by a binary search over these days.
+        """
+        return tuple(
+            sorted({e.effective_from for e in self._versions.get(key, ()) if e.effective_from})
+        )
+
     # -- lookup by time ---------------------------------------------------
     def entry_at(self, key: tuple[str, str], at: date) -> PriceEntry | None:
         """The entry in force on day ``at``: highest priority, then latest date, not after ``at``."""
