@@ -154,6 +154,10 @@ class RepriceResult:
         )
 
 
+#: A span's stored pricing: (catalog version, status, total cost), by (trace id, span id).
+Stored = dict[tuple[str, str], tuple[str, str, Decimal | None]]
+
+
 def _iter_sql_spans(
     engine: Engine,
     experiment_ids: Sequence[str] | None,
@@ -161,7 +165,11 @@ def _iter_sql_spans(
     hi_ms: int | None,
     batch_size: int,
     pick_in_db: bool = True,
-) -> Iterator[list[LlmSpan]]:
+    join_stored: bool = False,
+) -> Iterator[tuple[list[LlmSpan], Stored | None]]:
+    """Batches of LLM spans in scope, each with its spans' stored pricing when
+    ``join_stored`` (PostgreSQL, ``llmops_span_costs`` in the tracking database: read in
+    the same pass), else None (the caller looks it up)."""
     md = sa.MetaData()
     try:
         spans = sa.Table("spans", md, autoload_with=engine)
@@ -188,30 +196,38 @@ def _iter_sql_spans(
     picked = _pricing_attributes(dialect, spans.c.content)
     cols = (spans.c.trace_id, spans.c.span_id, spans.c.experiment_id, ts,
             spans.c.model_name, spans.c.model_provider)  # fmt: skip
-    if dialect == "postgresql":
+    if dialect in ("postgresql", "python") and engine.dialect.name == "postgresql":
         # One join over the whole scope through a server-side cursor: paging made the
         # planner scan ``spans`` once per page on all but the largest stores. The read
-        # has its own snapshot, so the job's writes meanwhile do not disturb it.
-        q = (
-            sa.select(*cols, picked)
-            .select_from(spans.join(traces, rid == spans.c.trace_id))
-            .where(has_usage, *in_scope)
-        )
+        # has its own snapshot, so the job's writes meanwhile do not disturb it; each
+        # span comes once, so the stored pricing joined in is the one before this run.
+        joined = spans.join(traces, rid == spans.c.trace_id)
+        extra: tuple[sa.ColumnElement, ...] = ()
+        if join_stored:
+            sc = span_costs.c
+            joined = joined.outerjoin(
+                span_costs, sa.and_(sc.trace_id == spans.c.trace_id, sc.span_id == spans.c.span_id)
+            )
+            extra = (sc.catalog_version, sc.status, sc.total_cost_usd)
+        q = sa.select(*cols, *extra, picked).select_from(joined).where(has_usage, *in_scope)
         done: set[int] = set()
-        try:
-            with engine.connect() as conn:
-                result = conn.execution_options(stream_results=True, max_row_buffer=batch_size)
-                for rows in result.execute(q).partitions(batch_size):
-                    done.update(hash((r[0], r[1])) for r in rows)
-                    yield _llm_spans(rows, dialect)
-            return
-        except sa.exc.DataError as e:  # a span whose JSON the database cannot read
-            _logger.warning("span JSON the database cannot read (%s); parsing in Python", e.orig)
-        raw = q.with_only_columns(*cols, spans.c.content)
+        if dialect == "postgresql":
+            try:
+                with engine.connect() as conn:
+                    res = conn.execution_options(stream_results=True, max_row_buffer=batch_size)
+                    for rows in res.execute(q).partitions(batch_size):
+                        done.update(hash((r[0], r[1])) for r in rows)
+                        yield _stored_split(rows, dialect, join_stored)
+                return
+            except sa.exc.DataError as e:  # a span whose JSON the database cannot read
+                _logger.warning("span JSON the database cannot read (%s); parsing in Python",
+                                e.orig)  # fmt: skip
+        raw = q.with_only_columns(*cols, *extra, spans.c.content)
         with engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, max_row_buffer=batch_size)
-            for rows in result.execute(raw).partitions(batch_size):
-                yield _llm_spans([r for r in rows if hash((r[0], r[1])) not in done], "python")
+            res = conn.execution_options(stream_results=True, max_row_buffer=batch_size)
+            for rows in res.execute(raw).partitions(batch_size):
+                rows = [r for r in rows if hash((r[0], r[1])) not in done]
+                yield _stored_split(rows, "python", join_stored)
         return
     # Elsewhere (SQLite: a long read would block the job's own writes to the same file):
     # page over traces by (timestamp_ms, request_id), an index of MLflow's, then read the
@@ -242,10 +258,28 @@ def _iter_sql_spans(
                 how = "python"
                 raw = sq.with_only_columns(*sq.selected_columns[:-1], spans.c.content)
                 rows = conn.execute(raw, params).all()
-        yield _llm_spans(((t, s, x, when[t], m, p, c) for t, s, x, m, p, c in rows), how)
+        yield _llm_spans(((t, s, x, when[t], m, p, c) for t, s, x, m, p, c in rows), how), None
         last = (trace_rows[-1][1], trace_rows[-1][0])
         if len(trace_rows) < batch_size:
             return
+
+
+def _stored_split(
+    rows: Sequence[Sequence[Any]], how: str, joined: bool
+) -> tuple[list[LlmSpan], Stored | None]:
+    """The spans of ``rows`` and, when the stored pricing was joined in, that pricing."""
+    if not joined:
+        return _llm_spans(rows, how), None
+    stored: Stored = {
+        (r[0], r[1]): (r[6], r[7], None if r[8] is None else _q(_dec(r[8])))
+        for r in rows
+        if r[6] is not None
+    }
+    return _llm_spans([(*r[:6], r[9]) for r in rows], how), stored
+
+
+def _dec(v: Any) -> Decimal:
+    return v if isinstance(v, Decimal) else Decimal(str(v))
 
 
 def _llm_spans(rows: Iterable[Sequence[Any]], how: str) -> list[LlmSpan]:
@@ -302,7 +336,7 @@ def _iter_rest_spans(
     lo_ms: int | None,
     hi_ms: int | None,
     batch_size: int,
-) -> Iterator[list[LlmSpan]]:
+) -> Iterator[tuple[list[LlmSpan], Stored | None]]:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -333,7 +367,7 @@ def _iter_rest_spans(
                 )
                 if s is not None:
                     out.append(s)
-        yield out
+        yield out, None
         token = page.token
         if not token:
             return
@@ -555,10 +589,22 @@ def _upsert(conn: Connection, rows: list[dict[str, Any]], bulk: bool = True) -> 
     conn.execute(span_costs.insert(), rows)
 
 
-def _existing(
-    conn: Connection, spans: Sequence[LlmSpan]
-) -> dict[tuple[str, str], tuple[str, str, Decimal | None]]:
-    out: dict[tuple[str, str], tuple[str, str, Decimal | None]] = {}
+def _same_db(engine: Engine, analytics: StateStore) -> bool:
+    """Whether the costs table lives in the tracking database (``engine``)."""
+    a, t = analytics.engine.url, engine.url
+    return a.get_backend_name() == t.get_backend_name() and (a.host, a.port, a.database) == (
+        t.host,
+        t.port,
+        t.database,
+    )
+
+
+def _analyze(conn: Connection) -> None:
+    conn.exec_driver_sql(f"ANALYZE {span_costs.name}")
+
+
+def _existing(conn: Connection, spans: Sequence[LlmSpan]) -> Stored:
+    out: Stored = {}
     trace_ids = sorted({s.trace_id for s in spans})
     for i in range(0, len(trace_ids), 500):
         chunk = trace_ids[i : i + 500]
@@ -571,7 +617,7 @@ def _existing(
                 span_costs.c.total_cost_usd,
             ).where(span_costs.c.trace_id.in_(chunk))
         ):
-            out[(tid, sid)] = (ver, status, None if total is None else _q(Decimal(str(total))))
+            out[(tid, sid)] = (ver, status, None if total is None else _q(_dec(total)))
     return out
 
 
@@ -657,9 +703,13 @@ def reprice(
                 )
             )
 
+    join = False
     if sql_url:
         engine = make_engine(sql_url)
-        batches = _iter_sql_spans(engine, experiment_ids, lo, until_ms, batch_size, not scalar)
+        # the stored pricing comes with the spans when the costs live beside them
+        join = not scalar and engine.dialect.name == "postgresql" and _same_db(engine, analytics)
+        batches = _iter_sql_spans(engine, experiment_ids, lo, until_ms, batch_size, not scalar,
+                                  join)  # fmt: skip
     else:
         engine = None
         batches = _iter_rest_spans(tracking_uri, experiment_ids, lo, until_ms, batch_size)
@@ -667,13 +717,18 @@ def reprice(
     max_ts = wm.get("ts_ms")
     before_total = Decimal(0)
     after_total = Decimal(0)
+    # PostgreSQL plans the stored-pricing look-ups on the table's statistics: a table that
+    # grew since its last ANALYZE looks small, and each look-up became a full scan (the job
+    # went quadratic). So the job analyzes it as it grows (doubling), and once at the end.
+    pg_costs = analytics.dialect == "postgresql"
+    analyzed = 5000
     try:
-        for batch in batches:
+        for batch, stored in batches:
             if not batch:
                 continue
             result.spans_seen += len(batch)
             with analytics.engine.begin() as conn:
-                existing = _existing(conn, batch)
+                existing = stored if stored is not None else _existing(conn, batch)
                 batch_max = max(s.trace_timestamp_ms for s in batch)
                 max_ts = batch_max if max_ts is None else max(max_ts, batch_max)
                 todo = []
@@ -718,6 +773,12 @@ def reprice(
                             result.spans_changed += 1
                 _upsert(conn, rows, bulk=not scalar)
                 result.spans_written += len(rows)
+                if pg_costs and not join and result.spans_written >= 2 * analyzed:
+                    _analyze(conn)  # the look-ups above plan on the table's current size
+                    analyzed = result.spans_written
+        if pg_costs and result.spans_written > analyzed:
+            with analytics.engine.begin() as conn:
+                _analyze(conn)  # for the readers of the costs (autovacuum may be late or off)
     finally:
         if engine is not None:
             engine.dispose()
