@@ -16,11 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -282,6 +284,59 @@ def _dec(v: Any) -> Decimal:
     return v if isinstance(v, Decimal) else Decimal(str(v))
 
 
+_T = TypeVar("_T")
+
+
+class _ReadFailed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _read_ahead(batches: Iterator[_T], depth: int = 2) -> Iterator[_T]:
+    """``batches``, produced in a thread up to ``depth`` ahead: the database reads and
+    the spans are decoded while the previous batch is priced and written (the waits on
+    either server release the GIL). Closing this closes ``batches`` in its thread."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for b in batches:
+                if not put(b):
+                    return
+            put(end)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            put(_ReadFailed(e))
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+
+    t = threading.Thread(target=produce, name="llmops-reprice-read", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, _ReadFailed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        t.join()
+
+
 def _llm_spans(rows: Iterable[Sequence[Any]], how: str) -> list[LlmSpan]:
     out: list[LlmSpan] = []
     for tid, sid, exp, t_ms, model_name, model_provider, content in rows:
@@ -531,7 +586,11 @@ def price_spans(
     return rows  # type: ignore[return-value]
 
 
-def _upsert(conn: Connection, rows: list[dict[str, Any]], bulk: bool = True) -> None:
+def _upsert(
+    conn: Connection, rows: list[dict[str, Any]], bulk: bool = True, new: bool = False
+) -> None:
+    """Write cost rows, replacing stored ones; ``new``: none of them is stored (as far as
+    the caller knows: a row written meanwhile is still replaced)."""
     if not rows:
         return
     dialect = conn.dialect.name if bulk else "generic"
@@ -556,6 +615,18 @@ def _upsert(conn: Connection, rows: list[dict[str, Any]], bulk: bool = True) -> 
         return
     if dialect == "postgresql" and conn.dialect.driver == "psycopg":  # COPY, then one upsert
         with conn.connection.driver_connection.cursor() as cur:
+            if new:  # none stored (a first pricing): COPY straight in, half the server's work
+                import psycopg
+
+                cur.execute("SAVEPOINT llmops_copy")
+                try:
+                    with cur.copy(f"COPY {span_costs.name} ({names}) FROM STDIN") as copy:
+                        for r in rows:
+                            copy.write_row(tuple(map(r.get, cols)))
+                    cur.execute("RELEASE SAVEPOINT llmops_copy")
+                    return
+                except psycopg.errors.UniqueViolation:  # written meanwhile: upsert after all
+                    cur.execute("ROLLBACK TO SAVEPOINT llmops_copy")
             cur.execute(
                 f"CREATE TEMP TABLE IF NOT EXISTS _llmops_span_costs_in "
                 f"(LIKE {span_costs.name}) ON COMMIT DELETE ROWS"
@@ -710,6 +781,8 @@ def reprice(
         join = not scalar and engine.dialect.name == "postgresql" and _same_db(engine, analytics)
         batches = _iter_sql_spans(engine, experiment_ids, lo, until_ms, batch_size, not scalar,
                                   join)  # fmt: skip
+        if not scalar and engine.dialect.name == "postgresql":  # SQLite: one writer or reader
+            batches = _read_ahead(batches)
     else:
         engine = None
         batches = _iter_rest_spans(tracking_uri, experiment_ids, lo, until_ms, batch_size)
@@ -771,7 +844,8 @@ def reprice(
                         if old[2] != new_total or old[1] != status:
                             d.changed_spans += 1
                             result.spans_changed += 1
-                _upsert(conn, rows, bulk=not scalar)
+                new = not any((s.trace_id, s.span_id) in existing for s in todo)
+                _upsert(conn, rows, bulk=not scalar, new=new)
                 result.spans_written += len(rows)
                 if pg_costs and not join and result.spans_written >= 2 * analyzed:
                     _analyze(conn)  # the look-ups above plan on the table's current size
@@ -780,6 +854,9 @@ def reprice(
             with analytics.engine.begin() as conn:
                 _analyze(conn)  # for the readers of the costs (autovacuum may be late or off)
     finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # the read (and its thread) ends before its engine goes
         if engine is not None:
             engine.dispose()
 
