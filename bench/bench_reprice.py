@@ -57,8 +57,13 @@ def seed(url: str, spans: int) -> tuple[str, int]:
     exp = MlflowClient(tracking_uri=url).create_experiment(EXPERIMENT)
     traces = int(spans / SPANS_PER_TRACE)
     days = 30.0
-    n = bulk_load(sa.create_engine(url), exp,
-                  synthetic_traffic(START, days, traces / (days * 24 * 60), seed=3), seed=3)  # fmt: skip
+    eng = sa.create_engine(url)
+    n = bulk_load(eng, exp, synthetic_traffic(START, days, traces / (days * 24 * 60), seed=3),
+                  seed=3)  # fmt: skip
+    if eng.dialect.name == "postgresql":  # statistics, as autovacuum would have them
+        with eng.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("VACUUM ANALYZE"))
+    eng.dispose()
     return exp, n
 
 
