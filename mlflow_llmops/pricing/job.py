@@ -16,11 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -154,6 +156,10 @@ class RepriceResult:
         )
 
 
+#: A span's stored pricing: (catalog version, status, total cost), by (trace id, span id).
+Stored = dict[tuple[str, str], tuple[str, str, Decimal | None]]
+
+
 def _iter_sql_spans(
     engine: Engine,
     experiment_ids: Sequence[str] | None,
@@ -161,7 +167,11 @@ def _iter_sql_spans(
     hi_ms: int | None,
     batch_size: int,
     pick_in_db: bool = True,
-) -> Iterator[list[LlmSpan]]:
+    join_stored: bool = False,
+) -> Iterator[tuple[list[LlmSpan], Stored | None]]:
+    """Batches of LLM spans in scope, each with its spans' stored pricing when
+    ``join_stored`` (PostgreSQL, ``llmops_span_costs`` in the tracking database: read in
+    the same pass), else None (the caller looks it up)."""
     md = sa.MetaData()
     try:
         spans = sa.Table("spans", md, autoload_with=engine)
@@ -188,30 +198,38 @@ def _iter_sql_spans(
     picked = _pricing_attributes(dialect, spans.c.content)
     cols = (spans.c.trace_id, spans.c.span_id, spans.c.experiment_id, ts,
             spans.c.model_name, spans.c.model_provider)  # fmt: skip
-    if dialect == "postgresql":
+    if dialect in ("postgresql", "python") and engine.dialect.name == "postgresql":
         # One join over the whole scope through a server-side cursor: paging made the
         # planner scan ``spans`` once per page on all but the largest stores. The read
-        # has its own snapshot, so the job's writes meanwhile do not disturb it.
-        q = (
-            sa.select(*cols, picked)
-            .select_from(spans.join(traces, rid == spans.c.trace_id))
-            .where(has_usage, *in_scope)
-        )
+        # has its own snapshot, so the job's writes meanwhile do not disturb it; each
+        # span comes once, so the stored pricing joined in is the one before this run.
+        joined = spans.join(traces, rid == spans.c.trace_id)
+        extra: tuple[sa.ColumnElement, ...] = ()
+        if join_stored:
+            sc = span_costs.c
+            joined = joined.outerjoin(
+                span_costs, sa.and_(sc.trace_id == spans.c.trace_id, sc.span_id == spans.c.span_id)
+            )
+            extra = (sc.catalog_version, sc.status, sc.total_cost_usd)
+        q = sa.select(*cols, *extra, picked).select_from(joined).where(has_usage, *in_scope)
         done: set[int] = set()
-        try:
-            with engine.connect() as conn:
-                result = conn.execution_options(stream_results=True, max_row_buffer=batch_size)
-                for rows in result.execute(q).partitions(batch_size):
-                    done.update(hash((r[0], r[1])) for r in rows)
-                    yield _llm_spans(rows, dialect)
-            return
-        except sa.exc.DataError as e:  # a span whose JSON the database cannot read
-            _logger.warning("span JSON the database cannot read (%s); parsing in Python", e.orig)
-        raw = q.with_only_columns(*cols, spans.c.content)
+        if dialect == "postgresql":
+            try:
+                with engine.connect() as conn:
+                    res = conn.execution_options(stream_results=True, max_row_buffer=batch_size)
+                    for rows in res.execute(q).partitions(batch_size):
+                        done.update(hash((r[0], r[1])) for r in rows)
+                        yield _stored_split(rows, dialect, join_stored)
+                return
+            except sa.exc.DataError as e:  # a span whose JSON the database cannot read
+                _logger.warning("span JSON the database cannot read (%s); parsing in Python",
+                                e.orig)  # fmt: skip
+        raw = q.with_only_columns(*cols, *extra, spans.c.content)
         with engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, max_row_buffer=batch_size)
-            for rows in result.execute(raw).partitions(batch_size):
-                yield _llm_spans([r for r in rows if hash((r[0], r[1])) not in done], "python")
+            res = conn.execution_options(stream_results=True, max_row_buffer=batch_size)
+            for rows in res.execute(raw).partitions(batch_size):
+                rows = [r for r in rows if hash((r[0], r[1])) not in done]
+                yield _stored_split(rows, "python", join_stored)
         return
     # Elsewhere (SQLite: a long read would block the job's own writes to the same file):
     # page over traces by (timestamp_ms, request_id), an index of MLflow's, then read the
@@ -242,10 +260,81 @@ def _iter_sql_spans(
                 how = "python"
                 raw = sq.with_only_columns(*sq.selected_columns[:-1], spans.c.content)
                 rows = conn.execute(raw, params).all()
-        yield _llm_spans(((t, s, x, when[t], m, p, c) for t, s, x, m, p, c in rows), how)
+        yield _llm_spans(((t, s, x, when[t], m, p, c) for t, s, x, m, p, c in rows), how), None
         last = (trace_rows[-1][1], trace_rows[-1][0])
         if len(trace_rows) < batch_size:
             return
+
+
+def _stored_split(
+    rows: Sequence[Sequence[Any]], how: str, joined: bool
+) -> tuple[list[LlmSpan], Stored | None]:
+    """The spans of ``rows`` and, when the stored pricing was joined in, that pricing."""
+    if not joined:
+        return _llm_spans(rows, how), None
+    stored: Stored = {
+        (r[0], r[1]): (r[6], r[7], None if r[8] is None else _q(_dec(r[8])))
+        for r in rows
+        if r[6] is not None
+    }
+    return _llm_spans([(*r[:6], r[9]) for r in rows], how), stored
+
+
+def _dec(v: Any) -> Decimal:
+    return v if isinstance(v, Decimal) else Decimal(str(v))
+
+
+_T = TypeVar("_T")
+
+
+class _ReadFailed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _read_ahead(batches: Iterator[_T], depth: int = 2) -> Iterator[_T]:
+    """``batches``, produced in a thread up to ``depth`` ahead: the database reads and
+    the spans are decoded while the previous batch is priced and written (the waits on
+    either server release the GIL). Closing this closes ``batches`` in its thread."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for b in batches:
+                if not put(b):
+                    return
+            put(end)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            put(_ReadFailed(e))
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+
+    t = threading.Thread(target=produce, name="llmops-reprice-read", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, _ReadFailed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        t.join()
 
 
 def _llm_spans(rows: Iterable[Sequence[Any]], how: str) -> list[LlmSpan]:
@@ -302,7 +391,7 @@ def _iter_rest_spans(
     lo_ms: int | None,
     hi_ms: int | None,
     batch_size: int,
-) -> Iterator[list[LlmSpan]]:
+) -> Iterator[tuple[list[LlmSpan], Stored | None]]:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -333,7 +422,7 @@ def _iter_rest_spans(
                 )
                 if s is not None:
                     out.append(s)
-        yield out
+        yield out, None
         token = page.token
         if not token:
             return
@@ -497,7 +586,11 @@ def price_spans(
     return rows  # type: ignore[return-value]
 
 
-def _upsert(conn: Connection, rows: list[dict[str, Any]], bulk: bool = True) -> None:
+def _upsert(
+    conn: Connection, rows: list[dict[str, Any]], bulk: bool = True, new: bool = False
+) -> None:
+    """Write cost rows, replacing stored ones; ``new``: none of them is stored (as far as
+    the caller knows: a row written meanwhile is still replaced)."""
     if not rows:
         return
     dialect = conn.dialect.name if bulk else "generic"
@@ -522,6 +615,18 @@ def _upsert(conn: Connection, rows: list[dict[str, Any]], bulk: bool = True) -> 
         return
     if dialect == "postgresql" and conn.dialect.driver == "psycopg":  # COPY, then one upsert
         with conn.connection.driver_connection.cursor() as cur:
+            if new:  # none stored (a first pricing): COPY straight in, half the server's work
+                import psycopg
+
+                cur.execute("SAVEPOINT llmops_copy")
+                try:
+                    with cur.copy(f"COPY {span_costs.name} ({names}) FROM STDIN") as copy:
+                        for r in rows:
+                            copy.write_row(tuple(map(r.get, cols)))
+                    cur.execute("RELEASE SAVEPOINT llmops_copy")
+                    return
+                except psycopg.errors.UniqueViolation:  # written meanwhile: upsert after all
+                    cur.execute("ROLLBACK TO SAVEPOINT llmops_copy")
             cur.execute(
                 f"CREATE TEMP TABLE IF NOT EXISTS _llmops_span_costs_in "
                 f"(LIKE {span_costs.name}) ON COMMIT DELETE ROWS"
@@ -555,10 +660,22 @@ def _upsert(conn: Connection, rows: list[dict[str, Any]], bulk: bool = True) -> 
     conn.execute(span_costs.insert(), rows)
 
 
-def _existing(
-    conn: Connection, spans: Sequence[LlmSpan]
-) -> dict[tuple[str, str], tuple[str, str, Decimal | None]]:
-    out: dict[tuple[str, str], tuple[str, str, Decimal | None]] = {}
+def _same_db(engine: Engine, analytics: StateStore) -> bool:
+    """Whether the costs table lives in the tracking database (``engine``)."""
+    a, t = analytics.engine.url, engine.url
+    return a.get_backend_name() == t.get_backend_name() and (a.host, a.port, a.database) == (
+        t.host,
+        t.port,
+        t.database,
+    )
+
+
+def _analyze(conn: Connection) -> None:
+    conn.exec_driver_sql(f"ANALYZE {span_costs.name}")
+
+
+def _existing(conn: Connection, spans: Sequence[LlmSpan]) -> Stored:
+    out: Stored = {}
     trace_ids = sorted({s.trace_id for s in spans})
     for i in range(0, len(trace_ids), 500):
         chunk = trace_ids[i : i + 500]
@@ -571,7 +688,7 @@ def _existing(
                 span_costs.c.total_cost_usd,
             ).where(span_costs.c.trace_id.in_(chunk))
         ):
-            out[(tid, sid)] = (ver, status, None if total is None else _q(Decimal(str(total))))
+            out[(tid, sid)] = (ver, status, None if total is None else _q(_dec(total)))
     return out
 
 
@@ -657,9 +774,15 @@ def reprice(
                 )
             )
 
+    join = False
     if sql_url:
         engine = make_engine(sql_url)
-        batches = _iter_sql_spans(engine, experiment_ids, lo, until_ms, batch_size, not scalar)
+        # the stored pricing comes with the spans when the costs live beside them
+        join = not scalar and engine.dialect.name == "postgresql" and _same_db(engine, analytics)
+        batches = _iter_sql_spans(engine, experiment_ids, lo, until_ms, batch_size, not scalar,
+                                  join)  # fmt: skip
+        if not scalar and engine.dialect.name == "postgresql":  # SQLite: one writer or reader
+            batches = _read_ahead(batches)
     else:
         engine = None
         batches = _iter_rest_spans(tracking_uri, experiment_ids, lo, until_ms, batch_size)
@@ -667,13 +790,18 @@ def reprice(
     max_ts = wm.get("ts_ms")
     before_total = Decimal(0)
     after_total = Decimal(0)
+    # PostgreSQL plans the stored-pricing look-ups on the table's statistics: a table that
+    # grew since its last ANALYZE looks small, and each look-up became a full scan (the job
+    # went quadratic). So the job analyzes it as it grows (doubling), and once at the end.
+    pg_costs = analytics.dialect == "postgresql"
+    analyzed = 5000
     try:
-        for batch in batches:
+        for batch, stored in batches:
             if not batch:
                 continue
             result.spans_seen += len(batch)
             with analytics.engine.begin() as conn:
-                existing = _existing(conn, batch)
+                existing = stored if stored is not None else _existing(conn, batch)
                 batch_max = max(s.trace_timestamp_ms for s in batch)
                 max_ts = batch_max if max_ts is None else max(max_ts, batch_max)
                 todo = []
@@ -716,9 +844,19 @@ def reprice(
                         if old[2] != new_total or old[1] != status:
                             d.changed_spans += 1
                             result.spans_changed += 1
-                _upsert(conn, rows, bulk=not scalar)
+                new = not any((s.trace_id, s.span_id) in existing for s in todo)
+                _upsert(conn, rows, bulk=not scalar, new=new)
                 result.spans_written += len(rows)
+                if pg_costs and not join and result.spans_written >= 2 * analyzed:
+                    _analyze(conn)  # the look-ups above plan on the table's current size
+                    analyzed = result.spans_written
+        if pg_costs and result.spans_written > analyzed:
+            with analytics.engine.begin() as conn:
+                _analyze(conn)  # for the readers of the costs (autovacuum may be late or off)
     finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # the read (and its thread) ends before its engine goes
         if engine is not None:
             engine.dispose()
 

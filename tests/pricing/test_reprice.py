@@ -271,3 +271,35 @@ def test_batch_path_writes_the_rows_of_the_scalar_path(tmp_path, request, backen
         assert r.spans_written == 7
         tables[scalar] = _rows(out)
     assert tables[False] == tables[True] and len(tables[False]) == 7
+
+
+@pytest.mark.postgres
+def test_postgres_costs_in_another_database_and_rows_written_meanwhile(pg_url, state_url):
+    """Costs outside the tracking database: the stored pricing is looked up per batch (it
+    cannot be joined in the read). A batch believed new whose rows were written meanwhile
+    is still replaced, not an error."""
+    from mlflow_llmops.pricing.job import _upsert
+    from mlflow_llmops.testing.postgres import create_database, drop_database
+
+    exp = log_traces(pg_url, "pg-costs-elsewhere", FIRST_BATCH)
+    out = create_database("llmops_test_costs")
+    eng = sa.create_engine(out)
+    try:
+        calc = CostCalculator.default(clock=FakeClock(NOW))
+        store = StateStore(state_url)
+        kw = {"analytics_url": out, "state_store": store, "experiment_ids": [exp], "now": NOW,
+              "calculator": calc, "batch_size": 2}  # fmt: skip
+        r1 = reprice(pg_url, **kw)
+        assert r1.spans_written == 6 and sum(d.new_spans for d in r1.diffs) == 6
+        r2 = reprice(pg_url, force=True, **kw)
+        assert r2.spans_written == 6 and r2.spans_changed == 0
+        assert sum(d.new_spans for d in r2.diffs) == 0  # every stored row was found
+        rows = list(_rows(out).values())
+        with eng.begin() as c:
+            _upsert(c, [{**r, "status": "partial"} for r in rows], new=True)
+        after = _rows(out)
+        assert len(after) == 6 and {r["status"] for r in after.values()} == {"partial"}
+        store.dispose()
+    finally:
+        eng.dispose()
+        drop_database(out)
