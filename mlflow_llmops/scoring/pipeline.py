@@ -182,7 +182,10 @@ class ScoringPipeline:
             self._timed += 1
             self._scoring -= 1
             self._writing += 1
-            self._cv.notify_all()
+            # the feeder waits here only for room (outcomes and "nothing pending" come from
+            # the writer): waking it for every trace scored costs a thread switch each
+            if self._room() > 0:
+                self._cv.notify_all()
         self._queue.put(result)
 
     def wait(self, timeout: float | None = None, *, for_room: bool = True) -> list[TraceOutcome]:
