@@ -34,7 +34,7 @@ from mlflow_llmops.clock import Clock, SystemClock, to_ms
 from mlflow_llmops.errors import LlmopsError
 from mlflow_llmops.scoring.ledger import Ledger, holder_is_dead, new_holder_id, relaxed_commit
 from mlflow_llmops.scoring.mlflow_io import is_sql_store, load_traces, search_trace_rows
-from mlflow_llmops.scoring.pipeline import ScoringPipeline
+from mlflow_llmops.scoring.pipeline import ScoringPipeline, fewer_gc_pauses
 from mlflow_llmops.scoring.ratelimit import RateLimiter
 from mlflow_llmops.scoring.registry import (
     SCORING_MIGRATIONS,
@@ -304,6 +304,7 @@ class BackfillJob:
             )
 
 
+@fewer_gc_pauses()
 def backfill(
     config: Any,
     store: StateStore,

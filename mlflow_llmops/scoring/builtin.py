@@ -66,6 +66,13 @@ def question_text(inputs: Any) -> str:
     return json.dumps(inputs, default=str)
 
 
+#: MLflow's ``timeout`` for our scorers that only look at the trace in memory with our own
+#: patterns (bounded work, no I/O): none. With its default (300 s) ``Scorer.run`` starts a
+#: thread for every call, about 0.1 ms, five times what these checks cost. ``cost_budget``
+#: (it may load prices) and ``refusal`` with the user's own patterns keep MLflow's default.
+NO_TIMEOUT = 0
+
+
 def _ok(value: bool, rationale: str) -> Feedback:
     return Feedback(value=value, rationale=rationale)
 
@@ -75,7 +82,7 @@ def latency_budget(max_ms: float) -> Scorer:
     if max_ms <= 0:
         raise ValueError(f"latency_budget: max_ms must be positive, got {max_ms}")
 
-    @scorer(name="latency_budget")
+    @scorer(name="latency_budget", timeout=NO_TIMEOUT)
     def _latency(trace) -> Feedback | None:  # noqa: ANN001
         took = trace.info.execution_duration
         if took is None:
@@ -106,7 +113,7 @@ def token_budget(max_tokens: int) -> Scorer:
     if max_tokens <= 0:
         raise ValueError(f"token_budget: max_tokens must be positive, got {max_tokens}")
 
-    @scorer(name="token_budget")
+    @scorer(name="token_budget", timeout=NO_TIMEOUT)
     def _tokens(trace) -> Feedback | None:  # noqa: ANN001
         used = _trace_tokens(trace)
         if used is None:
@@ -162,7 +169,7 @@ def cost_budget(max_usd: float) -> Scorer:
 def json_validity() -> Scorer:
     """Pass when the answer is valid JSON (for structured-output endpoints)."""
 
-    @scorer(name="json_validity")
+    @scorer(name="json_validity", timeout=NO_TIMEOUT)
     def _json(outputs) -> Feedback:  # noqa: ANN001
         if isinstance(outputs, dict | list) and not (
             isinstance(outputs, dict) and "choices" in outputs
@@ -226,7 +233,7 @@ def pii_leak(allow: list[str] | None = None) -> Scorer:
     """Pass when the answer contains no personal data (kinds in ``allow`` are ignored)."""
     allowed = set(allow or [])
 
-    @scorer(name="pii_leak")
+    @scorer(name="pii_leak", timeout=NO_TIMEOUT)
     def _pii(outputs) -> Feedback:  # noqa: ANN001
         kinds = [k for k in find_pii(answer_text(outputs)) if k not in allowed]
         if kinds:
@@ -251,7 +258,7 @@ def refusal(patterns: list[str] | None = None) -> Scorer:
     """Pass when the answer is not a refusal (English phrases; add your own ``patterns``)."""
     compiled = [re.compile(p, re.I) for p in (*_REFUSALS, *(patterns or []))]
 
-    @scorer(name="refusal")
+    @scorer(name="refusal", timeout=None if patterns else NO_TIMEOUT)
     def _refusal(outputs) -> Feedback:  # noqa: ANN001
         text = answer_text(outputs)
         for p in compiled:
@@ -266,7 +273,7 @@ def refusal(patterns: list[str] | None = None) -> Scorer:
 def empty_answer(min_chars: int = 1) -> Scorer:
     """Pass when the answer has at least ``min_chars`` non-blank characters."""
 
-    @scorer(name="empty_answer")
+    @scorer(name="empty_answer", timeout=NO_TIMEOUT)
     def _empty(outputs) -> Feedback:  # noqa: ANN001
         n = len(answer_text(outputs).strip())
         return _ok(n >= min_chars, f"{n} characters")

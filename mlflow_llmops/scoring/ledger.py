@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,6 +162,49 @@ _CLAIM_PG = sa.text(
 )
 
 
+class GroupCommit:
+    """``submit(item)`` returns once ``item`` is written: items that arrive while one
+    batch is being written are written together by the next caller, in one transaction.
+
+    Each caller still waits for its own item to commit (nothing is acknowledged before it is
+    durable); what it saves is the transactions. Sixteen judge threads each recording a cost
+    as their call returns made one write transaction each: on SQLite every one queues for the
+    database lock, and a waiter polls it with sleeps of growing length (milliseconds each,
+    on the judge slot's critical path), while the holder itself may wait for the GIL."""
+
+    def __init__(self, write: Callable[[list[Any]], None]) -> None:
+        self._write = write
+        self._cv = threading.Condition()
+        self._pending: list[list[Any]] = []  # [item, done, error]
+        self._busy = False
+
+    def submit(self, item: Any) -> None:
+        entry: list[Any] = [item, False, None]
+        with self._cv:
+            self._pending.append(entry)
+            while self._busy and not entry[1]:
+                self._cv.wait()
+            if not entry[1]:  # this caller writes what is waiting, its own item included
+                self._busy = True
+                batch, self._pending = self._pending, []
+        if entry[1]:
+            if entry[2] is not None:
+                raise entry[2]
+            return
+        error: BaseException | None = None
+        try:
+            self._write([e[0] for e in batch])
+        except BaseException as e:  # noqa: BLE001 - raised to every caller of the batch
+            error = e
+        with self._cv:
+            for e in batch:
+                e[1], e[2] = True, error
+            self._busy = False
+            self._cv.notify_all()
+        if error is not None:
+            raise error
+
+
 class Ledger:
     """Ledger operations on the state store (tables created by ``SCORING_MIGRATIONS``)."""
 
@@ -171,6 +215,7 @@ class Ledger:
         self.holder = holder
         self.lease_ttl_ms = lease_ttl_ms
         self.max_attempts = max_attempts
+        self._costs = GroupCommit(self._write_costs)
 
     def _where(self, key: LedgerKey) -> Any:
         t = ledger_table.c
@@ -356,14 +401,22 @@ class Ledger:
 
     def add_cost(self, key: LedgerKey, cost_usd: float) -> None:
         """Record a judge call's cost as soon as it is paid, before its result is written:
-        a crash in between cannot lose it (``Confirmation.cost_paid`` then adds nothing)."""
+        a crash in between cannot lose it (``Confirmation.cost_paid`` then adds nothing).
+        Returns once written; the costs of calls returning together share a transaction."""
+        self._costs.submit((key, cost_usd))
+
+    def _write_costs(self, costs: list[tuple[LedgerKey, float]]) -> None:
         t = ledger_table.c
         with self.store.engine.begin() as conn:
             conn.execute(
                 ledger_table.update()
-                .where(self._where(key), t.holder == self.holder)
-                .values(cost_usd=sa.func.coalesce(t.cost_usd, 0.0) + cost_usd)
-            )
+                .where(t.trace_id == sa.bindparam("k_trace"), t.scorer == sa.bindparam("k_scorer"),
+                       t.version == sa.bindparam("k_version"), t.holder == self.holder)
+                .values(cost_usd=sa.func.coalesce(t.cost_usd, 0.0)
+                        + sa.bindparam("b_cost", type_=sa.Float)),
+                [{"k_trace": k.trace_id, "k_scorer": k.scorer, "k_version": k.version,
+                  "b_cost": c} for k, c in costs],
+            )  # fmt: skip
 
     def job_spend(self, job_id: str) -> float:
         """Judge spend of a backfill job: the costs recorded on the ledger rows it claimed."""

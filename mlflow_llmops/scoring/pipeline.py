@@ -19,11 +19,13 @@ enough to look stale to another worker.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -33,6 +35,40 @@ from mlflow_llmops.scoring.runner import PendingWrite, TraceOutcome, TraceScorer
 
 log = logging.getLogger(__name__)
 _STOP = object()
+
+#: Cyclic-GC thresholds while scoring runs (at least these; never lowered).
+SCORING_GC_THRESHOLD = (50_000, 20, 10)
+_gc_lock = threading.Lock()
+_gc_users = 0
+_gc_saved: tuple[int, int, int] | None = None
+
+
+@contextlib.contextmanager
+def fewer_gc_pauses() -> Iterator[None]:
+    """Run the block with fewer cyclic garbage collections; the thresholds are put back
+    when the last such block of the process ends.
+
+    Scoring allocates millions of short-lived objects (trace entities, span dicts, rows),
+    almost none of them in cycles, while MLflow, SQLAlchemy and pydantic keep a million
+    long-lived objects. Every 700 net allocations the default thresholds start a
+    collection, and every few thousand traces a full one walks all those long-lived
+    objects: a third of a code-scorer backfill's CPU. Reference counting still frees
+    everything not in a cycle at once; cycles wait a little longer."""
+    global _gc_users, _gc_saved
+    with _gc_lock:
+        if _gc_users == 0:
+            _gc_saved = gc.get_threshold()
+            gc.set_threshold(*(max(a, b) for a, b in zip(_gc_saved, SCORING_GC_THRESHOLD,
+                                                         strict=True)))  # fmt: skip
+        _gc_users += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0 and _gc_saved is not None:
+                gc.set_threshold(*_gc_saved)
+                _gc_saved = None
 
 
 class ScoringPipeline:
@@ -146,7 +182,10 @@ class ScoringPipeline:
             self._timed += 1
             self._scoring -= 1
             self._writing += 1
-            self._cv.notify_all()
+            # the feeder waits here only for room (outcomes and "nothing pending" come from
+            # the writer): waking it for every trace scored costs a thread switch each
+            if self._room() > 0:
+                self._cv.notify_all()
         self._queue.put(result)
 
     def wait(self, timeout: float | None = None, *, for_room: bool = True) -> list[TraceOutcome]:

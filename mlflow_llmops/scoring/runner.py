@@ -414,11 +414,11 @@ def run_scorer_once(
     except Exception as e:  # noqa: BLE001 - a broken scorer must not stop the others
         stats.problem = f"{type(e).__name__}: {e}"
         return stats
-    from mlflow_llmops.scoring.pipeline import ScoringPipeline
+    from mlflow_llmops.scoring.pipeline import ScoringPipeline, fewer_gc_pauses
 
     worker = TraceScorer(resolved, tracking_uri=config.tracking.uri, store=store, clock=clock,
                          lease_ttl_s=sc.lease_ttl_s, max_attempts=sc.max_attempts)  # fmt: skip
-    with ScoringPipeline(worker, concurrency=sc.concurrency) as pipe:
+    with fewer_gc_pauses(), ScoringPipeline(worker, concurrency=sc.concurrency) as pipe:
         return _run_scorer(worker, pipe, stats, config, store, now, exp_ids)
 
 

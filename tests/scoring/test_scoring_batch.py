@@ -86,6 +86,28 @@ def test_a_batch_writes_the_same_rows_as_log_assessment(mlflow_db):
         assert by_name["viabatch"].valid is not False
 
 
+def test_rows_are_built_by_mlflows_own_mapping_without_the_orm(mlflow_db):
+    """The batch path runs ``SqlAssessments.from_mlflow_entity`` on a plain row class: the
+    same column values as the ORM object, for values, errors, metadata and overrides."""
+    from mlflow.entities import AssessmentError
+    from mlflow.store.tracking.dbmodels.models import SqlAssessments
+
+    to_row = mlflow_io._sql_store_parts(TracingClient(mlflow_db.uri).store)["to_row"]
+    assert to_row is not SqlAssessments.from_mlflow_entity  # the fast path, not the fallback
+    err = AssessmentError(error_code="E", error_message="judge down")
+    entities = [_feedback("v", 0.5), _feedback("v", {"k": [1]}),
+                Feedback(name="e", error=err, source=AssessmentSource("CODE", "x"),
+                         metadata={"llmops.attempts": "3"})]  # fmt: skip
+    entities[1].overrides = "a-earlier"
+    columns = [p.key for p in sa.inspect(SqlAssessments).column_attrs]
+    for a in entities:
+        a.trace_id, a.assessment_id = "tr-1", f"a-{uuid.uuid4().hex}"
+        a.create_time_ms = a.last_update_time_ms = EPOCH_MS
+        plain, orm = to_row(a), SqlAssessments.from_mlflow_entity(a)
+        assert not isinstance(plain, SqlAssessments)
+        assert {c: getattr(plain, c) for c in columns} == {c: getattr(orm, c) for c in columns}
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def tracking_db(request, tmp_path, template_db) -> MlflowDb:
     """An MLflow store on SQLite, or a fresh experiment in the PostgreSQL store of the
@@ -603,3 +625,47 @@ def test_backfill_planning_reads_what_search_traces_returns(tracking_db):
         assert n is None or len(fast) == n, flt
         half = _enumerate(client, [mlflow_db.experiment_id], flt, "s", 0.5)
         assert half == [r for r in fast if sampled(r[0], "s", 0.5)]
+
+
+def test_group_commit_writes_each_cost_once_and_raises_a_failed_batch_to_its_callers():
+    """Judge threads recording costs together share a transaction; each returns only once its
+    own item is written, and a failed write is raised to every caller whose item it held."""
+    from mlflow_llmops.scoring.ledger import GroupCommit
+
+    written: list[list[str]] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def write(items: list[str]) -> None:
+        if "boom" in items:
+            raise RuntimeError("store down")
+        entered.set()
+        release.wait(10)
+        written.append(list(items))
+
+    group = GroupCommit(write)
+    returned: list[str] = []
+
+    def submit(item: str) -> None:
+        group.submit(item)
+        returned.append(item)
+
+    first = threading.Thread(target=submit, args=("a",))
+    first.start()
+    assert entered.wait(10)  # "a" is being written alone
+    rest = [threading.Thread(target=submit, args=(x,)) for x in "bcdef"]
+    for t in rest:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(group._pending) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert returned == []  # nobody returns before its item is written
+    release.set()
+    for t in (first, *rest):
+        t.join(10)
+    # "a" alone, then the five that queued meanwhile in one write; each written once
+    assert len(written) == 2 and written[0] == ["a"] and sorted(written[1]) == list("bcdef")
+    assert sorted(returned) == list("abcdef")
+    with pytest.raises(RuntimeError, match="store down"):
+        group.submit("boom")
+    group.submit("g")  # the next batch is written as usual
+    assert written[-1] == ["g"]
