@@ -115,6 +115,15 @@ PG_INDEXES: dict[str, str] = {
     "ix_llmops_trace_weight": (
         "ON trace_request_metadata (request_id) INCLUDE (value) WHERE key = 'llmops.sample_weight'"
     ),
+    # A trace's first LLM model (llmops_traces.model): the first entry of the trace's
+    # range, without reading any span's JSON (MLflow's own cost index skips unpriced spans).
+    "ix_llmops_spans_llm_trace": (
+        "ON spans (trace_id, start_time_unix_nano, span_id) INCLUDE (model_name) "
+        "WHERE type IN ('LLM', 'CHAT_MODEL') AND model_name IS NOT NULL"
+    ),
+    # A trace's cost from our cost table (llmops_traces.cost_usd, unpriced_spans): one
+    # index-only probe per trace instead of the primary key and every row it points to.
+    "ix_llmops_span_costs_trace": "ON llmops_span_costs (trace_id) INCLUDE (total_cost_usd, status)",
 }
 
 #: PostgreSQL (14+) statistics on ``start_ms`` and on its UTC day (``start_ms - start_ms %
@@ -190,11 +199,67 @@ def _traces_sql(dialect: str) -> str:
         f"ON m_{col}.request_id = t.request_id AND m_{col}.key = '{key}'"
         for col, key in _META_COLUMNS.items()
     )
+    if dialect == "postgresql":
+        return _pg_traces_sql(joins)
     has_ours = "EXISTS (SELECT 1 FROM llmops_span_costs c WHERE c.trace_id = t.request_id)"
     return f"""
 CREATE VIEW llmops_traces AS
 SELECT
-  t.request_id AS trace_id,
+  {_TRACE_COLUMNS},
+  (SELECT s.model_name FROM spans s
+    WHERE s.trace_id = t.request_id AND s.type IN ('LLM', 'CHAT_MODEL')
+      AND s.model_name IS NOT NULL
+    ORDER BY s.start_time_unix_nano, s.span_id LIMIT 1) AS model,
+  {_TRACE_TOKENS},
+  CASE WHEN {has_ours}
+       THEN (SELECT SUM(CAST(c.total_cost_usd AS DOUBLE PRECISION)) FROM llmops_span_costs c
+             WHERE c.trace_id = t.request_id)
+       ELSE CAST(t.total_cost AS DOUBLE PRECISION) END AS cost_usd,
+  CASE WHEN {has_ours} THEN 'llmops'
+       WHEN t.total_cost IS NOT NULL THEN 'mlflow' END AS cost_source,
+  (SELECT COUNT(*) FROM llmops_span_costs c
+    WHERE c.trace_id = t.request_id AND c.status = 'unpriced') AS unpriced_spans
+FROM trace_info t
+{joins}
+"""
+
+
+def _pg_traces_sql(joins: str) -> str:
+    """PostgreSQL: the same columns, but a trace's costs and first model each come from
+    one LATERAL aggregate instead of scalar subqueries in the select list. A view's
+    columns are expanded into the query wherever it names them, so ``cost_usd`` read
+    three times ran its EXISTS and SUM three times per trace; a join column is computed
+    once. An aggregate without GROUP BY returns exactly one row, so the planner drops the
+    join when a query reads none of its columns, and each probe is an index-only scan
+    (:data:`PG_INDEXES`)."""
+    return f"""
+CREATE VIEW llmops_traces AS
+SELECT
+  {_TRACE_COLUMNS},
+  fm.model AS model,
+  {_TRACE_TOKENS},
+  CASE WHEN oc.n > 0 THEN oc.cost ELSE CAST(t.total_cost AS DOUBLE PRECISION) END AS cost_usd,
+  CASE WHEN oc.n > 0 THEN 'llmops'
+       WHEN t.total_cost IS NOT NULL THEN 'mlflow' END AS cost_source,
+  oc.unpriced AS unpriced_spans
+FROM trace_info t
+LEFT JOIN LATERAL (
+  SELECT COUNT(*) AS n, SUM(CAST(c.total_cost_usd AS DOUBLE PRECISION)) AS cost,
+         COUNT(*) FILTER (WHERE c.status = 'unpriced') AS unpriced
+  FROM llmops_span_costs c WHERE c.trace_id = t.request_id
+) oc ON TRUE
+LEFT JOIN LATERAL (
+  SELECT MIN(f.model_name) AS model FROM (
+    SELECT s.model_name FROM spans s
+    WHERE s.trace_id = t.request_id AND s.type IN ('LLM', 'CHAT_MODEL')
+      AND s.model_name IS NOT NULL
+    ORDER BY s.start_time_unix_nano, s.span_id LIMIT 1) f
+) fm ON TRUE
+{joins}
+"""
+
+
+_TRACE_COLUMNS = """t.request_id AS trace_id,
   t.experiment_id AS experiment_id,
   t.timestamp_ms AS timestamp_ms,
   t.status AS status,
@@ -207,28 +272,14 @@ SELECT
   m_tenant.value AS tenant,
   m_environment.value AS environment,
   m_service.value AS service,
-  m_service_version.value AS service_version,
-  (SELECT s.model_name FROM spans s
-    WHERE s.trace_id = t.request_id AND s.type IN ('LLM', 'CHAT_MODEL')
-      AND s.model_name IS NOT NULL
-    ORDER BY s.start_time_unix_nano, s.span_id LIMIT 1) AS model,
-  COALESCE(t.input_tokens, 0) AS input_tokens,
+  m_service_version.value AS service_version"""
+
+_TRACE_TOKENS = f"""COALESCE(t.input_tokens, 0) AS input_tokens,
   COALESCE(t.output_tokens, 0) AS output_tokens,
   COALESCE(t.total_tokens, 0) AS total_tokens,
   COALESCE(t.cache_read_input_tokens, 0) AS cache_read_tokens,
   COALESCE(t.cache_creation_input_tokens, 0) AS cache_write_tokens,
-  {_WEIGHT_SQL.format(m="m_sample_weight_raw")} AS sample_weight,
-  CASE WHEN {has_ours}
-       THEN (SELECT SUM(CAST(c.total_cost_usd AS DOUBLE PRECISION)) FROM llmops_span_costs c
-             WHERE c.trace_id = t.request_id)
-       ELSE CAST(t.total_cost AS DOUBLE PRECISION) END AS cost_usd,
-  CASE WHEN {has_ours} THEN 'llmops'
-       WHEN t.total_cost IS NOT NULL THEN 'mlflow' END AS cost_source,
-  (SELECT COUNT(*) FROM llmops_span_costs c
-    WHERE c.trace_id = t.request_id AND c.status = 'unpriced') AS unpriced_spans
-FROM trace_info t
-{joins}
-"""
+  {_WEIGHT_SQL.format(m="m_sample_weight_raw")} AS sample_weight"""
 
 
 def _spans_sql(dialect: str) -> str:
