@@ -185,10 +185,10 @@ TRACE_QUERIES = {
 }
 
 
-def test_trace_analyses_probe_our_indexes_once_per_trace(pg):
-    """llmops_traces reads a trace's costs and its first model with one index-only probe
-    each (LATERAL aggregates over ix_llmops_span_costs_trace and ix_llmops_spans_llm_trace),
-    however often a query names cost_usd; a query that reads neither joins neither."""
+def test_trace_analyses_read_costs_and_model_once_from_our_indexes(pg):
+    """llmops_traces reads a trace's costs and its first model from our indexes
+    (ix_llmops_span_costs_trace, ix_llmops_spans_llm_trace), once however often a query
+    names cost_usd or model; a query that reads neither joins neither."""
     engine, _ = pg
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("VACUUM ANALYZE spans"))  # pages all-visible: index-only
