@@ -97,6 +97,17 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
 #: below (PostgreSQL matches an indexed expression only when it is written the same way).
 START_MS_SQL = "start_time_unix_nano / 1000000"
 
+_META_COLUMNS = {
+    "user_id": "mlflow.trace.user",
+    "task_type": "llmops.task_type",
+    "route": "llmops.route",
+    "tenant": "llmops.tenant",
+    "environment": "llmops.environment",
+    "service": "llmops.service",
+    "service_version": "llmops.service_version",
+    "sample_weight_raw": "llmops.sample_weight",
+}
+
 #: PostgreSQL indexes ``create_views`` adds to MLflow's tables, name -> definition. A
 #: narrow index over LLM spans, keyed on ``start_ms``: a time filter on ``llmops_spans``
 #: becomes an index range, and a query that needs only these columns (no token counts,
@@ -115,6 +126,15 @@ PG_INDEXES: dict[str, str] = {
     "ix_llmops_trace_weight": (
         "ON trace_request_metadata (request_id) INCLUDE (value) WHERE key = 'llmops.sample_weight'"
     ),
+    # The metadata the trace analyses group by (user, task type, tenant): like the weights,
+    # one small entry per trace, read from the index instead of a scan of all metadata.
+    **{
+        f"ix_llmops_trace_{col}": (
+            f"ON trace_request_metadata (request_id) INCLUDE (value) "
+            f"WHERE key = '{_META_COLUMNS[col]}'"
+        )
+        for col in ("user_id", "task_type", "tenant")
+    },
     # A trace's first LLM model (llmops_traces.model): the first entry of the trace's
     # range, without reading any span's JSON (MLflow's own cost index skips unpriced spans).
     "ix_llmops_spans_llm_trace": (
@@ -140,17 +160,6 @@ PG_STATISTICS: dict[str, str] = {
 
 #: Advisory lock key: one process at a time builds the indexes.
 _PG_INDEX_LOCK = 0x6C6C6D6F7073  # "llmops"
-
-_META_COLUMNS = {
-    "user_id": "mlflow.trace.user",
-    "task_type": "llmops.task_type",
-    "route": "llmops.route",
-    "tenant": "llmops.tenant",
-    "environment": "llmops.environment",
-    "service": "llmops.service",
-    "service_version": "llmops.service_version",
-    "sample_weight_raw": "llmops.sample_weight",
-}
 
 
 #: A trace's ``llmops.sample_weight`` (1 / P(kept)); 1 where absent (unsampled traffic).
