@@ -337,6 +337,10 @@ def _normalise(v: Any) -> Any:
     return v
 
 
+#: PostgreSQL ``work_mem`` for the transaction of one analysis (``SET LOCAL``).
+PG_WORK_MEM = "256MB"
+
+
 def run_query(
     query: Query | str,
     target: Any,
@@ -348,7 +352,8 @@ def run_query(
     """Run ``query`` on ``target``: a SQLAlchemy engine on the tracking database (views
     created with :func:`mlflow_llmops.store.views.create_views`) or a DuckDB connection
     over a Parquet export. ``now`` resolves relative defaults such as ``now-7d``.
-    On PostgreSQL the query runs with JIT compilation off (``SET LOCAL``)."""
+    On PostgreSQL the query runs with JIT compilation off and ``work_mem`` at
+    :data:`PG_WORK_MEM` (``SET LOCAL``)."""
     q = get_query(query, sql_dir) if isinstance(query, str) else query
     bound = bind_params(q, params or {}, now)
     if isinstance(target, Engine):
@@ -359,6 +364,9 @@ def run_query(
                     # For this transaction only: compiling a query of a few seconds with
                     # LLVM (inlining, optimisation) costs more than it saves, up to seconds.
                     conn.execute(sa.text("SET LOCAL jit = off"))
+                    # Analyses hash a million traces' costs, weights and groups: in memory
+                    # (the 4 MB default spills them to disk in batches).
+                    conn.execute(sa.text(f"SET LOCAL work_mem = '{PG_WORK_MEM}'"))
                 res = conn.execute(sa.text(sql), bound)
                 rows = [tuple(_normalise(v) for v in r) for r in res.all()]
         except sa.exc.ProgrammingError as e:

@@ -97,6 +97,17 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
 #: below (PostgreSQL matches an indexed expression only when it is written the same way).
 START_MS_SQL = "start_time_unix_nano / 1000000"
 
+_META_COLUMNS = {
+    "user_id": "mlflow.trace.user",
+    "task_type": "llmops.task_type",
+    "route": "llmops.route",
+    "tenant": "llmops.tenant",
+    "environment": "llmops.environment",
+    "service": "llmops.service",
+    "service_version": "llmops.service_version",
+    "sample_weight_raw": "llmops.sample_weight",
+}
+
 #: PostgreSQL indexes ``create_views`` adds to MLflow's tables, name -> definition. A
 #: narrow index over LLM spans, keyed on ``start_ms``: a time filter on ``llmops_spans``
 #: becomes an index range, and a query that needs only these columns (no token counts,
@@ -115,6 +126,24 @@ PG_INDEXES: dict[str, str] = {
     "ix_llmops_trace_weight": (
         "ON trace_request_metadata (request_id) INCLUDE (value) WHERE key = 'llmops.sample_weight'"
     ),
+    # The metadata the trace analyses group by (user, task type, tenant): like the weights,
+    # one small entry per trace, read from the index instead of a scan of all metadata.
+    **{
+        f"ix_llmops_trace_{col}": (
+            f"ON trace_request_metadata (request_id) INCLUDE (value) "
+            f"WHERE key = '{_META_COLUMNS[col]}'"
+        )
+        for col in ("user_id", "task_type", "tenant")
+    },
+    # A trace's first LLM model (llmops_traces.model): the first entry of the trace's
+    # range, without reading any span's JSON (MLflow's own cost index skips unpriced spans).
+    "ix_llmops_spans_llm_trace": (
+        "ON spans (trace_id, start_time_unix_nano, span_id) INCLUDE (model_name) "
+        "WHERE type IN ('LLM', 'CHAT_MODEL') AND model_name IS NOT NULL"
+    ),
+    # A trace's cost from our cost table (llmops_traces.cost_usd, unpriced_spans): one
+    # index-only probe per trace instead of the primary key and every row it points to.
+    "ix_llmops_span_costs_trace": "ON llmops_span_costs (trace_id) INCLUDE (total_cost_usd, status)",
 }
 
 #: PostgreSQL (14+) statistics on ``start_ms`` and on its UTC day (``start_ms - start_ms %
@@ -124,21 +153,13 @@ PG_INDEXES: dict[str, str] = {
 PG_STATISTICS: dict[str, str] = {
     "llmops_spans_start_ms": f"ON (({START_MS_SQL})) FROM spans",
     "llmops_spans_start_day": f"ON (({START_MS_SQL} - ({START_MS_SQL}) % 86400000)) FROM spans",
+    # The traces' UTC day (daily_totals): 14 days hash into 14 groups instead of a sort
+    # of every trace planned for a million groups.
+    "llmops_traces_day": "ON ((timestamp_ms - timestamp_ms % 86400000)) FROM trace_info",
 }
 
 #: Advisory lock key: one process at a time builds the indexes.
 _PG_INDEX_LOCK = 0x6C6C6D6F7073  # "llmops"
-
-_META_COLUMNS = {
-    "user_id": "mlflow.trace.user",
-    "task_type": "llmops.task_type",
-    "route": "llmops.route",
-    "tenant": "llmops.tenant",
-    "environment": "llmops.environment",
-    "service": "llmops.service",
-    "service_version": "llmops.service_version",
-    "sample_weight_raw": "llmops.sample_weight",
-}
 
 
 #: A trace's ``llmops.sample_weight`` (1 / P(kept)); 1 where absent (unsampled traffic).
@@ -190,11 +211,66 @@ def _traces_sql(dialect: str) -> str:
         f"ON m_{col}.request_id = t.request_id AND m_{col}.key = '{key}'"
         for col, key in _META_COLUMNS.items()
     )
+    if dialect == "postgresql":
+        return _pg_traces_sql(joins)
     has_ours = "EXISTS (SELECT 1 FROM llmops_span_costs c WHERE c.trace_id = t.request_id)"
     return f"""
 CREATE VIEW llmops_traces AS
 SELECT
-  t.request_id AS trace_id,
+  {_TRACE_COLUMNS},
+  (SELECT s.model_name FROM spans s
+    WHERE s.trace_id = t.request_id AND s.type IN ('LLM', 'CHAT_MODEL')
+      AND s.model_name IS NOT NULL
+    ORDER BY s.start_time_unix_nano, s.span_id LIMIT 1) AS model,
+  {_TRACE_TOKENS},
+  CASE WHEN {has_ours}
+       THEN (SELECT SUM(CAST(c.total_cost_usd AS DOUBLE PRECISION)) FROM llmops_span_costs c
+             WHERE c.trace_id = t.request_id)
+       ELSE CAST(t.total_cost AS DOUBLE PRECISION) END AS cost_usd,
+  CASE WHEN {has_ours} THEN 'llmops'
+       WHEN t.total_cost IS NOT NULL THEN 'mlflow' END AS cost_source,
+  (SELECT COUNT(*) FROM llmops_span_costs c
+    WHERE c.trace_id = t.request_id AND c.status = 'unpriced') AS unpriced_spans
+FROM trace_info t
+{joins}
+"""
+
+
+def _pg_traces_sql(joins: str) -> str:
+    """PostgreSQL: the same columns, but a trace's costs and first model come from joins
+    to our cost table grouped by trace and to its LLM spans' first model instead of
+    correlated subqueries. A view's columns are expanded into the query wherever it
+    names them, so ``cost_usd`` named three times ran its EXISTS and SUM three times per
+    trace, each an index probe (daily_totals over 1M traces: tens of seconds); a join is
+    one pass over an index of ours (:data:`PG_INDEXES`), hashed, and the planner drops
+    it when a query reads none of its columns (each side is unique on the trace id)."""
+    return f"""
+CREATE VIEW llmops_traces AS
+SELECT
+  {_TRACE_COLUMNS},
+  fm.model AS model,
+  {_TRACE_TOKENS},
+  CASE WHEN oc.trace_id IS NOT NULL THEN oc.cost
+       ELSE CAST(t.total_cost AS DOUBLE PRECISION) END AS cost_usd,
+  CASE WHEN oc.trace_id IS NOT NULL THEN 'llmops'
+       WHEN t.total_cost IS NOT NULL THEN 'mlflow' END AS cost_source,
+  COALESCE(oc.unpriced, 0) AS unpriced_spans
+FROM trace_info t
+LEFT JOIN (
+  SELECT c.trace_id, SUM(CAST(c.total_cost_usd AS DOUBLE PRECISION)) AS cost,
+         COUNT(*) FILTER (WHERE c.status = 'unpriced') AS unpriced
+  FROM llmops_span_costs c GROUP BY c.trace_id
+) oc ON oc.trace_id = t.request_id
+LEFT JOIN (
+  SELECT DISTINCT ON (s.trace_id) s.trace_id, s.model_name AS model FROM spans s
+  WHERE s.type IN ('LLM', 'CHAT_MODEL') AND s.model_name IS NOT NULL
+  ORDER BY s.trace_id, s.start_time_unix_nano, s.span_id
+) fm ON fm.trace_id = t.request_id
+{joins}
+"""
+
+
+_TRACE_COLUMNS = """t.request_id AS trace_id,
   t.experiment_id AS experiment_id,
   t.timestamp_ms AS timestamp_ms,
   t.status AS status,
@@ -207,28 +283,14 @@ SELECT
   m_tenant.value AS tenant,
   m_environment.value AS environment,
   m_service.value AS service,
-  m_service_version.value AS service_version,
-  (SELECT s.model_name FROM spans s
-    WHERE s.trace_id = t.request_id AND s.type IN ('LLM', 'CHAT_MODEL')
-      AND s.model_name IS NOT NULL
-    ORDER BY s.start_time_unix_nano, s.span_id LIMIT 1) AS model,
-  COALESCE(t.input_tokens, 0) AS input_tokens,
+  m_service_version.value AS service_version"""
+
+_TRACE_TOKENS = f"""COALESCE(t.input_tokens, 0) AS input_tokens,
   COALESCE(t.output_tokens, 0) AS output_tokens,
   COALESCE(t.total_tokens, 0) AS total_tokens,
   COALESCE(t.cache_read_input_tokens, 0) AS cache_read_tokens,
   COALESCE(t.cache_creation_input_tokens, 0) AS cache_write_tokens,
-  {_WEIGHT_SQL.format(m="m_sample_weight_raw")} AS sample_weight,
-  CASE WHEN {has_ours}
-       THEN (SELECT SUM(CAST(c.total_cost_usd AS DOUBLE PRECISION)) FROM llmops_span_costs c
-             WHERE c.trace_id = t.request_id)
-       ELSE CAST(t.total_cost AS DOUBLE PRECISION) END AS cost_usd,
-  CASE WHEN {has_ours} THEN 'llmops'
-       WHEN t.total_cost IS NOT NULL THEN 'mlflow' END AS cost_source,
-  (SELECT COUNT(*) FROM llmops_span_costs c
-    WHERE c.trace_id = t.request_id AND c.status = 'unpriced') AS unpriced_spans
-FROM trace_info t
-{joins}
-"""
+  {_WEIGHT_SQL.format(m="m_sample_weight_raw")} AS sample_weight"""
 
 
 def _spans_sql(dialect: str) -> str:
@@ -393,6 +455,7 @@ def pg_index_ddl() -> list[str]:
         *(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {n} {d};" for n, d in PG_INDEXES.items()),
         *(f"CREATE STATISTICS IF NOT EXISTS {n} {d};" for n, d in PG_STATISTICS.items()),
         "ANALYZE spans;",
+        "ANALYZE trace_info;",
     ]
 
 
@@ -403,7 +466,7 @@ def ensure_pg_indexes(engine: Engine) -> list[str]:
     Idempotent and safe while MLflow writes: indexes are built ``CONCURRENTLY`` (writes
     go on) by one process at a time (advisory lock; the others skip, as waiting inside a
     statement would hold up the build); an invalid index left by an interrupted build is
-    dropped and rebuilt. New statistics are filled by one ``ANALYZE spans``. Without the
+    dropped and rebuilt. New statistics are filled by one ``ANALYZE`` of their table. Without the
     privilege to index ``spans`` (not its owner) it logs the statements to ask a DBA for
     and returns: the views work without them, only slower.
     """
@@ -416,8 +479,8 @@ def ensure_pg_indexes(engine: Engine) -> list[str]:
             created += _create_pg_indexes(conn)
             if conn.dialect.server_version_info >= (14,):  # statistics on expressions
                 stats = _create_pg_statistics(conn)
-                if stats:
-                    conn.execute(sa.text("ANALYZE spans"))
+                for table in sorted({PG_STATISTICS[n].rsplit(" ", 1)[1] for n in stats}):
+                    conn.execute(sa.text(f"ANALYZE {table}"))
                 created += stats
         except sa.exc.ProgrammingError as e:
             code = getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)

@@ -173,6 +173,42 @@ def test_time_filters_are_estimated_and_use_the_index(pg):
     assert scans == [("Index Only Scan", INDEX)]  # never reads the span JSON
 
 
+#: Trace analyses and what they read of a trace's costs (llmops_span_costs) and first
+#: LLM model (spans).
+TRACE_QUERIES = {
+    "daily_totals": {"llmops_span_costs"},
+    "top_traces": {"llmops_span_costs", "spans"},
+    "cost_by_tenant": {"llmops_span_costs"},
+    "cost_by_user": {"llmops_span_costs"},
+    "cost_per_success": {"llmops_span_costs", "spans"},
+    "token_efficiency": {"llmops_span_costs"},
+}
+
+
+def test_trace_analyses_read_costs_and_model_once_from_our_indexes(pg):
+    """llmops_traces reads a trace's costs and its first model from our indexes
+    (ix_llmops_span_costs_trace, ix_llmops_spans_llm_trace), once however often a query
+    names cost_usd or model; a query that reads neither joins neither."""
+    engine, _ = pg
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE spans"))  # pages all-visible: index-only
+        conn.execute(sa.text("VACUUM ANALYZE llmops_span_costs"))
+    # Three traces: make the planner show what it picks for a large table.
+    off = ("enable_seqscan = off", "enable_bitmapscan = off")
+    expected = {
+        "llmops_span_costs": ("Index Only Scan", "ix_llmops_span_costs_trace"),
+        "spans": ("Index Only Scan", "ix_llmops_spans_llm_trace"),
+    }
+    for name, tables in TRACE_QUERIES.items():
+        scans = [(n["Relation Name"], n["Node Type"], n.get("Index Name"))
+                 for n in _query_plan(engine, name, *off)
+                 if n.get("Relation Name") in expected]  # fmt: skip
+        assert sorted(scans) == sorted((t, *expected[t]) for t in tables), name
+    plain = _plan(engine, "SELECT task_type, COUNT(*) FROM llmops_traces "
+                  "WHERE timestamp_ms >= :lo GROUP BY task_type", {"lo": T0 - DAY})  # fmt: skip
+    assert not {n.get("Relation Name") for n in plain} & set(expected)
+
+
 def test_run_query_turns_jit_off_for_its_transaction(pg):
     engine, _ = pg
     q = Query(
