@@ -37,6 +37,12 @@ class _Rows:
     metadata: list[dict[str, Any]] = field(default_factory=list)
     spans: list[dict[str, Any]] = field(default_factory=list)
 
+    def add(self, other: _Rows) -> None:
+        self.trace_info.extend(other.trace_info)
+        self.tags.extend(other.tags)
+        self.metadata.extend(other.metadata)
+        self.spans.extend(other.spans)
+
 
 def skip_missing_litellm() -> None:
     """MLflow prices each LLM span when storing it and tries ``import litellm`` first, for
@@ -127,20 +133,10 @@ class SqlBulkWriter:
         ``on_permanent`` and is left out; a trace already stored goes to ``on_existing``.
         Any other error propagates with nothing written (the transaction rolls back).
         """
-        from mlflow.exceptions import MlflowException
-
-        prepared: list[tuple[Any, _Rows]] = []
-        for trace in traces:  # CPU work first, outside the transaction
-            try:
-                prepared.append(
-                    (trace, self._rows(trace, self._experiment(trace.info.experiment_id)))
-                )
-            except MlflowException as e:
-                if e.get_http_status_code() >= 500:
-                    raise
-                on_permanent(trace, e)
+        prepared = [(t, r) for t in traces if (r := self._prepare(t, on_permanent)) is not None]
         rows = _Rows()
         built: list[Any] = []
+        # CPU work first, outside the transaction: SQLite's write lock is held only to insert
         with self.engine.begin() as conn:
             present = self.existing(conn, [t.info.trace_id for t, _ in prepared])
             for trace, one in prepared:
@@ -148,20 +144,31 @@ class SqlBulkWriter:
                     if on_existing is not None:
                         on_existing(trace)
                     continue
-                rows.trace_info.extend(one.trace_info)
-                rows.tags.extend(one.tags)
-                rows.metadata.extend(one.metadata)
-                rows.spans.extend(one.spans)
+                rows.add(one)
                 built.append(trace)
-            for table, data in (
-                (self.t_info, rows.trace_info),
-                (self.t_tags, rows.tags),
-                (self.t_meta, rows.metadata),
-                (self.t_spans, rows.spans),
-            ):
-                if data:
-                    self._insert(conn, table, data)
+            self._insert_rows(conn, rows)
         return built
+
+    def _prepare(self, trace: Any, on_permanent: Callable[[Any, Exception], None]) -> _Rows | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._rows(trace, self._experiment(trace.info.experiment_id))
+        except MlflowException as e:
+            if e.get_http_status_code() >= 500:
+                raise
+            on_permanent(trace, e)
+            return None
+
+    def _insert_rows(self, conn: Any, rows: _Rows) -> None:
+        for table, data in (
+            (self.t_info, rows.trace_info),
+            (self.t_tags, rows.tags),
+            (self.t_meta, rows.metadata),
+            (self.t_spans, rows.spans),
+        ):
+            if data:
+                self._insert(conn, table, data)
 
     def _insert(self, conn: Any, table: Any, data: list[dict[str, Any]]) -> None:
         """One bulk INSERT of ``data`` in the open transaction: COPY on PostgreSQL
