@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -39,9 +38,9 @@ from mlflow_llmops.pricing import CostCalculator, reprice  # noqa: E402
 from mlflow_llmops.store.state import StateStore  # noqa: E402
 from mlflow_llmops.store.tables import span_costs  # noqa: E402
 from mlflow_llmops.testing.postgres import (  # noqa: E402
-    ADMIN_URL,
     create_database,
     drop_database,
+    named_database,
     pg_available,
 )
 from mlflow_llmops.testing.seed import bulk_load, synthetic_traffic  # noqa: E402
@@ -143,23 +142,6 @@ def run(url: str, label: str, spans: int, scalar_spans: int, reuse: bool = False
               flush=True)  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def named_database(name: str, *, fresh: bool) -> str:
-    """The URL of database ``name`` on the benchmark server; ``fresh`` drops and recreates it."""
-    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
-        raise SystemExit(f"--keep-db/--reuse-db: {name!r} is not a plain lower-case name")
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        exists = c.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
-                           {"n": name}).scalar()  # fmt: skip
-        if fresh:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        elif not exists:
-            raise SystemExit(f"--reuse-db: no database {name!r}; seed it with --keep-db {name}")
-    admin.dispose()
-    return sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
 
 
 def main() -> int:

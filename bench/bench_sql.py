@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -51,9 +50,9 @@ from mlflow_llmops.store.export import export_parquet, read_export  # noqa: E402
 from mlflow_llmops.store.queries import get_query, load_queries, run_query  # noqa: E402
 from mlflow_llmops.store.views import create_views  # noqa: E402
 from mlflow_llmops.testing.postgres import (  # noqa: E402
-    ADMIN_URL,
     create_database,
     drop_database,
+    named_database,
     pg_available,
 )
 from mlflow_llmops.testing.seed import bulk_load, synthetic_traffic  # noqa: E402
@@ -269,23 +268,6 @@ WHERE s.type IN ('LLM', 'CHAT_MODEL') AND s.model_name IS NOT NULL
         conn.execute(sa.text("VACUUM ANALYZE llmops_span_costs"))
     print(f"  filled llmops_span_costs in {time.perf_counter() - t:.0f}s", flush=True)
     return n
-
-
-def named_database(name: str, *, fresh: bool) -> str:
-    """The URL of database ``name`` on the benchmark server; ``fresh`` drops and recreates it."""
-    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
-        raise SystemExit(f"--keep-db/--reuse-db: {name!r} is not a plain lower-case name")
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        exists = c.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
-                           {"n": name}).scalar()  # fmt: skip
-        if fresh:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        elif not exists:
-            raise SystemExit(f"--reuse-db: no database {name!r}; seed it with --keep-db {name}")
-    admin.dispose()
-    return sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 
 import sqlalchemy as sa
@@ -39,3 +40,20 @@ def drop_database(url: str, admin_url: str = ADMIN_URL) -> None:
     with eng.connect() as c:
         c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     eng.dispose()
+
+
+def named_database(name: str, *, fresh: bool, admin_url: str = ADMIN_URL) -> str:
+    """The URL of database ``name`` on the benchmark server; ``fresh`` drops and recreates it."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        raise SystemExit(f"--keep-db/--reuse-db: {name!r} is not a plain lower-case name")
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        q = sa.text("SELECT 1 FROM pg_database WHERE datname = :n")
+        exists = c.execute(q, {"n": name}).scalar()
+        if fresh:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        elif not exists:
+            raise SystemExit(f"--reuse-db: no database {name!r}; seed it with --keep-db {name}")
+    admin.dispose()
+    return sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
