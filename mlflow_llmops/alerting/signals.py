@@ -15,7 +15,6 @@ engine tests and to cross-check the SQL.
 
 from __future__ import annotations
 
-import math
 import time
 from bisect import bisect_left
 from collections import defaultdict
@@ -693,7 +692,3 @@ class MemorySignalSource:
             ]
             return (sum(c * x for c, x in priced) if priced else None), len(rows)
         raise ValueError(f"unknown signal {s!r}")  # pragma: no cover - validated by SignalSpec
-
-
-def is_number(v: float | None) -> bool:
-    return v is not None and not math.isnan(v)

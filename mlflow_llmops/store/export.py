@@ -545,7 +545,3 @@ def read_export(out_dir: str | Path, con: Any | None = None) -> Any:
     con = con or duckdb.connect()
     create_views(con, parquet_dir=out_dir)
     return con
-
-
-def iter_days(out_dir: str | Path) -> Iterable[str]:
-    return _read_manifest(Path(out_dir))["days"]

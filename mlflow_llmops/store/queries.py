@@ -395,11 +395,6 @@ def _missing_views(e: Exception, q: Query) -> LlmopsError:
     return LlmopsError(f"query {q.name} failed: {msg.splitlines()[0]}")
 
 
-def transpile_all(dialect: str, sql_dir: str | Path | None = None) -> dict[str, str]:
-    """Every query rendered for ``dialect`` (e.g. ``spark`` for a Spark job)."""
-    return {name: q.render(dialect) for name, q in load_queries(sql_dir).items()}
-
-
 def parse_param_args(items: Sequence[str]) -> dict[str, str]:
     """``["k=v", ...]`` from the command line into a dict; clear error on bad items."""
     out: dict[str, str] = {}
