@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from slack_sdk.webhook import WebhookClient  # noqa: E402
 
 from mlflow_llmops.alerting.model import Alert, AlertState, Severity  # noqa: E402
-from mlflow_llmops.clock import SystemClock  # noqa: E402
+from mlflow_llmops.core.clock import SystemClock  # noqa: E402
 from mlflow_llmops.monitor.cycle import deliver_when_due  # noqa: E402
 from mlflow_llmops.notify import Dispatcher  # noqa: E402
 from mlflow_llmops.notify.config import NotificationsConfig  # noqa: E402

@@ -41,8 +41,8 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
 
     from mlflow_llmops.alerting import ConsoleSink
     from mlflow_llmops.alerting.model import AlertState
-    from mlflow_llmops.clock import FakeClock
     from mlflow_llmops.config import load_config
+    from mlflow_llmops.core.clock import FakeClock
     from mlflow_llmops.monitor import Monitor
     from mlflow_llmops.store.state import StateStore
     from mlflow_llmops.testing.seed import Incident, bulk_load, synthetic_traffic
@@ -153,7 +153,7 @@ def score_traces(tracking_uri, engine, exp_id, since, until, bad) -> int:  # noq
     from mlflow.entities import AssessmentSource, Feedback
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    from mlflow_llmops.clock import to_ms
+    from mlflow_llmops.core.clock import to_ms
 
     with engine.connect() as conn:
         rows = conn.execute(

@@ -35,7 +35,7 @@ from mlflow_llmops.alerting.rules import (
     format_duration,
 )
 from mlflow_llmops.alerting.signals import SignalSource, SignalValue
-from mlflow_llmops.clock import to_ms
+from mlflow_llmops.core.clock import to_ms, utc
 from mlflow_llmops.store.state import Migration, StateStore, create_tables
 
 log = logging.getLogger(__name__)
@@ -118,12 +118,6 @@ ALERTING_MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
-def _utc(d: datetime | None) -> datetime | None:
-    if d is None:
-        return None
-    return d if d.tzinfo else d.replace(tzinfo=UTC)
-
-
 # --------------------------------------------------------------------------- values
 
 
@@ -186,12 +180,12 @@ class AlertInstance:
             annotations=json.loads(r["annotations"]),
             state=AlertState(r["state"]),
             severity=Severity(r["severity"]),
-            active_at=_utc(r["active_at"]),
-            fired_at=_utc(r["fired_at"]),
-            last_true_at=_utc(r["last_true_at"]),
-            keep_firing_since=_utc(r.get("keep_firing_since")),
-            resolved_at=_utc(r["resolved_at"]),
-            last_eval_at=_utc(r["last_eval_at"]),
+            active_at=utc(r["active_at"]),
+            fired_at=utc(r["fired_at"]),
+            last_true_at=utc(r["last_true_at"]),
+            keep_firing_since=utc(r.get("keep_firing_since")),
+            resolved_at=utc(r["resolved_at"]),
+            last_eval_at=utc(r["last_eval_at"]),
             episode=r["episode"],
             value=r["value"],
             threshold=r["threshold"],

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from mlflow_llmops.core.clock import utc
+
 
 class _Keep(dict):
     def __missing__(self, key: str) -> str:
@@ -24,7 +26,7 @@ class _Keep(dict):
 
 
 def _iso(d: datetime) -> str:
-    d = d if d.tzinfo else d.replace(tzinfo=UTC)
+    d = utc(d)
     return d.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
 
 

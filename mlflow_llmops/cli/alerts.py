@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from mlflow_llmops.cli import AppContext, pass_app
+from mlflow_llmops.core.clock import utc
 
 
 @click.group("alerts")
@@ -45,7 +46,7 @@ def parse_time(value: str | None, flag: str = "--at") -> datetime:
             f"{value!r} is not a time; use ISO (2026-06-01T12:00, UTC by default), now or now-2h",
             param_hint=flag,
         ) from None
-    return d if d.tzinfo else d.replace(tzinfo=UTC)
+    return utc(d)
 
 
 def _fmt(d: datetime | None) -> str:

@@ -13,6 +13,7 @@ import click
 
 from mlflow_llmops.cli import pass_app
 from mlflow_llmops.cli.alerts import alerts
+from mlflow_llmops.core.clock import utc
 
 COMMANDS: list[click.Command] = []  # the group is registered by alerts.py
 
@@ -61,7 +62,7 @@ def _duration(text: str) -> timedelta:
 def _fmt(d: datetime | None) -> str:
     if d is None:
         return "-"
-    return (d if d.tzinfo else d.replace(tzinfo=UTC)).strftime("%Y-%m-%d %H:%M:%S")
+    return utc(d).strftime("%Y-%m-%d %H:%M:%S")
 
 
 # -- silences -----------------------------------------------------------------

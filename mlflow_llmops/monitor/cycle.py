@@ -48,7 +48,7 @@ from mlflow_llmops.alerting.engine import (
 from mlflow_llmops.alerting.links import AlertLinks
 from mlflow_llmops.alerting.model import Alert
 from mlflow_llmops.alerting.signals import SignalSource, SqlSignalSource
-from mlflow_llmops.clock import Clock, SystemClock
+from mlflow_llmops.core.clock import Clock, SystemClock
 from mlflow_llmops.errors import ConfigError
 from mlflow_llmops.store.state import FencedOut, LeaseFence, StateStore
 

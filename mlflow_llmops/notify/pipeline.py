@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from mlflow_llmops.alerting.model import Alert, AlertState
-from mlflow_llmops.clock import Clock
+from mlflow_llmops.core.clock import Clock, utc
 from mlflow_llmops.errors import ConfigError
 from mlflow_llmops.notify import tables as t
 from mlflow_llmops.notify.config import AlertmanagerReceiver, NotificationsConfig, Route
@@ -94,16 +94,6 @@ class DispatchReport:
             + (f", {self.resent} re-posted to Alertmanager" if self.resent else "")
             + (f", {len(self.resend_failed)} re-posts failed" if self.resend_failed else "")
         )
-
-
-def _utc(d: datetime | None) -> datetime | None:
-    if d is None:
-        return None
-    return d if d.tzinfo else d.replace(tzinfo=UTC)
-
-
-def _now_utc(now: datetime) -> datetime:
-    return now if now.tzinfo else now.replace(tzinfo=UTC)
 
 
 class SqlThreadStore:
@@ -197,8 +187,8 @@ class Silences:
             Silence(
                 id=r["id"],
                 matchers=tuple(Matcher(*m) for m in json.loads(r["matchers"])),
-                starts_at=_utc(r["starts_at"]),  # type: ignore[arg-type]
-                ends_at=_utc(r["ends_at"]),  # type: ignore[arg-type]
+                starts_at=utc(r["starts_at"]),  # type: ignore[arg-type]
+                ends_at=utc(r["ends_at"]),  # type: ignore[arg-type]
                 created_by=r["created_by"],
                 comment=r["comment"],
             )
@@ -290,7 +280,7 @@ class Dispatcher:
     # -- submit ---------------------------------------------------------
     def submit(self, alerts: Sequence[Alert], now: datetime) -> None:
         """File firing and newly resolved alerts into their aggregation groups."""
-        now = _now_utc(now)
+        now = utc(now)
         if not alerts:
             return
         self._file(alerts, now)
@@ -394,7 +384,7 @@ class Dispatcher:
     # -- flush ----------------------------------------------------------
     def flush(self, now: datetime) -> DispatchReport:
         """Notify the due groups, then deliver the due outbox rows."""
-        now = _now_utc(now)
+        now = utc(now)
         report = DispatchReport()
         with self._lock:
             started = time.monotonic()  # ``now`` was read about now (see ``deliver``)
@@ -409,7 +399,7 @@ class Dispatcher:
     def decide(self, now: datetime, report: DispatchReport | None = None) -> DispatchReport:
         """Run the due groups through inhibit, silence and dedup; write what is to be sent
         to the outbox (without sending it)."""
-        now = _now_utc(now)
+        now = utc(now)
         report = report or DispatchReport()
         self._flush_groups(now, report)
         return report
@@ -459,12 +449,12 @@ class Dispatcher:
             stale_before = now - self.config.resolve_timeout
             for blob, updated_at in rows:
                 a = alert_from_dict(json.loads(blob))
-                if not a.resolved and _utc(updated_at) < stale_before:  # type: ignore[operator]
+                if not a.resolved and utc(updated_at) < stale_before:  # type: ignore[operator]
                     # not re-submitted for resolve_timeout: resolved, as in Alertmanager
                     a = dataclasses.replace(
                         a,
                         state=AlertState.RESOLVED,
-                        ends_at=_utc(updated_at) + self.config.resolve_timeout,
+                        ends_at=utc(updated_at) + self.config.resolve_timeout,
                     )
                     c.execute(
                         t.group_alerts.update()
@@ -489,7 +479,7 @@ class Dispatcher:
             resolved = {a.fingerprint for a in kept if a.resolved}
             entry = (
                 NflogEntry(
-                    notified_at=_utc(g["notified_at"]),  # type: ignore[arg-type]
+                    notified_at=utc(g["notified_at"]),  # type: ignore[arg-type]
                     firing=frozenset(json.loads(g["notified_firing"])),
                     resolved=frozenset(json.loads(g["notified_resolved"])),
                 )
@@ -573,7 +563,7 @@ class Dispatcher:
                 f"unknown receiver {n.receiver!r}; known: {sorted(self._receivers)} "
                 "(alerting.notifications.receivers)"
             )
-        now = _now_utc(now)
+        now = utc(now)
         with self.store.engine.begin() as c:
             return self._insert_outbox(c, n, now)
 
@@ -583,7 +573,7 @@ class Dispatcher:
     ) -> DispatchReport:
         """Send the due outbox rows (in order per group), at most once each. ``started``:
         the ``time.monotonic()`` at which ``now`` was read (default: on entry)."""
-        now = _now_utc(now)
+        now = utc(now)
         report = report or DispatchReport()
         policy = self.config.retry
         with self.store.engine.connect() as c:
@@ -610,9 +600,9 @@ class Dispatcher:
             if key in blocked:
                 continue
             blocked.add(key)  # later rows of this group wait for this one
-            if r["status"] == "pending" and _utc(r["next_attempt_at"]) > now:  # type: ignore[operator]
+            if r["status"] == "pending" and utc(r["next_attempt_at"]) > now:  # type: ignore[operator]
                 continue
-            if r["status"] == "sending" and _utc(r["claimed_until"]) > now:  # type: ignore[operator]
+            if r["status"] == "sending" and utc(r["claimed_until"]) > now:  # type: ignore[operator]
                 continue
             if sends >= self.max_sends_per_flush:
                 continue
@@ -673,7 +663,7 @@ class Dispatcher:
         has passed, and a re-post of the same alert is idempotent there: this is how
         Prometheus keeps alerts active in it. Failures wait for the next interval (the
         next post carries the whole state anyway)."""
-        now = _now_utc(now)
+        now = utc(now)
         report = report or DispatchReport()
         for name, rcv in self._receivers.items():
             if not isinstance(rcv, AlertmanagerReceiver):
@@ -782,7 +772,7 @@ class Dispatcher:
         report: DispatchReport,
     ) -> None:
         policy = self.config.retry
-        created = _utc(r["created_at"])
+        created = utc(r["created_at"])
         assert created is not None
         if e.permanent or gives_up(attempts, created, now, policy):
             why = "permanent" if e.permanent else f"gave up after {attempts} attempt(s)"
@@ -814,7 +804,7 @@ class Dispatcher:
     # -- timers ---------------------------------------------------------
     def next_due(self, now: datetime) -> datetime | None:
         """When the next flush has work: a group timer, a retry, an expiring claim, a rate limit."""
-        now = _now_utc(now)
+        now = utc(now)
         with self.store.engine.connect() as c:
             g = c.execute(
                 sa.select(sa.func.min(t.groups.c.next_flush_at)).where(t.groups.c.active.is_(True))
@@ -829,11 +819,11 @@ class Dispatcher:
                     t.outbox.c.status == "sending"
                 )
             ).scalar()
-        cands = [_utc(x) for x in (g, s) if x is not None]
+        cands = [utc(x) for x in (g, s) if x is not None]
         cands += self._resend_due.values()
         for receiver, at in pending:
             # a rate-limited receiver's rows are due when its bucket has a token again
-            cands.append(max(_utc(at), self._rate_wait.get(receiver, _utc(at))))  # type: ignore[type-var]
+            cands.append(max(utc(at), self._rate_wait.get(receiver, utc(at))))  # type: ignore[type-var]
         return max(now, min(cands)) if cands else None  # type: ignore[type-var]
 
     def serve(self, clock: Clock, stop: threading.Event, *, max_sleep_s: float = 1.0) -> None:
@@ -869,7 +859,7 @@ class Dispatcher:
 
     def purge(self, now: datetime) -> int:
         """Delete sent and failed rows older than ``outbox_retention``."""
-        cutoff = _now_utc(now) - self.config.outbox_retention
+        cutoff = utc(now) - self.config.outbox_retention
         with self.store.engine.begin() as c:
             return c.execute(
                 t.outbox.delete().where(

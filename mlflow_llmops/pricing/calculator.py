@@ -23,7 +23,7 @@ from itertools import compress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow_llmops.clock import Clock, SystemClock
+from mlflow_llmops.core.clock import Clock, SystemClock
 from mlflow_llmops.pricing.catalog import (
     RATE_FIELDS,
     STANDARD_TIERS,

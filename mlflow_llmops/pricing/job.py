@@ -699,10 +699,6 @@ def _is_sql(uri: str) -> bool:
     return not uri.startswith(("http://", "https://", "databricks", "file:", "/")) and "://" in uri
 
 
-def _ms(when: datetime) -> int:
-    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
-
-
 def reprice(
     tracking_uri: str,
     analytics_url: str | None = None,

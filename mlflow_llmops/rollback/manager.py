@@ -20,12 +20,13 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from mlflow_llmops.alerting.model import Alert
+from mlflow_llmops.core.clock import utc
 from mlflow_llmops.errors import ConfigError, LlmopsError
 from mlflow_llmops.rollback.config import RollbackConfig, RollbackHook
 from mlflow_llmops.rollback.targets import (
@@ -122,12 +123,6 @@ class RollbackRecord:
         d = self.__dict__.copy()
         d["at"] = self.at.isoformat()
         return d
-
-
-def _utc(d: datetime | None) -> datetime | None:
-    if d is None:
-        return None
-    return d if d.tzinfo else d.replace(tzinfo=UTC)
 
 
 def _target_key(kind: str, name: str, alias: str) -> str:
@@ -275,7 +270,7 @@ class RollbackManager:
                     plans.c.executed_at >= since,
                 )
             ).all()
-        return [_utc(r[0]) for r in rows]  # type: ignore[misc]
+        return [utc(r[0]) for r in rows]  # type: ignore[misc]
 
     def _guard_rate(self, h: RollbackHook, now: datetime) -> str | None:
         key = _hook_key(h)
@@ -309,7 +304,7 @@ class RollbackManager:
             for h in self.config.hooks:
                 if not self._applies(h, a):
                     continue
-                if now - _utc(a.starts_at) < h.min_firing:  # type: ignore[operator]
+                if now - utc(a.starts_at) < h.min_firing:  # type: ignore[operator]
                     continue
                 rec = self._plan(h, a, now)
                 if rec is not None:
@@ -390,7 +385,7 @@ class RollbackManager:
     def _why_stale(self, p: Mapping[str, Any], now: datetime) -> str | None:
         """Why an awaiting plan may no longer be approved (None: it still may)."""
         h = self._hooks.get(p["hook"])
-        created = _utc(p["created_at"])
+        created = utc(p["created_at"])
         assert created is not None
         if h is not None and now >= created + h.approval_timeout:
             return (
@@ -425,7 +420,7 @@ class RollbackManager:
         if row is None:
             return None
         if row["episode"] != p["episode"] or row["state"] != "firing":
-            when = _utc(row["resolved_at"])
+            when = utc(row["resolved_at"])
             at = f" at {when:%Y-%m-%d %H:%M:%S} UTC" if when and row["state"] == "resolved" else ""
             return f"its alert {p['alertname']} (episode {p['episode']}) has resolved{at}"
         return None

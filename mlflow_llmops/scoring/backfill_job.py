@@ -30,7 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mlflow_llmops.clock import Clock, SystemClock, to_ms
+from mlflow_llmops.core.clock import Clock, SystemClock, to_ms
 from mlflow_llmops.errors import LlmopsError
 from mlflow_llmops.scoring.ledger import Ledger, holder_is_dead, new_holder_id, relaxed_commit
 from mlflow_llmops.scoring.mlflow_io import is_sql_store, load_traces, search_trace_rows

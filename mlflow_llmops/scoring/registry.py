@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mlflow_llmops.clock import to_ms
+from mlflow_llmops.core.clock import to_ms
 from mlflow_llmops.errors import LlmopsError
 from mlflow_llmops.store.state import Migration, StateStore, create_tables
 

@@ -22,7 +22,7 @@ from typing import Any
 from mlflow.entities import AssessmentError, AssessmentSource, Feedback, Trace
 from mlflow.exceptions import MlflowException
 
-from mlflow_llmops.clock import Clock, SystemClock, to_ms
+from mlflow_llmops.core.clock import Clock, SystemClock, to_ms
 from mlflow_llmops.scoring.ledger import Claim, Confirmation, Ledger, LedgerKey, new_holder_id
 from mlflow_llmops.scoring.mlflow_io import AssessmentWriter, load_traces
 from mlflow_llmops.scoring.ratelimit import RateLimiter

@@ -33,6 +33,7 @@ import sqlglot
 from sqlalchemy.engine import Engine
 from sqlglot import exp
 
+from mlflow_llmops.core.clock import utc
 from mlflow_llmops.errors import ConfigError, LlmopsError
 
 SOURCE_DIALECT = "postgres"
@@ -230,7 +231,7 @@ def _to_ms(value: Any, pname: str) -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, datetime):
-        v = value if value.tzinfo else value.replace(tzinfo=UTC)
+        v = utc(value)
         return int(v.timestamp() * 1000)
     if isinstance(value, date):
         return int(datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp() * 1000)

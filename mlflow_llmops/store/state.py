@@ -18,6 +18,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from mlflow_llmops.core.clock import utc
 from mlflow_llmops.errors import StoreError
 from mlflow_llmops.secrets import mask_secrets_in_writes
 
@@ -363,7 +364,7 @@ class StateStore:
             ).first()
         if row is None:
             return None
-        exp = row[1] if row[1].tzinfo else row[1].replace(tzinfo=UTC)
+        exp = utc(row[1])
         return row[0] if exp > now else None
 
     def dispose(self) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from mlflow_llmops.alerting.signals import TraceEvent
-from mlflow_llmops.clock import to_ms
+from mlflow_llmops.core.clock import to_ms
 from mlflow_llmops.testing.seed import Incident, SeedTrace, bulk_load, synthetic_traffic
 
 #: "now" of the seeded scenario: a Tuesday at noon

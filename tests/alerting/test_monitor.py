@@ -20,8 +20,8 @@ from mlflow_llmops.alerting.engine import ALERTING_MIGRATIONS, monitor_cycle_row
 from mlflow_llmops.alerting.model import AlertState
 from mlflow_llmops.alerting.signals import MemorySignalSource, TraceEvent
 from mlflow_llmops.cli import main
-from mlflow_llmops.clock import FakeClock, to_ms
 from mlflow_llmops.config import load_config
+from mlflow_llmops.core.clock import FakeClock, to_ms
 from mlflow_llmops.monitor.cycle import Monitor
 from mlflow_llmops.store.state import FencedOut, StateStore
 

@@ -16,7 +16,7 @@ from mlflow_llmops.alerting.engine import AlertEngine
 from mlflow_llmops.alerting.model import AlertState
 from mlflow_llmops.alerting.rules import load_pack, parse_rules
 from mlflow_llmops.alerting.signals import MemorySignalSource, TraceEvent
-from mlflow_llmops.clock import FakeClock, to_ms
+from mlflow_llmops.core.clock import FakeClock, to_ms
 from mlflow_llmops.testing.incident_replay import (
     FOURTEEN_DAYS,
     PACK_KIND,

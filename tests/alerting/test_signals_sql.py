@@ -15,7 +15,7 @@ from mlflow_llmops.alerting.signals import (
     TraceEvent,
     weighted_percentile,
 )
-from mlflow_llmops.clock import to_ms
+from mlflow_llmops.core.clock import to_ms
 
 WINDOWS = [
     (NOON - timedelta(minutes=95), timedelta(minutes=5)),  # latency incident

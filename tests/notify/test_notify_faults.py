@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from notify_helpers import PD_KEY, T0, make_alert, resolved
 
-from mlflow_llmops.clock import SystemClock
+from mlflow_llmops.core.clock import SystemClock
 from mlflow_llmops.notify import Dispatcher
 from mlflow_llmops.notify.config import NotificationsConfig
 from mlflow_llmops.notify.notifiers.pagerduty import group_dedup_key

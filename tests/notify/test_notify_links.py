@@ -4,8 +4,8 @@ alert in the MLflow UI (on the alert's window) and the runbook, all the way to S
 from __future__ import annotations
 
 from mlflow_llmops.alerting.signals import MemorySignalSource, TraceEvent
-from mlflow_llmops.clock import FakeClock, to_ms
 from mlflow_llmops.config import load_config
+from mlflow_llmops.core.clock import FakeClock, to_ms
 from mlflow_llmops.monitor.cycle import Monitor
 
 UI = "http://mlflow.test:5000"

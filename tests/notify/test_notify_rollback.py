@@ -269,7 +269,7 @@ def test_approval_checks_the_alert_engine_state(store, registry):
     from mlflow_llmops.alerting.engine import AlertEngine
     from mlflow_llmops.alerting.rules import parse_rules
     from mlflow_llmops.alerting.signals import MemorySignalSource, TraceEvent
-    from mlflow_llmops.clock import to_ms
+    from mlflow_llmops.core.clock import to_ms
 
     m = new_model(registry)
     promote(store, registry, model=m, alias="champion", version=1, now=T0)

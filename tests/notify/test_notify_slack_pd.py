@@ -124,7 +124,7 @@ def test_slack_rate_limit_per_channel_with_the_delivery_thread(store, slack):
     delivered by ``serve`` (the thread that runs the group timers and retries)."""
     import threading
 
-    from mlflow_llmops.clock import SystemClock
+    from mlflow_llmops.core.clock import SystemClock
 
     d = dispatcher(store, hook(slack, rate_limit={"per_second": 5, "burst": 2}), group_wait="0s",
                    group_by=["alertname"])  # fmt: skip

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from mlflow.utils.providers import cost_per_token as mlflow_cost_per_token
 
-from mlflow_llmops.clock import FakeClock
+from mlflow_llmops.core.clock import FakeClock
 from mlflow_llmops.pricing import CostCalculator, TokenUsage, sum_usd
 from mlflow_llmops.pricing.calculator import PICO
 

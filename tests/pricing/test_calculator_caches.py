@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlflow_llmops.clock import FakeClock
+from mlflow_llmops.core.clock import FakeClock
 from mlflow_llmops.pricing import CostCalculator, TokenUsage
 from mlflow_llmops.pricing import calculator as calc_mod
 from mlflow_llmops.pricing.calculator import CostResult, _day_ordinal, _to_day

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlflow_llmops.clock import FakeClock
+from mlflow_llmops.core.clock import FakeClock
 from mlflow_llmops.pricing import CostCalculator, TokenUsage
 from mlflow_llmops.pricing.calculator import FRAME_TOKEN_COLUMNS, PICO, resolve_rates
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from mlflow_llmops.clock import FakeClock
+from mlflow_llmops.core.clock import FakeClock
 from mlflow_llmops.pricing import CatalogError, CostCalculator, TokenUsage, UsageError
 from mlflow_llmops.pricing.catalog import (
     PriceCatalog,

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from pricing_traces import LlmCall, log_traces
 
-from mlflow_llmops.clock import FakeClock
+from mlflow_llmops.core.clock import FakeClock
 from mlflow_llmops.pricing import CostCalculator, cost_by_model, reprice, unpriced_models
 from mlflow_llmops.pricing.job import reprice_history
 from mlflow_llmops.store.state import StateStore

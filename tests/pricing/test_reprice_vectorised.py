@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlflow_llmops.clock import FakeClock
+from mlflow_llmops.core.clock import FakeClock
 from mlflow_llmops.pricing import CostCalculator, TokenUsage
 from mlflow_llmops.pricing.job import cost_row, price_spans
 from mlflow_llmops.pricing.spans import LlmSpan

@@ -19,7 +19,7 @@ from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR, TEMPORARIL
 from mlflow.tracing.client import TracingClient
 from scoring_helpers import EPOCH, EPOCH_MS, MlflowDb, config_for, make_traces
 
-from mlflow_llmops.clock import FakeClock, SystemClock
+from mlflow_llmops.core.clock import FakeClock, SystemClock
 from mlflow_llmops.scoring import ScorerRegistry, ScorerSpec, backfill, mlflow_io, run_due_scorers
 from mlflow_llmops.scoring.backfill_job import BackfillJob
 from mlflow_llmops.scoring.ledger import Confirmation, Ledger, LedgerKey

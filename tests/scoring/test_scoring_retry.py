@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from mlflow.tracing.client import TracingClient
 from scoring_helpers import EPOCH, EPOCH_MS, config_for, make_traces
 
-from mlflow_llmops.clock import FakeClock
+from mlflow_llmops.core.clock import FakeClock
 from mlflow_llmops.scoring import (
     ScorerRegistry,
     ScorerSpec,

@@ -18,6 +18,7 @@ from typing import Any
 import requests
 
 from mlflow_llmops.alerting.model import Alert
+from mlflow_llmops.core.clock import utc
 from mlflow_llmops.notify.config import AlertmanagerReceiver
 from mlflow_llmops.notify.notifiers.base import (
     Notification,
@@ -34,7 +35,7 @@ TEST_ALERTNAME = "MlflowLlmopsNotificationTest"
 def _rfc3339(d: datetime | None) -> str | None:
     if d is None:
         return None
-    d = d if d.tzinfo else d.replace(tzinfo=UTC)
+    d = utc(d)
     return d.isoformat().replace("+00:00", "Z")
 
 

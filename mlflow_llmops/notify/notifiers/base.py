@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from mlflow_llmops.alerting.model import Alert, AlertState, Severity
+from mlflow_llmops.core.clock import utc
 
 PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 410, 413, 422})
 
@@ -66,7 +67,7 @@ def error_for_status(
 def _iso(d: datetime | None) -> str | None:
     if d is None:
         return None
-    return (d if d.tzinfo else d.replace(tzinfo=UTC)).isoformat()
+    return utc(d).isoformat()
 
 
 def alert_to_dict(a: Alert) -> dict[str, Any]:

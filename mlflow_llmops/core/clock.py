@@ -1,10 +1,11 @@
-"""Injected time: engines take a Clock so behaviour is testable with a fake one."""
+"""Time: the injected Clock (engines take one so behaviour is testable with a fake one),
+and the one helper each for UTC datetimes and MLflow's epoch milliseconds."""
 
 from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, overload
 
 
 class Clock(Protocol):
@@ -38,14 +39,23 @@ class FakeClock:
 
     def set(self, when: datetime) -> None:
         with self._lock:
-            self._now = when if when.tzinfo else when.replace(tzinfo=UTC)
+            self._now = utc(when)
+
+
+@overload
+def utc(when: datetime) -> datetime: ...
+@overload
+def utc(when: None) -> None: ...
+def utc(when: datetime | None) -> datetime | None:
+    """``when`` with a time zone: a naive datetime is taken as UTC."""
+    if when is None or when.tzinfo is not None:
+        return when
+    return when.replace(tzinfo=UTC)
 
 
 def to_ms(when: datetime) -> int:
-    """Milliseconds since the epoch, as MLflow stores trace timestamps."""
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
+    """Milliseconds since the epoch, as MLflow stores trace timestamps (naive = UTC)."""
+    return int(utc(when).timestamp() * 1000)
 
 
 def from_ms(ms: int) -> datetime:
