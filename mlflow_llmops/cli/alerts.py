@@ -33,7 +33,7 @@ def parse_time(value: str | None, flag: str = "--at") -> datetime:
         return now
     m = re.fullmatch(r"(?:now)?-(\S+)", value.strip())
     if m:
-        from mlflow_llmops.alerting.rules import parse_duration
+        from mlflow_llmops.core.duration import parse_duration
 
         try:
             return now - parse_duration(m.group(1))
@@ -104,7 +104,7 @@ def evaluate_cmd(app: AppContext, at: str | None, interval: str | None, as_json:
     Never changes the alert state and never notifies.
     """
     from mlflow_llmops.alerting import replay
-    from mlflow_llmops.alerting.rules import parse_duration
+    from mlflow_llmops.core.duration import parse_duration
     from mlflow_llmops.monitor.cycle import signal_source_from_config
 
     when = parse_time(at)

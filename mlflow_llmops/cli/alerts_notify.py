@@ -51,7 +51,7 @@ def _rollback(app, with_notifier: bool = True):  # noqa: ANN001, ANN202
 
 
 def _duration(text: str) -> timedelta:
-    from mlflow_llmops.alerting.rules import parse_duration
+    from mlflow_llmops.core.duration import parse_duration
 
     try:
         return parse_duration(text)

@@ -36,7 +36,7 @@ def monitor(
     notifications as soon as group_wait, retries and rate limits allow. Several monitors on
     one PostgreSQL state store elect one evaluator; a standby takes over within one
     interval."""
-    from mlflow_llmops.alerting.rules import parse_duration
+    from mlflow_llmops.core.duration import parse_duration
     from mlflow_llmops.monitor import Monitor
     from mlflow_llmops.secrets import mask_text
 

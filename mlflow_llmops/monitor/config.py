@@ -15,13 +15,13 @@ from pydantic import Field, field_validator
 from mlflow_llmops.alerting.rules import (
     BaselineRule,
     BurnRateRule,
-    Duration,
     PackRef,
     ThresholdRule,
     collect_rules,
     parse_rules,
 )
 from mlflow_llmops.core.config import Section as _Section
+from mlflow_llmops.core.duration import Duration
 from mlflow_llmops.errors import ConfigError
 from mlflow_llmops.notify.config import NotificationsConfig
 from mlflow_llmops.rollback.config import RollbackConfig

@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from mlflow_llmops.alerting.rules import Duration
 from mlflow_llmops.core.config import Section as _Section
+from mlflow_llmops.core.duration import Duration
 
 
 class RateLimit(_Section):

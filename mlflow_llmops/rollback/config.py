@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mlflow_llmops.alerting.rules import Duration
 from mlflow_llmops.core.config import Section as _Section
+from mlflow_llmops.core.duration import Duration
 
 
 class RollbackHook(_Section):

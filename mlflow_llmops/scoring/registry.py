@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from mlflow_llmops.core.clock import to_ms
+from mlflow_llmops.core.duration import parse_duration as _parse_duration
 from mlflow_llmops.errors import LlmopsError
 from mlflow_llmops.store.state import Migration, StateStore, create_tables
 
@@ -138,8 +139,6 @@ SCORING_MIGRATIONS: tuple[Migration, ...] = (
 )
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,199}$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
 class ScorerRegistryError(LlmopsError, ValueError):
@@ -147,16 +146,14 @@ class ScorerRegistryError(LlmopsError, ValueError):
 
 
 def parse_duration(value: str | float | int, *, what: str = "schedule") -> float:
-    """``"5m"``, ``"1h"``, ``"30s"``, ``90`` -> seconds."""
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        m = _DURATION.match(value)
-        if not m:
-            raise ScorerRegistryError(
-                f"{what}: {value!r} is not a duration; use e.g. 30s, 5m, 1h or 1d"
-            )
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    """``"5m"``, ``"1h"``, ``"30s"``, ``90`` -> seconds (positive); the grammar of
+    :func:`mlflow_llmops.core.duration.parse_duration`."""
+    try:
+        seconds = _parse_duration(value).total_seconds()
+    except ValueError:
+        raise ScorerRegistryError(
+            f"{what}: {value!r} is not a duration; use e.g. 30s, 5m, 1h or 1d"
+        ) from None
     if seconds <= 0:
         raise ScorerRegistryError(f"{what}: must be positive, got {value!r}")
     return seconds
