@@ -42,7 +42,7 @@ from mlflow_llmops.notify import Dispatcher  # noqa: E402
 from mlflow_llmops.notify.config import NotificationsConfig  # noqa: E402
 from mlflow_llmops.notify.notifiers import Notification  # noqa: E402
 from mlflow_llmops.notify.notifiers.slack import render_blocks  # noqa: E402
-from mlflow_llmops.store.state import StateStore  # noqa: E402
+from mlflow_llmops.statestore.state import StateStore  # noqa: E402
 from mlflow_llmops.testing.fake_pagerduty import FakePagerDutyServer  # noqa: E402
 from mlflow_llmops.testing.fake_slack import FakeSlackServer  # noqa: E402
 

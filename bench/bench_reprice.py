@@ -35,8 +35,8 @@ import sqlalchemy as sa  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 from mlflow_llmops.pricing import CostCalculator, reprice  # noqa: E402
-from mlflow_llmops.store.state import StateStore  # noqa: E402
-from mlflow_llmops.store.tables import span_costs  # noqa: E402
+from mlflow_llmops.pricing.tables import span_costs  # noqa: E402
+from mlflow_llmops.statestore.state import StateStore  # noqa: E402
 from mlflow_llmops.testing.postgres import (  # noqa: E402
     create_database,
     drop_database,

@@ -96,7 +96,7 @@ def count_assessments(uri: str) -> int:
 
 def ours_code(uri: str, work: Path, state_url: str | None = None) -> tuple[float, int]:
     from mlflow_llmops.scoring import ScorerRegistry, ScorerSpec, backfill
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     store = StateStore(state_url or f"sqlite:///{work / 'state-code.db'}")
     ScorerRegistry(store).register(ScorerSpec(name="pii", ref="builtin:pii_leak"), now=START)
@@ -117,7 +117,7 @@ def kill_storm(work: Path, n: int = 300, kills: int = 3) -> None:
 
     from mlflow_llmops.scoring import ScorerRegistry, ScorerSpec
     from mlflow_llmops.scoring.registry import backfill_jobs_table, ledger_table
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
     from mlflow_llmops.testing.fake_llm import FakeLLMConfig, FakeLLMServer
 
     uri, _ = make_db(work / "kill.db", n)
@@ -230,7 +230,7 @@ def pg_judge_db(n: int) -> tuple[str, str] | None:
 def ours_judge(uri: str, work: Path, n: int, state_url: str | None = None
                ) -> tuple[float, int, float]:  # fmt: skip
     from mlflow_llmops.scoring import ScorerRegistry, ScorerSpec, backfill
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
     from mlflow_llmops.testing.fake_llm import FakeLLMConfig, FakeLLMServer
 
     verdict = json.dumps({"faithfulness": 1, "relevance": 1, "safety": 1, "rationale": "ok"})

@@ -32,9 +32,9 @@ os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")
 import sqlalchemy as sa  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-from mlflow_llmops.store.export import export_parquet, read_export  # noqa: E402
-from mlflow_llmops.store.queries import get_query, run_query  # noqa: E402
-from mlflow_llmops.store.views import create_views  # noqa: E402
+from mlflow_llmops.analytics.export import export_parquet, read_export  # noqa: E402
+from mlflow_llmops.analytics.queries import get_query, run_query  # noqa: E402
+from mlflow_llmops.analytics.views import create_views  # noqa: E402
 from mlflow_llmops.testing.seed import bulk_load, synthetic_traffic  # noqa: E402
 
 NOW = datetime(2026, 3, 15, tzinfo=UTC)
@@ -69,7 +69,7 @@ def main() -> int:
     ap.add_argument("--master", default="local[2]")
     args = ap.parse_args()
     try:
-        from mlflow_llmops.store.spark import run_query_spark, spark_session
+        from mlflow_llmops.analytics.spark import run_query_spark, spark_session
     except ImportError:
         print("pyspark is required: pip install '.[spark]'")
         return 1

@@ -46,9 +46,9 @@ import pandas as pd  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-from mlflow_llmops.store.export import export_parquet, read_export  # noqa: E402
-from mlflow_llmops.store.queries import get_query, load_queries, run_query  # noqa: E402
-from mlflow_llmops.store.views import create_views  # noqa: E402
+from mlflow_llmops.analytics.export import export_parquet, read_export  # noqa: E402
+from mlflow_llmops.analytics.queries import get_query, load_queries, run_query  # noqa: E402
+from mlflow_llmops.analytics.views import create_views  # noqa: E402
 from mlflow_llmops.testing.postgres import (  # noqa: E402
     create_database,
     drop_database,

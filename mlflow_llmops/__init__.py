@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "load_config": "mlflow_llmops.config",
     "LlmopsConfig": "mlflow_llmops.config",
-    "StateStore": "mlflow_llmops.store.state",
+    "StateStore": "mlflow_llmops.statestore.state",
     "setup_production_tracing": "mlflow_llmops.tracing",
     "request_context": "mlflow_llmops.tracing",
     "llm_call": "mlflow_llmops.tracing",

@@ -12,7 +12,7 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
     from mlflow import MlflowClient
 
     from mlflow_llmops.pricing import CostCalculator, cost_by_model, reprice, unpriced_models
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     ctx.banner("Cost by model (re-pricing job)")
     exp = MlflowClient(tracking_uri=ctx.tracking_uri).get_experiment_by_name(ctx.experiment_name)

@@ -27,12 +27,12 @@ def _ensure_traces(ctx, now: datetime) -> None:  # noqa: ANN001
 def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
     from mlflow import MlflowClient
 
+    from mlflow_llmops.analytics.export import export_parquet, read_export
+    from mlflow_llmops.analytics.queries import run_query
+    from mlflow_llmops.analytics.views import create_views
     from mlflow_llmops.cli.sql import render
     from mlflow_llmops.reports import daily_report
-    from mlflow_llmops.store.export import export_parquet, read_export
-    from mlflow_llmops.store.queries import run_query
-    from mlflow_llmops.store.state import make_engine
-    from mlflow_llmops.store.views import create_views
+    from mlflow_llmops.statestore.state import make_engine
 
     now = datetime.now(UTC)
     ctx.banner("SQL cost analyses on the tracking database")

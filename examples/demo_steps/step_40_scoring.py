@@ -50,7 +50,7 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
         quality_aggregates,
         run_due_scorers,
     )
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
     from mlflow_llmops.testing.fake_llm import FakeLLMConfig, FakeLLMServer
 
     ctx.banner("Scorers: code checks and an LLM judge, scored incrementally")

@@ -44,7 +44,7 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
     from mlflow_llmops.config import load_config
     from mlflow_llmops.core.clock import FakeClock
     from mlflow_llmops.monitor import Monitor
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
     from mlflow_llmops.testing.seed import Incident, bulk_load, synthetic_traffic
 
     ctx.banner("Monitor: detect a latency spike, an error burst, a cost jump, a quality drop")

@@ -20,7 +20,7 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
     from mlflow_llmops.notify.config import NotificationsConfig
     from mlflow_llmops.rollback import RollbackManager, promote
     from mlflow_llmops.rollback.config import RollbackConfig
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
     from mlflow_llmops.testing.fake_slack import FakeSlackServer
 
     ctx.banner("Notifications: console + Slack (local fake webhook)")

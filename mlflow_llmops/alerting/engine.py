@@ -32,11 +32,11 @@ from mlflow_llmops.alerting.rules import (
     BurnRateRule,
     SignalSpec,
     ThresholdRule,
-    format_duration,
 )
 from mlflow_llmops.alerting.signals import SignalSource, SignalValue
 from mlflow_llmops.core.clock import to_ms, utc
-from mlflow_llmops.store.state import Migration, StateStore, create_tables
+from mlflow_llmops.core.duration import format_duration
+from mlflow_llmops.statestore.state import Migration, StateStore, create_tables
 
 log = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ from mlflow_llmops.alerting.rules import (
     BurnRateRule,
     SignalSpec,
     ThresholdRule,
-    format_duration,
     percentile_of,
 )
+from mlflow_llmops.core.duration import format_duration
 
 DURATION = "gen_ai_client_operation_duration_seconds"
 TOKENS = "gen_ai_client_token_usage"

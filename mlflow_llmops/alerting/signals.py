@@ -139,7 +139,7 @@ class SqlSignalSource:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: object) -> SqlSignalSource:
-        from mlflow_llmops.store.state import make_engine
+        from mlflow_llmops.statestore.state import make_engine
 
         return cls(make_engine(url), **kwargs)  # type: ignore[arg-type]
 
@@ -148,9 +148,11 @@ class SqlSignalSource:
         if all(v in have for v in VIEWS):
             return
         try:
-            from mlflow_llmops.store.views import create_views
+            from mlflow_llmops.analytics.views import create_views
         except ImportError as e:  # pragma: no cover - views ship with the package
-            raise StoreError("mlflow_llmops.store.views is missing; reinstall mlflow-llmops") from e
+            raise StoreError(
+                "mlflow_llmops.analytics.views is missing; reinstall mlflow-llmops"
+            ) from e
         try:
             create_views(self.engine)
         except sa.exc.SQLAlchemyError as e:

@@ -148,7 +148,7 @@ def status_cmd(app: AppContext, as_json: bool, cycles: int) -> None:
         monitor_cycle_rows,
         rule_health_rows,
     )
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     store = StateStore(app.config.state_store.url)
     store.ensure_schema(ALERTING_MIGRATIONS)
@@ -239,9 +239,9 @@ def rules_list(app: AppContext, show_packs: bool) -> None:
     from mlflow_llmops.alerting.rules import (
         BurnRateRule,
         available_packs,
-        format_duration,
         load_pack,
     )
+    from mlflow_llmops.core.duration import format_duration
 
     if show_packs:
         for p in available_packs():

@@ -23,7 +23,7 @@ def _now() -> datetime:
 
 
 def _store(app):  # noqa: ANN001, ANN202
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     return StateStore(app.config.state_store.url)
 

@@ -77,7 +77,7 @@ def reprice_cmd(
 ) -> None:
     """Price new LLM spans (or all history after a price change) and show what moved."""
     from mlflow_llmops.pricing import reprice
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     cfg = app.config
     calc = _calculator(app, overrides)
@@ -202,7 +202,7 @@ def unpriced(app: AppContext, since: str | None) -> None:
 def history(app: AppContext, limit: int) -> None:
     """Past re-pricing runs: catalog versions and the cost difference each one made."""
     from mlflow_llmops.pricing.job import reprice_history
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     store = StateStore(app.config.state_store.url)
     try:

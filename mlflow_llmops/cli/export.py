@@ -36,9 +36,9 @@ def parquet_cmd(
     source: str,
 ) -> None:
     """Write OUT/{traces,spans,assessments,costs}/day=YYYY-MM-DD/part.parquet."""
-    from mlflow_llmops.store.export import export_parquet
-    from mlflow_llmops.store.queries import analytics_url, parse_time_ms
-    from mlflow_llmops.store.state import make_engine
+    from mlflow_llmops.analytics.export import export_parquet
+    from mlflow_llmops.analytics.queries import analytics_url, parse_time_ms
+    from mlflow_llmops.statestore.state import make_engine
 
     cfg = app.config
     src: object

@@ -34,9 +34,9 @@ def daily_cmd(
     latency, cache savings, scorer quality, top traces (linked to the MLflow UI) and
     unpriced usage; estimates under sampling. Example cron line (06:00 UTC daily):
     `0 6 * * * mlflow-llmops report daily --out /srv/reports`."""
+    from mlflow_llmops.analytics.queries import open_target
     from mlflow_llmops.errors import ConfigError
     from mlflow_llmops.reports.daily import daily_report, previous_day
-    from mlflow_llmops.store.queries import open_target
 
     now = datetime.now(UTC)
     try:

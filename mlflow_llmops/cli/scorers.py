@@ -19,7 +19,7 @@ def _now() -> datetime:
 
 
 def _store(app: AppContext):  # noqa: ANN202 - StateStore
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     return StateStore(app.config.state_store.url)
 

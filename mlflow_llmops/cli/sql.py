@@ -18,7 +18,7 @@ _NOT_TIMES = {"latency_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms"}
 def _now(value: str | None) -> datetime:
     if not value:
         return datetime.now(UTC)
-    from mlflow_llmops.store.queries import parse_time_ms
+    from mlflow_llmops.analytics.queries import parse_time_ms
 
     return datetime.fromtimestamp(parse_time_ms(value, "--now") / 1000, UTC)
 
@@ -68,7 +68,7 @@ def sql_group() -> None:
 @pass_app
 def list_cmd(app: AppContext) -> None:
     """List the analyses and the question each one answers."""
-    from mlflow_llmops.store.queries import load_queries
+    from mlflow_llmops.analytics.queries import load_queries
 
     queries = load_queries(app.config.analytics.sql_dir)
     width = max(len(n) for n in queries) if queries else 0
@@ -88,7 +88,7 @@ def list_cmd(app: AppContext) -> None:
 @pass_app
 def show_cmd(app: AppContext, name: str, dialect: str) -> None:
     """Print an analysis: its parameters, output columns and SQL."""
-    from mlflow_llmops.store.queries import get_query
+    from mlflow_llmops.analytics.queries import get_query
 
     q = get_query(name, app.config.analytics.sql_dir)
     click.echo(f"-- {q.question}")
@@ -129,7 +129,7 @@ def run_cmd(
     now: str | None, engine: str | None = None, master: str = "local[2]",
 ) -> None:  # fmt: skip
     """Run analysis NAME, e.g. `sql run top_traces -p since_ms=2026-03-01 -p limit=5`."""
-    from mlflow_llmops.store.queries import get_query, open_target, parse_param_args, run_query
+    from mlflow_llmops.analytics.queries import get_query, open_target, parse_param_args, run_query
 
     q = get_query(name, app.config.analytics.sql_dir)
     values = parse_param_args(params)
@@ -151,7 +151,7 @@ def _run_spark(q: Any, parquet: str | None, values: dict, now: datetime, master:
             "--engine spark reads a Parquet export: add --parquet DIR (or s3a://bucket/path); "
             "write one with `mlflow-llmops export parquet`"
         )
-    from mlflow_llmops.store.spark import run_query_spark
+    from mlflow_llmops.analytics.spark import run_query_spark
 
     return run_query_spark(q, parquet, values, now=now, master=master)
 
@@ -160,9 +160,9 @@ def _run_spark(q: Any, parquet: str | None, values: dict, now: datetime, master:
 @pass_app
 def views_cmd(app: AppContext) -> None:
     """(Re)create the llmops_* views on the tracking database."""
-    from mlflow_llmops.store.queries import analytics_url
-    from mlflow_llmops.store.state import make_engine
-    from mlflow_llmops.store.views import check_mlflow_schema, create_views, schema_release
+    from mlflow_llmops.analytics.queries import analytics_url
+    from mlflow_llmops.analytics.views import check_mlflow_schema, create_views, schema_release
+    from mlflow_llmops.statestore.state import make_engine
 
     engine = make_engine(analytics_url(app.config))
     revision = check_mlflow_schema(engine)

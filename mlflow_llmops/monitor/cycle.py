@@ -50,7 +50,7 @@ from mlflow_llmops.alerting.model import Alert
 from mlflow_llmops.alerting.signals import SignalSource, SqlSignalSource
 from mlflow_llmops.core.clock import Clock, SystemClock
 from mlflow_llmops.errors import ConfigError
-from mlflow_llmops.store.state import FencedOut, LeaseFence, StateStore
+from mlflow_llmops.statestore.state import FencedOut, LeaseFence, StateStore
 
 if TYPE_CHECKING:
     from mlflow_llmops.config import LlmopsConfig

@@ -54,7 +54,7 @@ from mlflow_llmops.notify.stages import (
     needs_update,
     silenced_by,
 )
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.statestore.state import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -41,9 +41,9 @@ from mlflow_llmops.pricing.spans import (
     decode_attr,
     span_from_attributes,
 )
+from mlflow_llmops.pricing.tables import ANALYTICS_MIGRATIONS, span_costs
 from mlflow_llmops.pricing.usage import TokenUsage
-from mlflow_llmops.store.state import Migration, StateStore, create_tables, make_engine
-from mlflow_llmops.store.tables import ANALYTICS_MIGRATIONS, span_costs
+from mlflow_llmops.statestore.state import Migration, StateStore, create_tables, make_engine
 
 _logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from mlflow_llmops.store.queries import run_query
+from mlflow_llmops.analytics.queries import run_query
 
 DAY_MS = 86_400_000
 CHART_DAYS = 14
@@ -199,7 +199,7 @@ def daily_report(
 ) -> DailyReport:
     """Write ``cost-report-DAY.md`` (and ``.png`` when ``chart``) into ``out_dir``.
 
-    ``target`` is what :func:`~mlflow_llmops.store.queries.run_query` takes: an
+    ``target`` is what :func:`~mlflow_llmops.analytics.queries.run_query` takes: an
     engine on the tracking database with the views, or a DuckDB connection over
     a Parquet export. Totals are compared with the previous day and the same
     day a week earlier; the month to date and its forecast are as of the end of

@@ -37,7 +37,7 @@ from mlflow_llmops.rollback.targets import (
     load_function,
 )
 from mlflow_llmops.secrets import mask_text
-from mlflow_llmops.store.state import Migration, StateStore, create_tables
+from mlflow_llmops.statestore.state import Migration, StateStore, create_tables
 
 log = logging.getLogger(__name__)
 KILL_SWITCH_ENV = "MLFLOW_LLMOPS_ROLLBACK_DISABLED"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from mlflow_llmops.scoring.registry import SCORING_MIGRATIONS, ledger_table
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.statestore.state import StateStore
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from mlflow_llmops.scoring.runner import (
     resolve_experiment_ids,
     sampled,
 )
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.statestore.state import StateStore
 
 log = logging.getLogger(__name__)
 

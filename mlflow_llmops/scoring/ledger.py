@@ -32,7 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from mlflow_llmops.scoring.registry import ledger_table
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.statestore.state import StateStore
 
 _HOST = socket.gethostname()
 

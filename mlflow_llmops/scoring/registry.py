@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from mlflow_llmops.core.clock import to_ms
 from mlflow_llmops.core.duration import parse_duration as _parse_duration
 from mlflow_llmops.errors import LlmopsError
-from mlflow_llmops.store.state import Migration, StateStore, create_tables
+from mlflow_llmops.statestore.state import Migration, StateStore, create_tables
 
 scoring_metadata = sa.MetaData()
 

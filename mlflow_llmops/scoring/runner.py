@@ -28,7 +28,7 @@ from mlflow_llmops.scoring.mlflow_io import AssessmentWriter, load_traces
 from mlflow_llmops.scoring.ratelimit import RateLimiter
 from mlflow_llmops.scoring.registry import ScorerRegistry, ScorerSpec
 from mlflow_llmops.scoring.resolver import ResolvedScorer, resolve
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.statestore.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -523,7 +523,7 @@ def _late_arrivals(
     however late they came (a store outage, a spool replayed an hour later)."""
     from mlflow.entities import TraceState
 
-    from mlflow_llmops.tracing.keys import INGESTED_MINUTE, ingested_minute
+    from mlflow_llmops.core.keys import INGESTED_MINUTE, ingested_minute
 
     sc, spec, client = config.scoring, worker.spec, worker.client
     scan = LateScan(f"scoring:{spec.name}:v{spec.version}:arrivals")

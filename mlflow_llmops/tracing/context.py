@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from mlflow_llmops.tracing import keys
+from mlflow_llmops.core import keys
 
 
 @contextlib.contextmanager

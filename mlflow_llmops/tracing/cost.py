@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from mlflow_llmops.tracing import keys
+from mlflow_llmops.core import keys
 
 if TYPE_CHECKING:
     from mlflow_llmops.pricing.calculator import CostCalculator

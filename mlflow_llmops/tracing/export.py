@@ -24,7 +24,7 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from mlflow_llmops.tracing import keys
+from mlflow_llmops.core import keys
 from mlflow_llmops.tracing.cost import TraceCoster
 from mlflow_llmops.tracing.sampling import ALWAYS, Sampler
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from mlflow_llmops.tracing import keys
+from mlflow_llmops.core import keys
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -13,7 +13,7 @@ import re
 import time
 from typing import Any
 
-from mlflow_llmops.tracing import keys
+from mlflow_llmops.core import keys
 from mlflow_llmops.tracing.metrics import GenAiMetrics
 from mlflow_llmops.tracing.redaction import CHUNK_EVENT_PREFIX, CHUNK_VALUE_KEY, Redactor
 

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from mlflow_llmops.tracing import keys
+from mlflow_llmops.core import keys
 from mlflow_llmops.tracing.config import SamplingConfig
 
 _BOUND = 1 << 64

@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mlflow_llmops.core import keys
 from mlflow_llmops.errors import ConfigError
 from mlflow_llmops.pricing.config import PricingConfig
-from mlflow_llmops.tracing import keys
 from mlflow_llmops.tracing.config import TracingConfig
 from mlflow_llmops.tracing.cost import TraceCoster
 from mlflow_llmops.tracing.export import (
@@ -742,9 +742,9 @@ def _resolve_at_startup(
 
 def _file_pricing(config_file: str | os.PathLike[str] | None) -> PricingConfig | None:
     """The file's ``pricing:`` section when it sets one (else None: MLflow's catalog)."""
-    from mlflow_llmops.config import load_section
+    from mlflow_llmops.core.configfile import load_section_model
 
-    cfg = load_section("pricing", config_file)
+    cfg = load_section_model("pricing", PricingConfig, config_file)
     return None if cfg == PricingConfig() else cfg
 
 
@@ -835,7 +835,7 @@ def setup_production_tracing(
     import mlflow
     from pydantic import ValidationError
 
-    from mlflow_llmops.config import format_validation_error, load_section
+    from mlflow_llmops.core.configfile import format_validation_error, load_section_model
 
     if not experiment_name or not str(experiment_name).strip():
         raise ConfigError("setup_production_tracing: experiment_name must be a non-empty string")
@@ -845,14 +845,17 @@ def setup_production_tracing(
             if overrides:
                 cfg = TracingConfig.model_validate(cfg.model_dump())
         else:
-            cfg = load_section("tracing", config_file,
-                               overrides={**dict(config or {}), **overrides})  # fmt: skip
+            cfg = load_section_model(
+                "tracing", TracingConfig, config_file, overrides={**dict(config or {}), **overrides}
+            )
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, "tracing config", prefix="tracing.")) from None
     if pricing is None or isinstance(pricing, PricingConfig):
         price_cfg = pricing if pricing is not None else _file_pricing(config_file)
     else:
-        price_cfg = load_section("pricing", config_file, overrides=dict(pricing))
+        price_cfg = load_section_model(
+            "pricing", PricingConfig, config_file, overrides=dict(pricing)
+        )
 
     service_name = service_name or cfg.service_name
     if not service_name or not str(service_name).strip():

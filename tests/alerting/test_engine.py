@@ -11,7 +11,7 @@ from mlflow_llmops.alerting.model import AlertState
 from mlflow_llmops.alerting.rules import parse_rules
 from mlflow_llmops.alerting.signals import MemorySignalSource, TraceEvent
 from mlflow_llmops.core.clock import FakeClock, to_ms
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.statestore.state import StateStore
 
 
 def rule(**kw):

@@ -23,7 +23,7 @@ from mlflow_llmops.cli import main
 from mlflow_llmops.config import load_config
 from mlflow_llmops.core.clock import FakeClock, to_ms
 from mlflow_llmops.monitor.cycle import Monitor
-from mlflow_llmops.store.state import FencedOut, StateStore
+from mlflow_llmops.statestore.state import FencedOut, StateStore
 
 RULE = {
     "name": "errors_high",

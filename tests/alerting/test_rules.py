@@ -13,13 +13,12 @@ from mlflow_llmops.alerting.rules import (
     budget_consumed,
     burn_rate_for_budget,
     collect_rules,
-    format_duration,
     load_pack,
     load_rule_file,
-    parse_duration,
     parse_rules,
 )
 from mlflow_llmops.config import load_config
+from mlflow_llmops.core.duration import format_duration, parse_duration
 from mlflow_llmops.errors import ConfigError
 
 D30 = timedelta(days=30)

@@ -11,7 +11,7 @@ from mlflow_llmops.alerting.engine import AlertEngine
 from mlflow_llmops.alerting.model import AlertState
 from mlflow_llmops.alerting.rules import parse_rules
 from mlflow_llmops.alerting.signals import SqlSignalSource
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.statestore.state import StateStore
 
 LATENCY, ERRORS, COST = INCIDENTS
 

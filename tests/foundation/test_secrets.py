@@ -292,7 +292,7 @@ def test_rollback_audit_records_are_masked(tmp_path):
     from mlflow_llmops.alerting.model import Alert, AlertState, Severity
     from mlflow_llmops.rollback import RollbackManager
     from mlflow_llmops.rollback.config import RollbackConfig
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
     t0 = datetime(2026, 6, 1, tzinfo=UTC)

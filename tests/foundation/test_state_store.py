@@ -5,7 +5,7 @@ import pytest
 import sqlalchemy as sa
 
 from mlflow_llmops.errors import StoreError
-from mlflow_llmops.store.state import Migration, StateStore, create_tables
+from mlflow_llmops.statestore.state import Migration, StateStore, create_tables
 
 things = sa.Table(
     "llmops_test_things", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True)

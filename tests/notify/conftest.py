@@ -9,7 +9,7 @@ import pytest
 from notify_helpers import make_alert
 
 from mlflow_llmops.alerting.model import Alert
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.statestore.state import StateStore
 from mlflow_llmops.testing import binaries
 from mlflow_llmops.testing.fake_pagerduty import FakePagerDutyServer
 from mlflow_llmops.testing.fake_slack import FakeSlackServer

@@ -21,7 +21,7 @@ from notify_helpers import T0, make_alert, resolved
 from mlflow_llmops.notify import Dispatcher
 from mlflow_llmops.notify import tables as t
 from mlflow_llmops.notify.config import NotificationsConfig
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.statestore.state import StateStore
 
 
 def storm_alerts(groups: int, state: str) -> list:

@@ -94,7 +94,7 @@ def test_rollback_promote_list_approve(tmp_path, slack, monkeypatch):
     # the monitor plans a rollback (mode: confirm) through the public API
     from mlflow_llmops.config import load_config
     from mlflow_llmops.rollback import RollbackManager
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     conf = load_config(cfg)
     mgr = RollbackManager(conf.alerting.rollback, StateStore(conf.state_store.url), uri)

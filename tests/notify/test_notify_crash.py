@@ -74,7 +74,7 @@ def test_killed_monitor_delivers_exactly_once_after_restart(tmp_path, slack, pd,
         assert _wait(lambda: len(slack.messages_in("#alerts")) == 1)  # applied, unanswered
     seen_before = len(pd.requests)
     # restart: a new dispatcher on the same store; in-doubt sends are retried after the claim
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     d = Dispatcher(NotificationsConfig.model_validate(cfg), StateStore(state_url))
     d.flush(T0 + timedelta(seconds=31))

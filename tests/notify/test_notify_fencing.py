@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from mlflow_llmops.alerting.engine import ALERTING_MIGRATIONS
 from mlflow_llmops.notify import NOTIFY_MIGRATIONS
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.statestore.state import StateStore
 
 HERE = Path(__file__).resolve().parent
 LEASE = "alerting.monitor"

@@ -73,7 +73,7 @@ def test_resolved_notification_and_send_resolved_false(store, tmp_path):
     assert d.flush(at(401)).sent == 0
     assert d.flush(at(430)).sent == 1
 
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     s2 = StateStore(f"sqlite:///{tmp_path / 'other.db'}")
     d2, rec2 = make(s2, send_resolved=False)
@@ -194,7 +194,7 @@ def test_config_errors_name_the_key():
 
 @pytest.mark.postgres
 def test_outbox_on_postgresql(pg_url):
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     store = StateStore(pg_url)
     try:

@@ -14,7 +14,7 @@ from notify_helpers import T0, Recorder, make_alert, resolved
 
 from mlflow_llmops.notify import Dispatcher
 from mlflow_llmops.notify.config import NotificationsConfig
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.statestore.state import StateStore
 
 WAIT, INTERVAL = 30, 300
 step = st.tuples(

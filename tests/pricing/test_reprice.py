@@ -13,7 +13,7 @@ from pricing_traces import LlmCall, log_traces
 from mlflow_llmops.core.clock import FakeClock
 from mlflow_llmops.pricing import CostCalculator, cost_by_model, reprice, unpriced_models
 from mlflow_llmops.pricing.job import reprice_history
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.statestore.state import StateStore
 
 D = Decimal
 NOW = datetime(2026, 8, 1, tzinfo=UTC)

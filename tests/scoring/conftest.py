@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from scoring_helpers import MlflowDb
 
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.statestore.state import StateStore
 
 
 @pytest.fixture(scope="session")

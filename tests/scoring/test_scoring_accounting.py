@@ -27,7 +27,7 @@ from test_scoring_retry import _assessments, _ledger
 from mlflow_llmops.scoring import ScorerRegistry, ScorerSpec, backfill, run_due_scorers
 from mlflow_llmops.scoring.ledger import Ledger, LedgerKey
 from mlflow_llmops.scoring.registry import SCORING_MIGRATIONS, backfill_jobs_table, ledger_table
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.statestore.state import StateStore
 from mlflow_llmops.testing.fake_llm import FakeLLMConfig, FakeLLMServer
 from mlflow_llmops.testing.seed import SeedSpan, SeedTrace
 

@@ -206,7 +206,7 @@ def test_two_workers_split_a_backfill_on_postgres(judge_llm, mlflow_server_pg, p
     assessment), so that count must be zero, not just the assessments unique."""
     from mlflow import MlflowClient
 
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
     from mlflow_llmops.testing.seed import bulk_load
 
     n = 80

@@ -28,7 +28,7 @@ from mlflow_llmops.scoring.pipeline import ScoringPipeline
 from mlflow_llmops.scoring.registry import SCORING_MIGRATIONS, ledger_table
 from mlflow_llmops.scoring.resolver import ResolvedScorer, ScoreOutput
 from mlflow_llmops.scoring.runner import TraceScorer
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.statestore.state import StateStore
 
 
 def _ids(db) -> list[str]:

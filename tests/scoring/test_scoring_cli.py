@@ -146,7 +146,7 @@ def test_backfill_since_30d_rerun_joins_the_same_job(config_file, mlflow_db, sta
     from test_scoring_judge import grader
 
     from mlflow_llmops.scoring.registry import backfill_jobs_table, ledger_table
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
     mlflow_db.load(make_traces(20, start_ms=now_ms - 2 * 86_400_000, step_ms=60_000))

@@ -6,7 +6,7 @@ import pytest
 from scoring_helpers import EPOCH
 
 from mlflow_llmops.scoring import ScorerRegistry, ScorerRegistryError, ScorerSpec, parse_duration
-from mlflow_llmops.store.state import StateStore
+from mlflow_llmops.statestore.state import StateStore
 
 
 def _roundtrip(url: str) -> None:

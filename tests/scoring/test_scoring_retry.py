@@ -21,7 +21,7 @@ from mlflow_llmops.scoring import (
     run_due_scorers,
 )
 from mlflow_llmops.scoring.registry import SCORING_MIGRATIONS, ledger_table
-from mlflow_llmops.store.state import StateStore, schema_versions
+from mlflow_llmops.statestore.state import StateStore, schema_versions
 
 
 @pytest.fixture

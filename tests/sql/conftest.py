@@ -14,7 +14,7 @@ from mlflow_state import use_tracking_uri
 from sql_dataset import EXPERIMENT, SPIKE, dataset  # noqa: F401 (shared with tests)
 from sql_times import NOW, PRICED_UNTIL
 
-from mlflow_llmops.store.views import create_views
+from mlflow_llmops.analytics.views import create_views
 from mlflow_llmops.testing.postgres import create_database, drop_database, pg_available
 from mlflow_llmops.testing.seed import seed_traces
 
@@ -32,7 +32,7 @@ def _prepare(uri: str, state_url: str) -> tuple[sa.Engine, str]:
     from mlflow import MlflowClient
 
     from mlflow_llmops.pricing import reprice
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     ids = seed_traces(uri, EXPERIMENT, dataset())
     exp_id = MlflowClient(uri).get_experiment_by_name(EXPERIMENT).experiment_id
@@ -88,7 +88,7 @@ def pg_store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def duck(sqlite_store, tmp_path_factory):
-    from mlflow_llmops.store.export import export_parquet, read_export
+    from mlflow_llmops.analytics.export import export_parquet, read_export
 
     out = tmp_path_factory.mktemp("sql-parquet")
     export_parquet(sqlite_store[1], out, now=NOW)

@@ -1,6 +1,6 @@
 """An independent pandas computation of the SQL analyses over ``mlflow.search_traces``.
 
-It shares no code with ``mlflow_llmops.store``: traces and spans come from MLflow's
+It shares no code with ``mlflow_llmops.analytics``: traces and spans come from MLflow's
 public API, our prices from the ``llmops_span_costs`` table read as-is.
 """
 

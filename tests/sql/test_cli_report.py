@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from sql_times import NOW
 
+from mlflow_llmops.analytics.queries import run_query
 from mlflow_llmops.cli import cli
 from mlflow_llmops.reports import daily_report
-from mlflow_llmops.store.queries import run_query
 
 # One worker builds the seeded stores once (make test runs with --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("sql")

@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from mlflow_llmops.store.queries import Query, bind_params, get_query, run_query
-from mlflow_llmops.store.tables import span_costs
-from mlflow_llmops.store.views import (
+from mlflow_llmops.analytics.queries import Query, bind_params, get_query, run_query
+from mlflow_llmops.analytics.views import (
     PG_INDEXES,
     PG_STATISTICS,
     VIEW_NAMES,
     create_views,
     ensure_pg_indexes,
 )
+from mlflow_llmops.pricing.tables import span_costs
 from mlflow_llmops.testing.postgres import ADMIN_URL, create_database, drop_database, pg_available
 from mlflow_llmops.testing.seed import SeedSpan, SeedTrace, bulk_load
 
@@ -119,7 +119,7 @@ def test_an_interrupted_build_is_rebuilt(pg):
 
 
 def test_a_build_in_progress_elsewhere_is_not_waited_for(pg):
-    from mlflow_llmops.store import views
+    from mlflow_llmops.analytics import views
 
     engine, _ = pg
     with engine.connect() as other:  # another process holds the build lock
@@ -291,7 +291,7 @@ def test_without_the_privilege_the_views_still_work(pg_url, caplog):
     engine.dispose()
     reader = sa.create_engine(sa.engine.make_url(pg_url).set(username=role))
     try:
-        with caplog.at_level(logging.WARNING, logger="mlflow_llmops.store.views"):
+        with caplog.at_level(logging.WARNING, logger="mlflow_llmops.analytics.views"):
             assert create_views(reader) == list(VIEW_NAMES)
         assert _index_state(reader)[0] is None
         assert f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {INDEX}" in caplog.text

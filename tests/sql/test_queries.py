@@ -25,8 +25,8 @@ from reference import (
 )
 from sql_times import NOW, PRICED_UNTIL, START
 
-from mlflow_llmops.store.queries import QueryError, bind_params, load_queries, run_query
-from mlflow_llmops.store.views import VIEW_COLUMNS, VIEW_NAMES
+from mlflow_llmops.analytics.queries import QueryError, bind_params, load_queries, run_query
+from mlflow_llmops.analytics.views import VIEW_COLUMNS, VIEW_NAMES
 
 # One worker builds the seeded stores once (make test runs with --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("sql")
@@ -68,7 +68,7 @@ def test_queries_ship_inside_the_package():
     from pathlib import Path
 
     import mlflow_llmops
-    from mlflow_llmops.store.queries import default_sql_dir
+    from mlflow_llmops.analytics.queries import default_sql_dir
 
     pkg = Path(mlflow_llmops.__file__).resolve().parent
     assert default_sql_dir().resolve() == pkg / "sql"

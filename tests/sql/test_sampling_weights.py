@@ -22,9 +22,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from mlflow_llmops.analytics.queries import run_query
+from mlflow_llmops.analytics.views import create_views
 from mlflow_llmops.pricing import CostCalculator
-from mlflow_llmops.store.queries import run_query
-from mlflow_llmops.store.views import create_views
 from mlflow_llmops.testing.postgres import create_database, drop_database, pg_available
 from mlflow_llmops.testing.seed import bulk_load, synthetic_traffic
 from mlflow_llmops.tracing.config import SamplingConfig, TailRules
@@ -191,7 +191,7 @@ def _store(url: str, state_url: str, kept) -> sa.Engine:
     from mlflow import MlflowClient
 
     from mlflow_llmops.pricing import reprice
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     exp_id = MlflowClient(url).create_experiment(EXPERIMENT)
     engine = sa.create_engine(url)
@@ -205,7 +205,7 @@ def _store(url: str, state_url: str, kept) -> sa.Engine:
 
 @pytest.fixture(scope="module")
 def engines(truth, tmp_path_factory):
-    from mlflow_llmops.store.export import export_parquet, read_export
+    from mlflow_llmops.analytics.export import export_parquet, read_export
 
     if not pg_available():
         pytest.skip("PostgreSQL on 127.0.0.1:5432 is not reachable")

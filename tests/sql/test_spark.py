@@ -10,14 +10,14 @@ import shutil
 import pytest
 from sql_times import NOW, START
 
-from mlflow_llmops.store.queries import load_queries, run_query
-from mlflow_llmops.store.views import VIEW_COLUMNS, VIEW_NAMES
+from mlflow_llmops.analytics.queries import load_queries, run_query
+from mlflow_llmops.analytics.views import VIEW_COLUMNS, VIEW_NAMES
 
 pyspark = pytest.importorskip("pyspark", reason="pyspark missing: pip install '.[spark]'")
 if shutil.which("java") is None and not __import__("os").environ.get("JAVA_HOME"):
     pytest.skip("no Java runtime (apt-get install default-jre-headless)", allow_module_level=True)
 
-from mlflow_llmops.store.spark import create_spark_views, run_query_spark, spark_session  # noqa: E402
+from mlflow_llmops.analytics.spark import create_spark_views, run_query_spark, spark_session  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("sql")
 
@@ -118,7 +118,7 @@ def test_empty_views_are_empty_tables(spark, duck, tmp_path):
     """No assessments folder at all, and a costs folder without files (never priced):
     both engines see empty views of the right schema and agree on the queries that
     read them."""
-    from mlflow_llmops.store.export import read_export
+    from mlflow_llmops.analytics.export import read_export
 
     spark = spark.newSession()
     src, _ = duck
@@ -149,8 +149,8 @@ def test_empty_views_are_empty_tables(spark, duck, tmp_path):
 
 
 def test_bad_input_gives_clear_errors(spark, duck, tmp_path):
+    from mlflow_llmops.analytics.queries import QueryError
     from mlflow_llmops.errors import LlmopsError, StoreError
-    from mlflow_llmops.store.queries import QueryError
 
     out, _ = duck
     spark = spark.newSession()

@@ -12,16 +12,16 @@ import sqlalchemy as sa
 from mlflow_state import use_tracking_uri
 from sql_times import NOW
 
-from mlflow_llmops.errors import StoreError
-from mlflow_llmops.store.export import export_parquet, read_export
-from mlflow_llmops.store.queries import run_query
-from mlflow_llmops.store.views import (
+from mlflow_llmops.analytics.export import export_parquet, read_export
+from mlflow_llmops.analytics.queries import run_query
+from mlflow_llmops.analytics.views import (
     TESTED_SCHEMAS,
     check_mlflow_schema,
     create_views,
     mlflow_head_revision,
     schema_release,
 )
+from mlflow_llmops.errors import StoreError
 from mlflow_llmops.testing.seed import SeedSpan, SeedTrace, seed_traces
 
 # One worker builds the seeded stores once (make test runs with --dist loadgroup).
@@ -90,7 +90,7 @@ def test_rest_export_matches_sql_export(mlflow_server_sqlite, tmp_path):
     from mlflow import MlflowClient
 
     from mlflow_llmops.pricing import reprice
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     t0 = int(datetime(2026, 3, 9, 10, tzinfo=UTC).timestamp() * 1000)
     traces = [
@@ -146,7 +146,7 @@ def test_export_picks_up_changes_to_days_before_its_lookback(tmp_path):
     from mlflow.entities import AssessmentSource
 
     from mlflow_llmops.pricing import reprice
-    from mlflow_llmops.store.state import StateStore
+    from mlflow_llmops.statestore.state import StateStore
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     day0 = int(datetime(2026, 3, 1, 9, tzinfo=UTC).timestamp() * 1000)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import mlflow
 import pytest
 
+from mlflow_llmops.core import keys
 from mlflow_llmops.errors import ConfigError
-from mlflow_llmops.tracing import keys, llm_call
+from mlflow_llmops.tracing import llm_call
 
 FILE = """
 tracking: {uri: "sqlite:///ignored-by-tracing.db"}

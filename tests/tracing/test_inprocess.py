@@ -11,8 +11,9 @@ import pytest
 from mlflow import MlflowClient
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from mlflow_llmops.core import keys
 from mlflow_llmops.testing.fake_llm import FakeLLMConfig, FakeLLMServer, Fault
-from mlflow_llmops.tracing import keys, llm_call, request_context
+from mlflow_llmops.tracing import llm_call, request_context
 from mlflow_llmops.tracing.metrics import DURATION_BUCKETS, TOKEN_BUCKETS
 
 ALLOWED_LABELS = {

@@ -19,10 +19,11 @@ import pytest
 from mlflow import MlflowClient
 from tracing_helpers import ROOT, count_spans, count_traces, memory_dir, run_loadgen
 
+from mlflow_llmops.core import keys
 from mlflow_llmops.testing.mlflow_server import MlflowServer
 from mlflow_llmops.testing.otlp_receiver import OtlpReceiver
 from mlflow_llmops.testing.ports import free_port
-from mlflow_llmops.tracing import keys, llm_call, request_context
+from mlflow_llmops.tracing import llm_call, request_context
 from mlflow_llmops.tracing.metrics import DURATION_BUCKETS, TOKEN_BUCKETS
 
 

@@ -11,7 +11,8 @@ import mlflow.entities.span as mlflow_span_module
 from mlflow import MlflowClient
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from mlflow_llmops.tracing import keys, llm_call, request_context
+from mlflow_llmops.core import keys
+from mlflow_llmops.tracing import llm_call, request_context
 from mlflow_llmops.tracing.processors import IO_OMITTED
 
 

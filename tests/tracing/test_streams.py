@@ -8,8 +8,9 @@ import mlflow
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from mlflow_llmops.core import keys
 from mlflow_llmops.testing.fake_llm import FakeLLMConfig, FakeLLMServer
-from mlflow_llmops.tracing import keys, llm_call
+from mlflow_llmops.tracing import llm_call
 from mlflow_llmops.tracing.metrics import TIME_TO_FIRST_CHUNK
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from mlflow_llmops.config import load_config
+from mlflow_llmops.core import keys
 from mlflow_llmops.errors import ConfigError
-from mlflow_llmops.tracing import keys
 from mlflow_llmops.tracing.config import RedactionConfig, SamplingConfig, TracingConfig
 from mlflow_llmops.tracing.export import RateLimitedLog, TraceQueue
 from mlflow_llmops.tracing.redaction import Redactor, luhn_ok

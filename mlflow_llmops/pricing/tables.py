@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from mlflow_llmops.store.state import Migration, create_tables
+from mlflow_llmops.statestore.state import Migration, create_tables
 
 analytics_metadata = sa.MetaData()
 

@@ -39,8 +39,8 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from mlflow_llmops.analytics.views import VIEW_COLUMNS, create_views
 from mlflow_llmops.errors import StoreError
-from mlflow_llmops.store.views import VIEW_COLUMNS, create_views
 
 _logger = logging.getLogger(__name__)
 

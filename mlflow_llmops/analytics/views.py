@@ -3,7 +3,7 @@
 ``create_views(engine)`` creates ``llmops_traces``, ``llmops_spans``,
 ``llmops_assessments`` and ``llmops_costs`` on the tracking database (SQLite or
 PostgreSQL); ``create_views(duckdb_connection, parquet_dir=...)`` creates the same
-views over a Parquet export (:mod:`mlflow_llmops.store.export`). Columns are listed in
+views over a Parquet export (:mod:`mlflow_llmops.analytics.export`). Columns are listed in
 docs/contracts.md; timestamps are epoch milliseconds, costs USD as floats.
 
 ``experiment_id`` is MLflow's integer id everywhere (compare it with a number) so the
@@ -527,8 +527,8 @@ def _create_pg_statistics(conn: sa.Connection) -> list[str]:
 
 
 def _ensure_cost_table(engine: Engine) -> None:
-    from mlflow_llmops.store.state import StateStore
-    from mlflow_llmops.store.tables import ANALYTICS_MIGRATIONS
+    from mlflow_llmops.pricing.tables import ANALYTICS_MIGRATIONS
+    from mlflow_llmops.statestore.state import StateStore
 
     StateStore(engine.url.render_as_string(hide_password=False), engine=engine).ensure_schema(
         ANALYTICS_MIGRATIONS
@@ -562,7 +562,7 @@ def create_views(target: Any, *, parquet_dir: str | Path | None = None) -> list[
 
 
 def _create_duckdb_views(con: Any, root: Path) -> list[str]:
-    from mlflow_llmops.store.export import EXPORT_TABLES, empty_table
+    from mlflow_llmops.analytics.export import EXPORT_TABLES, empty_table
 
     if not root.is_dir():
         raise StoreError(f"{root}: no Parquet export here; run `mlflow-llmops export parquet`")

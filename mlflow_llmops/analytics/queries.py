@@ -351,7 +351,7 @@ def run_query(
     sql_dir: str | Path | None = None,
 ) -> QueryResult:
     """Run ``query`` on ``target``: a SQLAlchemy engine on the tracking database (views
-    created with :func:`mlflow_llmops.store.views.create_views`) or a DuckDB connection
+    created with :func:`mlflow_llmops.analytics.views.create_views`) or a DuckDB connection
     over a Parquet export. ``now`` resolves relative defaults such as ``now-7d``.
     On PostgreSQL the query runs with JIT compilation off and ``work_mem`` at
     :data:`PG_WORK_MEM` (``SET LOCAL``)."""
@@ -424,11 +424,11 @@ def open_target(config: Any, parquet_dir: str | Path | None = None) -> Any:
     """Where to run queries: a DuckDB connection over ``parquet_dir``, else an engine on
     the analytics database with the views created if they are missing."""
     if parquet_dir is not None:
-        from mlflow_llmops.store.export import read_export
+        from mlflow_llmops.analytics.export import read_export
 
         return read_export(parquet_dir)
-    from mlflow_llmops.store.state import make_engine
-    from mlflow_llmops.store.views import VIEW_NAMES, create_views
+    from mlflow_llmops.analytics.views import VIEW_NAMES, create_views
+    from mlflow_llmops.statestore.state import make_engine
 
     engine = make_engine(analytics_url(config))
     try:

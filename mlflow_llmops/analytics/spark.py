@@ -2,13 +2,13 @@
 
 ``run_query_spark(query, "s3a://bucket/export", now=...)`` registers the four
 ``llmops_*`` views as temporary views over the export written by
-:mod:`mlflow_llmops.store.export` (local folders, or any path Spark's Parquet reader
+:mod:`mlflow_llmops.analytics.export` (local folders, or any path Spark's Parquet reader
 accepts: ``s3a://``, ``abfss://``, ``hdfs://``), then runs the query as rendered for
 Spark (:meth:`Query.render`) with every parameter bound by Spark itself
 (``spark.sql(sql, args=...)``): values are data, never SQL text.
 
 The views have exactly the columns and types of the DuckDB views
-(:data:`~mlflow_llmops.store.views.VIEW_COLUMNS`, :func:`export.arrow_schema`): the
+(:data:`~mlflow_llmops.analytics.views.VIEW_COLUMNS`, :func:`export.arrow_schema`): the
 reader is given that schema, so a column that is NULL in every row keeps its type and
 Spark's partition discovery adds no ``day`` column. A view with no folder or no files
 yet (no assessments logged) is an empty table of that schema, not ``PATH_NOT_FOUND``.
@@ -24,9 +24,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mlflow_llmops.analytics.queries import Query, QueryResult, _normalise, bind_params, get_query
+from mlflow_llmops.analytics.views import VIEW_COLUMNS, VIEW_NAMES
 from mlflow_llmops.errors import LlmopsError, StoreError
-from mlflow_llmops.store.queries import Query, QueryResult, _normalise, bind_params, get_query
-from mlflow_llmops.store.views import VIEW_COLUMNS, VIEW_NAMES
 
 DEFAULT_MASTER = "local[2]"
 
@@ -84,7 +84,7 @@ def spark_schema(view: str) -> Any:
     """The Spark schema of one view, from the Parquet schema the export writes."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    from mlflow_llmops.store.export import arrow_schema
+    from mlflow_llmops.analytics.export import arrow_schema
 
     return from_arrow_schema(arrow_schema(view))
 
@@ -127,7 +127,7 @@ def create_spark_views(spark: Any, parquet_dir: str | Path) -> list[str]:
     """Register the four ``llmops_*`` views as temporary views of ``spark`` over the
     export at ``parquet_dir`` (a local folder or a URL such as ``s3a://bucket/export``);
     return their names."""
-    from mlflow_llmops.store.export import EXPORT_TABLES
+    from mlflow_llmops.analytics.export import EXPORT_TABLES
 
     root = str(parquet_dir).rstrip("/")
     if _is_local(root) and not _local(root).is_dir():

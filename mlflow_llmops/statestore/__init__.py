@@ -1,0 +1,1 @@
+"""Our own state store: tables, migrations, leases and fencing (SQLite or PostgreSQL)."""
