@@ -1,7 +1,7 @@
 """Benchmark: production tracing vs MLflow 3.17.2's default async export, side by side.
 
 Each run is its own subprocess (MLflow keeps global state) writing to its own SQLite
-store on the normal disk, through ``python -m mlflow_llmops.tracing.loadgen``:
+store on the normal disk, through ``bench/loadgen.py``:
 
 * a burst of 2,000 three-span traces: traces persisted and time to drain, ours vs MLflow;
 * SIGTERM with 200 traces queued: traces persisted, ours vs MLflow;
@@ -60,7 +60,7 @@ def loadgen(
     db: Path | str, *args: str, timeout: float = 1800, env: dict[str, str] | None = None
 ) -> dict[str, dict]:
     uri = db if isinstance(db, str) else f"sqlite:///{db}"
-    cmd = [sys.executable, "-m", "mlflow_llmops.tracing.loadgen", "--tracking-uri", uri, *args]
+    cmd = [sys.executable, str(ROOT / "bench" / "loadgen.py"), "--tracking-uri", uri, *args]
     p = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), **(env or {})},
                        timeout=timeout)  # fmt: skip
     if p.returncode != 0:
@@ -69,7 +69,7 @@ def loadgen(
 
 
 def sigterm_run(db: Path, mode: str, n: int = 200) -> tuple[int, int, int]:
-    cmd = [sys.executable, "-m", "mlflow_llmops.tracing.loadgen", "--tracking-uri",
+    cmd = [sys.executable, str(ROOT / "bench" / "loadgen.py"), "--tracking-uri",
            f"sqlite:///{db}", "--traces", str(n), "--mode", mode, "--wait-signal"]  # fmt: skip
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     created = json.loads(p.stdout.readline())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from binaries import require_binary  # noqa: F401 - re-exported
 
-from mlflow_llmops.testing.binaries import require_binary  # noqa: F401 - re-exported
 from mlflow_llmops.testing.fake_llm import FakeLLMServer
 from mlflow_llmops.testing.mlflow_server import MlflowServer
 from mlflow_llmops.testing.postgres import create_database, drop_database, pg_available

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import trustme
-
 from mlflow_llmops.testing.fake_slack import FakeHttpServer, Recorded
 
 SEVERITIES = {"critical", "error", "warning", "info"}
@@ -46,6 +44,13 @@ class FakePagerDutyServer(FakeHttpServer):
     """``with FakePagerDutyServer() as pd: EventsApiV2Client(key, base_url=pd.url, verify=pd.ca_path)``."""
 
     def __init__(self, *, routing_keys: tuple[str, ...] | None = None, **kw: Any) -> None:
+        try:
+            import trustme
+        except ImportError:
+            raise ImportError(
+                "FakePagerDutyServer serves HTTPS with a throw-away CA from trustme: "
+                "pip install 'mlflow-llmops[testing]'"
+            ) from None
         self._ca = trustme.CA()
         cert = self._ca.issue_cert("127.0.0.1", "localhost")
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

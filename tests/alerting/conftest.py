@@ -9,9 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from binaries import require_binary  # noqa: E402
 from seeded import make_seeded  # noqa: E402
-
-from mlflow_llmops.testing.binaries import require_binary  # noqa: E402
 
 
 @pytest.fixture(scope="session")

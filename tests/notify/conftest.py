@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import binaries
 import pytest
 from notify_helpers import make_alert
 
 from mlflow_llmops.alerting.model import Alert
 from mlflow_llmops.statestore.state import StateStore
-from mlflow_llmops.testing import binaries
 from mlflow_llmops.testing.fake_pagerduty import FakePagerDutyServer
 from mlflow_llmops.testing.fake_slack import FakeSlackServer
 

@@ -112,7 +112,7 @@ def test_sigterm_with_200_queued_loses_nothing(fast_dir):
     db = fast_dir / "term.db"
     env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow_llmops.tracing.loadgen", "--tracking-uri",
+        [sys.executable, str(ROOT / "bench" / "loadgen.py"), "--tracking-uri",
          f"sqlite:///{db}", "--traces", "200", "--wait-signal"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT),
     )  # fmt: skip

@@ -27,7 +27,7 @@ def run_loadgen(
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "mlflow_llmops.tracing.loadgen", *args],
+        [sys.executable, str(ROOT / "bench" / "loadgen.py"), *args],
         capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT),
     )  # fmt: skip
 

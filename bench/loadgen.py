@@ -1,8 +1,8 @@
 """A trace load generator: bursts of three-span traces through our export path or through
 MLflow's default one, to check that a store keeps up and to compare both (tests, bench).
 
-    python -m mlflow_llmops.tracing.loadgen --tracking-uri sqlite:///x.db --traces 2000
-    python -m mlflow_llmops.tracing.loadgen --mode mlflow ...   # MLflow's default async export
+    python bench/loadgen.py --tracking-uri sqlite:///x.db --traces 2000
+    python bench/loadgen.py --mode mlflow ...   # MLflow's default async export
 
 Prints one JSON object per line: ``created`` (caller-side timings), then ``drained``
 or, with ``--wait-signal``, waits to be killed (SIGTERM tests).
