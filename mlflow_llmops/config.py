@@ -85,8 +85,11 @@ class LlmopsConfig(Section):
         of this process from now on, however the configuration was built."""
         register_config_secrets(self)
         # secrets read from the environment by name (the judge's key, MLflow's credentials)
-        for var in (self.scoring.judge.api_key_env, "MLFLOW_TRACKING_PASSWORD",
-                    "MLFLOW_TRACKING_TOKEN"):  # fmt: skip
+        for var in (
+            self.scoring.judge.api_key_env,
+            "MLFLOW_TRACKING_PASSWORD",
+            "MLFLOW_TRACKING_TOKEN",
+        ):
             register_secret(os.environ.get(var))
         return self
 

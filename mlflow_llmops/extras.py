@@ -16,10 +16,23 @@ from typing import Any
 MONITOR_INSTALL = "pip install 'mlflow-llmops[monitor]'"
 
 #: top-level modules that only the monitor install brings
-MONITOR_MODULES = frozenset({
-    "alembic", "click", "duckdb", "flask", "matplotlib", "numpy", "pagerduty", "pandas",
-    "pyarrow", "slack_sdk", "sqlalchemy", "sqlglot", "tqdm",
-})  # fmt: skip
+MONITOR_MODULES = frozenset(
+    {
+        "alembic",
+        "click",
+        "duckdb",
+        "flask",
+        "matplotlib",
+        "numpy",
+        "pagerduty",
+        "pandas",
+        "pyarrow",
+        "slack_sdk",
+        "sqlalchemy",
+        "sqlglot",
+        "tqdm",
+    }
+)
 
 
 class MissingMonitorInstall(ModuleNotFoundError):

@@ -41,17 +41,29 @@ _AUTH_RE = re.compile(
 #: config keys whose value is a secret whatever its form
 SECRET_KEYS = ("token", "secret", "password", "routing_key", "api_key", "headers", "webhook_url")
 #: headers whose values are not secrets (not masked wherever they appear)
-_PLAIN_HEADERS = frozenset({"content-type", "accept", "user-agent", "content-encoding",
-                            "accept-encoding", "connection"})  # fmt: skip
+_PLAIN_HEADERS = frozenset(
+    {"content-type", "accept", "user-agent", "content-encoding", "accept-encoding", "connection"}
+)
 #: shorter values are not masked by value (too likely to occur by chance)
 MIN_SECRET_LEN = 6
-_DB_SCHEMES = ("postgres", "mysql", "mariadb", "sqlite", "mssql", "oracle", "cockroach",
-               "redshift", "snowflake", "duckdb")  # fmt: skip
+_DB_SCHEMES = (
+    "postgres",
+    "mysql",
+    "mariadb",
+    "sqlite",
+    "mssql",
+    "oracle",
+    "cockroach",
+    "redshift",
+    "snowflake",
+    "duckdb",
+)
 
 
 def _mask_params(part: str) -> str:
-    return _PARAM_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}={MASK}" if m.group(3) else m.group(0),
-                         part)  # fmt: skip
+    return _PARAM_RE.sub(
+        lambda m: f"{m.group(1)}{m.group(2)}={MASK}" if m.group(3) else m.group(0), part
+    )
 
 
 def mask_url(url: str) -> str:
@@ -88,8 +100,9 @@ def mask_url(url: str) -> str:
 
 def _mask_loose(text: str) -> str:
     text = _LOOSE_PARAM_RE.sub(lambda m: m.group(1) + MASK, text)
-    return _AUTH_RE.sub(lambda m: (m.group(1) or m.group(3)) + (m.group(2) or m.group(4)) + MASK,
-                        text)  # fmt: skip
+    return _AUTH_RE.sub(
+        lambda m: (m.group(1) or m.group(3)) + (m.group(2) or m.group(4)) + MASK, text
+    )
 
 
 class _Registry:
@@ -196,8 +209,13 @@ def mask_text(text: str) -> str:
     """``text`` with every registered secret and every credential in a URL replaced."""
     if not isinstance(text, str) or len(text) < MIN_SECRET_LEN:
         return text
-    if " " not in text and "/" not in text and ":" not in text and "=" not in text \
-            and "\n" not in text:  # fmt: skip
+    if (
+        " " not in text
+        and "/" not in text
+        and ":" not in text
+        and "=" not in text
+        and "\n" not in text
+    ):
         # one word (an id, a name, a number): only registered values can hide in it
         return _REGISTRY.sub(text) if _REGISTRY.found_in(text) else text
     text = _REGISTRY.sub(text)
@@ -212,9 +230,14 @@ def mask_config(node: Any, key: str = "") -> Any:
     """A dumped configuration (``model_dump(mode="json")``) fit to print: secret-named keys
     become ``***``, every other string goes through :func:`mask_text`."""
     if isinstance(node, Mapping):
-        return {k: (MASK if _secret_key(str(k)) and v and not isinstance(v, bool)
-                    else mask_config(v, str(k)))
-                for k, v in node.items()}  # fmt: skip
+        return {
+            k: (
+                MASK
+                if _secret_key(str(k)) and v and not isinstance(v, bool)
+                else mask_config(v, str(k))
+            )
+            for k, v in node.items()
+        }
     if isinstance(node, list | tuple):
         return [mask_config(v, key) for v in node]
     if isinstance(node, str):

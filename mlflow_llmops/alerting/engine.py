@@ -98,11 +98,13 @@ monitor_cycles = sa.Table(
 
 def _add_keep_firing_since(conn: sa.Connection) -> None:
     """Version 1 tables created by this code already have the column."""
-    if "keep_firing_since" not in {c["name"] for c in sa.inspect(conn).get_columns(
-            alert_instances.name)}:  # fmt: skip
+    if "keep_firing_since" not in {
+        c["name"] for c in sa.inspect(conn).get_columns(alert_instances.name)
+    }:
         kind = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
-        conn.execute(sa.text(
-            f"ALTER TABLE {alert_instances.name} ADD COLUMN keep_firing_since {kind}"))  # fmt: skip
+        conn.execute(
+            sa.text(f"ALTER TABLE {alert_instances.name} ADD COLUMN keep_firing_since {kind}")
+        )
 
 
 ALERTING_MIGRATIONS: tuple[Migration, ...] = (
@@ -112,9 +114,7 @@ ALERTING_MIGRATIONS: tuple[Migration, ...] = (
         "alert instances, rule health, monitor cycles",
         create_tables(alert_instances, rule_health, monitor_cycles),
     ),
-    Migration(
-        "alerting", 2, "keep_firing_for counted as Prometheus does", _add_keep_firing_since
-    ),  # fmt: skip
+    Migration("alerting", 2, "keep_firing_for counted as Prometheus does", _add_keep_firing_since),
 )
 
 
@@ -603,8 +603,11 @@ class AlertEngine:
         if outcome is None:
             if rule.on_error != "alerting":
                 return self._resend(mine)
-            samples = [Sample(labels={"reason": "evaluation_error"}, value=None, active=True,
-                              note=error or "")]  # fmt: skip
+            samples = [
+                Sample(
+                    labels={"reason": "evaluation_error"}, value=None, active=True, note=error or ""
+                )
+            ]
             verdicts = self._verdicts(rule, samples)
             return self._advance(rule, verdicts, state, now, end_ms, touch_others=False)
         samples = outcome.samples
@@ -612,8 +615,14 @@ class AlertEngine:
             if rule.no_data == "keep_state":
                 return self._resend(mine)
             if rule.no_data == "alerting":
-                samples = [Sample(labels={"reason": "no_data"}, value=None, active=True,
-                                  note="no data in the window")]  # fmt: skip
+                samples = [
+                    Sample(
+                        labels={"reason": "no_data"},
+                        value=None,
+                        active=True,
+                        note="no data in the window",
+                    )
+                ]
         verdicts = self._verdicts(rule, samples)
         return self._advance(rule, verdicts, state, now, end_ms, touch_others=True)
 

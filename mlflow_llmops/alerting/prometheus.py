@@ -45,8 +45,22 @@ from mlflow_llmops.core.duration import format_duration
 DURATION = "gen_ai_client_operation_duration_seconds"
 TOKENS = "gen_ai_client_token_usage"
 #: duration buckets of the GenAI semantic conventions (seconds)
-DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
-                    40.96, 81.92)  # fmt: skip
+DURATION_BUCKETS = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+)
 #: rule label -> Prometheus label of the GenAI metrics: only what tracing/metrics.py records
 #: (``gen_ai.request.model``); ``service.name`` is a resource attribute, not a series label.
 LABEL_MAP = {
@@ -82,8 +96,9 @@ def _by(groups: list[str], *extra: str) -> str:
 
 
 #: signals whose value is a share (0..1): shown as percentages (0.12 -> "12%")
-RATIO_SIGNALS = frozenset({"error_rate", "latency_over", "unpriced_share", "scorer_pass_rate",
-                           "scorer_fail_rate"})  # fmt: skip
+RATIO_SIGNALS = frozenset(
+    {"error_rate", "latency_over", "unpriced_share", "scorer_pass_rate", "scorer_fail_rate"}
+)
 #: signals the GenAI metrics count per LLM call, where the monitor counts traces
 _PER_CALL = {
     "request_count": "counts LLM calls (gen_ai_client_operation_duration_seconds_count) where "
@@ -132,8 +147,10 @@ def signal_expr(
             f"sum{_by(g)} (rate({DURATION}_count{m}{rng})))"
         )
     if s in ("tokens", "input_tokens", "output_tokens"):
-        kind = {"input_tokens": 'gen_ai_token_type="input"',
-                "output_tokens": 'gen_ai_token_type="output"'}.get(s, "")  # fmt: skip
+        kind = {
+            "input_tokens": 'gen_ai_token_type="input"',
+            "output_tokens": 'gen_ai_token_type="output"',
+        }.get(s, "")
         return f"sum{_by(g)} (increase({TOKENS}_sum{_matchers(spec.where, kind)}{rng}))"
     if s.startswith("latency_p"):
         _, q = percentile_of(s)
@@ -205,8 +222,16 @@ def _fmt_threshold(rule: Any, v: float) -> str:
     return f"{v * 100:.4g}%" if _ratio(rule) else f"{v:g}"
 
 
-def _alert(rule: Any, expr: str, *, severity: str, extra_labels: dict[str, str] | None = None,
-           threshold: str, window: timedelta, baseline: str = "n/a") -> dict[str, Any]:  # fmt: skip
+def _alert(
+    rule: Any,
+    expr: str,
+    *,
+    severity: str,
+    extra_labels: dict[str, str] | None = None,
+    threshold: str,
+    window: timedelta,
+    baseline: str = "n/a",
+) -> dict[str, Any]:
     out: dict[str, Any] = {"alert": rule.name, "expr": expr}
     if rule.for_:
         out["for"] = format_duration(rule.for_)
@@ -246,8 +271,11 @@ def translation_notes(rule: Any) -> list[str]:
             )
     min_samples = rule.min_samples if isinstance(rule, BurnRateRule) else rule.query.min_samples
     if min_samples > 1 or isinstance(rule, BaselineRule):
-        what = (f"min_samples ({min_samples})" if min_samples > 1
-                else f"min_baseline_samples ({rule.min_baseline_samples})")  # fmt: skip
+        what = (
+            f"min_samples ({min_samples})"
+            if min_samples > 1
+            else f"min_baseline_samples ({rule.min_baseline_samples})"
+        )
         if isinstance(rule, BaselineRule) and min_samples > 1:
             what += f" and min_baseline_samples ({rule.min_baseline_samples})"
         notes.append(f"{what} counted in LLM calls, not traces")
@@ -281,8 +309,15 @@ def rule_to_prometheus(rule: Any) -> list[dict[str, Any]]:
         expr = f"({signal_expr(spec)}) {rule.op} {rule.threshold:g}"
         if spec.min_samples > 1:
             expr += f" and on({', '.join(_labels(spec.group_by))}) ({_volume(spec)} >= {spec.min_samples})"  # noqa: E501
-        return [_alert(rule, expr, severity=sev, threshold=_fmt_threshold(rule, rule.threshold),
-                       window=spec.window)]  # fmt: skip
+        return [
+            _alert(
+                rule,
+                expr,
+                severity=sev,
+                threshold=_fmt_threshold(rule, rule.threshold),
+                window=spec.window,
+            )
+        ]
     if isinstance(rule, BaselineRule):
         if rule.median_of_days:
             raise NotExportable("median_of_days baselines have no direct PromQL equivalent")
@@ -300,10 +335,17 @@ def rule_to_prometheus(rule: Any) -> list[dict[str, Any]]:
                 expr += f" and ({cur}) <= {rule.floor:g}"
         vol_past = _volume(spec, offset=rule.offset)
         expr += f" and{on} ({vol_past} >= {rule.min_baseline_samples})"
-        return [_alert(rule, expr, severity=sev, threshold=f"{rule.factor:g}x the baseline",
-                       window=spec.window,
-                       baseline=f"the same {format_duration(spec.window)} "
-                                f"{format_duration(rule.offset)} earlier")]  # fmt: skip
+        return [
+            _alert(
+                rule,
+                expr,
+                severity=sev,
+                threshold=f"{rule.factor:g}x the baseline",
+                window=spec.window,
+                baseline=f"the same {format_duration(spec.window)} "
+                f"{format_duration(rule.offset)} earlier",
+            )
+        ]
     if isinstance(rule, BurnRateRule):
         if rule.sli == "quality":
             raise NotExportable("quality SLIs come from scorer assessments, not metrics")
@@ -326,7 +368,7 @@ def rule_to_prometheus(rule: Any) -> list[dict[str, Any]]:
                     extra_labels={"slo_window": format_duration(tier.long)},
                     threshold=f"{tier.factor:g}",
                     window=tier.long,
-                )  # fmt: skip
+                )
             )
         return out
     raise NotExportable(f"unknown rule type {type(rule).__name__}")
@@ -376,8 +418,15 @@ def export_prometheus_rules(
     return PrometheusExport(groups, skipped, changed)
 
 
-def _panel(pid: int, title: str, exprs: list[tuple[str, str]], unit: str, x: int, y: int,
-           thresholds: list[float] | None = None) -> dict[str, Any]:  # fmt: skip
+def _panel(
+    pid: int,
+    title: str,
+    exprs: list[tuple[str, str]],
+    unit: str,
+    x: int,
+    y: int,
+    thresholds: list[float] | None = None,
+) -> dict[str, Any]:
     steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
     steps += [{"color": "red", "value": t} for t in thresholds or []]
     return {
@@ -402,28 +451,82 @@ def grafana_dashboard(title: str = "LLM operations (mlflow-llmops)") -> dict[str
     sel = '{gen_ai_request_model=~"$model"}'
     by = "sum by (gen_ai_request_model)"
     panels = [
-        _panel(1, "Requests per second by model",
-               [(f"{by} (rate({DURATION}_count{sel}[$__rate_interval]))",
-                 "{{gen_ai_request_model}}")], "reqps", 0, 0),
-        _panel(2, "Error rate by model",
-               [(f'{by} (rate({DURATION}_count{{gen_ai_request_model=~"$model", error_type!=""}}'
-                 f"[$__rate_interval])) / {by} (rate({DURATION}_count{sel}[$__rate_interval]))",
-                 "{{gen_ai_request_model}}")], "percentunit", 12, 0, [0.05]),
-        _panel(3, "Latency P50 / P95 / P99",
-               [(f"histogram_quantile({q}, sum by (le) (rate({DURATION}_bucket{sel}"
-                 f"[$__rate_interval])))", f"p{int(q * 100)}") for q in (0.5, 0.95, 0.99)],
-               "s", 0, 8, [5.0]),
-        _panel(4, "P95 latency by model",
-               [(f"histogram_quantile(0.95, sum by (le, gen_ai_request_model) "
-                 f"(rate({DURATION}_bucket{sel}[$__rate_interval])))",
-                 "{{gen_ai_request_model}}")], "s", 12, 8, [5.0]),
-        _panel(5, "Tokens per second by type",
-               [(f"sum by (gen_ai_token_type) (rate({TOKENS}_sum{sel}[$__rate_interval]))",
-                 "{{gen_ai_token_type}}")], "short", 0, 16),
-        _panel(6, "Tokens per second by model",
-               [(f"{by} (rate({TOKENS}_sum{sel}[$__rate_interval]))",
-                 "{{gen_ai_request_model}}")], "short", 12, 16),
-    ]  # fmt: skip
+        _panel(
+            1,
+            "Requests per second by model",
+            [(f"{by} (rate({DURATION}_count{sel}[$__rate_interval]))", "{{gen_ai_request_model}}")],
+            "reqps",
+            0,
+            0,
+        ),
+        _panel(
+            2,
+            "Error rate by model",
+            [
+                (
+                    f'{by} (rate({DURATION}_count{{gen_ai_request_model=~"$model", error_type!=""}}'
+                    f"[$__rate_interval])) / {by} (rate({DURATION}_count{sel}[$__rate_interval]))",
+                    "{{gen_ai_request_model}}",
+                )
+            ],
+            "percentunit",
+            12,
+            0,
+            [0.05],
+        ),
+        _panel(
+            3,
+            "Latency P50 / P95 / P99",
+            [
+                (
+                    f"histogram_quantile({q}, sum by (le) (rate({DURATION}_bucket{sel}"
+                    f"[$__rate_interval])))",
+                    f"p{int(q * 100)}",
+                )
+                for q in (0.5, 0.95, 0.99)
+            ],
+            "s",
+            0,
+            8,
+            [5.0],
+        ),
+        _panel(
+            4,
+            "P95 latency by model",
+            [
+                (
+                    f"histogram_quantile(0.95, sum by (le, gen_ai_request_model) "
+                    f"(rate({DURATION}_bucket{sel}[$__rate_interval])))",
+                    "{{gen_ai_request_model}}",
+                )
+            ],
+            "s",
+            12,
+            8,
+            [5.0],
+        ),
+        _panel(
+            5,
+            "Tokens per second by type",
+            [
+                (
+                    f"sum by (gen_ai_token_type) (rate({TOKENS}_sum{sel}[$__rate_interval]))",
+                    "{{gen_ai_token_type}}",
+                )
+            ],
+            "short",
+            0,
+            16,
+        ),
+        _panel(
+            6,
+            "Tokens per second by model",
+            [(f"{by} (rate({TOKENS}_sum{sel}[$__rate_interval]))", "{{gen_ai_request_model}}")],
+            "short",
+            12,
+            16,
+        ),
+    ]
     return {
         "title": title,
         "uid": "mlflow-llmops",
@@ -453,7 +556,7 @@ def grafana_dashboard(title: str = "LLM operations (mlflow-llmops)") -> dict[str
                     "current": {"text": "All", "value": "$__all"},
                 },
             ]
-        },  # fmt: skip
+        },
         "panels": panels,
     }
 

@@ -327,10 +327,13 @@ class SqlSignalSource:
             if kind == "ttft":
                 out.append(
                     TraceEvent(
-                        timestamp_ms=int(r[0]), latency_ms=None, labels=named,
-                        ttft_ms=float(r[1]), sample_weight=float(r[2]),
+                        timestamp_ms=int(r[0]),
+                        latency_ms=None,
+                        labels=named,
+                        ttft_ms=float(r[1]),
+                        sample_weight=float(r[2]),
                     )
-                )  # fmt: skip
+                )
                 continue
             out.append(
                 TraceEvent(
@@ -389,14 +392,21 @@ class SqlSignalSource:
 
     def _from_rows(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]:
         # rules on other signals over the same window and labels share the grouping
-        key = (spec.signal.startswith("ttft"), spec.signal == "unpriced_share",
-               tuple(spec.group_by), tuple(sorted(spec.where.items())), start_ms, end_ms)  # fmt: skip
+        key = (
+            spec.signal.startswith("ttft"),
+            spec.signal == "unpriced_share",
+            tuple(spec.group_by),
+            tuple(sorted(spec.where.items())),
+            start_ms,
+            end_ms,
+        )
         groups = self._grouped.get(key) if self._tick is not None else None
         if groups is None:
             events = [
-                e for e in self._events(spec, start_ms, end_ms)
+                e
+                for e in self._events(spec, start_ms, end_ms)
                 if start_ms <= e.timestamp_ms < end_ms
-            ]  # fmt: skip
+            ]
             groups = MemorySignalSource.group(spec, events)
             if self._tick is not None:
                 self._grouped[key] = groups
@@ -482,9 +492,12 @@ class SqlSignalSource:
         first = -(-start_ms // BUCKET_MS)  # first whole hour inside the window
         last = min(end_ms, end_ms - self.settle_ms) // BUCKET_MS  # hours settled before it
         key = (
-            spec.signal, tuple(spec.group_by), tuple(sorted(spec.where.items())),
-            spec.latency_threshold_ms, self.experiment_ids,
-        )  # fmt: skip
+            spec.signal,
+            tuple(spec.group_by),
+            tuple(sorted(spec.where.items())),
+            spec.latency_threshold_ms,
+            self.experiment_ids,
+        )
         cache = self._buckets.setdefault(key, {})
         now = time.monotonic()
         for b in [b for b, (at, _) in cache.items() if now - at > self.cache_ttl_s]:

@@ -62,15 +62,34 @@ DAY_MS = 86_400_000
 MANIFEST = "_manifest.json"
 
 _INT = {
-    "experiment_id", "timestamp_ms", "latency_ms", "input_tokens", "output_tokens", "total_tokens",
-    "cache_read_tokens", "cache_write_tokens", "unpriced_spans", "start_ms", "end_ms",
-    "reasoning_tokens", "created_ms", "trace_timestamp_ms", "cache_write_5m_tokens",
+    "experiment_id",
+    "timestamp_ms",
+    "latency_ms",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "unpriced_spans",
+    "start_ms",
+    "end_ms",
+    "reasoning_tokens",
+    "created_ms",
+    "trace_timestamp_ms",
+    "cache_write_5m_tokens",
     "cache_write_1h_tokens",
-}  # fmt: skip
+}
 _FLOAT = {
-    "sample_weight", "cost_usd", "ttft_ms", "value_num", "input_cost_usd",
-    "cache_read_cost_usd", "cache_write_cost_usd", "output_cost_usd", "total_cost_usd",
-}  # fmt: skip
+    "sample_weight",
+    "cost_usd",
+    "ttft_ms",
+    "value_num",
+    "input_cost_usd",
+    "cache_read_cost_usd",
+    "cache_write_cost_usd",
+    "output_cost_usd",
+    "total_cost_usd",
+}
 
 
 def arrow_schema(view: str) -> pa.Schema:
@@ -242,9 +261,11 @@ class _RestSource:
 
     def first_ms(self) -> int | None:
         found = self.client.search_traces(
-            locations=self.experiment_ids, max_results=1, order_by=["timestamp_ms ASC"],
+            locations=self.experiment_ids,
+            max_results=1,
+            order_by=["timestamp_ms ASC"],
             include_spans=False,
-        )  # fmt: skip
+        )
         return found[0].info.request_time if found else None
 
     def prefetch(self, lo: int, hi: int) -> None:
@@ -325,9 +346,12 @@ def rows_from_traces(
                 r = None
                 if ls.usage is not None:
                     r = calculator.cost(
-                        model=ls.model, provider=ls.provider, usage=ls.usage,
-                        service_tier=ls.service_tier, at=ts,
-                    )  # fmt: skip
+                        model=ls.model,
+                        provider=ls.provider,
+                        usage=ls.usage,
+                        service_tier=ls.service_tier,
+                        at=ts,
+                    )
                 row = cost_row(ls, r, calculator.catalog_version, priced_at)
                 out["llmops_costs"].append({**row, "timestamp_ms": ts, "sample_weight": weight})
                 status, csource = row["status"], "llmops"

@@ -47,51 +47,147 @@ TESTED_SCHEMAS: dict[str, str] = {"dc11669786a5": "3.17.2", "f4a9b2c7d1e6": "3.1
 #: What the views need from MLflow's schema; checked before the views are created.
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "trace_info": (
-        "request_id", "experiment_id", "timestamp_ms", "execution_time_ms", "status",
-        "trace_name", "session_id", "input_tokens", "output_tokens", "total_tokens",
-        "cache_read_input_tokens", "cache_creation_input_tokens", "total_cost",
+        "request_id",
+        "experiment_id",
+        "timestamp_ms",
+        "execution_time_ms",
+        "status",
+        "trace_name",
+        "session_id",
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "total_cost",
     ),
     "trace_request_metadata": ("request_id", "key", "value"),
     "spans": (
-        "trace_id", "span_id", "parent_span_id", "experiment_id", "name", "type", "status",
-        "start_time_unix_nano", "end_time_unix_nano", "content", "model_name",
-        "model_provider", "total_cost",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "experiment_id",
+        "name",
+        "type",
+        "status",
+        "start_time_unix_nano",
+        "end_time_unix_nano",
+        "content",
+        "model_name",
+        "model_provider",
+        "total_cost",
     ),
     "assessments": (
-        "assessment_id", "trace_id", "experiment_id", "name", "assessment_type", "value",
-        "aggregate_value", "source_type", "source_id", "created_timestamp",
-        "trace_timestamp_ms", "rationale", "error", "valid", "assessment_metadata",
+        "assessment_id",
+        "trace_id",
+        "experiment_id",
+        "name",
+        "assessment_type",
+        "value",
+        "aggregate_value",
+        "source_type",
+        "source_id",
+        "created_timestamp",
+        "trace_timestamp_ms",
+        "rationale",
+        "error",
+        "valid",
+        "assessment_metadata",
     ),
-}  # fmt: skip
+}
 
 #: Output columns of every view, in order (docs/contracts.md).
 VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
     "llmops_traces": (
-        "trace_id", "experiment_id", "timestamp_ms", "status", "latency_ms", "trace_name",
-        "user_id", "session_id", "task_type", "route", "tenant", "environment", "service",
-        "service_version", "model", "input_tokens", "output_tokens", "total_tokens",
-        "cache_read_tokens", "cache_write_tokens", "sample_weight", "cost_usd", "cost_source",
+        "trace_id",
+        "experiment_id",
+        "timestamp_ms",
+        "status",
+        "latency_ms",
+        "trace_name",
+        "user_id",
+        "session_id",
+        "task_type",
+        "route",
+        "tenant",
+        "environment",
+        "service",
+        "service_version",
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "sample_weight",
+        "cost_usd",
+        "cost_source",
         "unpriced_spans",
     ),
     "llmops_spans": (
-        "trace_id", "span_id", "parent_span_id", "experiment_id", "name", "span_type",
-        "status", "start_ms", "end_ms", "latency_ms", "model", "provider", "input_tokens",
-        "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-        "ttft_ms", "cost_usd", "cost_source", "cost_status", "sample_weight",
-    ),
-    "llmops_assessments": (
-        "assessment_id", "trace_id", "experiment_id", "name", "assessment_type", "value_num",
-        "value_json", "source_type", "source_id", "created_ms", "trace_timestamp_ms",
-        "rationale", "error", "valid", "scorer_version",
-    ),
-    "llmops_costs": (
-        "trace_id", "span_id", "experiment_id", "timestamp_ms", "model", "provider", "status",
-        "input_tokens", "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
-        "output_tokens", "reasoning_tokens", "input_cost_usd", "cache_read_cost_usd",
-        "cache_write_cost_usd", "output_cost_usd", "total_cost_usd", "catalog_version",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "experiment_id",
+        "name",
+        "span_type",
+        "status",
+        "start_ms",
+        "end_ms",
+        "latency_ms",
+        "model",
+        "provider",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "ttft_ms",
+        "cost_usd",
+        "cost_source",
+        "cost_status",
         "sample_weight",
     ),
-}  # fmt: skip
+    "llmops_assessments": (
+        "assessment_id",
+        "trace_id",
+        "experiment_id",
+        "name",
+        "assessment_type",
+        "value_num",
+        "value_json",
+        "source_type",
+        "source_id",
+        "created_ms",
+        "trace_timestamp_ms",
+        "rationale",
+        "error",
+        "valid",
+        "scorer_version",
+    ),
+    "llmops_costs": (
+        "trace_id",
+        "span_id",
+        "experiment_id",
+        "timestamp_ms",
+        "model",
+        "provider",
+        "status",
+        "input_tokens",
+        "cache_read_tokens",
+        "cache_write_5m_tokens",
+        "cache_write_1h_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+        "input_cost_usd",
+        "cache_read_cost_usd",
+        "cache_write_cost_usd",
+        "output_cost_usd",
+        "total_cost_usd",
+        "catalog_version",
+        "sample_weight",
+    ),
+}
 
 #: ``llmops_spans.start_ms``: the expression of the view, of the index and of the statistics
 #: below (PostgreSQL matches an indexed expression only when it is written the same way).
@@ -438,9 +534,11 @@ def check_mlflow_schema(engine: Engine) -> str:
     if revision not in TESTED_SCHEMAS:
         _logger.warning(
             "%s: MLflow schema revision %s is not one the views are tested on (%s); the "
-            "columns they read are there, so they are created", url, revision,
+            "columns they read are there, so they are created",
+            url,
+            revision,
             ", ".join(f"{r} = MLflow {v}" for r, v in TESTED_SCHEMAS.items()),
-        )  # fmt: skip
+        )
     return revision
 
 
@@ -489,8 +587,9 @@ def ensure_pg_indexes(engine: Engine) -> list[str]:
             _logger.warning(
                 "cannot index MLflow's spans table (%s); SQL analyses over llmops_spans "
                 "will read every span. Ask its owner to run:\n%s",
-                str(e.orig).splitlines()[0], "\n".join(pg_index_ddl()),
-            )  # fmt: skip
+                str(e.orig).splitlines()[0],
+                "\n".join(pg_index_ddl()),
+            )
         finally:
             conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), lock)
     return created
@@ -516,10 +615,12 @@ def _create_pg_statistics(conn: sa.Connection) -> list[str]:
     created = []
     for name, definition in PG_STATISTICS.items():
         exists = conn.execute(
-            sa.text("SELECT 1 FROM pg_statistic_ext "
-                    "WHERE stxname = :n AND pg_statistics_obj_is_visible(oid)"),
+            sa.text(
+                "SELECT 1 FROM pg_statistic_ext "
+                "WHERE stxname = :n AND pg_statistics_obj_is_visible(oid)"
+            ),
             {"n": name},
-        ).scalar()  # fmt: skip
+        ).scalar()
         if not exists:
             conn.execute(sa.text(f"CREATE STATISTICS IF NOT EXISTS {name} {definition}"))
             created.append(name)
@@ -546,8 +647,9 @@ def create_views(target: Any, *, parquet_dir: str | Path | None = None) -> list[
     if parquet_dir is not None:
         return _create_duckdb_views(target, Path(parquet_dir))
     if not isinstance(target, Engine):
-        raise TypeError("create_views needs a SQLAlchemy Engine, or a DuckDB connection and "
-                        "parquet_dir=")  # fmt: skip
+        raise TypeError(
+            "create_views needs a SQLAlchemy Engine, or a DuckDB connection and parquet_dir="
+        )
     check_mlflow_schema(target)
     _ensure_cost_table(target)
     ddl = view_ddl(target.dialect.name)

@@ -123,11 +123,14 @@ def evaluate_cmd(app: AppContext, at: str | None, interval: str | None, as_json:
     if as_json:
         click.echo(
             json.dumps(
-                {"at": when.isoformat(), "instances": _instance_rows(ev.instances),
-                 "errors": ev.errors},
+                {
+                    "at": when.isoformat(),
+                    "instances": _instance_rows(ev.instances),
+                    "errors": ev.errors,
+                },
                 indent=2,
             )
-        )  # fmt: skip
+        )
         return
     click.echo(f"rules replayed up to {_fmt(when)} UTC every {step} ({len(rules)} rules)")
     _print_instances(ev.instances)
@@ -293,8 +296,10 @@ def rules_check(app: AppContext, files: tuple[str, ...]) -> None:
         else:
             click.echo(f"configuration: {len(rules)} enabled rules OK")
     if errors:
-        raise ConfigError(f"{len(errors)} error(s) in the alert rules:\n" + "\n".join(
-            f"  - {line}" for line in errors))  # fmt: skip
+        raise ConfigError(
+            f"{len(errors)} error(s) in the alert rules:\n"
+            + "\n".join(f"  - {line}" for line in errors)
+        )
 
 
 COMMANDS = [alerts]

@@ -22,14 +22,18 @@ def check(app: AppContext) -> None:
 
     rules = app.config.alerting.all_rules(_base_dir(app))  # loading validates
     cfg = app.config
-    problems = [_sqlite_problem("tracking.uri", cfg.tracking.uri),
-                _sqlite_problem("state_store.url", cfg.state_store.url)]  # fmt: skip
+    problems = [
+        _sqlite_problem("tracking.uri", cfg.tracking.uri),
+        _sqlite_problem("state_store.url", cfg.state_store.url),
+    ]
     if any(problems):
         from mlflow_llmops.errors import ConfigError
 
         raise ConfigError("\n".join(p for p in problems if p))
-    click.echo(f"configuration OK ({app.config_path or 'defaults and environment'}; "
-               f"{len(rules)} alert rules)")  # fmt: skip
+    click.echo(
+        f"configuration OK ({app.config_path or 'defaults and environment'}; "
+        f"{len(rules)} alert rules)"
+    )
 
 
 def _sqlite_problem(name: str, url: str) -> str | None:

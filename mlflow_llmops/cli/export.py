@@ -43,8 +43,9 @@ def parquet_cmd(
     cfg = app.config
     src: object
     calculator = None
-    if source == "api" or (source == "auto" and cfg.tracking.sql_url() is None
-                           and cfg.analytics.database_url is None):  # fmt: skip
+    if source == "api" or (
+        source == "auto" and cfg.tracking.sql_url() is None and cfg.analytics.database_url is None
+    ):
         from mlflow_llmops.pricing import CostCalculator
 
         src = cfg.tracking.uri

@@ -12,12 +12,19 @@ from mlflow_llmops.cli import AppContext, pass_app
 
 
 @click.command("monitor")
-@click.option("--once", is_flag=True, help="Run one cycle, deliver what it found and exit (for "
-              "cron / a scheduler). New notifications wait group_wait (default 30s) first, so "
-              "--once may keep running that long, never more than one evaluation interval.")  # fmt: skip
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Run one cycle, deliver what it found and exit (for "
+    "cron / a scheduler). New notifications wait group_wait (default 30s) first, so "
+    "--once may keep running that long, never more than one evaluation interval.",
+)
 @click.option("--interval", help="Override alerting.evaluation_interval (e.g. 30s, 1m).")
-@click.option("--dry-run", is_flag=True, help="Evaluate and print; notify nobody, leave the "
-              "alert state and the evaluator lease alone.")  # fmt: skip
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Evaluate and print; notify nobody, leave the alert state and the evaluator lease alone.",
+)
 @click.option("--max-cycles", type=int, help="Stop after N cycles.")
 @click.option("--no-reprice", is_flag=True, help="Skip the re-pricing step.")
 @click.option("--no-score", is_flag=True, help="Skip the scoring step.")

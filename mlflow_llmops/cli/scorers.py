@@ -123,17 +123,28 @@ _REF_HELP = (
 @click.option("--stopped", is_flag=True, help="Register without starting it.")
 @pass_app
 def register_cmd(
-    app: AppContext, name: str, ref: str, param_pairs: tuple[str, ...], params_json: str | None,
-    sample_rate: float, filter_string: str | None, schedule: str, stopped: bool,
-) -> None:  # fmt: skip
+    app: AppContext,
+    name: str,
+    ref: str,
+    param_pairs: tuple[str, ...],
+    params_json: str | None,
+    sample_rate: float,
+    filter_string: str | None,
+    schedule: str,
+    stopped: bool,
+) -> None:
     """Register scorer NAME (version 1). It is checked by building it once."""
     from mlflow_llmops.scoring import ScorerSpec, parse_duration, resolve
 
     spec = ScorerSpec(
-        name=name, ref=ref, params=_params(param_pairs, params_json) or {},
-        sample_rate=sample_rate, filter_string=filter_string,
-        schedule_s=parse_duration(schedule, what="--schedule"), active=not stopped,
-    ).validate()  # fmt: skip
+        name=name,
+        ref=ref,
+        params=_params(param_pairs, params_json) or {},
+        sample_rate=sample_rate,
+        filter_string=filter_string,
+        schedule_s=parse_duration(schedule, what="--schedule"),
+        active=not stopped,
+    ).validate()
     resolve(spec, judge_defaults=app.config.scoring.judge.model_dump())
     click.echo("registered " + _show(_registry(app).register(spec, now=_now())))
 
@@ -172,10 +183,17 @@ def get_cmd(app: AppContext, name: str) -> None:
 @click.option("--new-version", is_flag=True, help="Force a new version (re-scoring is due).")
 @pass_app
 def update_cmd(
-    app: AppContext, name: str, ref: str | None, param_pairs: tuple[str, ...],
-    params_json: str | None, sample_rate: float | None, filter_string: str | None,
-    clear_filter: bool, schedule: str | None, new_version: bool,
-) -> None:  # fmt: skip
+    app: AppContext,
+    name: str,
+    ref: str | None,
+    param_pairs: tuple[str, ...],
+    params_json: str | None,
+    sample_rate: float | None,
+    filter_string: str | None,
+    clear_filter: bool,
+    schedule: str | None,
+    new_version: bool,
+) -> None:
     """Change the given fields only; a changed --ref or params makes a new version."""
     from mlflow_llmops.scoring import parse_duration, resolve
 
@@ -273,11 +291,21 @@ def run_cmd(
 @click.option("--run-name", help="Record the job as an MLflow run (beside evaluate() runs).")
 @pass_app
 def backfill_cmd(
-    app: AppContext, scorer: str, since: str | None, until: str | None,
-    filter_string: str | None, sample_rate: float | None, max_cost_usd: float | None,
-    concurrency: int | None, rps: float | None, experiments: tuple[str, ...],
-    worker_id: str | None, retry_errors: bool, no_progress: bool, run_name: str | None,
-) -> None:  # fmt: skip
+    app: AppContext,
+    scorer: str,
+    since: str | None,
+    until: str | None,
+    filter_string: str | None,
+    sample_rate: float | None,
+    max_cost_usd: float | None,
+    concurrency: int | None,
+    rps: float | None,
+    experiments: tuple[str, ...],
+    worker_id: str | None,
+    retry_errors: bool,
+    no_progress: bool,
+    run_name: str | None,
+) -> None:
     """Score history with SCORER's current version; resumable, idempotent, within budget.
 
     Run the same command on several machines to split the work; rerun it to resume. A
@@ -306,12 +334,24 @@ def backfill_cmd(
             click.echo("  the estimate exceeds the budget: it will stop at the budget", err=True)
 
     report = backfill(
-        app.config, _store(app), scorer=scorer, since_ms=since_ms, until_ms=until_ms,
-        filter_string=filter_string, sample_rate=sample_rate, max_cost_usd=max_cost_usd,
-        concurrency=concurrency, rate_limit_rps=rps, experiment_ids=exp_ids,
-        worker_id=worker_id, retry_errors=retry_errors, progress=not no_progress,
-        on_plan=on_plan, window_key=window_key, run_name=run_name,
-    )  # fmt: skip
+        app.config,
+        _store(app),
+        scorer=scorer,
+        since_ms=since_ms,
+        until_ms=until_ms,
+        filter_string=filter_string,
+        sample_rate=sample_rate,
+        max_cost_usd=max_cost_usd,
+        concurrency=concurrency,
+        rate_limit_rps=rps,
+        experiment_ids=exp_ids,
+        worker_id=worker_id,
+        retry_errors=retry_errors,
+        progress=not no_progress,
+        on_plan=on_plan,
+        window_key=window_key,
+        run_name=run_name,
+    )
     click.echo(report.summary())
     if report.all_failed:  # nothing was scored: a broken scorer or judge, not a partial run
         raise SystemExit(1)
@@ -325,9 +365,13 @@ def backfill_cmd(
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def quality_cmd(
-    app: AppContext, since: str, until: str | None, scorer: str | None, bucket: str | None,
+    app: AppContext,
+    since: str,
+    until: str | None,
+    scorer: str | None,
+    bucket: str | None,
     as_json: bool,
-) -> None:  # fmt: skip
+) -> None:
     """Pass rate and mean score per scorer (and version) per window."""
     from mlflow_llmops.scoring import parse_duration, quality_aggregates
 
@@ -342,14 +386,18 @@ def quality_cmd(
     if not rows:
         click.echo("no scored traces in this window")
         return
-    click.echo(f"{'scorer':<24} {'ver':>3} {'window start (UTC)':<20} {'scored':>7} "
-               f"{'pass rate':>9} {'mean':>7} {'errors':>6}")  # fmt: skip
+    click.echo(
+        f"{'scorer':<24} {'ver':>3} {'window start (UTC)':<20} {'scored':>7} "
+        f"{'pass rate':>9} {'mean':>7} {'errors':>6}"
+    )
     for r in rows:
         start = datetime.fromtimestamp(r.window_start_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
         rate = "-" if r.pass_rate is None else f"{r.pass_rate:.1%}"
         mean = "-" if r.mean_score is None else f"{r.mean_score:.3f}"
-        click.echo(f"{r.scorer:<24} {r.version:>3} {start:<20} {r.scored:>7} {rate:>9} "
-                   f"{mean:>7} {r.errors:>6}")  # fmt: skip
+        click.echo(
+            f"{r.scorer:<24} {r.version:>3} {start:<20} {r.scored:>7} {rate:>9} "
+            f"{mean:>7} {r.errors:>6}"
+        )
 
 
 @scorers_group.command("feedback")
@@ -360,16 +408,24 @@ def quality_cmd(
 @click.option("--comment")
 @pass_app
 def feedback_cmd(
-    app: AppContext, trace_id: str, user_id: str, thumbs: str | None, rating: int | None,
+    app: AppContext,
+    trace_id: str,
+    user_id: str,
+    thumbs: str | None,
+    rating: int | None,
     comment: str | None,
-) -> None:  # fmt: skip
+) -> None:
     """Record end-user feedback on a trace (what services do with record_user_feedback)."""
     from mlflow_llmops.scoring import record_user_feedback
 
     logged = record_user_feedback(
-        trace_id, user_id=user_id, thumbs_up=None if thumbs is None else thumbs == "up",
-        rating=rating, comment=comment, tracking_uri=app.config.tracking.uri,
-    )  # fmt: skip
+        trace_id,
+        user_id=user_id,
+        thumbs_up=None if thumbs is None else thumbs == "up",
+        rating=rating,
+        comment=comment,
+        tracking_uri=app.config.tracking.uri,
+    )
     click.echo(f"logged {', '.join(a.name for a in logged)} on {trace_id}")
 
 

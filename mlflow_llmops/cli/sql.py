@@ -105,9 +105,12 @@ def show_cmd(app: AppContext, name: str, dialect: str) -> None:
 @click.argument("name")
 @click.option("--param", "-p", "params", multiple=True, help="NAME=VALUE, repeatable.")
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
     show_default=True,
-)  # fmt: skip
+)
 @click.option(
     "--parquet",
     type=click.Path(file_okay=False),
@@ -120,14 +123,22 @@ def show_cmd(app: AppContext, name: str, dialect: str) -> None:
     help="Engine for --parquet: duckdb (default) or spark (Spark SQL; also s3a:// paths).",
 )
 @click.option(
-    "--master", default="local[2]", show_default=True,
+    "--master",
+    default="local[2]",
+    show_default=True,
     help="Spark master for --engine spark: local[N], spark://HOST:7077, yarn, k8s://...",
-)  # fmt: skip
+)
 @pass_app
 def run_cmd(
-    app: AppContext, name: str, params: tuple[str, ...], fmt: str, parquet: str | None,
-    now: str | None, engine: str | None = None, master: str = "local[2]",
-) -> None:  # fmt: skip
+    app: AppContext,
+    name: str,
+    params: tuple[str, ...],
+    fmt: str,
+    parquet: str | None,
+    now: str | None,
+    engine: str | None = None,
+    master: str = "local[2]",
+) -> None:
     """Run analysis NAME, e.g. `sql run top_traces -p since_ms=2026-03-01 -p limit=5`."""
     from mlflow_llmops.analytics.queries import get_query, open_target, parse_param_args, run_query
 

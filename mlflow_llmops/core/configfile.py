@@ -84,16 +84,19 @@ def env_names(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def format_validation_error(
-    err: ValidationError, source: str, env_names: Mapping[str, str] | None = None,
+    err: ValidationError,
+    source: str,
+    env_names: Mapping[str, str] | None = None,
     prefix: str = "",
-) -> str:  # fmt: skip
+) -> str:
     """One line per error, naming the key (``prefix`` + its path) and, when an
     ``MLFLOW_LLMOPS__...`` variable set it, that variable."""
     lines = [f"{source}: invalid configuration"]
     for e in err.errors():
         key = prefix + (".".join(str(p) for p in e["loc"]) or "(root)")
-        var = next((v for k, v in (env_names or {}).items()
-                    if key == k or key.startswith(k + ".")), None)  # fmt: skip
+        var = next(
+            (v for k, v in (env_names or {}).items() if key == k or key.startswith(k + ".")), None
+        )
         if var:
             key = f"{key} (from the environment variable {var})"
         got = e.get("input")

@@ -268,8 +268,16 @@ class _EntryPlan:
 class _Level:
     """Resolved rates in ``_VEC`` order, plus the result fields they determine."""
 
-    __slots__ = ("rates", "merge_reasoning", "text_priced", "label", "kind", "tier", "threshold",
-                 "notes")  # fmt: skip
+    __slots__ = (
+        "rates",
+        "merge_reasoning",
+        "text_priced",
+        "label",
+        "kind",
+        "tier",
+        "threshold",
+        "notes",
+    )
 
     def __init__(self, rr: ResolvedRates, entry: PriceEntry, match: Match) -> None:
         rates = rr.rates
@@ -312,8 +320,17 @@ FRAME_TOKEN_COLUMNS: dict[str, str] = {
     "image_input": "image_input_tokens",
 }
 #: Buckets of the vectorised rate matrix; ``output`` there is output minus reasoning.
-_VEC = ("input", "cache_read", "cache_write_5m", "cache_write_1h", "output", "reasoning",
-        "audio_input", "audio_output", "image_input")  # fmt: skip
+_VEC = (
+    "input",
+    "cache_read",
+    "cache_write_5m",
+    "cache_write_1h",
+    "output",
+    "reasoning",
+    "audio_input",
+    "audio_output",
+    "image_input",
+)
 _VEC_INDEX = tuple(range(len(_VEC)))
 #: The token buckets of :meth:`CostCalculator.cost_frame` ``detail`` bit masks, in bit order.
 BUCKETS = _VEC
@@ -499,13 +516,40 @@ class CostCalculator:
         if ep is None:
             m = plan.match
             if m.key is None:
-                return _NewResult("unpriced", None, {}, u, model, provider, self._version, None,
-                                  "none", None, None, {}, (), m.reason)  # fmt: skip
+                return _NewResult(
+                    "unpriced",
+                    None,
+                    {},
+                    u,
+                    model,
+                    provider,
+                    self._version,
+                    None,
+                    "none",
+                    None,
+                    None,
+                    {},
+                    (),
+                    m.reason,
+                )
             ep = self._dated(plan, at, service_tier)
             if ep is None:
-                return _NewResult("unpriced", None, {}, u, model, provider, self._version,
-                                  m.entry_key, m.kind, None, None, {}, (),
-                                  "no price in force at that date")  # fmt: skip
+                return _NewResult(
+                    "unpriced",
+                    None,
+                    {},
+                    u,
+                    model,
+                    provider,
+                    self._version,
+                    m.entry_key,
+                    m.kind,
+                    None,
+                    None,
+                    {},
+                    (),
+                    "no price in force at that date",
+                )
         level = 0
         if ep.thresholds:
             prompt = u.prompt_tokens
@@ -549,8 +593,22 @@ class CostCalculator:
                         total = v if total is _ZERO else total + v
                     v = breakdown["reasoning"] = part
                 total = v if total is _ZERO else total + v
-            return _NewResult("priced", total, breakdown, u, model, provider, self._version,
-                              lv.label, lv.kind, lv.tier, lv.threshold, {}, lv.notes, "")  # fmt: skip
+            return _NewResult(
+                "priced",
+                total,
+                breakdown,
+                u,
+                model,
+                provider,
+                self._version,
+                lv.label,
+                lv.kind,
+                lv.tier,
+                lv.threshold,
+                {},
+                lv.notes,
+                "",
+            )
         return self._cost_general(u, model, provider, lv)
 
     def _cost_general(
@@ -588,8 +646,22 @@ class CostCalculator:
             reason = "no price for " + ", ".join(missing)
         else:
             status, total, reason = "priced", sum(breakdown.values(), _ZERO), ""
-        return _NewResult(status, total, breakdown, u, model, provider, self._version, lv.label,
-                          lv.kind, lv.tier, lv.threshold, missing, lv.notes, reason)  # fmt: skip
+        return _NewResult(
+            status,
+            total,
+            breakdown,
+            u,
+            model,
+            provider,
+            self._version,
+            lv.label,
+            lv.kind,
+            lv.tier,
+            lv.threshold,
+            missing,
+            lv.notes,
+            reason,
+        )
 
     # -- vectorised -------------------------------------------------------
     def cost_frame(
@@ -874,8 +946,9 @@ class CostCalculator:
         out = pd.DataFrame(data, index=df.index, copy=False)
         # Rates finer than a pico-dollar per token: price those rows exactly, one by one.
         if not detail and any_inexact:
-            self._fix_inexact(df, out, inexact_rows, model_col, provider_col,
-                              tier_col, timestamp_col, at)  # fmt: skip
+            self._fix_inexact(
+                df, out, inexact_rows, model_col, provider_col, tier_col, timestamp_col, at
+            )
         out.attrs["catalog_version"] = self.catalog.version
         return out
 

@@ -562,8 +562,10 @@ def mlflow_catalog_dir(override: str | Path | None = None) -> Path:
     if override is not None:
         d = Path(override)
         if not d.is_dir() or not any(d.glob("*.json")):
-            raise CatalogError(f"pricing.mlflow_catalog_dir {str(d)!r} holds no *.json catalog "
-                               f"files: {NO_BUNDLED_CATALOG_FIX}")  # fmt: skip
+            raise CatalogError(
+                f"pricing.mlflow_catalog_dir {str(d)!r} holds no *.json catalog "
+                f"files: {NO_BUNDLED_CATALOG_FIX}"
+            )
         return d
     spec = importlib.util.find_spec("mlflow")
     if spec is None or not spec.submodule_search_locations:

@@ -196,8 +196,14 @@ def _iter_sql_spans(
     )
     dialect = engine.dialect.name if pick_in_db else "python"
     picked = _pricing_attributes(dialect, spans.c.content)
-    cols = (spans.c.trace_id, spans.c.span_id, spans.c.experiment_id, ts,
-            spans.c.model_name, spans.c.model_provider)  # fmt: skip
+    cols = (
+        spans.c.trace_id,
+        spans.c.span_id,
+        spans.c.experiment_id,
+        ts,
+        spans.c.model_name,
+        spans.c.model_provider,
+    )
     if dialect in ("postgresql", "python") and engine.dialect.name == "postgresql":
         # One join over the whole scope through a server-side cursor: paging made the
         # planner scan ``spans`` once per page on all but the largest stores. The read
@@ -222,8 +228,9 @@ def _iter_sql_spans(
                         yield _stored_split(rows, dialect, join_stored)
                 return
             except sa.exc.DataError as e:  # a span whose JSON the database cannot read
-                _logger.warning("span JSON the database cannot read (%s); parsing in Python",
-                                e.orig)  # fmt: skip
+                _logger.warning(
+                    "span JSON the database cannot read (%s); parsing in Python", e.orig
+                )
         raw = q.with_only_columns(*cols, *extra, spans.c.content)
         with engine.connect() as conn:
             res = conn.execution_options(stream_results=True, max_row_buffer=batch_size)
@@ -240,7 +247,11 @@ def _iter_sql_spans(
     )
     last: tuple[int, str] | None = None
     while True:
-        page = tq if last is None else tq.where(sa.or_(ts > last[0], sa.and_(ts == last[0], rid > last[1])))  # fmt: skip
+        page = (
+            tq
+            if last is None
+            else tq.where(sa.or_(ts > last[0], sa.and_(ts == last[0], rid > last[1])))
+        )
         with engine.connect() as conn:
             trace_rows = conn.execute(page).all()
             if not trace_rows:
@@ -341,8 +352,9 @@ def _llm_spans(rows: Iterable[Sequence[Any]], how: str) -> list[LlmSpan]:
     out: list[LlmSpan] = []
     for tid, sid, exp, t_ms, model_name, model_provider, content in rows:
         attrs = _decode_pricing_attributes(how, content)
-        s = span_from_attributes(tid, sid, str(exp), t_ms, attrs,
-                                 model_col=model_name, provider_col=model_provider)  # fmt: skip
+        s = span_from_attributes(
+            tid, sid, str(exp), t_ms, attrs, model_col=model_name, provider_col=model_provider
+        )
         if s is not None:
             out.append(s)
     return out
@@ -552,8 +564,13 @@ def price_spans(
         s = spans[i]
         u = usages[k]
         if inexact[k]:
-            r = calc.cost(model=s.model, provider=s.provider, usage=u,
-                          service_tier=s.service_tier, at=s.trace_timestamp_ms)  # fmt: skip
+            r = calc.cost(
+                model=s.model,
+                provider=s.provider,
+                usage=u,
+                service_tier=s.service_tier,
+                at=s.trace_timestamp_ms,
+            )
             rows[i] = cost_row(s, r, version, now)
             continue
         st = status[k]
@@ -567,7 +584,7 @@ def price_spans(
             "provider": s.provider,
             "matched_entry": entry[k]
             if isinstance(entry[k], str)
-            else (match_key[k] if isinstance(match_key[k], str) else None),  # fmt: skip
+            else (match_key[k] if isinstance(match_key[k], str) else None),
             "service_tier": tier[k] if isinstance(tier[k], str) and tier[k] else s.service_tier,
             "status": st,
             "currency": "USD",
@@ -600,8 +617,10 @@ def _upsert(
     update = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in keys)
     upsert = f"ON CONFLICT (trace_id, span_id) DO UPDATE SET {update}"
     if dialect == "sqlite":  # one executemany of plain tuples: no per-row statement building
-        procs = [span_costs.c[c].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-                 for c in cols]  # fmt: skip
+        procs = [
+            span_costs.c[c].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+            for c in cols
+        ]
         data = [
             tuple(
                 v if p is None or v is None else p(v)
@@ -610,8 +629,9 @@ def _upsert(
             for r in rows
         ]
         marks = ", ".join("?" * len(cols))
-        conn.exec_driver_sql(f"INSERT INTO {span_costs.name} ({names}) VALUES ({marks}) {upsert}",
-                             data)  # fmt: skip
+        conn.exec_driver_sql(
+            f"INSERT INTO {span_costs.name} ({names}) VALUES ({marks}) {upsert}", data
+        )
         return
     if dialect == "postgresql" and conn.dialect.driver == "psycopg":  # COPY, then one upsert
         with conn.connection.driver_connection.cursor() as cur:
@@ -775,8 +795,9 @@ def reprice(
         engine = make_engine(sql_url)
         # the stored pricing comes with the spans when the costs live beside them
         join = not scalar and engine.dialect.name == "postgresql" and _same_db(engine, analytics)
-        batches = _iter_sql_spans(engine, experiment_ids, lo, until_ms, batch_size, not scalar,
-                                  join)  # fmt: skip
+        batches = _iter_sql_spans(
+            engine, experiment_ids, lo, until_ms, batch_size, not scalar, join
+        )
         if not scalar and engine.dialect.name == "postgresql":  # SQLite: one writer or reader
             batches = _read_ahead(batches)
     else:
@@ -808,10 +829,23 @@ def reprice(
                     else:
                         todo.append(s)
                 if scalar:
-                    rows = [cost_row(s, None if s.usage is None else calc.cost(
-                        model=s.model, provider=s.provider, usage=s.usage,
-                        service_tier=s.service_tier, at=s.trace_timestamp_ms), version, now)
-                        for s in todo]  # fmt: skip
+                    rows = [
+                        cost_row(
+                            s,
+                            None
+                            if s.usage is None
+                            else calc.cost(
+                                model=s.model,
+                                provider=s.provider,
+                                usage=s.usage,
+                                service_tier=s.service_tier,
+                                at=s.trace_timestamp_ms,
+                            ),
+                            version,
+                            now,
+                        )
+                        for s in todo
+                    ]
                 else:
                     rows = price_spans(calc, todo, version, now)
                 for s, row in zip(todo, rows, strict=True):
@@ -905,7 +939,7 @@ def unpriced_models(
                 + c.cache_read_tokens
                 + c.cache_write_5m_tokens
                 + c.cache_write_1h_tokens
-            ).label("input_tokens"),  # fmt: skip
+            ).label("input_tokens"),
             sa.func.sum(c.output_tokens).label("output_tokens"),
             sa.func.min(c.trace_timestamp_ms).label("first_ms"),
             sa.func.max(c.trace_timestamp_ms).label("last_ms"),
@@ -959,7 +993,7 @@ def cost_by_model(
                         "spans": 0,
                         "unpriced_spans": 0,
                         "cost_usd": Decimal(0),
-                    },  # fmt: skip
+                    },
                 )
                 a["spans"] += 1
                 if total is None:

@@ -82,8 +82,15 @@ def _daily_totals(target: Any, day: date, common: dict[str, Any], now: datetime,
     ).records()
     by_day = {r["day_ms"]: r for r in rows}
     # A day without traffic cost $0 (not "unpriced": nothing went unpriced).
-    empty = {"requests": 0, "kept_traces": 0, "errors": 0, "total_tokens": 0, "cost_usd": 0.0,
-             "unpriced_traces": 0, "estimated": 0}  # fmt: skip
+    empty = {
+        "requests": 0,
+        "kept_traces": 0,
+        "errors": 0,
+        "total_tokens": 0,
+        "cost_usd": 0.0,
+        "unpriced_traces": 0,
+        "estimated": 0,
+    }
     return (
         by_day.get(start, empty),
         by_day.get(start - DAY_MS, empty),
@@ -228,14 +235,26 @@ def daily_report(
     scorers = q("scorer_quality", window)
     month_start, month_end = _month_bounds(day)
     as_of = min(start + DAY_MS, int(now.timestamp() * 1000))
-    month = q("month_forecast", {**common, "month_start_ms": month_start,
-                                 "month_end_ms": month_end, "now_ms": as_of})[0]  # fmt: skip
+    month = q(
+        "month_forecast",
+        {**common, "month_start_ms": month_start, "month_end_ms": month_end, "now_ms": as_of},
+    )[0]
     estimated = any(
         r.get("estimated") or (r.get("sample_weight") or 1) != 1
-        for rows in ([cur, prev, week, month], by_model, by_task, top, unpriced, by_user,
-                     by_tenant, cache, latency, scorers)
+        for rows in (
+            [cur, prev, week, month],
+            by_model,
+            by_task,
+            top,
+            unpriced,
+            by_user,
+            by_tenant,
+            cache,
+            latency,
+            scorers,
+        )
         for r in rows
-    )  # fmt: skip
+    )
     totals = {
         "requests": cur["requests"],
         "kept_traces": cur["kept_traces"],
@@ -310,70 +329,165 @@ def daily_report(
                 week["unpriced_traces"],
                 "",
             ],
-        ],  # fmt: skip
+        ],
     )
     month_name = datetime.fromtimestamp(month_start / 1000, UTC).strftime("%B %Y")
     md += ["", f"## Month to date ({month_name})", ""]
     md += _table(
-        ["spend to date", "last 7 days", "days elapsed", "forecast (month average)",
-         "forecast (last 7 days' rate)"],
-        [[_money(month["spend_mtd_usd"]), _money(month["spend_last_7d_usd"]),
-          f"{month['elapsed_days']:.1f}", _money(month["forecast_linear_usd"]),
-          _money(month["forecast_recent_usd"])]],
-    )  # fmt: skip
+        [
+            "spend to date",
+            "last 7 days",
+            "days elapsed",
+            "forecast (month average)",
+            "forecast (last 7 days' rate)",
+        ],
+        [
+            [
+                _money(month["spend_mtd_usd"]),
+                _money(month["spend_last_7d_usd"]),
+                f"{month['elapsed_days']:.1f}",
+                _money(month["forecast_linear_usd"]),
+                _money(month["forecast_recent_usd"]),
+            ]
+        ],
+    )
     if chart_path is not None:
         md += ["", f"![spend by model, last {CHART_DAYS} days]({chart_path.name})"]
     md += ["", "## By model", ""]
     md += _table(
-        ["model", "provider", "calls", "stored", "spend", "previous day", "change",
-         "unpriced calls"],
-        [[r["model"], r["provider"] or "", r["llm_calls"], r["kept_spans"], _money(r["cost_usd"]),
-          _money(r["previous_day_cost_usd"]), _change(r["cost_usd"], r["previous_day_cost_usd"]),
-          r["unpriced_spans"]] for r in by_model],
-    )  # fmt: skip
+        [
+            "model",
+            "provider",
+            "calls",
+            "stored",
+            "spend",
+            "previous day",
+            "change",
+            "unpriced calls",
+        ],
+        [
+            [
+                r["model"],
+                r["provider"] or "",
+                r["llm_calls"],
+                r["kept_spans"],
+                _money(r["cost_usd"]),
+                _money(r["previous_day_cost_usd"]),
+                _change(r["cost_usd"], r["previous_day_cost_usd"]),
+                r["unpriced_spans"],
+            ]
+            for r in by_model
+        ],
+    )
     md += ["", "## Errors and latency by model", ""]
     md += _table(
         ["model", "calls", "errors", "error rate", "p50 ms", "p90 ms", "p99 ms", "max ms"],
-        [[r["model"], r["calls"], r["errors"], _pct(r["error_rate"]), r["p50_ms"], r["p90_ms"],
-          r["p99_ms"], r["max_ms"]] for r in latency],
-    )  # fmt: skip
+        [
+            [
+                r["model"],
+                r["calls"],
+                r["errors"],
+                _pct(r["error_rate"]),
+                r["p50_ms"],
+                r["p90_ms"],
+                r["p99_ms"],
+                r["max_ms"],
+            ]
+            for r in latency
+        ],
+    )
     md += ["", "## By task type", ""]
     md += _table(
         ["task type", "requests", "stored", "users", "spend", "per request", "share"],
-        [[r["task_type"] or "(not set)", r["requests"], r["kept_traces"], r["users"],
-          _money(r["cost_usd"]), _money(r["cost_per_request_usd"]), _pct(r["share_of_cost"])]
-         for r in by_task],
-    )  # fmt: skip
+        [
+            [
+                r["task_type"] or "(not set)",
+                r["requests"],
+                r["kept_traces"],
+                r["users"],
+                _money(r["cost_usd"]),
+                _money(r["cost_per_request_usd"]),
+                _pct(r["share_of_cost"]),
+            ]
+            for r in by_task
+        ],
+    )
     md += ["", f"## Spend by user (top {top_n})", ""]
     md += _table(
         ["user", "requests", "stored", "sessions", "tokens", "spend", "per request"],
-        [[r["user_id"] or "(anonymous)", r["requests"], r["kept_traces"], r["sessions"],
-          r["total_tokens"], _money(r["cost_usd"]), _money(r["cost_per_request_usd"])]
-         for r in by_user],
-    )  # fmt: skip
+        [
+            [
+                r["user_id"] or "(anonymous)",
+                r["requests"],
+                r["kept_traces"],
+                r["sessions"],
+                r["total_tokens"],
+                _money(r["cost_usd"]),
+                _money(r["cost_per_request_usd"]),
+            ]
+            for r in by_user
+        ],
+    )
     md += ["", f"## Spend by tenant (top {top_n})", ""]
     md += _table(
         ["tenant", "requests", "stored", "users", "tokens", "spend", "per request", "share"],
-        [[r["tenant"] or "(not set)", r["requests"], r["kept_traces"], r["users"],
-          r["total_tokens"], _money(r["cost_usd"]), _money(r["cost_per_request_usd"]),
-          _pct(r["share_of_cost"])] for r in by_tenant],
-    )  # fmt: skip
+        [
+            [
+                r["tenant"] or "(not set)",
+                r["requests"],
+                r["kept_traces"],
+                r["users"],
+                r["total_tokens"],
+                _money(r["cost_usd"]),
+                _money(r["cost_per_request_usd"]),
+                _pct(r["share_of_cost"]),
+            ]
+            for r in by_tenant
+        ],
+    )
     md += ["", "## Cache savings", ""]
     md += _table(
-        ["model", "provider", "cached input tokens", "cache hit ratio", "cached tokens cost",
-         "cache writes cost", "saved"],
-        [[r["model"], r["provider"] or "", r["cache_read_tokens"], _pct(r["cache_hit_ratio"]),
-          _money(r["cache_read_cost_usd"]), _money(r["cache_write_cost_usd"]),
-          _money(r["saved_usd"])] for r in cache],
-    )  # fmt: skip
+        [
+            "model",
+            "provider",
+            "cached input tokens",
+            "cache hit ratio",
+            "cached tokens cost",
+            "cache writes cost",
+            "saved",
+        ],
+        [
+            [
+                r["model"],
+                r["provider"] or "",
+                r["cache_read_tokens"],
+                _pct(r["cache_hit_ratio"]),
+                _money(r["cache_read_cost_usd"]),
+                _money(r["cache_write_cost_usd"]),
+                _money(r["saved_usd"]),
+            ]
+            for r in cache
+        ],
+    )
     if not cache and by_model:
         md += ["", "No re-priced spans that day: run `mlflow-llmops costs reprice`."]
     md += ["", "## Scorer quality", ""]
     md += _table(
         ["scorer", "source", "evaluations", "scored", "failed", "mean score", "min", "max"],
-        [[r["scorer"], r["source_type"] or "", r["evaluations"], r["scored"], r["failed"],
-          _num(r["mean_score"]), _num(r["min_score"]), _num(r["max_score"])] for r in scorers],
-    )  # fmt: skip
+        [
+            [
+                r["scorer"],
+                r["source_type"] or "",
+                r["evaluations"],
+                r["scored"],
+                r["failed"],
+                _num(r["mean_score"]),
+                _num(r["min_score"]),
+                _num(r["max_score"]),
+            ]
+            for r in scorers
+        ],
+    )
     md += ["", f"## Top {top_n} traces", ""]
 
     def trace_cell(r: dict[str, Any]) -> str:
@@ -382,23 +496,54 @@ def daily_report(
         return f"[`{r['trace_id']}`]({trace_url(ui_url, r['experiment_id'], r['trace_id'])})"
 
     md += _table(
-        ["trace", "time (UTC)", "user", "task type", "model", "status", "latency ms", "tokens",
-         "spend", "weight"],
-        [[trace_cell(r),
-          datetime.fromtimestamp(r["timestamp_ms"] / 1000, UTC).strftime("%H:%M:%S"),
-          r["user_id"] or "", r["task_type"] or "", r["model"] or "", r["status"],
-          r["latency_ms"], r["total_tokens"], _money(r["cost_usd"]), _num(r["sample_weight"])]
-         for r in top],
-    )  # fmt: skip
+        [
+            "trace",
+            "time (UTC)",
+            "user",
+            "task type",
+            "model",
+            "status",
+            "latency ms",
+            "tokens",
+            "spend",
+            "weight",
+        ],
+        [
+            [
+                trace_cell(r),
+                datetime.fromtimestamp(r["timestamp_ms"] / 1000, UTC).strftime("%H:%M:%S"),
+                r["user_id"] or "",
+                r["task_type"] or "",
+                r["model"] or "",
+                r["status"],
+                r["latency_ms"],
+                r["total_tokens"],
+                _money(r["cost_usd"]),
+                _num(r["sample_weight"]),
+            ]
+            for r in top
+        ],
+    )
     md += ["", "## Unpriced usage", ""]
     md += _table(
         ["model", "provider", "calls", "traces", "input tokens", "output tokens"],
-        [[r["model"], r["provider"] or "", r["spans"], r["traces"], r["input_tokens"],
-          r["output_tokens"]] for r in unpriced],
-    )  # fmt: skip
+        [
+            [
+                r["model"],
+                r["provider"] or "",
+                r["spans"],
+                r["traces"],
+                r["input_tokens"],
+                r["output_tokens"],
+            ]
+            for r in unpriced
+        ],
+    )
     if unpriced:
-        md += ["", "Add these models to a price override file, then run "
-               "`mlflow-llmops costs reprice`."]  # fmt: skip
+        md += [
+            "",
+            "Add these models to a price override file, then run `mlflow-llmops costs reprice`.",
+        ]
     text = "\n".join(md) + "\n"
 
     md_path = out / f"{name}.md"
@@ -406,6 +551,20 @@ def daily_report(
         _chart(target, day, common, now, sql_dir, chart_path)
     md_path.write_text(text, encoding="utf-8")
     return DailyReport(
-        day, text, md_path, chart_path, totals, by_model, by_task, top, unpriced, month,
-        by_user, by_tenant, cache, latency, scorers, estimated,
-    )  # fmt: skip
+        day,
+        text,
+        md_path,
+        chart_path,
+        totals,
+        by_model,
+        by_task,
+        top,
+        unpriced,
+        month,
+        by_user,
+        by_tenant,
+        cache,
+        latency,
+        scorers,
+        estimated,
+    )

@@ -108,15 +108,29 @@ class BackfillReport:
 
 
 def job_id_for(
-    scorer: str, version: int, since_ms: int | None, until_ms: int | None,
-    filter_string: str | None, sample_rate: float, experiment_ids: Sequence[str],
-    *, window_key: str | None = None, generation: int = 0,
-) -> str:  # fmt: skip
+    scorer: str,
+    version: int,
+    since_ms: int | None,
+    until_ms: int | None,
+    filter_string: str | None,
+    sample_rate: float,
+    experiment_ids: Sequence[str],
+    *,
+    window_key: str | None = None,
+    generation: int = 0,
+) -> str:
     """Same arguments, same job: rerunning a command resumes it. With ``window_key`` (the
     text of a relative window) the times are left out; ``generation`` counts the finished
     jobs of that window before this one."""
-    parts: list[Any] = [scorer, version, since_ms, until_ms, filter_string or "", sample_rate,
-                        sorted(experiment_ids)]  # fmt: skip
+    parts: list[Any] = [
+        scorer,
+        version,
+        since_ms,
+        until_ms,
+        filter_string or "",
+        sample_rate,
+        sorted(experiment_ids),
+    ]
     if window_key is not None:
         parts[2:4] = [window_key, generation]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
@@ -131,22 +145,30 @@ def _enumerate(
 ) -> list[tuple[str, int, str, str]]:
     if is_sql_store(client) and _FAST_PLAN["ok"]:
         try:
-            return [r for r in search_trace_rows(client.store, exp_ids, flt)
-                    if sampled(r[0], scorer, rate)]  # fmt: skip
+            return [
+                r
+                for r in search_trace_rows(client.store, exp_ids, flt)
+                if sampled(r[0], scorer, rate)
+            ]
         except (AttributeError, ImportError, TypeError):
             _FAST_PLAN["ok"] = False  # MLflow moved: its public search
             log.debug("fast backfill planning unavailable", exc_info=True)
     out, token = [], None
     while True:
         page = client.search_traces(
-            locations=exp_ids, filter_string=flt, max_results=500,
-            order_by=["timestamp_ms ASC"], include_spans=False, page_token=token,
-        )  # fmt: skip
+            locations=exp_ids,
+            filter_string=flt,
+            max_results=500,
+            order_by=["timestamp_ms ASC"],
+            include_spans=False,
+            page_token=token,
+        )
         for t in page:
             i = t.info
             if sampled(i.trace_id, scorer, rate):
-                out.append((i.trace_id, i.timestamp_ms, i.request_preview or "",
-                            i.response_preview or ""))  # fmt: skip
+                out.append(
+                    (i.trace_id, i.timestamp_ms, i.request_preview or "", i.response_preview or "")
+                )
         token = page.token
         if not token:
             return out
@@ -172,9 +194,16 @@ class BackfillJob:
                 for i in range(0, len(items), 5000):
                     conn.execute(
                         backfill_items_table.insert(),
-                        [{"job_id": self.job_id, "trace_id": tid, "trace_timestamp_ms": ts,
-                          "state": "pending"} for tid, ts in items[i : i + 5000]],
-                    )  # fmt: skip
+                        [
+                            {
+                                "job_id": self.job_id,
+                                "trace_id": tid,
+                                "trace_timestamp_ms": ts,
+                                "state": "pending",
+                            }
+                            for tid, ts in items[i : i + 5000]
+                        ],
+                    )
             return True
         except sa.exc.IntegrityError:
             return False
@@ -196,19 +225,32 @@ class BackfillJob:
         # pending items first, in time order (an index range); leases to take over only
         # when those run short (at the end of a job, or after a crash)
         ids = self._take(
-            sa.select(t.trace_id).where(t.job_id == self.job_id, t.state == "pending")
-            .order_by(t.trace_timestamp_ms).limit(n), now_ms)  # fmt: skip
+            sa.select(t.trace_id)
+            .where(t.job_id == self.job_id, t.state == "pending")
+            .order_by(t.trace_timestamp_ms)
+            .limit(n),
+            now_ms,
+        )
         if len(ids) == n:
             return ids
         with self.store.engine.connect() as conn:
-            holders = [r[0] for r in conn.execute(
-                sa.select(t.holder).distinct().where(t.job_id == self.job_id, t.state == "leased")
-            )]  # fmt: skip
+            holders = [
+                r[0]
+                for r in conn.execute(
+                    sa.select(t.holder)
+                    .distinct()
+                    .where(t.job_id == self.job_id, t.state == "leased")
+                )
+            ]
         dead = [h for h in holders if h and h != self.holder and holder_is_dead(h)]
         reclaim = sa.or_(t.lease_expires_ms < now_ms, t.holder.in_(dead or ["-"]))
         return ids + self._take(
-            sa.select(t.trace_id).where(t.job_id == self.job_id, t.state == "leased", reclaim)
-            .order_by(t.trace_timestamp_ms).limit(n - len(ids)), now_ms)  # fmt: skip
+            sa.select(t.trace_id)
+            .where(t.job_id == self.job_id, t.state == "leased", reclaim)
+            .order_by(t.trace_timestamp_ms)
+            .limit(n - len(ids)),
+            now_ms,
+        )
 
     def _take(self, pick: Any, now_ms: int) -> list[str]:
         """Lease the items ``pick`` selects; on PostgreSQL ``SKIP LOCKED`` keeps two workers
@@ -220,14 +262,20 @@ class BackfillJob:
             if self.store.dialect == "postgresql":
                 # a CTE, materialized: as an IN (subquery) the planner may rescan the LIMIT ...
                 # SKIP LOCKED subquery for every row, and each rescan picks new rows
-                picked = (pick.with_for_update(skip_locked=True).cte("picked")
-                          .prefix_with("MATERIALIZED"))  # fmt: skip
-                ids = [r[0] for r in conn.execute(
-                    backfill_items_table.update()
-                    .where(t.job_id == self.job_id, t.trace_id.in_(sa.select(picked.c.trace_id)))
-                    .values(**values)
-                    .returning(t.trace_id)
-                )]  # fmt: skip
+                picked = (
+                    pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+                )
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        backfill_items_table.update()
+                        .where(
+                            t.job_id == self.job_id, t.trace_id.in_(sa.select(picked.c.trace_id))
+                        )
+                        .values(**values)
+                        .returning(t.trace_id)
+                    )
+                ]
             else:
                 # one fetchall: row by row, each fetch gives the GIL away and waits to get
                 # it back from the scorer threads (milliseconds a row under load)
@@ -250,10 +298,13 @@ class BackfillJob:
                 ids = [tid for tid, s in results if s == state]
                 conn.execute(
                     backfill_items_table.update()
-                    .where(t.job_id == self.job_id, t.holder == self.holder,
-                           _one_of(t.trace_id, ids, self.store.dialect))
+                    .where(
+                        t.job_id == self.job_id,
+                        t.holder == self.holder,
+                        _one_of(t.trace_id, ids, self.store.dialect),
+                    )
                     .values(state=state, lease_expires_ms=None)
-                )  # fmt: skip
+                )
             if spent is not None:
                 j = backfill_jobs_table.c
                 conn.execute(
@@ -271,10 +322,14 @@ class BackfillJob:
         with self.store.engine.begin() as conn:
             conn.execute(
                 backfill_items_table.update()
-                .where(t.job_id == self.job_id, t.holder == self.holder, t.state == "leased",
-                       t.trace_id.in_(list(ids)))
+                .where(
+                    t.job_id == self.job_id,
+                    t.holder == self.holder,
+                    t.state == "leased",
+                    t.trace_id.in_(list(ids)),
+                )
                 .values(state="pending", holder=None, lease_expires_ms=None)
-            )  # fmt: skip
+            )
 
     def set_status(self, status: str, now_ms: int) -> None:
         """Record this worker's view; a finished job is never set back to running."""
@@ -351,25 +406,46 @@ def backfill(
         raise BackfillError("--until must be after --since")
     if max_cost_usd is not None and max_cost_usd <= 0:
         raise BackfillError(f"--max-cost-usd must be positive, got {max_cost_usd}")
-    exp_ids = list(experiment_ids or resolve_experiment_ids(
-        config.tracking.uri, sc.experiments or [config.tracking.experiment_name]))  # fmt: skip
+    exp_ids = list(
+        experiment_ids
+        or resolve_experiment_ids(
+            config.tracking.uri, sc.experiments or [config.tracking.experiment_name]
+        )
+    )
     conc = concurrency or sc.concurrency
     limiter = RateLimiter(rate_limit_rps or sc.rate_limit_rps)
     calculator = judge_calculator(config, clock) if spec.kind == "judge" else None
-    resolved = resolve(spec, judge_defaults=sc.judge.model_dump(), limiter=limiter,
-                       calculator=calculator)  # fmt: skip
+    resolved = resolve(
+        spec, judge_defaults=sc.judge.model_dump(), limiter=limiter, calculator=calculator
+    )
     user_flt = filter_string if filter_string is not None else spec.filter_string
     holder = worker_id or new_holder_id()
     ttl_ms = int(sc.lease_ttl_s * 1000)
     if window_key is None:
-        jid = job_id_for(spec.name, spec.version, since_ms, until_ms,
-                         _window_filter(user_flt, since_ms, until_ms), rate, exp_ids)  # fmt: skip
+        jid = job_id_for(
+            spec.name,
+            spec.version,
+            since_ms,
+            until_ms,
+            _window_filter(user_flt, since_ms, until_ms),
+            rate,
+            exp_ids,
+        )
         job = BackfillJob(store, jid, holder, ttl_ms)
         row = job.row()
     else:
         for generation in itertools.count():
-            jid = job_id_for(spec.name, spec.version, None, None, user_flt, rate, exp_ids,
-                             window_key=window_key, generation=generation)  # fmt: skip
+            jid = job_id_for(
+                spec.name,
+                spec.version,
+                None,
+                None,
+                user_flt,
+                rate,
+                exp_ids,
+                window_key=window_key,
+                generation=generation,
+            )
             job = BackfillJob(store, jid, holder, ttl_ms)
             row = job.row()
             if row is None or row.status != "done":
@@ -396,13 +472,23 @@ def backfill(
             )
         now_ms = to_ms(clock.now())
         job.create(
-            {"scorer": spec.name, "version": spec.version, "since_ms": since_ms,
-             "until_ms": until_ms, "filter_string": flt, "sample_rate": rate,
-             "max_cost_usd": max_cost_usd, "estimate_usd": estimate, "spent_usd": 0.0,
-             "total_items": len(items), "status": "running", "created_ms": now_ms,
-             "updated_ms": now_ms},
+            {
+                "scorer": spec.name,
+                "version": spec.version,
+                "since_ms": since_ms,
+                "until_ms": until_ms,
+                "filter_string": flt,
+                "sample_rate": rate,
+                "max_cost_usd": max_cost_usd,
+                "estimate_usd": estimate,
+                "spent_usd": 0.0,
+                "total_items": len(items),
+                "status": "running",
+                "created_ms": now_ms,
+                "updated_ms": now_ms,
+            },
             [(tid, ts) for tid, ts, _, _ in items],
-        )  # fmt: skip
+        )
         row = job.row()
     if retry_errors:
         job.retry_errors()
@@ -419,18 +505,32 @@ def backfill(
         on_plan(report, max_cost_usd)
     per_trace = (row.estimate_usd or 0.0) / row.total_items if row.total_items else 0.0
     worker = TraceScorer(
-        resolved, tracking_uri=config.tracking.uri, store=store, clock=clock, holder=holder,
-        lease_ttl_s=sc.lease_ttl_s, job_id=jid, max_attempts=sc.max_attempts,
-    )  # fmt: skip
-    run = BackfillRun.open(config.tracking.uri, exp_ids[0], jid, run_name, spec,
-                           row) if run_name else None  # fmt: skip
+        resolved,
+        tracking_uri=config.tracking.uri,
+        store=store,
+        clock=clock,
+        holder=holder,
+        lease_ttl_s=sc.lease_ttl_s,
+        job_id=jid,
+        max_attempts=sc.max_attempts,
+    )
+    run = (
+        BackfillRun.open(config.tracking.uri, exp_ids[0], jid, run_name, spec, row)
+        if run_name
+        else None
+    )
     worker.run_id = run.run_id if run is not None else None
     report.run_id = worker.run_id
-    bar = tqdm(total=report.total, initial=report.already_done, file=sys.stderr,
-               disable=not progress, desc=f"backfill {spec.name}@v{spec.version}",
-               unit="trace", dynamic_ncols=True)  # fmt: skip
-    loop = _BackfillLoop(job, worker, client, clock, sc, report, bar, max_cost_usd, per_trace,
-                         run)  # fmt: skip
+    bar = tqdm(
+        total=report.total,
+        initial=report.already_done,
+        file=sys.stderr,
+        disable=not progress,
+        desc=f"backfill {spec.name}@v{spec.version}",
+        unit="trace",
+        dynamic_ncols=True,
+    )
+    loop = _BackfillLoop(job, worker, client, clock, sc, report, bar, max_cost_usd, per_trace, run)
     try:
         with ScoringPipeline(worker, concurrency=conc, on_commit=loop.on_commit) as pipe:
             try:
@@ -461,22 +561,31 @@ class BackfillRun:
         self.client, self.run_id, self.scorer, self.version = client, run_id, scorer, version
 
     @classmethod
-    def open(cls, tracking_uri: str, experiment_id: str, job_id: str, name: str, spec: Any,
-             row: Any) -> BackfillRun:  # fmt: skip
+    def open(
+        cls, tracking_uri: str, experiment_id: str, job_id: str, name: str, spec: Any, row: Any
+    ) -> BackfillRun:
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri)
-        found = client.search_runs([experiment_id],
-                                   filter_string=f"tags.`{cls.JOB_TAG}` = '{job_id}'",
-                                   max_results=1)  # fmt: skip
+        found = client.search_runs(
+            [experiment_id], filter_string=f"tags.`{cls.JOB_TAG}` = '{job_id}'", max_results=1
+        )
         if found:
             return cls(client, found[0].info.run_id, spec.name, spec.version)
-        run = client.create_run(experiment_id, run_name=name, tags={
-            cls.JOB_TAG: job_id, "llmops.scorer": f"{spec.name}@v{spec.version}"})  # fmt: skip
-        for k, v in {"scorer": spec.name, "scorer_version": spec.version,
-                     "since_ms": row.since_ms, "until_ms": row.until_ms,
-                     "sample_rate": row.sample_rate, "filter": row.filter_string,
-                     "traces": row.total_items}.items():  # fmt: skip
+        run = client.create_run(
+            experiment_id,
+            run_name=name,
+            tags={cls.JOB_TAG: job_id, "llmops.scorer": f"{spec.name}@v{spec.version}"},
+        )
+        for k, v in {
+            "scorer": spec.name,
+            "scorer_version": spec.version,
+            "since_ms": row.since_ms,
+            "until_ms": row.until_ms,
+            "sample_rate": row.sample_rate,
+            "filter": row.filter_string,
+            "traces": row.total_items,
+        }.items():
             client.log_param(run.info.run_id, k, "" if v is None else v)
         return cls(client, run.info.run_id, spec.name, spec.version)
 
@@ -492,13 +601,17 @@ class BackfillRun:
         t = ledger_table.c
         with store.engine.connect() as conn:
             row = conn.execute(
-                sa.select(sa.func.count(t.value_num), sa.func.avg(t.value_num),
-                          sa.func.avg(sa.case((t.passed.is_(True), 1.0),
-                                              (t.passed.is_(False), 0.0))))
-                .where(t.job_id == report.job_id, t.state == "done")
-            ).first()  # fmt: skip
-        metrics = {"scored": float(row[0] or 0), "errors": float(report.job_errors),
-                   "judge_cost_usd": report.spent_usd}  # fmt: skip
+                sa.select(
+                    sa.func.count(t.value_num),
+                    sa.func.avg(t.value_num),
+                    sa.func.avg(sa.case((t.passed.is_(True), 1.0), (t.passed.is_(False), 0.0))),
+                ).where(t.job_id == report.job_id, t.state == "done")
+            ).first()
+        metrics = {
+            "scored": float(row[0] or 0),
+            "errors": float(report.job_errors),
+            "judge_cost_usd": report.spent_usd,
+        }
         if row[1] is not None:
             metrics[f"{self.scorer}/mean"] = float(row[1])
         if row[2] is not None:
@@ -528,9 +641,19 @@ class _BackfillLoop:
     budget every lease is sized by the spend so far, so it is taken only when needed.
     """
 
-    def __init__(self, job: BackfillJob, worker: TraceScorer, client: Any, clock: Clock,
-                 sc: Any, report: BackfillReport, bar: Any, max_cost_usd: float | None,
-                 per_trace: float, run: BackfillRun | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        job: BackfillJob,
+        worker: TraceScorer,
+        client: Any,
+        clock: Clock,
+        sc: Any,
+        report: BackfillReport,
+        bar: Any,
+        max_cost_usd: float | None,
+        per_trace: float,
+        run: BackfillRun | None = None,
+    ) -> None:
         self.mlflow_run = run
         self.job, self.worker, self.client, self.clock = job, worker, client, clock
         self.backoff_s = sc.backfill_retry_backoff_s
@@ -553,20 +676,30 @@ class _BackfillLoop:
             ids, _ = ahead.result()
             self.job.release(ids)
         except Exception:  # noqa: BLE001 - the store may be what failed: leases expire
-            log.warning("could not give back the items read ahead; they are leased again "
-                        "after scoring.lease_ttl_s", exc_info=True)  # fmt: skip
+            log.warning(
+                "could not give back the items read ahead; they are leased again "
+                "after scoring.lease_ttl_s",
+                exc_info=True,
+            )
 
     def on_commit(self, outcomes: list[TraceOutcome]) -> None:
         """On the writer thread, per batch: finish the items that are finished."""
-        final = [(o.trace_id, "error" if o.state == "failed" else "done")
-                 for o in outcomes if o.state not in ("error", "held")]  # fmt: skip
-        spent = self.worker.ledger.job_spend(self.job.job_id) if any(
-            o.cost_usd for o in outcomes) else None  # fmt: skip
+        final = [
+            (o.trace_id, "error" if o.state == "failed" else "done")
+            for o in outcomes
+            if o.state not in ("error", "held")
+        ]
+        spent = (
+            self.worker.ledger.job_spend(self.job.job_id)
+            if any(o.cost_usd for o in outcomes)
+            else None
+        )
         if final or spent is not None:
             self.job.finish(final, spent)
         if self.mlflow_run is not None:
-            self.mlflow_run.link([o.trace_id for o in outcomes
-                           if o.state in ("done", "adopted", "failed")])  # fmt: skip
+            self.mlflow_run.link(
+                [o.trace_id for o in outcomes if o.state in ("done", "adopted", "failed")]
+            )
 
     def run(self, pipe: ScoringPipeline) -> None:
         while True:
@@ -644,7 +777,8 @@ class _BackfillLoop:
             self.spent_mine += o.cost_usd or 0.0
             self.costed += o.cost_usd is not None
             tries = self.tries[o.trace_id] = self.tries.get(o.trace_id, 0) + (
-                o.state in ("error", "held"))  # fmt: skip
+                o.state in ("error", "held")
+            )
             if o.state == "error":  # attempts left: again after a backoff
                 self.report.retried += 1
                 self._again(o.trace_id, self.backoff_s * 2 ** (tries - 1))

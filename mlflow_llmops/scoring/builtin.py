@@ -150,8 +150,12 @@ def cost_budget(max_usd: float) -> Scorer:
                 model = span.attributes.get("mlflow.llm.model")
                 if not raw or not model:
                     continue
-                r = calc.cost(model=model, provider=span.attributes.get("mlflow.llm.provider"),
-                              usage=raw, at=trace.info.timestamp_ms)  # fmt: skip
+                r = calc.cost(
+                    model=model,
+                    provider=span.attributes.get("mlflow.llm.provider"),
+                    usage=raw,
+                    at=trace.info.timestamp_ms,
+                )
                 if r.total is None:
                     return None  # an unpriced call: the total is unknown, never $0
                 total += float(r.total)

@@ -102,8 +102,9 @@ class JudgeSpec:
 
     def render(self, inputs: str, outputs: str, expectations: str = "") -> str:
         example = json.dumps({**{c: 0.0 for c in self.criteria}, "rationale": "one sentence"})
-        crit = ", ".join(f"{c} ({CRITERIA_HELP[c]})" if c in CRITERIA_HELP else c
-                         for c in self.criteria)  # fmt: skip
+        crit = ", ".join(
+            f"{c} ({CRITERIA_HELP[c]})" if c in CRITERIA_HELP else c for c in self.criteria
+        )
         return (
             self.prompt_template.replace("{{inputs}}", inputs)
             .replace("{{outputs}}", outputs)
@@ -215,9 +216,12 @@ class LlmJudge:
         r = calc.cost(
             model=self.spec.model,
             provider=self.spec.provider,
-            usage={"input_tokens": input_tokens, "output_tokens": output_tokens,
-                   "cache_read_input_tokens": cached},
-        )  # fmt: skip
+            usage={
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "cache_read_input_tokens": cached,
+            },
+        )
         return (None if r.total is None else float(r.total)), r.status
 
     def estimate_cost(self, inputs: str, outputs: str) -> float | None:

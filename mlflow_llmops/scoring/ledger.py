@@ -131,11 +131,19 @@ def _dialect_insert(dialect: str) -> Any:
 
 #: ``_confirm_many_pg``: array parameter name -> SQL type of its elements (in VALUES order).
 _CONFIRM_ARRAYS = {
-    "trace_id": "TEXT", "scorer": "TEXT", "version": "INTEGER", "state": "TEXT",
-    "value_num": "DOUBLE PRECISION", "passed": "BOOLEAN", "error": "TEXT", "now_ms": "BIGINT",
-    "add_cost": "DOUBLE PRECISION", "assessment_id": "TEXT", "adopted": "BOOLEAN",
+    "trace_id": "TEXT",
+    "scorer": "TEXT",
+    "version": "INTEGER",
+    "state": "TEXT",
+    "value_num": "DOUBLE PRECISION",
+    "passed": "BOOLEAN",
+    "error": "TEXT",
+    "now_ms": "BIGINT",
+    "add_cost": "DOUBLE PRECISION",
+    "assessment_id": "TEXT",
+    "adopted": "BOOLEAN",
     "keep_assessment": "BOOLEAN",
-}  # fmt: skip
+}
 _CONFIRM_PG = sa.text(
     f"UPDATE {ledger_table.name} AS l SET state = v.state, value_num = v.value_num, "
     "passed = v.passed, scored_ms = v.now_ms, "
@@ -222,9 +230,12 @@ class Ledger:
         return sa.and_(t.trace_id == key.trace_id, t.scorer == key.scorer, t.version == key.version)
 
     def finished(
-        self, scorer: str, version: int, trace_ids: Iterable[str],
+        self,
+        scorer: str,
+        version: int,
+        trace_ids: Iterable[str],
         states: Sequence[str] = ("done", "error", "failed"),
-    ) -> set[str]:  # fmt: skip
+    ) -> set[str]:
         """Trace ids a scan of new traces leaves alone: done, given up on, or errored (those
         are tried again by ``retry_due`` after a backoff)."""
         ids = list(trace_ids)
@@ -246,9 +257,14 @@ class Ledger:
         return out
 
     def retry_due(
-        self, scorer: str, version: int, *, before_ms: int, limit: int,
+        self,
+        scorer: str,
+        version: int,
+        *,
+        before_ms: int,
+        limit: int,
         experiment_ids: Sequence[str] | None = None,
-    ) -> list[str]:  # fmt: skip
+    ) -> list[str]:
         """Errored traces with attempts left whose last attempt ended before ``before_ms``."""
         t = ledger_table.c
         q = (
@@ -264,15 +280,21 @@ class Ledger:
             .limit(limit)
         )
         if experiment_ids:
-            q = q.where(sa.or_(t.experiment_id.in_(list(experiment_ids)),
-                               t.experiment_id.is_(None)))  # fmt: skip
+            q = q.where(
+                sa.or_(t.experiment_id.in_(list(experiment_ids)), t.experiment_id.is_(None))
+            )
         with self.store.engine.connect() as conn:
             return [r[0] for r in conn.execute(q)]
 
     def claim(
-        self, key: LedgerKey, *, now_ms: int, trace_timestamp_ms: int, experiment_id: str | None,
+        self,
+        key: LedgerKey,
+        *,
+        now_ms: int,
+        trace_timestamp_ms: int,
+        experiment_id: str | None,
         job_id: str | None = None,
-    ) -> Claim:  # fmt: skip
+    ) -> Claim:
         """Take the key for this worker, or say why not (``Claim.kind``)."""
         try:
             with self.store.engine.begin() as conn:
@@ -287,9 +309,12 @@ class Ledger:
         return self._take_existing(key, now_ms=now_ms, job_id=job_id)
 
     def claim_many(
-        self, items: Sequence[tuple[LedgerKey, int, str | None]], *, now_ms: int,
+        self,
+        items: Sequence[tuple[LedgerKey, int, str | None]],
+        *,
+        now_ms: int,
         job_id: str | None = None,
-    ) -> list[Claim]:  # fmt: skip
+    ) -> list[Claim]:
         """``claim`` for many ``(key, trace_timestamp_ms, experiment_id)`` at once, in order.
 
         The new keys are inserted by one statement (``ON CONFLICT DO NOTHING ... RETURNING``),
@@ -298,8 +323,10 @@ class Ledger:
         if not items:
             return []
         if not self._batch_insert_ok():
-            return [self.claim(k, now_ms=now_ms, trace_timestamp_ms=ts, experiment_id=e,
-                               job_id=job_id) for k, ts, e in items]  # fmt: skip
+            return [
+                self.claim(k, now_ms=now_ms, trace_timestamp_ms=ts, experiment_id=e, job_id=job_id)
+                for k, ts, e in items
+            ]
         insert = _dialect_insert(self.store.dialect)
         t = ledger_table.c
         by_scorer: dict[tuple[str, int], list[tuple[LedgerKey, int, str | None]]] = {}
@@ -313,13 +340,21 @@ class Ledger:
             with self.store.engine.begin() as conn:
                 if self.store.dialect == "postgresql":
                     # one statement whatever the batch size: the keys as arrays
-                    taken = set(conn.execute(_CLAIM_PG, {
-                        "scorer": scorer, "version": version, "holder": self.holder,
-                        "now_ms": now_ms, "job_id": job_id,
-                        "trace_ids": [k.trace_id for k, _, _ in group],
-                        "timestamps": [ts for _, ts, _ in group],
-                        "experiment_ids": [e for _, _, e in group],
-                    }).scalars())  # fmt: skip
+                    taken = set(
+                        conn.execute(
+                            _CLAIM_PG,
+                            {
+                                "scorer": scorer,
+                                "version": version,
+                                "holder": self.holder,
+                                "now_ms": now_ms,
+                                "job_id": job_id,
+                                "trace_ids": [k.trace_id for k, _, _ in group],
+                                "timestamps": [ts for _, ts, _ in group],
+                                "experiment_ids": [e for _, _, e in group],
+                            },
+                        ).scalars()
+                    )
                 else:
                     # one cached statement run with many parameter sets: SQLAlchemy sends
                     # them as multi-row INSERTs ("insertmanyvalues") and gathers the
@@ -332,8 +367,9 @@ class Ledger:
                     rows = [self._new_row(k, now_ms, ts, e, job_id) for k, ts, e in group]
                     taken = {r[0] for r in conn.execute(stmt, rows)}
             rest = [k for k, _, _ in group if k.trace_id not in taken]
-            finished = self.finished(scorer, version, (k.trace_id for k in rest),
-                                     states=("done", "failed"))  # fmt: skip
+            finished = self.finished(
+                scorer, version, (k.trace_id for k in rest), states=("done", "failed")
+            )
             for k, _, _ in group:
                 if k.trace_id in taken:
                     claims[k] = Claim("new")
@@ -348,8 +384,14 @@ class Ledger:
             getattr(self.store.engine.dialect, "insert_returning", False)
         )
 
-    def _new_row(self, key: LedgerKey, now_ms: int, trace_timestamp_ms: int,
-                 experiment_id: str | None, job_id: str | None) -> dict[str, Any]:  # fmt: skip
+    def _new_row(
+        self,
+        key: LedgerKey,
+        now_ms: int,
+        trace_timestamp_ms: int,
+        experiment_id: str | None,
+        job_id: str | None,
+    ) -> dict[str, Any]:
         return {
             "trace_id": key.trace_id,
             "scorer": key.scorer,
@@ -395,7 +437,7 @@ class Ledger:
                     claimed_ms=now_ms,
                     job_id=job_id,
                     attempts=attempts,
-                )  # fmt: skip
+                )
             ).rowcount
             return Claim(kind, attempts, row.assessment_id) if taken == 1 else _SKIP
 
@@ -410,13 +452,26 @@ class Ledger:
         with self.store.engine.begin() as conn:
             conn.execute(
                 ledger_table.update()
-                .where(t.trace_id == sa.bindparam("k_trace"), t.scorer == sa.bindparam("k_scorer"),
-                       t.version == sa.bindparam("k_version"), t.holder == self.holder)
-                .values(cost_usd=sa.func.coalesce(t.cost_usd, 0.0)
-                        + sa.bindparam("b_cost", type_=sa.Float)),
-                [{"k_trace": k.trace_id, "k_scorer": k.scorer, "k_version": k.version,
-                  "b_cost": c} for k, c in costs],
-            )  # fmt: skip
+                .where(
+                    t.trace_id == sa.bindparam("k_trace"),
+                    t.scorer == sa.bindparam("k_scorer"),
+                    t.version == sa.bindparam("k_version"),
+                    t.holder == self.holder,
+                )
+                .values(
+                    cost_usd=sa.func.coalesce(t.cost_usd, 0.0)
+                    + sa.bindparam("b_cost", type_=sa.Float)
+                ),
+                [
+                    {
+                        "k_trace": k.trace_id,
+                        "k_scorer": k.scorer,
+                        "k_version": k.version,
+                        "b_cost": c,
+                    }
+                    for k, c in costs
+                ],
+            )
 
     def job_spend(self, job_id: str) -> float:
         """Judge spend of a backfill job: the costs recorded on the ledger rows it claimed."""
@@ -428,20 +483,37 @@ class Ledger:
         return float(total or 0.0)
 
     def confirm(
-        self, key: LedgerKey, *, state: str, now_ms: int, value_num: float | None = None,
-        passed: bool | None = None, assessment_id: str | None = None, error: str | None = None,
+        self,
+        key: LedgerKey,
+        *,
+        state: str,
+        now_ms: int,
+        value_num: float | None = None,
+        passed: bool | None = None,
+        assessment_id: str | None = None,
+        error: str | None = None,
         cost_usd: float | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """End this attempt; an ``error`` keeps what an earlier attempt logged, and the cost
         adds up over the attempts (failed judge calls are paid for too)."""
-        self.confirm_many([Confirmation(key, state, now_ms, value_num, passed, assessment_id,
-                                        error, cost_usd)])  # fmt: skip
+        self.confirm_many(
+            [Confirmation(key, state, now_ms, value_num, passed, assessment_id, error, cost_usd)]
+        )
 
-    def adopt(self, key: LedgerKey, *, state: str, now_ms: int, assessment_id: str,
-              value_num: float | None = None, passed: bool | None = None) -> None:  # fmt: skip
+    def adopt(
+        self,
+        key: LedgerKey,
+        *,
+        state: str,
+        now_ms: int,
+        assessment_id: str,
+        value_num: float | None = None,
+        passed: bool | None = None,
+    ) -> None:
         """Record what a crashed holder logged but did not confirm (no attempt is counted)."""
-        self.confirm_many([Confirmation(key, state, now_ms, value_num, passed, assessment_id,
-                                        adopted=True)])  # fmt: skip
+        self.confirm_many(
+            [Confirmation(key, state, now_ms, value_num, passed, assessment_id, adopted=True)]
+        )
 
     def confirm_many(self, items: Sequence[Confirmation]) -> None:
         """``confirm`` (and ``adopt``) many keys in one transaction: one executemany per
@@ -454,14 +526,25 @@ class Ledger:
         t = ledger_table.c
         shapes: dict[tuple[bool, bool, bool], list[dict[str, Any]]] = {}
         for c in items:
-            shape = (c.adopted, c.state == "error",
-                     c.cost_usd is not None and not c.adopted and not c.cost_paid)  # fmt: skip
-            shapes.setdefault(shape, []).append({
-                "k_trace": c.key.trace_id, "k_scorer": c.key.scorer, "k_version": c.key.version,
-                "b_state": c.state, "b_value": c.value_num, "b_passed": c.passed,
-                "b_error": c.error[:4000] if c.error else None, "b_now": c.now_ms,
-                "b_cost": c.cost_usd, "b_assessment": c.assessment_id,
-            })  # fmt: skip
+            shape = (
+                c.adopted,
+                c.state == "error",
+                c.cost_usd is not None and not c.adopted and not c.cost_paid,
+            )
+            shapes.setdefault(shape, []).append(
+                {
+                    "k_trace": c.key.trace_id,
+                    "k_scorer": c.key.scorer,
+                    "k_version": c.key.version,
+                    "b_state": c.state,
+                    "b_value": c.value_num,
+                    "b_passed": c.passed,
+                    "b_error": c.error[:4000] if c.error else None,
+                    "b_now": c.now_ms,
+                    "b_cost": c.cost_usd,
+                    "b_assessment": c.assessment_id,
+                }
+            )
         with self.store.engine.begin() as conn:
             for (adopted, is_error, has_cost), params in shapes.items():
                 values: dict[str, Any] = {
@@ -500,13 +583,27 @@ class Ledger:
         batch; twelve arrays keep one cached statement whatever the batch size."""
         cols: dict[str, list[Any]] = {k: [] for k in _CONFIRM_ARRAYS}
         for c in items:
-            add_cost = c.cost_usd if c.cost_usd is not None and not (
-                c.adopted or c.cost_paid) else None  # fmt: skip
-            for k, v in zip(_CONFIRM_ARRAYS, (
-                c.key.trace_id, c.key.scorer, c.key.version, c.state, c.value_num, c.passed,
-                c.error[:4000] if c.error else None, c.now_ms, add_cost, c.assessment_id,
-                c.adopted, not c.adopted and c.state == "error",
-            ), strict=True):  # fmt: skip
+            add_cost = (
+                c.cost_usd if c.cost_usd is not None and not (c.adopted or c.cost_paid) else None
+            )
+            for k, v in zip(
+                _CONFIRM_ARRAYS,
+                (
+                    c.key.trace_id,
+                    c.key.scorer,
+                    c.key.version,
+                    c.state,
+                    c.value_num,
+                    c.passed,
+                    c.error[:4000] if c.error else None,
+                    c.now_ms,
+                    add_cost,
+                    c.assessment_id,
+                    c.adopted,
+                    not c.adopted and c.state == "error",
+                ),
+                strict=True,
+            ):
                 cols[k].append(v)
         with self.store.engine.begin() as conn:  # one transaction, as on the other stores
             relaxed_commit(conn)
@@ -526,8 +623,9 @@ class Ledger:
                 (retry, ledger_table.update().values(state="error")),
             ):
                 for k in keys:
-                    conn.execute(stmt.where(self._where(k), t.holder == self.holder,
-                                            t.state == "claimed"))  # fmt: skip
+                    conn.execute(
+                        stmt.where(self._where(k), t.holder == self.holder, t.state == "claimed")
+                    )
 
     def forget_errors(self, scorer: str, version: int, trace_ids: Iterable[str]) -> int:
         """Drop the error rows of traces that no longer exist."""
@@ -535,10 +633,12 @@ class Ledger:
         with self.store.engine.begin() as conn:
             return conn.execute(
                 ledger_table.delete().where(
-                    t.scorer == scorer, t.version == version, t.state == "error",
+                    t.scorer == scorer,
+                    t.version == version,
+                    t.state == "error",
                     t.trace_id.in_(list(trace_ids)),
                 )
-            ).rowcount  # fmt: skip
+            ).rowcount
 
     def reset_errors(self, scorer: str, version: int) -> int:
         """Give every errored or given-up trace of this scorer version a fresh set of
@@ -547,7 +647,6 @@ class Ledger:
         with self.store.engine.begin() as conn:
             return conn.execute(
                 ledger_table.update()
-                .where(t.scorer == scorer, t.version == version,
-                       t.state.in_(("error", "failed")))
+                .where(t.scorer == scorer, t.version == version, t.state.in_(("error", "failed")))
                 .values(state="error", attempts=0)
-            ).rowcount  # fmt: skip
+            ).rowcount

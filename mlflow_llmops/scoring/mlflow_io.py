@@ -57,19 +57,27 @@ def _sql_store_parts(store: Any) -> dict[str, Any] | None:
         from mlflow.store.tracking.utils.sql_trace_rollups import rollups_enabled
     except ImportError:
         return None
-    if type(store) is not SqlAlchemyStore or not callable(getattr(store, "ManagedSessionMaker",
-                                                                 None)):  # fmt: skip
+    if type(store) is not SqlAlchemyStore or not callable(
+        getattr(store, "ManagedSessionMaker", None)
+    ):
         return None
-    if not all(hasattr(SqlAssessments, a) for a in ("from_mlflow_entity", "to_mlflow_entity",
-                                                    "experiment_id", "trace_timestamp_ms")):  # fmt: skip
+    if not all(
+        hasattr(SqlAssessments, a)
+        for a in ("from_mlflow_entity", "to_mlflow_entity", "experiment_id", "trace_timestamp_ms")
+    ):
         return None
     # (attribute, column name) of every mapped column: the Core values of an ORM row
     columns = [(p.key, p.columns[0].name) for p in sa.inspect(SqlAssessments).column_attrs]
-    return {"assessments": SqlAssessments, "trace_info": SqlTraceInfo,
-            "to_row": _plain_row_builder(SqlAssessments),
-            "table": SqlAssessments.__table__, "columns": columns,
-            "insert_pg": _unnest_insert(SqlAssessments.__table__, [c for _, c in columns]),
-            "rollups_enabled": rollups_enabled, "db_type": getattr(store, "db_type", None)}  # fmt: skip
+    return {
+        "assessments": SqlAssessments,
+        "trace_info": SqlTraceInfo,
+        "to_row": _plain_row_builder(SqlAssessments),
+        "table": SqlAssessments.__table__,
+        "columns": columns,
+        "insert_pg": _unnest_insert(SqlAssessments.__table__, [c for _, c in columns]),
+        "rollups_enabled": rollups_enabled,
+        "db_type": getattr(store, "db_type", None),
+    }
 
 
 class _PlainRow:
@@ -93,8 +101,9 @@ def _plain_row_builder(sql_assessment: Any) -> Callable[[Any], Any]:
     code = getattr(fn, "__code__", None)
     if code is None or "SqlAssessments" not in code.co_names or fn.__closure__:
         return sql_assessment.from_mlflow_entity
-    plain = types.FunctionType(code, {**fn.__globals__, "SqlAssessments": _PlainRow},
-                               fn.__name__, fn.__defaults__)  # fmt: skip
+    plain = types.FunctionType(
+        code, {**fn.__globals__, "SqlAssessments": _PlainRow}, fn.__name__, fn.__defaults__
+    )
     return lambda a: plain(sql_assessment, a)
 
 
@@ -110,8 +119,13 @@ def _unnest_insert(table: sa.Table, columns: Sequence[str]) -> Any:
         return ARRAY(sa.String() if isinstance(t, sa.String) else t)
 
     cols = [table.c[c] for c in columns]
-    rows = sa.func.unnest(*(sa.cast(sa.bindparam(f"c{i}"), array_of(c.type))
-                            for i, c in enumerate(cols))).table_valued(*columns).render_derived()  # fmt: skip
+    rows = (
+        sa.func.unnest(
+            *(sa.cast(sa.bindparam(f"c{i}"), array_of(c.type)) for i, c in enumerate(cols))
+        )
+        .table_valued(*columns)
+        .render_derived()
+    )
     return sa.insert(table).from_select(list(columns), sa.select(*rows.c))
 
 
@@ -142,15 +156,17 @@ def _read_sql_traces(store: Any, trace_ids: Sequence[str]) -> list[Trace]:
         )
     out = []
     for info in infos:
-        data = store._get_spans_with_trace_info(info, spans.get(info.trace_id, []),
-                                                allow_partial=False)  # fmt: skip
+        data = store._get_spans_with_trace_info(
+            info, spans.get(info.trace_id, []), allow_partial=False
+        )
         if data is not None:  # None: not fully exported yet, as batch_get_traces skips it
             out.append(Trace(info=info, data=TraceData(spans=data)))
     return out
 
 
-def search_trace_rows(store: Any, experiment_ids: Sequence[str], filter_string: str | None
-                      ) -> list[tuple[str, int, str, str]]:  # fmt: skip
+def search_trace_rows(
+    store: Any, experiment_ids: Sequence[str], filter_string: str | None
+) -> list[tuple[str, int, str, str]]:
     """``(trace id, timestamp, request preview, response preview)`` of every trace that
     ``search_traces(filter_string, order_by=["timestamp_ms ASC"])`` of MLflow's SQL store
     returns, in that order: the same query (MLflow's own filter and order clauses), in one
@@ -174,9 +190,11 @@ def search_trace_rows(store: Any, experiment_ids: Sequence[str], filter_string: 
         if cases:
             stmt = stmt.add_columns(*cases)
         filters = sql_store._get_filter_clauses_for_search_traces(
-            filter_string, session, store._get_dialect(),
+            filter_string,
+            session,
+            store._get_dialect(),
             store._trace_query(session).filter(in_locations),
-        )  # fmt: skip
+        )
         stmt = store._apply_trace_filter_clauses(stmt, *filters)
         for j in joins:
             stmt = stmt.outerjoin(j)
@@ -296,10 +314,15 @@ class AssessmentWriter:
         ids = sorted({tid for tid, _ in items})
         store = self.client.store
         with store.ManagedSessionMaker(read_only=False) as session:
-            q = session.query(
-                sql_trace_info.request_id, sql_trace_info.experiment_id,
-                sql_trace_info.timestamp_ms,
-            ).filter(sql_trace_info.request_id.in_(ids)).order_by(sql_trace_info.request_id)  # fmt: skip
+            q = (
+                session.query(
+                    sql_trace_info.request_id,
+                    sql_trace_info.experiment_id,
+                    sql_trace_info.timestamp_ms,
+                )
+                .filter(sql_trace_info.request_id.in_(ids))
+                .order_by(sql_trace_info.request_id)
+            )
             if parts["db_type"] != "sqlite":
                 # as create_assessment: hold the trace rows against concurrent span writes
                 q = q.with_for_update()
@@ -308,10 +331,12 @@ class AssessmentWriter:
             result: list[Any] = []
             for tid, a in items:
                 if tid not in found:
-                    result.append(MlflowException(
-                        f"Trace with ID '{tid}' not found. It may have been deleted.",
-                        RESOURCE_DOES_NOT_EXIST,
-                    ))  # fmt: skip
+                    result.append(
+                        MlflowException(
+                            f"Trace with ID '{tid}' not found. It may have been deleted.",
+                            RESOURCE_DOES_NOT_EXIST,
+                        )
+                    )
                     continue
                 a.trace_id = tid
                 # MLflow's own mapping of the entity to its row, then Core values of that row
@@ -320,8 +345,10 @@ class AssessmentWriter:
                 row.trace_timestamp_ms = found[tid][2]
                 rows.append({col: getattr(row, attr) for attr, col in parts["columns"]})
                 a.assessment_id = row.assessment_id
-                a.create_time_ms, a.last_update_time_ms = (row.created_timestamp,
-                                                           row.last_updated_timestamp)  # fmt: skip
+                a.create_time_ms, a.last_update_time_ms = (
+                    row.created_timestamp,
+                    row.last_updated_timestamp,
+                )
                 a.valid = row.valid
                 result.append(a)
             if rows:
@@ -329,8 +356,10 @@ class AssessmentWriter:
                 # executemany of one prepared INSERT elsewhere (SQLite: a C loop, no parsing)
                 if parts["db_type"] == "postgresql":
                     names = [c for _, c in parts["columns"]]
-                    session.execute(parts["insert_pg"], {f"c{i}": [r[c] for r in rows]
-                                                         for i, c in enumerate(names)})  # fmt: skip
+                    session.execute(
+                        parts["insert_pg"],
+                        {f"c{i}": [r[c] for r in rows] for i, c in enumerate(names)},
+                    )
                 else:
                     session.execute(sa.insert(parts["table"]), rows)
         self.batches += 1
@@ -356,6 +385,5 @@ class AssessmentWriter:
             return [self._log_one(tid, a) for tid, a in items]
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._parallel,
-                                                thread_name_prefix="llmops-log")  # fmt: skip
+                self._pool = ThreadPoolExecutor(self._parallel, thread_name_prefix="llmops-log")
         return list(self._pool.map(lambda it: self._log_one(*it), items))

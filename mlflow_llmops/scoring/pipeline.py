@@ -58,8 +58,9 @@ def fewer_gc_pauses() -> Iterator[None]:
     with _gc_lock:
         if _gc_users == 0:
             _gc_saved = gc.get_threshold()
-            gc.set_threshold(*(max(a, b) for a, b in zip(_gc_saved, SCORING_GC_THRESHOLD,
-                                                         strict=True)))  # fmt: skip
+            gc.set_threshold(
+                *(max(a, b) for a, b in zip(_gc_saved, SCORING_GC_THRESHOLD, strict=True))
+            )
         _gc_users += 1
     try:
         yield
@@ -113,8 +114,9 @@ class ScoringPipeline:
         self._done: list[TraceOutcome] = []
         self._error: BaseException | None = None
         self._queued: dict[int, tuple[Trace, Any]] = {}  # claimed, not started by a scorer
-        self._writer = threading.Thread(target=self._write_loop, name="llmops-score-writer",
-                                        daemon=True)  # fmt: skip
+        self._writer = threading.Thread(
+            target=self._write_loop, name="llmops-score-writer", daemon=True
+        )
         self._writer.start()
         self._closed = False
 
@@ -136,15 +138,18 @@ class ScoringPipeline:
         low = 2 * self.concurrency
         if self._avg_s is None or self._timed < self.concurrency:
             return low
-        return max(low, min(self.max_ahead,
-                            int(self.concurrency * self.horizon_s / max(self._avg_s, 1e-4))))  # fmt: skip
+        return max(
+            low,
+            min(self.max_ahead, int(self.concurrency * self.horizon_s / max(self._avg_s, 1e-4))),
+        )
 
     def _room(self) -> int:
         """Free places, once at least half the look-ahead is free. Refills grow by doubling,
         so the first large one (slow to read and claim) never starts on an empty queue."""
         ahead = self.ahead()
-        free = min(ahead - self._scoring,
-                   ahead + 2 * self.max_batch - self._scoring - self._writing)  # fmt: skip
+        free = min(
+            ahead - self._scoring, ahead + 2 * self.max_batch - self._scoring - self._writing
+        )
         if free < max(1, ahead // 2):
             return 0
         return min(free, max(2 * self.concurrency, 2 * self._last_put))
@@ -193,10 +198,14 @@ class ScoringPipeline:
         nothing is pending); the outcomes not returned yet."""
         with self._cv:
             self._cv.wait_for(
-                lambda: bool(self._done) or self._error is not None
-                or self._scoring + self._writing == 0 or (for_room and self._room() > 0),
+                lambda: (
+                    bool(self._done)
+                    or self._error is not None
+                    or self._scoring + self._writing == 0
+                    or (for_room and self._room() > 0)
+                ),
                 timeout,
-            )  # fmt: skip
+            )
             self._raise()
             out, self._done = self._done, []
             return out
@@ -298,8 +307,12 @@ class ScoringPipeline:
             try:
                 self.worker.ledger.release([(self.worker.key(t), c) for t, c in never])
             except Exception:  # noqa: BLE001 - the store may be what failed: leases expire
-                log.warning("could not give back %d unscored claims; they are taken over "
-                            "after scoring.lease_ttl_s", len(never), exc_info=True)  # fmt: skip
+                log.warning(
+                    "could not give back %d unscored claims; they are taken over "
+                    "after scoring.lease_ttl_s",
+                    len(never),
+                    exc_info=True,
+                )
 
     def __enter__(self) -> ScoringPipeline:
         return self

@@ -110,9 +110,12 @@ def _index_ledger_jobs(conn: sa.Connection) -> None:
     takes the next pending items in time order: index them so."""
     for table, name, cols in (
         (ledger_table, "ix_llmops_scoring_ledger_job", "job_id"),
-        (backfill_items_table, "ix_llmops_backfill_items_next",
-         "job_id, state, trace_timestamp_ms"),
-    ):  # fmt: skip
+        (
+            backfill_items_table,
+            "ix_llmops_backfill_items_next",
+            "job_id, state, trace_timestamp_ms",
+        ),
+    ):
         insp = sa.inspect(conn)
         if not insp.has_table(table.name):
             table.create(conn)  # with its indexes
@@ -135,7 +138,7 @@ SCORING_MIGRATIONS: tuple[Migration, ...] = (
         3,
         "ledger rows by backfill job (spend), backfill items by time",
         _index_ledger_jobs,
-    ),  # fmt: skip
+    ),
 )
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,199}$")
@@ -314,10 +317,10 @@ class ScorerRegistry:
             if value is not _UNSET:
                 changes[key] = dict(value) if key == "params" else value
         logic_changed = any(
-            k in changes and changes[k] != (dict(getattr(current, k)) if k == "params" else
-                                            getattr(current, k))
+            k in changes
+            and changes[k] != (dict(getattr(current, k)) if k == "params" else getattr(current, k))
             for k in ("ref", "params")
-        )  # fmt: skip
+        )
         version = current.version + 1 if (logic_changed or new_version) else current.version
         spec = replace(current, **changes, version=version, updated_ms=to_ms(now)).validate()
         self._write(spec)

@@ -131,15 +131,20 @@ def resolve(
         def score_judge(trace: Trace) -> ScoreOutput:
             inputs, outputs = root_io(trace)
             exp = expectations_of(trace)
-            r = judge.judge(question_text(inputs), answer_text(outputs),
-                            json.dumps(exp, default=str) if exp else "")  # fmt: skip
+            r = judge.judge(
+                question_text(inputs),
+                answer_text(outputs),
+                json.dumps(exp, default=str) if exp else "",
+            )
             meta = {f"llmops.judge.{k}": f"{v:g}" for k, v in r.scores.items()}
-            meta.update({
-                "mlflow.assessment.judgeInputTokens": str(r.input_tokens),
-                "mlflow.assessment.judgeOutputTokens": str(r.output_tokens),
-                "llmops.judge.model": jspec.model,
-                "llmops.judge.cost_status": r.cost_status,
-            })  # fmt: skip
+            meta.update(
+                {
+                    "mlflow.assessment.judgeInputTokens": str(r.input_tokens),
+                    "mlflow.assessment.judgeOutputTokens": str(r.output_tokens),
+                    "llmops.judge.model": jspec.model,
+                    "llmops.judge.cost_status": r.cost_status,
+                }
+            )
             if r.cost_usd is not None:
                 meta["mlflow.assessment.judgeCost"] = f"{r.cost_usd:.10f}"
             return ScoreOutput([Feedback(value=r.value, rationale=r.rationale)], r.cost_usd, meta)
@@ -195,8 +200,9 @@ def resolve(
 
     def score_code(trace: Trace) -> ScoreOutput:
         inputs, outputs = root_io(trace)
-        result = obj.run(inputs=inputs, outputs=outputs, expectations=expectations_of(trace),
-                         trace=trace)  # fmt: skip
+        result = obj.run(
+            inputs=inputs, outputs=outputs, expectations=expectations_of(trace), trace=trace
+        )
         return ScoreOutput(_normalise(result))
 
     return ResolvedScorer(spec, source, score_code, None, threshold)

@@ -195,8 +195,12 @@ class TraceScorer:
         self.client = TracingClient(tracking_uri)
         self.writer = AssessmentWriter(self.client)
         self.clock = clock
-        self.ledger = Ledger(store, holder or new_holder_id(),
-                             lease_ttl_ms=int(lease_ttl_s * 1000), max_attempts=max_attempts)  # fmt: skip
+        self.ledger = Ledger(
+            store,
+            holder or new_holder_id(),
+            lease_ttl_ms=int(lease_ttl_s * 1000),
+            max_attempts=max_attempts,
+        )
         self.job_id = job_id
         #: an MLflow run the assessments belong to (a backfill's ``--run-name``), as
         #: ``mlflow.genai.evaluate`` links its own: they then show beside evaluation runs
@@ -223,8 +227,9 @@ class TraceScorer:
         """Claim every trace in one go; ``Claim.kind == "skip"``: leave it alone."""
         return self.ledger.claim_many(
             [(self.key(t), t.info.timestamp_ms, t.info.experiment_id) for t in traces],
-            now_ms=to_ms(self.clock.now()), job_id=self.job_id,
-        )  # fmt: skip
+            now_ms=to_ms(self.clock.now()),
+            job_id=self.job_id,
+        )
 
     def evaluate(self, trace: Trace, claim: Claim) -> PendingWrite:
         """Run the scorer on a claimed trace; never raises for the scorer's failure."""
@@ -241,18 +246,20 @@ class TraceScorer:
             if found is not None and getattr(found, "error", None) is not None:
                 return PendingWrite(
                     TraceOutcome(info.trace_id, "failed", error=found.error.error_message),
-                    confirm=Confirmation(key, "failed", now_ms,
-                                         assessment_id=found.assessment_id, adopted=True),
-                )  # fmt: skip
+                    confirm=Confirmation(
+                        key, "failed", now_ms, assessment_id=found.assessment_id, adopted=True
+                    ),
+                )
             if found is not None:
                 value = getattr(found, "value", None)
                 num = value_number(value)
                 passed = passed_of(value, self.resolved.pass_threshold)
                 return PendingWrite(
                     TraceOutcome(info.trace_id, "adopted", num),
-                    confirm=Confirmation(key, "done", now_ms, num, passed,
-                                         found.assessment_id, adopted=True),
-                )  # fmt: skip
+                    confirm=Confirmation(
+                        key, "done", now_ms, num, passed, found.assessment_id, adopted=True
+                    ),
+                )
         source = AssessmentSource(source_type=self.resolved.source_type, source_id=spec.source_id)
         meta = {META_SCORER: spec.name, META_VERSION: str(spec.version)}
         if self.run_id is not None:
@@ -275,33 +282,44 @@ class TraceScorer:
             if attempt < self.ledger.max_attempts:  # tried again later
                 return PendingWrite(
                     TraceOutcome(info.trace_id, "error", error=msg, cost_usd=cost),
-                    confirm=Confirmation(key, "error", now_ms, error=msg, cost_usd=cost,
-                                         cost_paid=True),
-                )  # fmt: skip
-            err = AssessmentError(error_code=type(e).__name__,
-                                  error_message=f"{e} (gave up after {attempt} attempts)")  # fmt: skip
-            fb = Feedback(name=spec.name, error=err, source=source,
-                          metadata={**meta, META_ATTEMPTS: str(attempt)})  # fmt: skip
+                    confirm=Confirmation(
+                        key, "error", now_ms, error=msg, cost_usd=cost, cost_paid=True
+                    ),
+                )
+            err = AssessmentError(
+                error_code=type(e).__name__, error_message=f"{e} (gave up after {attempt} attempts)"
+            )
+            fb = Feedback(
+                name=spec.name,
+                error=err,
+                source=source,
+                metadata={**meta, META_ATTEMPTS: str(attempt)},
+            )
             fb.overrides = replaces
             return PendingWrite(
                 TraceOutcome(info.trace_id, "failed", error=msg, cost_usd=cost),
                 [fb],
                 Confirmation(key, "failed", now_ms, error=msg, cost_usd=cost, cost_paid=True),
-            )  # fmt: skip
+            )
         done_ms = to_ms(self.clock.now())
         if not out.feedbacks:
             return PendingWrite(
                 TraceOutcome(info.trace_id, "not_applicable", cost_usd=out.cost_usd),
                 confirm=Confirmation(key, "done", done_ms, cost_usd=out.cost_usd, cost_paid=True),
-            )  # fmt: skip
+            )
         meta.update(out.extra_metadata)
         feedbacks = []
         for i, fb in enumerate(out.feedbacks):
             name = spec.name if (i == 0 or fb.name in (None, "feedback")) else fb.name
             if i > 0 and name == spec.name:
                 name = f"{spec.name}/{i}"
-            logged = Feedback(name=name, value=fb.value, rationale=fb.rationale, source=source,
-                              metadata={**(fb.metadata or {}), **meta})  # fmt: skip
+            logged = Feedback(
+                name=name,
+                value=fb.value,
+                rationale=fb.rationale,
+                source=source,
+                metadata={**(fb.metadata or {}), **meta},
+            )
             if i == 0:
                 logged.overrides = replaces
             feedbacks.append(logged)
@@ -310,9 +328,8 @@ class TraceScorer:
         return PendingWrite(
             TraceOutcome(info.trace_id, "done", num, passed, out.cost_usd),
             feedbacks,
-            Confirmation(key, "done", done_ms, num, passed, cost_usd=out.cost_usd,
-                         cost_paid=True),
-        )  # fmt: skip
+            Confirmation(key, "done", done_ms, num, passed, cost_usd=out.cost_usd, cost_paid=True),
+        )
 
     def commit(self, pending: Sequence[PendingWrite]) -> list[TraceOutcome]:
         """Log the Feedbacks of all ``pending`` (one MLflow transaction where the store
@@ -327,10 +344,17 @@ class TraceScorer:
             gone = next((r for r in results if isinstance(r, MlflowException)), None)
             if gone is not None and confirm is not None:
                 msg = f"{type(gone).__name__}: {gone.message}"
-                outcome = TraceOutcome(outcome.trace_id, "error", error=msg,
-                                       cost_usd=outcome.cost_usd)  # fmt: skip
-                confirm = replace(confirm, state="error", error=msg, value_num=None,
-                                  passed=None, assessment_id=None)  # fmt: skip
+                outcome = TraceOutcome(
+                    outcome.trace_id, "error", error=msg, cost_usd=outcome.cost_usd
+                )
+                confirm = replace(
+                    confirm,
+                    state="error",
+                    error=msg,
+                    value_num=None,
+                    passed=None,
+                    assessment_id=None,
+                )
             elif results and confirm is not None:
                 confirm = replace(confirm, assessment_id=results[0].assessment_id)
             if confirm is not None:
@@ -345,8 +369,9 @@ class TraceScorer:
         return self.commit([self.evaluate(trace, claim)])[0]
 
 
-def score_many(worker: TraceScorer, traces: Sequence[Trace], *, concurrency: int
-               ) -> list[TraceOutcome]:  # fmt: skip
+def score_many(
+    worker: TraceScorer, traces: Sequence[Trace], *, concurrency: int
+) -> list[TraceOutcome]:
     """Score traces in parallel, writing results in batches; never raises for a trace's
     failure."""
     from mlflow_llmops.scoring.pipeline import ScoringPipeline
@@ -382,12 +407,22 @@ def combine_filters(*parts: str | None) -> str | None:
     return " AND ".join(kept) or None
 
 
-def _search_page(client: Any, exp_ids: list[str], flt: str | None, limit: int,
-                 include_spans: bool, page_token: str | None = None) -> Any:  # fmt: skip
+def _search_page(
+    client: Any,
+    exp_ids: list[str],
+    flt: str | None,
+    limit: int,
+    include_spans: bool,
+    page_token: str | None = None,
+) -> Any:
     return client.search_traces(
-        locations=exp_ids, filter_string=flt, max_results=limit,
-        order_by=["timestamp_ms ASC"], include_spans=include_spans, page_token=page_token,
-    )  # fmt: skip
+        locations=exp_ids,
+        filter_string=flt,
+        max_results=limit,
+        order_by=["timestamp_ms ASC"],
+        include_spans=include_spans,
+        page_token=page_token,
+    )
 
 
 _WM_LOCK = threading.Lock()
@@ -409,23 +444,35 @@ def run_scorer_once(
     sc = config.scoring
     stats = ScorerRunStats(spec.name, spec.version)
     try:
-        resolved = resolve(spec, judge_defaults=sc.judge.model_dump(), limiter=limiter,
-                           calculator=calculator)  # fmt: skip
+        resolved = resolve(
+            spec, judge_defaults=sc.judge.model_dump(), limiter=limiter, calculator=calculator
+        )
     except Exception as e:  # noqa: BLE001 - a broken scorer must not stop the others
         stats.problem = f"{type(e).__name__}: {e}"
         return stats
     from mlflow_llmops.scoring.pipeline import ScoringPipeline, fewer_gc_pauses
 
-    worker = TraceScorer(resolved, tracking_uri=config.tracking.uri, store=store, clock=clock,
-                         lease_ttl_s=sc.lease_ttl_s, max_attempts=sc.max_attempts)  # fmt: skip
+    worker = TraceScorer(
+        resolved,
+        tracking_uri=config.tracking.uri,
+        store=store,
+        clock=clock,
+        lease_ttl_s=sc.lease_ttl_s,
+        max_attempts=sc.max_attempts,
+    )
     with fewer_gc_pauses(), ScoringPipeline(worker, concurrency=sc.concurrency) as pipe:
         return _run_scorer(worker, pipe, stats, config, store, now, exp_ids)
 
 
 def _run_scorer(
-    worker: TraceScorer, pipe: Any, stats: ScorerRunStats, config: Any, store: StateStore,
-    now: datetime, exp_ids: list[str],
-) -> ScorerRunStats:  # fmt: skip
+    worker: TraceScorer,
+    pipe: Any,
+    stats: ScorerRunStats,
+    config: Any,
+    store: StateStore,
+    now: datetime,
+    exp_ids: list[str],
+) -> ScorerRunStats:
     from mlflow.entities import TraceState
 
     sc, spec, client = config.scoring, worker.spec, worker.client
@@ -493,8 +540,9 @@ def _run_scorer(
         new_wm = min(new_wm, max(start_ms, todo[-1].timestamp_ms if todo else start_ms))
     late = None
     if budget > 0:
-        late = _late_arrivals(worker, pipe, stats, config, store, now_ms, exp_ids, scan_from,
-                              budget)  # fmt: skip
+        late = _late_arrivals(
+            worker, pipe, stats, config, store, now_ms, exp_ids, scan_from, budget
+        )
         take(late.outcomes)
     take(pipe.drain())  # every trace before the new watermark is written
     if late is not None:
@@ -515,9 +563,16 @@ MAX_ARRIVAL_MINUTES = 240
 
 
 def _late_arrivals(
-    worker: TraceScorer, pipe: Any, stats: ScorerRunStats, config: Any, store: StateStore,
-    now_ms: int, exp_ids: list[str], before_ms: int, budget: int,
-) -> LateScan:  # fmt: skip
+    worker: TraceScorer,
+    pipe: Any,
+    stats: ScorerRunStats,
+    config: Any,
+    store: StateStore,
+    now_ms: int,
+    exp_ids: list[str],
+    before_ms: int,
+    budget: int,
+) -> LateScan:
     """Traces that started before the start-time scan's window but were written since the
     last run: found by the minute the exporter stamped on them (``llmops.ingested_minute``),
     however late they came (a store outage, a spool replayed an hour later)."""
@@ -530,19 +585,28 @@ def _late_arrivals(
     raw = store.get_watermark(scan.watermark)
     last = now_ms // 60_000 * 60_000
     # one minute of overlap: a write may be stamped with a minute that was read as it ended
-    first = (int(json.loads(raw)["minute_ms"]) - 60_000 if raw
-             else last - int(max(sc.late_arrival_s, 60) * 1000) // 60_000 * 60_000)  # fmt: skip
+    first = (
+        int(json.loads(raw)["minute_ms"]) - 60_000
+        if raw
+        else last - int(max(sc.late_arrival_s, 60) * 1000) // 60_000 * 60_000
+    )
     first = max(first, last - MAX_ARRIVAL_MINUTES * 60_000)
     minute = first
     while minute <= last and budget > 0:
-        flt = combine_filters(spec.filter_string,
-                              f"metadata.`{INGESTED_MINUTE}` = '{ingested_minute(minute)}'",
-                              f"trace.timestamp_ms < {before_ms}")  # fmt: skip
+        flt = combine_filters(
+            spec.filter_string,
+            f"metadata.`{INGESTED_MINUTE}` = '{ingested_minute(minute)}'",
+            f"trace.timestamp_ms < {before_ms}",
+        )
         token = None
         while True:
             page = _search_page(client, exp_ids, flt, 500, False, token)
-            infos = [t.info for t in page if t.info.state != TraceState.IN_PROGRESS
-                     and sampled(t.info.trace_id, spec.name, spec.sample_rate)]  # fmt: skip
+            infos = [
+                t.info
+                for t in page
+                if t.info.state != TraceState.IN_PROGRESS
+                and sampled(t.info.trace_id, spec.name, spec.sample_rate)
+            ]
             done = worker.ledger.finished(spec.name, spec.version, (i.trace_id for i in infos))
             ids = [i.trace_id for i in infos if i.trace_id not in done][:budget]
             budget -= len(ids)
@@ -574,8 +638,9 @@ class LateScan:
         """Move the watermark on, but not past a trace another live worker holds."""
         if self.next_minute_ms is None:
             return
-        minute = min([self.next_minute_ms, *(self.minute_of[t] for t in held
-                                             if t in self.minute_of)])  # fmt: skip
+        minute = min(
+            [self.next_minute_ms, *(self.minute_of[t] for t in held if t in self.minute_of)]
+        )
         store.set_watermark(self.watermark, json.dumps({"minute_ms": minute}))
 
 
@@ -586,9 +651,13 @@ def _retry_errors(
     cycle's budget, so new traffic still moves on); how many."""
     spec, ledger = worker.spec, worker.ledger
     before_ms = to_ms(worker.clock.now()) - int(sc.retry_backoff_s * 1000)
-    due = ledger.retry_due(spec.name, spec.version, before_ms=before_ms,
-                           limit=(sc.max_traces_per_cycle + 1) // 2,
-                           experiment_ids=exp_ids)  # fmt: skip
+    due = ledger.retry_due(
+        spec.name,
+        spec.version,
+        before_ms=before_ms,
+        limit=(sc.max_traces_per_cycle + 1) // 2,
+        experiment_ids=exp_ids,
+    )
     for chunk in range(0, len(due), 200):
         ids = due[chunk : chunk + 200]
         traces = load_traces(worker.client, ids)
@@ -643,8 +712,13 @@ def run_due_scorers(
             try:
                 calculator = judge_calculator(config, clock)
             except Exception as e:  # noqa: BLE001 - bad prices stop the judges, not the rest
-                report.scorers.append(ScorerRunStats(spec.name, spec.version, problem=(
-                    f"cannot price the judge: {type(e).__name__}: {e}")))  # fmt: skip
+                report.scorers.append(
+                    ScorerRunStats(
+                        spec.name,
+                        spec.version,
+                        problem=(f"cannot price the judge: {type(e).__name__}: {e}"),
+                    )
+                )
                 continue
         report.scorers.append(
             run_scorer_once(
@@ -656,7 +730,7 @@ def run_due_scorers(
                 clock=clock,
                 limiter=limiter,
                 calculator=calculator,
-            )  # fmt: skip
+            )
         )
     return report
 

@@ -337,19 +337,38 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
                 self.wfile.flush()
 
-            start = {**message, "content": [], "stop_reason": None,
-                     "usage": {**usage, "output_tokens": 1}}  # fmt: skip
+            start = {
+                **message,
+                "content": [],
+                "stop_reason": None,
+                "usage": {**usage, "output_tokens": 1},
+            }
             send({"type": "message_start", "message": start})
-            send({"type": "content_block_start", "index": 0,
-                  "content_block": {"type": "text", "text": ""}})  # fmt: skip
+            send(
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                }
+            )
             for i, w in enumerate(text.split(" ")):
                 if server.config.stream_chunk_delay_s:
                     time.sleep(server.config.stream_chunk_delay_s)
-                send({"type": "content_block_delta", "index": 0,
-                      "delta": {"type": "text_delta", "text": w if i == 0 else " " + w}})  # fmt: skip
+                send(
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": w if i == 0 else " " + w},
+                    }
+                )
             send({"type": "content_block_stop", "index": 0})
-            send({"type": "message_delta", "delta": {"stop_reason": "end_turn",
-                  "stop_sequence": None}, "usage": {"output_tokens": usage["output_tokens"]}})  # fmt: skip
+            send(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": usage["output_tokens"]},
+                }
+            )
             send({"type": "message_stop"})
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()

@@ -336,10 +336,13 @@ class FakeSlackServer(FakeHttpServer):
         if method in ("conversations.history", "conversations.replies"):
             return answer(200, self._history(method, body, cid))
         if method == "conversations.list":
-            chans = [{"id": i, "name": n.lstrip("#"), "is_channel": True}
-                     for n, i in self.channels.items()]  # fmt: skip
-            return answer(200, {"ok": True, "channels": chans,
-                                "response_metadata": {"next_cursor": ""}})  # fmt: skip
+            chans = [
+                {"id": i, "name": n.lstrip("#"), "is_channel": True}
+                for n, i in self.channels.items()
+            ]
+            return answer(
+                200, {"ok": True, "channels": chans, "response_metadata": {"next_cursor": ""}}
+            )
         if method == "auth.test":
             return answer(200, {"ok": True, "user_id": "U0000", "team": "test"})
         return answer(200, {"ok": False, "error": "unknown_method"})

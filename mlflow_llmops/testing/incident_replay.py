@@ -56,10 +56,12 @@ def price_rates() -> dict[str, tuple[float, float]]:
     calc = CostCalculator.default()
     out = {}
     for model, provider, *_ in MODELS:
-        i = calc.cost(model=model, provider=provider,
-                      usage={"input_tokens": 1_000_000, "output_tokens": 0})  # fmt: skip
-        o = calc.cost(model=model, provider=provider,
-                      usage={"input_tokens": 0, "output_tokens": 1_000_000})  # fmt: skip
+        i = calc.cost(
+            model=model, provider=provider, usage={"input_tokens": 1_000_000, "output_tokens": 0}
+        )
+        o = calc.cost(
+            model=model, provider=provider, usage={"input_tokens": 0, "output_tokens": 1_000_000}
+        )
         if i.total is not None and o.total is not None:
             out[model] = (float(i.total) / 1e6, float(o.total) / 1e6)
     return out

@@ -44,12 +44,21 @@ class MlflowServer:
         for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
             env.pop(k, None)
         cmd = [
-            sys.executable, "-m", "mlflow", "server",
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--backend-store-uri", self.backend_store_uri,
-            "--default-artifact-root", self.artifact_root,
-            "--workers", "1",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--backend-store-uri",
+            self.backend_store_uri,
+            "--default-artifact-root",
+            self.artifact_root,
+            "--workers",
+            "1",
+        ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the subprocess
         self.proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -108,10 +108,14 @@ class OtlpReceiver:
                     for s in ss.spans:
                         out.append(
                             ReceivedSpan(
-                                s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(),
-                                s.name, attributes(s.attributes), res,
+                                s.trace_id.hex(),
+                                s.span_id.hex(),
+                                s.parent_span_id.hex(),
+                                s.name,
+                                attributes(s.attributes),
+                                res,
                             )
-                        )  # fmt: skip
+                        )
         return out
 
     def metrics(self) -> list[ReceivedMetric]:

@@ -256,10 +256,14 @@ class _MlflowCost:
             if not base:
                 self._rates[key] = None
             else:
-                cr = calc(
-                    model, {"input_tokens": m, "output_tokens": m, "cache_read_input_tokens": m},
-                    provider,
-                ) or base  # fmt: skip
+                cr = (
+                    calc(
+                        model,
+                        {"input_tokens": m, "output_tokens": m, "cache_read_input_tokens": m},
+                        provider,
+                    )
+                    or base
+                )
                 cw = (
                     calc(
                         model,
@@ -357,7 +361,7 @@ def _rows_for(
                     "mlflow.spanOutputs": outputs,
                     "mlflow.spanLogLevel": "10",
                 },
-            ),  # fmt: skip
+            ),
             "input_cost": None,
             "output_cost": None,
             "total_cost": None,
@@ -366,9 +370,15 @@ def _rows_for(
         }
     ]
     tokens = dict.fromkeys(
-        ("input_tokens", "output_tokens", "total_tokens", "cache_read_input_tokens",
-         "cache_creation_input_tokens"), 0
-    )  # fmt: skip
+        (
+            "input_tokens",
+            "output_tokens",
+            "total_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+        ),
+        0,
+    )
     cost_sum = {"input_cost": 0.0, "output_cost": 0.0, "total_cost": 0.0}
     any_cost = False
     for s in t.spans:

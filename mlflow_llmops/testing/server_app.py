@@ -126,8 +126,9 @@ def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found"]
     data = json.dumps(out).encode()
-    start_response("200 OK", [("Content-Type", "application/json"),
-                              ("Content-Length", str(len(data)))])  # fmt: skip
+    start_response(
+        "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    )
     return [data]
 
 

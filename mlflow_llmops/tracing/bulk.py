@@ -216,9 +216,11 @@ class SqlBulkWriter:
 
         def exact(tid: str) -> str:
             return S.append_to_uri_path(
-                loc, S.SqlAlchemyStore.TRACE_FOLDER_NAME, tid,
+                loc,
+                S.SqlAlchemyStore.TRACE_FOLDER_NAME,
+                tid,
                 S.SqlAlchemyStore.ARTIFACTS_FOLDER_NAME,
-            )  # fmt: skip
+            )
 
         if not _PLAIN_ID.fullmatch(trace_id) or _ID_TOKEN in loc:
             return exact(trace_id)
@@ -311,27 +313,29 @@ class SqlBulkWriter:
                     cost_values = json.loads(span_cost)
                 except (TypeError, ValueError):
                     cost_values = {}
-            out.spans.append({
-                "trace_id": span.trace_id,
-                "experiment_id": exp_id,
-                "span_id": span_id,
-                "parent_span_id": parent_id,
-                "name": span.name,
-                "type": span.span_type,
-                "status": status_code,
-                "start_time_unix_nano": span.start_time_ns,
-                "end_time_unix_nano": span.end_time_ns,
-                "content": json.dumps(span_dict, cls=S.TraceJSONEncoder, ensure_ascii=False),
-                "input_cost": S.finite_float_or_none(cost_values.get("input_cost")),
-                "output_cost": S.finite_float_or_none(cost_values.get("output_cost")),
-                "total_cost": S.finite_float_or_none(cost_values.get("total_cost")),
-                "model_name": S.bounded_model_dimension(
-                    S._try_parse_json_string(attrs.get(SpanAttributeKey.MODEL))
-                ),
-                "model_provider": S.bounded_model_dimension(
-                    S._try_parse_json_string(attrs.get(SpanAttributeKey.MODEL_PROVIDER))
-                ),
-            })  # fmt: skip
+            out.spans.append(
+                {
+                    "trace_id": span.trace_id,
+                    "experiment_id": exp_id,
+                    "span_id": span_id,
+                    "parent_span_id": parent_id,
+                    "name": span.name,
+                    "type": span.span_type,
+                    "status": status_code,
+                    "start_time_unix_nano": span.start_time_ns,
+                    "end_time_unix_nano": span.end_time_ns,
+                    "content": json.dumps(span_dict, cls=S.TraceJSONEncoder, ensure_ascii=False),
+                    "input_cost": S.finite_float_or_none(cost_values.get("input_cost")),
+                    "output_cost": S.finite_float_or_none(cost_values.get("output_cost")),
+                    "total_cost": S.finite_float_or_none(cost_values.get("total_cost")),
+                    "model_name": S.bounded_model_dimension(
+                        S._try_parse_json_string(attrs.get(SpanAttributeKey.MODEL))
+                    ),
+                    "model_provider": S.bounded_model_dimension(
+                        S._try_parse_json_string(attrs.get(SpanAttributeKey.MODEL_PROVIDER))
+                    ),
+                }
+            )
             if resource is None:
                 r = getattr(span._span, "resource", None)
                 if r is not None and r.attributes:

@@ -87,9 +87,11 @@ class TraceCoster:
         if calc is None:
             return None
         result = calc.cost(
-            model=span.model, provider=span.provider, usage=span.usage,
+            model=span.model,
+            provider=span.provider,
+            usage=span.usage,
             service_tier=span.service_tier,
-        )  # fmt: skip
+        )
         return float(result.total) if result.total is not None else None
 
     def trace_cost_usd(self, trace: Any) -> float | None:

@@ -382,8 +382,9 @@ class ExportWorker:
         (this process did not create it)."""
         self._log.warning(
             "spooled trace %s (from an ended process) rejected by the tracking store: %s",
-            trace.info.trace_id, exc,
-        )  # fmt: skip
+            trace.info.trace_id,
+            exc,
+        )
 
     def _error(self, e: Exception, what: str) -> None:
         with self._lock:
@@ -392,9 +393,12 @@ class ExportWorker:
         self._log.warning(
             "tracking store write failed (%s; %d traces waiting in memory, %d in the spool; "
             "retrying in %.1fs): %s",
-            what, self.queue.pending(), self.spool.pending() if self.spool else 0,
-            self._backoff, self.last_error[:300],
-        )  # fmt: skip
+            what,
+            self.queue.pending(),
+            self.spool.pending() if self.spool else 0,
+            self._backoff,
+            self.last_error[:300],
+        )
         self._next_try = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self.max_backoff_s)
         self.outage = True
@@ -423,8 +427,9 @@ class ExportWorker:
         if not ok:
             self._spool_log.warning(
                 "trace spool full or unavailable (%d bytes max): %d traces not spooled",
-                self.spool.max_bytes, len(traces),
-            )  # fmt: skip
+                self.spool.max_bytes,
+                len(traces),
+            )
         return ok
 
     def spill_at_shutdown(self, leftover: list[Any]) -> int:

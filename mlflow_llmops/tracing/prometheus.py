@@ -188,8 +188,9 @@ class PrometheusEndpoint:
             return  # another worker serves (or will): retried every interval
         server.daemon_threads = True
         self._server = server
-        threading.Thread(target=server.serve_forever, name="llmops-prometheus-http",
-                         daemon=True).start()  # fmt: skip
+        threading.Thread(
+            target=server.serve_forever, name="llmops-prometheus-http", daemon=True
+        ).start()
         _logger.info("GenAI metrics for Prometheus on http://%s:%d/metrics", self.host, self.port)
 
     def shutdown(self) -> None:

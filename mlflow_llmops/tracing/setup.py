@@ -64,9 +64,12 @@ def _git_commit() -> str | None:
             return os.environ[var]
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=2,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=2,
             cwd=Path.cwd(),
-        )  # fmt: skip
+        )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -236,8 +239,10 @@ class TracingHandle:
             _logger.warning(
                 "mlflow-llmops tracing: tracking store %s reachable: experiment %r resolved "
                 "(id %s); writing the queued traces",
-                _redact_url(self.tracking_uri), self.experiment_name, experiment_id,
-            )  # fmt: skip
+                _redact_url(self.tracking_uri),
+                self.experiment_name,
+                experiment_id,
+            )
         return self.experiment_id
 
     def _counter_snapshot(self) -> Mapping[str, int]:
@@ -325,10 +330,15 @@ class TracingHandle:
         (_logger.warning if lost else _logger.info)(
             "mlflow-llmops tracing shut down: created=%d kept=%d exported=%d sampled_out=%d "
             "dropped=%d failed=%d unsent=%d spooled=%d",
-            report["created"], report["kept"], report["exported"], report["sampled_out"],
-            report["dropped"], report["failed"], report["unsent_at_shutdown"],
+            report["created"],
+            report["kept"],
+            report["exported"],
+            report["sampled_out"],
+            report["dropped"],
+            report["failed"],
+            report["unsent_at_shutdown"],
             report.get("spooled", 0),
-        )  # fmt: skip
+        )
         for callback in self._shutdown_callbacks:
             try:
                 callback(report)
@@ -391,9 +401,15 @@ class TracingHandle:
         if self.worker.in_backoff:
             return None
         s = self._stats
-        return (s.exported, s.failed, s.export_errors, s.unsent_at_shutdown,
-                self.writer.progress, self.worker.position(),
-                self._shutdown_done.is_set())  # fmt: skip
+        return (
+            s.exported,
+            s.failed,
+            s.export_errors,
+            s.unsent_at_shutdown,
+            self.writer.progress,
+            self.worker.position(),
+            self._shutdown_done.is_set(),
+        )
 
     def _flush_locks_taken(self) -> bool:
         """Whether a lock the flush needs is taken now, perhaps by the main thread that a
@@ -889,8 +905,11 @@ def setup_production_tracing(
         _logger.warning(
             "mlflow-llmops tracing: tracking store %s unreachable at start-up (%s); continuing "
             "without it: traces queue (up to %d) and are written once experiment %r resolves",
-            _redact_url(uri), str(error)[:300], cfg.queue_capacity, experiment_name,
-        )  # fmt: skip
+            _redact_url(uri),
+            str(error)[:300],
+            cfg.queue_capacity,
+            experiment_name,
+        )
 
     handle = TracingHandle(
         config=cfg,

@@ -79,8 +79,9 @@ class SpoolFile:
 class Spool:
     """Bounded on-disk FIFO of trace batches, one file per batch; thread-safe."""
 
-    def __init__(self, directory: str | os.PathLike[str], key: str, *, max_bytes: int,
-                 fsync: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, directory: str | os.PathLike[str], key: str, *, max_bytes: int, fsync: bool = True
+    ) -> None:
         self.root = Path(directory) / key
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -138,8 +139,10 @@ class Spool:
                 self._bytes += sum(f.size for f in adopted)
             _logger.warning(
                 "mlflow-llmops tracing: spool %s holds %d traces left by an ended process; "
-                "replaying them once the tracking store answers", self.root, found,
-            )  # fmt: skip
+                "replaying them once the tracking store answers",
+                self.root,
+                found,
+            )
         return found
 
     def _remove_dir(self, d: Path) -> None:
@@ -276,13 +279,16 @@ def open_spool(config: Any, tracking_uri: str, experiment_name: str) -> Spool | 
         return None
     try:
         return Spool(
-            config.directory, store_key(tracking_uri, experiment_name),
-            max_bytes=config.max_bytes, fsync=config.fsync,
-        )  # fmt: skip
+            config.directory,
+            store_key(tracking_uri, experiment_name),
+            max_bytes=config.max_bytes,
+            fsync=config.fsync,
+        )
     except OSError as e:
         _logger.warning(
             "mlflow-llmops tracing: spool directory %s unusable (%s); spool off: traces wait "
             "in memory only. Set tracing.spool.directory to a writable directory.",
-            config.directory, e,
-        )  # fmt: skip
+            config.directory,
+            e,
+        )
         return None

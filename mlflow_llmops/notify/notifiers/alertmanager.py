@@ -86,8 +86,9 @@ class AlertmanagerNotifier:
         if n.kind == "test":
             body = [self._test_alert(n, now)]
         elif n.kind == "alert":
-            body = [to_postable(a, n.mlflow_ui_url, valid_until=now + self.validity)
-                    for a in n.alerts]  # fmt: skip
+            body = [
+                to_postable(a, n.mlflow_ui_url, valid_until=now + self.validity) for a in n.alerts
+            ]
         else:
             return SendResult(requests=0)  # Alertmanager has no notion of change events
         url = self.cfg.url.rstrip("/") + "/api/v2/alerts"
