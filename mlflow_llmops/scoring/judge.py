@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlflow_llmops.core.http import header, retry_after_seconds
 from mlflow_llmops.errors import LlmopsError
 from mlflow_llmops.scoring.ratelimit import RateLimiter
 
@@ -155,12 +156,7 @@ def parse_verdict(text: str, criteria: Sequence[str]) -> tuple[dict[str, float],
 
 def _retry_after(exc: Any) -> float | None:
     response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None) or {}
-    raw = headers.get("retry-after") if hasattr(headers, "get") else None
-    try:
-        return max(0.0, float(raw)) if raw is not None else None
-    except ValueError:
-        return None
+    return retry_after_seconds(header(getattr(response, "headers", None), "retry-after"))
 
 
 class LlmJudge:

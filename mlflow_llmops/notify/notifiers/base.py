@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 from mlflow_llmops.alerting.model import Alert, AlertState, Severity
 from mlflow_llmops.core.clock import utc
+from mlflow_llmops.core.http import retry_after_seconds
 
 PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 410, 413, 422})
 
@@ -42,19 +43,7 @@ def error_for_status(
     status: int, what: str, body: str = "", retry_after: str | None = None
 ) -> NotifyError:
     """Classify an HTTP status the way every receiver API documents it."""
-    ra: float | None = None
-    if retry_after:
-        try:
-            ra = max(0.0, float(retry_after))
-        except ValueError:
-            try:
-                from email.utils import parsedate_to_datetime
-
-                ra = max(
-                    0.0, (parsedate_to_datetime(retry_after) - datetime.now(UTC)).total_seconds()
-                )
-            except (TypeError, ValueError):
-                ra = None
+    ra = retry_after_seconds(retry_after)
     permanent = status in PERMANENT_STATUSES or (400 <= status < 500 and status not in (408, 429))
     return NotifyError(
         f"{what}: HTTP {status} {body[:200]}".strip(),

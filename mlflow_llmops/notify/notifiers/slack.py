@@ -28,6 +28,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
 
 from mlflow_llmops.alerting.model import Alert
+from mlflow_llmops.core.http import header
 from mlflow_llmops.notify.config import SlackReceiver
 from mlflow_llmops.notify.notifiers.base import (
     Notification,
@@ -260,10 +261,7 @@ class SlackNotifier:
                 permanent=True,
                 status=200,
             )
-        headers = {k.lower(): v for k, v in (resp.headers or {}).items()}
-        ra = headers.get("retry-after")
-        if isinstance(ra, list):
-            ra = ra[0] if ra else None
+        ra = header(resp.headers, "retry-after")
         raise error_for_status(resp.status_code, f"slack webhook {self.name}", body, ra)
 
     def _send_web(self, n: Notification, text: str, blocks: list[dict[str, Any]]) -> SendResult:
@@ -323,10 +321,7 @@ class SlackNotifier:
         except SlackApiError as e:
             status = e.response.status_code
             err = str(e.response.get("error", "")) if e.response.data else ""
-            headers = {k.lower(): v for k, v in (e.response.headers or {}).items()}
-            ra = headers.get("retry-after")
-            if isinstance(ra, list):
-                ra = ra[0] if ra else None
+            ra = header(e.response.headers, "retry-after")
             if status == 429 or status >= 500 or err in TRANSIENT_ERRORS:
                 x = error_for_status(
                     status if status >= 400 else 503, f"slack {self.name}", err, ra
