@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -24,6 +23,7 @@ from pydantic import (
 )
 
 from mlflow_llmops.alerting.model import Severity
+from mlflow_llmops.core.config import Section as _Model
 from mlflow_llmops.core.duration import Duration
 from mlflow_llmops.errors import ConfigError
 
@@ -76,10 +76,6 @@ def percentile_of(name: str) -> tuple[str, float]:
     if not m:
         raise ValueError(f"{name!r} is not a percentile signal")
     return m.group(1), float(m.group(2)) / 100.0
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SignalSpec(_Model):
