@@ -24,6 +24,7 @@ from pydantic import (
 
 from mlflow_llmops.alerting.model import Severity
 from mlflow_llmops.core.config import Section as _Model
+from mlflow_llmops.core.configfile import merge
 from mlflow_llmops.core.duration import Duration
 from mlflow_llmops.errors import ConfigError
 
@@ -450,16 +451,6 @@ class PackRef(_Model):
         return v
 
 
-def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def load_pack(
     ref: PackRef | str | Mapping[str, Any],
 ) -> list[ThresholdRule | BaselineRule | BurnRateRule]:
@@ -483,7 +474,7 @@ def load_pack(
     for r in raw:
         if r["name"] in ref.disable:
             continue
-        r = _deep_merge(r, ref.overrides.get(r["name"], {}))
+        r = merge(r, ref.overrides.get(r["name"], {}))
         if ref.labels:
             r["labels"] = {**r.get("labels", {}), **ref.labels}
         if ref.where:
