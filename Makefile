@@ -31,7 +31,7 @@ test-slow: $(STAMP)
 # that touch MLflow's schema and export path run on it.
 COMPAT_VENV := .venv-mlflow318
 COMPAT_STAMP := $(COMPAT_VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
-COMPAT_TESTS := tests/sql/test_views_export.py tests/sql/test_queries.py tests/tracing \
+COMPAT_TESTS := tests/analytics/test_views_export.py tests/analytics/test_queries.py tests/tracing \
 	tests/pricing/test_reprice.py tests/foundation/test_mlflow_server.py
 
 $(COMPAT_STAMP): pyproject.toml
