@@ -32,9 +32,9 @@ from mlflow_llmops.rollback.config import RollbackConfig, RollbackHook
 from mlflow_llmops.rollback.targets import (
     PROMPT_CACHE_ENV,
     AliasTarget,
-    ModelAliasTarget,
-    PromptAliasTarget,
+    TargetRef,
     load_function,
+    target_ref,
 )
 from mlflow_llmops.secrets import mask_text
 from mlflow_llmops.statestore.state import Migration, StateStore, create_tables
@@ -125,16 +125,12 @@ class RollbackRecord:
         return d
 
 
-def _target_key(kind: str, name: str, alias: str) -> str:
-    return f"{kind}:{name}@{alias}"
+def _ref(h: RollbackHook) -> TargetRef:
+    return target_ref(h.target, model=h.model, prompt=h.prompt, alias=h.alias, function=h.function)
 
 
 def _hook_key(h: RollbackHook) -> str:
-    if h.target == "model_alias":
-        return _target_key("model", h.model or "", h.alias or "")
-    if h.target == "prompt_alias":
-        return _target_key("prompt", h.prompt or "", h.alias or "")
-    return f"function:{h.function}"
+    return _ref(h).key
 
 
 def _prompt_ttl(env: Mapping[str, str]) -> float:
@@ -161,11 +157,15 @@ def promote(
     if (model is None) == (prompt is None):
         raise RollbackError("promote: give exactly one of model= or prompt=")
     store.ensure_schema(ROLLBACK_MIGRATIONS)
-    target: AliasTarget = (
-        ModelAliasTarget(tracking_uri, model, alias)
-        if model is not None
-        else PromptAliasTarget(tracking_uri, prompt or "", alias)
+    ref = target_ref(
+        "model_alias" if model is not None else "prompt_alias",
+        model=model,
+        prompt=prompt,
+        alias=alias,
+        function=None,
     )
+    target = ref.open(tracking_uri, _prompt_ttl(os.environ))
+    assert target is not None
     version = str(version)
     if not target.version_exists(version):  # type: ignore[attr-defined]
         raise RollbackError(f"{target.kind} {target.name!r} has no version {version}")
@@ -221,20 +221,10 @@ class RollbackManager:
 
     # -- targets --------------------------------------------------------
     def _target(self, h: RollbackHook) -> AliasTarget | None:
-        if h.target == "model_alias":
-            return ModelAliasTarget(self.tracking_uri, h.model or "", h.alias or "")
-        if h.target == "prompt_alias":
-            return PromptAliasTarget(
-                self.tracking_uri, h.prompt or "", h.alias or "", _prompt_ttl(self.env)
-            )
-        return None
+        return _ref(h).open(self.tracking_uri, _prompt_ttl(self.env))
 
     def _desc(self, h: RollbackHook) -> str:
-        if h.target == "model_alias":
-            return f"models:/{h.model}@{h.alias}"
-        if h.target == "prompt_alias":
-            return f"prompts:/{h.prompt}@{h.alias}"
-        return f"function {h.function}"
+        return _ref(h).description
 
     def killed(self) -> bool:
         return not self.config.enabled or self.env.get(KILL_SWITCH_ENV, "").lower() in (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mlflow.exceptions import MlflowException
@@ -102,6 +103,76 @@ class PromptAliasTarget:
             f"prompts:/{self.name}@{self.alias} now resolves to v{version}; services calling "
             f"load_prompt see it within {self.cache_ttl_s:g}s ({PROMPT_CACHE_ENV})"
         )
+
+
+@dataclass(frozen=True)
+class ModelAliasRef:
+    """A hook's registered-model alias, named without a client."""
+
+    name: str
+    alias: str
+
+    @property
+    def key(self) -> str:
+        return f"model:{self.name}@{self.alias}"
+
+    @property
+    def description(self) -> str:
+        return f"models:/{self.name}@{self.alias}"
+
+    def open(self, tracking_uri: str, prompt_cache_ttl_s: float) -> AliasTarget | None:
+        return ModelAliasTarget(tracking_uri, self.name, self.alias)
+
+
+@dataclass(frozen=True)
+class PromptAliasRef:
+    """A hook's prompt alias, named without a client."""
+
+    name: str
+    alias: str
+
+    @property
+    def key(self) -> str:
+        return f"prompt:{self.name}@{self.alias}"
+
+    @property
+    def description(self) -> str:
+        return f"prompts:/{self.name}@{self.alias}"
+
+    def open(self, tracking_uri: str, prompt_cache_ttl_s: float) -> AliasTarget | None:
+        return PromptAliasTarget(tracking_uri, self.name, self.alias, prompt_cache_ttl_s)
+
+
+@dataclass(frozen=True)
+class FunctionRef:
+    """A hook that calls ``package.module:function`` (no alias to move)."""
+
+    function: str
+
+    @property
+    def key(self) -> str:
+        return f"function:{self.function}"
+
+    @property
+    def description(self) -> str:
+        return f"function {self.function}"
+
+    def open(self, tracking_uri: str, prompt_cache_ttl_s: float) -> AliasTarget | None:
+        return None
+
+
+TargetRef = ModelAliasRef | PromptAliasRef | FunctionRef
+
+
+def target_ref(
+    target: str, *, model: str | None, prompt: str | None, alias: str | None, function: str | None
+) -> TargetRef:
+    """The reference a hook's ``target`` field names (the one place that switches on it)."""
+    if target == "model_alias":
+        return ModelAliasRef(model or "", alias or "")
+    if target == "prompt_alias":
+        return PromptAliasRef(prompt or "", alias or "")
+    return FunctionRef(function or "")
 
 
 def load_function(spec: str) -> Callable[..., Any]:
