@@ -40,6 +40,16 @@ class _Receiver(_Section):
             raise ValueError("receiver names use letters, digits and _ . : - only")
         return v
 
+    @property
+    def resend_interval_active(self) -> timedelta | None:
+        """Re-post every active alert this often, whatever dedup decided (Alertmanager)."""
+        return None
+
+    @property
+    def one_request_per_alert(self) -> bool:
+        """A group notification goes out as one request per alert (PagerDuty per instance)."""
+        return False
+
 
 class SlackReceiver(_Receiver):
     """Slack through an incoming webhook (``webhook_url``) or the Web API (``token`` + ``channel``).
@@ -102,6 +112,10 @@ class PagerDutyReceiver(_Receiver):
             raise ValueError("the PagerDuty clients require an https:// base_url")
         return v.rstrip("/")
 
+    @property
+    def one_request_per_alert(self) -> bool:
+        return self.incident_per == "instance"
+
 
 class AlertmanagerReceiver(_Receiver):
     """Forward to a Prometheus Alertmanager (``POST /api/v2/alerts``); it groups on its own.
@@ -133,6 +147,10 @@ class AlertmanagerReceiver(_Receiver):
 
     def validity(self, evaluation_interval: timedelta) -> timedelta:
         return self.alert_validity or 4 * max(self.resend_interval, evaluation_interval)
+
+    @property
+    def resend_interval_active(self) -> timedelta | None:
+        return self.resend_interval
 
 
 class WebhookReceiver(_Receiver):

@@ -37,7 +37,7 @@ from mlflow_llmops.alerting.model import Alert, AlertState
 from mlflow_llmops.core.clock import Clock, utc
 from mlflow_llmops.errors import ConfigError
 from mlflow_llmops.notify import tables as t
-from mlflow_llmops.notify.config import AlertmanagerReceiver, NotificationsConfig, Route
+from mlflow_llmops.notify.config import NotificationsConfig, Route
 from mlflow_llmops.notify.notifiers import Notification, Notifier, NotifyError, build_notifier
 from mlflow_llmops.notify.notifiers.base import alert_from_dict, alert_to_dict, outbox_key
 from mlflow_llmops.notify.stages import (
@@ -666,17 +666,18 @@ class Dispatcher:
         now = utc(now)
         report = report or DispatchReport()
         for name, rcv in self._receivers.items():
-            if not isinstance(rcv, AlertmanagerReceiver):
+            every = rcv.resend_interval_active
+            if every is None:
                 continue
             last = self._resent_at.get(name)
-            if last is not None and now - last < rcv.resend_interval:
+            if last is not None and now - last < every:
                 continue
             self._resent_at[name] = now
             self._resend_due.pop(name, None)
             alerts = self._notified_active(name, now)
             if not alerts:
                 continue
-            self._resend_due[name] = now + rcv.resend_interval
+            self._resend_due[name] = now + every
             n = Notification(
                 receiver=name,
                 group_id=f"resend:{name}",
@@ -722,8 +723,7 @@ class Dispatcher:
         return list(out.values())
 
     def _pd_per_instance(self, name: str) -> bool:
-        rcv = self._receivers[name]
-        return getattr(rcv, "type", "") == "pagerduty" and rcv.incident_per == "instance"  # type: ignore[union-attr]
+        return self._receivers[name].one_request_per_alert
 
     def _claim(self, row_id: int, now: datetime, timeout: timedelta) -> bool:
         """The last state write before a send: on a fenced store (a monitor holding the
