@@ -98,7 +98,7 @@ class SqlBulkWriter:
         self.t_meta = SqlTraceMetadata.__table__
         self.t_spans = SqlSpan.__table__
         self._experiments: dict[str, Any] = {}
-        self._raw_sql: dict[tuple[str, str, tuple[str, ...]], str | None] = {}
+        self._raw_sql: dict[tuple[str, str, tuple[str, ...]], Any] = {}
         self._artifact_templates: dict[str, str | None] = {}
 
     def _experiment(self, experiment_id: str) -> Any:
@@ -174,36 +174,45 @@ class SqlBulkWriter:
         """One bulk INSERT of ``data`` in the open transaction: COPY on PostgreSQL
         (psycopg 3; its ``executemany`` spends tens of µs of Python per row), the driver's
         ``executemany`` on SQLite (SQLAlchemy's per-row parameter handling costs about as
-        much as SQLite's own insert). SQLAlchemy's insert when rows differ in keys or a
-        column needs a bind processor."""
+        much as SQLite's own insert); values go through the columns' bind processors as
+        SQLAlchemy would send them. SQLAlchemy's insert for other drivers, or when rows
+        differ in keys."""
         cols = tuple(data[0])
         keys = data[0].keys()
-        sql = self._bulk_sql(conn.dialect, table, cols)
-        if sql is None or not all(r.keys() == keys for r in data):
+        plan = self._bulk_plan(conn.dialect, table, cols)
+        if plan is None or not all(r.keys() == keys for r in data):
             conn.execute(table.insert(), data)
-        elif sql.startswith("COPY"):
-            with conn.connection.driver_connection.cursor() as cur, cur.copy(sql) as cp:
-                for r in data:
-                    cp.write_row(tuple(r[c] for c in cols))
+            return
+        sql, procs = plan
+        if any(procs):
+            pairs = tuple(zip(cols, procs, strict=True))
+            rows = [tuple(p(r[c]) if p else r[c] for c, p in pairs) for r in data]
         else:
-            conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in data])
+            rows = [tuple(r[c] for c in cols) for r in data]
+        if sql.startswith("COPY"):
+            with conn.connection.driver_connection.cursor() as cur, cur.copy(sql) as cp:
+                for row in rows:
+                    cp.write_row(row)
+        else:
+            conn.exec_driver_sql(sql, rows)
 
-    def _bulk_sql(self, dialect: Any, table: Any, cols: tuple[str, ...]) -> str | None:
-        """The COPY (psycopg 3) or plain INSERT (SQLite) statement for these columns, or
-        None when SQLAlchemy must handle the rows (another driver, a bind processor)."""
+    def _bulk_plan(
+        self, dialect: Any, table: Any, cols: tuple[str, ...]
+    ) -> tuple[str, tuple[Callable[[Any], Any] | None, ...]] | None:
+        """The COPY (psycopg 3) or plain INSERT (SQLite) statement for these columns and
+        each column's bind processor, or None for SQLAlchemy's own insert."""
         key = (dialect.name, table.name, cols)
         if key not in self._raw_sql:
             q = dialect.identifier_preparer.quote
             names = ", ".join(q(c) for c in cols)
-            sql = None
-            if any(table.c[c].type.bind_processor(dialect) for c in cols):
-                pass
-            elif dialect.name == "postgresql" and dialect.driver == "psycopg":
-                sql = f"COPY {q(table.name)} ({names}) FROM STDIN"
+            procs = tuple(table.c[c].type.bind_processor(dialect) for c in cols)
+            plan = None
+            if dialect.name == "postgresql" and dialect.driver == "psycopg":
+                plan = (f"COPY {q(table.name)} ({names}) FROM STDIN", procs)
             elif dialect.name == "sqlite":
                 marks = ", ".join("?" * len(cols))
-                sql = f"INSERT INTO {q(table.name)} ({names}) VALUES ({marks})"
-            self._raw_sql[key] = sql
+                plan = (f"INSERT INTO {q(table.name)} ({names}) VALUES ({marks})", procs)
+            self._raw_sql[key] = plan
         return self._raw_sql[key]
 
     def _artifact_location(self, experiment: Any, trace_id: str) -> str:
