@@ -41,26 +41,10 @@ from mlflow_llmops.alerting.rules import (
     percentile_of,
 )
 from mlflow_llmops.core.duration import format_duration
+from mlflow_llmops.tracing.metrics import DURATION_BUCKETS  # the GenAI semconv buckets
 
 DURATION = "gen_ai_client_operation_duration_seconds"
 TOKENS = "gen_ai_client_token_usage"
-#: duration buckets of the GenAI semantic conventions (seconds)
-DURATION_BUCKETS = (
-    0.01,
-    0.02,
-    0.04,
-    0.08,
-    0.16,
-    0.32,
-    0.64,
-    1.28,
-    2.56,
-    5.12,
-    10.24,
-    20.48,
-    40.96,
-    81.92,
-)
 #: rule label -> Prometheus label of the GenAI metrics: only what tracing/metrics.py records
 #: (``gen_ai.request.model``); ``service.name`` is a resource attribute, not a series label.
 LABEL_MAP = {
