@@ -263,6 +263,12 @@ def _mask_record(record: logging.LogRecord) -> None:
         masked = mask_text(text)
         if masked != text:
             record.exc_text = masked
+            # formatters that read the exception itself (PySpark's JSON one) see it masked
+            exc = record.exc_info[1]
+            try:
+                exc.args = tuple(mask_text(a) if isinstance(a, str) else a for a in exc.args)
+            except Exception:  # noqa: BLE001 - an exception type with read-only args
+                pass
     if record.stack_info:
         record.stack_info = mask_text(record.stack_info)
 

@@ -311,3 +311,29 @@ def test_rollback_audit_records_are_masked(tmp_path):
     assert audit and all("token=***" in r for r in audit)
     assert not any("ff-secret-77" in r for r in rows)
     store.dispose()
+
+
+def test_formatters_that_read_the_exception_itself_see_it_masked():
+    """PySpark's JSON formatter prints ``str(exc_value)``, not the record's text: the
+    exception's own arguments are masked too (CI leaked through it once)."""
+    import io
+
+    pytest.importorskip("pyspark")
+    from pyspark.logger.logger import JSONFormatter
+
+    register_secret("https://hooks.slack.test/services/T1/B2/json-hook-secret-2")
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(JSONFormatter())
+    log = logging.getLogger("llmops.test.json")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        try:
+            raise RuntimeError("sending to /services/T1/B2/json-hook-secret-2 failed")
+        except RuntimeError:
+            log.exception("boom")
+    finally:
+        log.removeHandler(handler)
+    assert "json-hook-secret-2" not in buf.getvalue()
+    assert '"msg": "sending to *** failed"' in buf.getvalue()
