@@ -237,8 +237,8 @@ PG_INDEXES: dict[str, str] = {
         "ON spans (trace_id, start_time_unix_nano, span_id) INCLUDE (model_name) "
         "WHERE type IN ('LLM', 'CHAT_MODEL') AND model_name IS NOT NULL"
     ),
-    # A trace's cost from our cost table (llmops_traces.cost_usd, unpriced_spans): one
-    # index-only probe per trace instead of the primary key and every row it points to.
+    # A trace's span costs, for refresh_trace_costs: one index-only probe per trace
+    # instead of the primary key and every row it points to.
     "ix_llmops_span_costs_trace": "ON llmops_span_costs (trace_id) INCLUDE (total_cost_usd, status)",
 }
 
@@ -309,7 +309,6 @@ def _traces_sql(dialect: str) -> str:
     )
     if dialect == "postgresql":
         return _pg_traces_sql(joins)
-    has_ours = "EXISTS (SELECT 1 FROM llmops_span_costs c WHERE c.trace_id = t.request_id)"
     return f"""
 CREATE VIEW llmops_traces AS
 SELECT
@@ -319,44 +318,28 @@ SELECT
       AND s.model_name IS NOT NULL
     ORDER BY s.start_time_unix_nano, s.span_id LIMIT 1) AS model,
   {_TRACE_TOKENS},
-  CASE WHEN {has_ours}
-       THEN (SELECT SUM(CAST(c.total_cost_usd AS DOUBLE PRECISION)) FROM llmops_span_costs c
-             WHERE c.trace_id = t.request_id)
-       ELSE CAST(t.total_cost AS DOUBLE PRECISION) END AS cost_usd,
-  CASE WHEN {has_ours} THEN 'llmops'
-       WHEN t.total_cost IS NOT NULL THEN 'mlflow' END AS cost_source,
-  (SELECT COUNT(*) FROM llmops_span_costs c
-    WHERE c.trace_id = t.request_id AND c.status = 'unpriced') AS unpriced_spans
+  {_TRACE_COST}
 FROM trace_info t
+{_TRACE_COST_JOIN}
 {joins}
 """
 
 
 def _pg_traces_sql(joins: str) -> str:
-    """PostgreSQL: the same columns, but a trace's costs and first model come from joins
-    to our cost table grouped by trace and to its LLM spans' first model instead of
-    correlated subqueries. A view's columns are expanded into the query wherever it
-    names them, so ``cost_usd`` named three times ran its EXISTS and SUM three times per
-    trace, each an index probe (daily_totals over 1M traces: tens of seconds); a join is
-    one pass over an index of ours (:data:`PG_INDEXES`), hashed, and the planner drops
-    it when a query reads none of its columns (each side is unique on the trace id)."""
+    """PostgreSQL: the same columns, but a trace's first model comes from a join to its
+    LLM spans' first model instead of a correlated subquery: a view's columns are
+    expanded into the query wherever it names them, and a join is one pass over an index
+    of ours (:data:`PG_INDEXES`), hashed, dropped by the planner when a query does not
+    read ``model`` (it is unique on the trace id)."""
     return f"""
 CREATE VIEW llmops_traces AS
 SELECT
   {_TRACE_COLUMNS},
   fm.model AS model,
   {_TRACE_TOKENS},
-  CASE WHEN oc.trace_id IS NOT NULL THEN oc.cost
-       ELSE CAST(t.total_cost AS DOUBLE PRECISION) END AS cost_usd,
-  CASE WHEN oc.trace_id IS NOT NULL THEN 'llmops'
-       WHEN t.total_cost IS NOT NULL THEN 'mlflow' END AS cost_source,
-  COALESCE(oc.unpriced, 0) AS unpriced_spans
+  {_TRACE_COST}
 FROM trace_info t
-LEFT JOIN (
-  SELECT c.trace_id, SUM(CAST(c.total_cost_usd AS DOUBLE PRECISION)) AS cost,
-         COUNT(*) FILTER (WHERE c.status = 'unpriced') AS unpriced
-  FROM llmops_span_costs c GROUP BY c.trace_id
-) oc ON oc.trace_id = t.request_id
+{_TRACE_COST_JOIN}
 LEFT JOIN (
   SELECT DISTINCT ON (s.trace_id) s.trace_id, s.model_name AS model FROM spans s
   WHERE s.type IN ('LLM', 'CHAT_MODEL') AND s.model_name IS NOT NULL
@@ -365,6 +348,15 @@ LEFT JOIN (
 {joins}
 """
 
+
+#: A trace's cost: ours (``llmops_trace_costs``, one row per trace the re-pricing job
+#: priced, read by primary key) where we priced it, else MLflow's.
+_TRACE_COST_JOIN = "LEFT JOIN llmops_trace_costs oc ON oc.trace_id = t.request_id"
+_TRACE_COST = """CASE WHEN oc.trace_id IS NOT NULL THEN CAST(oc.cost_usd AS DOUBLE PRECISION)
+       ELSE CAST(t.total_cost AS DOUBLE PRECISION) END AS cost_usd,
+  CASE WHEN oc.trace_id IS NOT NULL THEN 'llmops'
+       WHEN t.total_cost IS NOT NULL THEN 'mlflow' END AS cost_source,
+  COALESCE(oc.unpriced_spans, 0) AS unpriced_spans"""
 
 _TRACE_COLUMNS = """t.request_id AS trace_id,
   t.experiment_id AS experiment_id,

@@ -41,7 +41,12 @@ from mlflow_llmops.pricing.spans import (
     decode_attr,
     span_from_attributes,
 )
-from mlflow_llmops.pricing.tables import ANALYTICS_MIGRATIONS, span_costs
+from mlflow_llmops.pricing.tables import (
+    ANALYTICS_MIGRATIONS,
+    refresh_trace_costs,
+    span_costs,
+    trace_costs,
+)
 from mlflow_llmops.pricing.usage import TokenUsage
 from mlflow_llmops.statestore.state import Migration, StateStore, create_tables, make_engine
 
@@ -606,10 +611,16 @@ def price_spans(
 def _upsert(
     conn: Connection, rows: list[dict[str, Any]], bulk: bool = True, new: bool = False
 ) -> None:
-    """Write cost rows, replacing stored ones; ``new``: none of them is stored (as far as
-    the caller knows: a row written meanwhile is still replaced)."""
+    """Write cost rows, replacing stored ones, and their traces' ``llmops_trace_costs``;
+    ``new``: none of them is stored (as far as the caller knows: a row written meanwhile
+    is still replaced)."""
     if not rows:
         return
+    _write_rows(conn, rows, bulk, new)
+    refresh_trace_costs(conn, {r["trace_id"] for r in rows})
+
+
+def _write_rows(conn: Connection, rows: list[dict[str, Any]], bulk: bool, new: bool) -> None:
     dialect = conn.dialect.name if bulk else "generic"
     keys = ("trace_id", "span_id")
     cols = [c.name for c in span_costs.c]
@@ -691,7 +702,7 @@ def _same_db(engine: Engine, analytics: StateStore) -> bool:
 
 
 def _analyze(conn: Connection) -> None:
-    conn.exec_driver_sql(f"ANALYZE {span_costs.name}")
+    conn.exec_driver_sql(f"ANALYZE {span_costs.name}, {trace_costs.name}")
 
 
 def _existing(conn: Connection, spans: Sequence[LlmSpan]) -> Stored:

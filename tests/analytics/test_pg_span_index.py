@@ -23,7 +23,7 @@ from mlflow_llmops.analytics.views import (
     create_views,
     ensure_pg_indexes,
 )
-from mlflow_llmops.pricing.tables import span_costs
+from mlflow_llmops.pricing.tables import refresh_trace_costs, span_costs
 from mlflow_llmops.testing.postgres import ADMIN_URL, create_database, drop_database, pg_available
 from mlflow_llmops.testing.seed import SeedSpan, SeedTrace, bulk_load
 
@@ -173,31 +173,33 @@ def test_time_filters_are_estimated_and_use_the_index(pg):
     assert scans == [("Index Only Scan", INDEX)]  # never reads the span JSON
 
 
-#: Trace analyses and what they read of a trace's costs (llmops_span_costs) and first
-#: LLM model (spans).
+#: Trace analyses and what they read of a trace's cost (its llmops_trace_costs row) and
+#: first LLM model (spans); none of them reads the span costs.
 TRACE_QUERIES = {
-    "daily_totals": {"llmops_span_costs"},
-    "top_traces": {"llmops_span_costs", "spans"},
-    "cost_by_tenant": {"llmops_span_costs"},
-    "cost_by_user": {"llmops_span_costs"},
-    "cost_per_success": {"llmops_span_costs", "spans"},
-    "token_efficiency": {"llmops_span_costs"},
+    "daily_totals": {"llmops_trace_costs"},
+    "top_traces": {"llmops_trace_costs", "spans"},
+    "cost_by_tenant": {"llmops_trace_costs"},
+    "cost_by_user": {"llmops_trace_costs"},
+    "cost_per_success": {"llmops_trace_costs", "spans"},
+    "token_efficiency": {"llmops_trace_costs"},
 }
 
 
 def test_trace_analyses_read_costs_and_model_once_from_our_indexes(pg):
-    """llmops_traces reads a trace's costs and its first model from our indexes
-    (ix_llmops_span_costs_trace, ix_llmops_spans_llm_trace), once however often a query
-    names cost_usd or model; a query that reads neither joins neither."""
+    """llmops_traces reads a trace's cost from its llmops_trace_costs row (primary key)
+    and its first model from our index on spans (ix_llmops_spans_llm_trace), once however
+    often a query names cost_usd or model; never the span costs; a query that reads
+    neither joins neither."""
     engine, _ = pg
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("VACUUM ANALYZE spans"))  # pages all-visible: index-only
-        conn.execute(sa.text("VACUUM ANALYZE llmops_span_costs"))
+        conn.execute(sa.text("VACUUM ANALYZE llmops_span_costs, llmops_trace_costs"))
     # Three traces: make the planner show what it picks for a large table.
     off = ("enable_seqscan = off", "enable_bitmapscan = off")
     expected = {
-        "llmops_span_costs": ("Index Only Scan", "ix_llmops_span_costs_trace"),
+        "llmops_trace_costs": ("Index Scan", "llmops_trace_costs_pkey"),
         "spans": ("Index Only Scan", "ix_llmops_spans_llm_trace"),
+        "llmops_span_costs": ("(never)", None),
     }
     for name, tables in TRACE_QUERIES.items():
         scans = [(n["Relation Name"], n["Node Type"], n.get("Index Name"))
@@ -247,6 +249,7 @@ def test_new_spans_and_repricing_show_up_at_once(pg):
              "status": "priced", "currency": "USD", "total_cost_usd": 0.25,
              "catalog_version": "test", "priced_at": NOW},
         )  # fmt: skip
+        refresh_trace_costs(conn, [acme.trace_id])  # as every writer of span costs does
     after = _day_rows(engine)
     calls, cost2, ours, mlflows, unpriced = after["gpt-4o-mini"]
     assert (calls, ours, mlflows, unpriced) == (2, 0, 2, 0) and cost2 > cost

@@ -87,6 +87,30 @@ def _rows(url: str) -> dict[str, dict]:
     return {f"{r['model']}@{r['trace_timestamp_ms']}": dict(r) for r in rows}
 
 
+def _rollup_is_current(url: str) -> bool:
+    """``llmops_trace_costs`` holds, per trace, the sum and counts of its span costs."""
+    eng = sa.create_engine(url)
+    try:
+        with eng.connect() as c:
+            want = {}
+            for tid, total, status in c.execute(
+                sa.text("SELECT trace_id, total_cost_usd, status FROM llmops_span_costs")
+            ):
+                cost, n, unpriced = want.get(tid, (None, 0, 0))
+                if total is not None:
+                    cost = (cost or D(0)) + D(str(total))
+                want[tid] = (cost, n + 1, unpriced + (status == "unpriced"))
+            have = {
+                tid: (None if cost is None else D(str(cost)), n, unpriced)
+                for tid, cost, n, unpriced in c.execute(sa.text(
+                    "SELECT trace_id, cost_usd, spans, unpriced_spans FROM llmops_trace_costs"
+                ))
+            }  # fmt: skip
+    finally:
+        eng.dispose()
+    return bool(want) and have == want
+
+
 def _scenario(tracking_url: str, state_url: str, tmp_path) -> None:
     """Price, rerun (nothing new), add traces (only those priced), override (history diff)."""
     exp = log_traces(tracking_url, "pricing-e2e", FIRST_BATCH)
@@ -98,6 +122,7 @@ def _scenario(tracking_url: str, state_url: str, tmp_path) -> None:
     assert r1.spans_seen == r1.spans_written == 6
     assert r1.status_counts == {"priced": 5, "unpriced": 1}
     assert r1.unpriced == {("mystery-model", "acme"): 1}
+    assert _rollup_is_current(tracking_url)
     rows = _rows(tracking_url)
     mystery = next(v for k, v in rows.items() if k.startswith("mystery-model"))
     assert mystery["status"] == "unpriced" and mystery["total_cost_usd"] is None
@@ -135,6 +160,7 @@ def _scenario(tracking_url: str, state_url: str, tmp_path) -> None:
     r4 = reprice(tracking_url, state_store=store, experiment_ids=[exp], now=NOW, calculator=calc2)
     assert r4.full_history and r4.previous_version == calc.catalog_version
     assert r4.spans_written == 7 and r4.spans_changed == 2
+    assert _rollup_is_current(tracking_url)  # the traces' costs moved with their spans
     after = _rows(tracking_url)
     for k, old in before.items():
         new = after[k]
@@ -162,6 +188,26 @@ def _scenario(tracking_url: str, state_url: str, tmp_path) -> None:
 
 def test_reprice_end_to_end_sqlite(tmp_path, sqlite_url, state_url):
     _scenario(sqlite_url, state_url, tmp_path)
+
+
+def test_trace_costs_are_filled_on_upgrade_from_span_costs_alone(sqlite_url, state_url):
+    """A store priced before ``llmops_trace_costs`` existed (analytics schema 1) gets the
+    table filled from its span costs by the migration."""
+    exp = log_traces(sqlite_url, "pricing-upgrade", FIRST_BATCH)
+    store = StateStore(state_url)
+    calc = CostCalculator.default(clock=FakeClock(NOW))
+    reprice(sqlite_url, state_store=store, experiment_ids=[exp], now=NOW, calculator=calc)
+    eng = sa.create_engine(sqlite_url)
+    with eng.begin() as c:  # back to schema 1: no trace costs
+        c.execute(sa.text("DROP TABLE llmops_trace_costs"))
+        c.execute(sa.text("UPDATE llmops_schema_versions SET version = 1 "
+                          "WHERE component = 'analytics'"))  # fmt: skip
+    eng.dispose()
+    from mlflow_llmops.pricing.tables import ANALYTICS_MIGRATIONS
+
+    StateStore(sqlite_url).ensure_schema(ANALYTICS_MIGRATIONS)
+    assert _rollup_is_current(sqlite_url)
+    store.dispose()
 
 
 @pytest.mark.postgres
