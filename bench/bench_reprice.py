@@ -35,7 +35,7 @@ import sqlalchemy as sa  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 from mlflow_llmops.pricing import CostCalculator, reprice  # noqa: E402
-from mlflow_llmops.pricing.tables import span_costs  # noqa: E402
+from mlflow_llmops.pricing.tables import span_costs, trace_costs  # noqa: E402
 from mlflow_llmops.statestore.state import StateStore  # noqa: E402
 from mlflow_llmops.testing.postgres import (  # noqa: E402
     create_database,
@@ -67,14 +67,14 @@ def seed(url: str, spans: int) -> tuple[str, int]:
 
 
 def _clear_costs(url: str) -> None:
-    """Empty ``llmops_span_costs`` (if there), so every timed run prices from scratch."""
+    """Empty our cost tables (if there), so every timed run prices from scratch."""
     eng = sa.create_engine(url)
     try:
         with eng.begin() as c:
-            if sa.inspect(c).has_table(span_costs.name):
-                c.execute(sa.text(f"DELETE FROM {span_costs.name}")
-                          if eng.dialect.name == "sqlite"
-                          else sa.text(f"TRUNCATE {span_costs.name}"))  # fmt: skip
+            for table in (span_costs.name, trace_costs.name):
+                if sa.inspect(c).has_table(table):
+                    c.execute(sa.text(f"DELETE FROM {table}") if eng.dialect.name == "sqlite"
+                              else sa.text(f"TRUNCATE {table}"))  # fmt: skip
     finally:
         eng.dispose()
 

@@ -49,6 +49,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow_llmops.analytics.export import export_parquet, read_export  # noqa: E402
 from mlflow_llmops.analytics.queries import get_query, load_queries, run_query  # noqa: E402
 from mlflow_llmops.analytics.views import create_views  # noqa: E402
+from mlflow_llmops.pricing.tables import refresh_trace_costs  # noqa: E402
 from mlflow_llmops.testing.postgres import (  # noqa: E402
     create_database,
     drop_database,
@@ -264,8 +265,9 @@ CROSS JOIN LATERAL (SELECT {usage} AS j) u
 WHERE s.type IN ('LLM', 'CHAT_MODEL') AND s.model_name IS NOT NULL
   AND t.timestamp_ms < :until
 """), {"until": int(until.timestamp() * 1000)}).rowcount  # fmt: skip
+        refresh_trace_costs(conn)  # as the job does with every write of span costs
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text("VACUUM ANALYZE llmops_span_costs"))
+        conn.execute(sa.text("VACUUM ANALYZE llmops_span_costs, llmops_trace_costs"))
     print(f"  filled llmops_span_costs in {time.perf_counter() - t:.0f}s", flush=True)
     return n
 
