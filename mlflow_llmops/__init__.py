@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "ScorerSpec": "mlflow_llmops.scoring.registry",
     "run_due_scorers": "mlflow_llmops.scoring.runner",
     "backfill_scorer": "mlflow_llmops.scoring.backfill_job",
+    "BackfillParams": "mlflow_llmops.scoring.backfill_job",
     "quality_aggregates": "mlflow_llmops.scoring.aggregates",
     "record_user_feedback": "mlflow_llmops.scoring.feedback",
 }

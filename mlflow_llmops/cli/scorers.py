@@ -311,34 +311,14 @@ def backfill_cmd(
     Run the same command on several machines to split the work; rerun it to resume. A
     relative --since/--until (30d) is resolved once, by the run that creates the job; the
     same command joins that job until it is done."""
-    from mlflow_llmops.scoring import backfill
+    from mlflow_llmops.scoring import BackfillParams, backfill
     from mlflow_llmops.scoring.runner import resolve_experiment_ids
 
-    now = _now()
-    since_ms = _when_ms(since, "--since", now)
-    until_ms = _when_ms(until, "--until", now) if until else None
+    window = _backfill_window(since, until, _now())
     exp_ids = resolve_experiment_ids(app.config.tracking.uri, experiments) if experiments else None
-    relative = _is_relative(since) or _is_relative(until)
-    window_key = json.dumps({"since": since, "until": until}) if relative else None
-
-    def on_plan(report: Any, budget: float | None) -> None:
-        est = "n/a (code scorer)" if not report.estimate_usd else f"${report.estimate_usd:.4f}"
-        click.echo(
-            f"backfill {report.job_id}: {report.total} traces, {report.already_done} already "
-            f"done; estimated judge spend {est}"
-            + ("" if budget is None else f", budget ${budget:.4f}")
-            + f"; window {_iso(report.since_ms)} .. {_iso(report.until_ms)}",
-            err=True,
-        )
-        if budget is not None and report.estimate_usd and report.estimate_usd > budget:
-            click.echo("  the estimate exceeds the budget: it will stop at the budget", err=True)
-
-    report = backfill(
-        app.config,
-        _store(app),
+    params = BackfillParams(
         scorer=scorer,
-        since_ms=since_ms,
-        until_ms=until_ms,
+        **window,
         filter_string=filter_string,
         sample_rate=sample_rate,
         max_cost_usd=max_cost_usd,
@@ -348,13 +328,38 @@ def backfill_cmd(
         worker_id=worker_id,
         retry_errors=retry_errors,
         progress=not no_progress,
-        on_plan=on_plan,
-        window_key=window_key,
+        on_plan=_echo_backfill_plan,
         run_name=run_name,
     )
+    report = backfill(app.config, _store(app), params=params)
     click.echo(report.summary())
     if report.all_failed:  # nothing was scored: a broken scorer or judge, not a partial run
         raise SystemExit(1)
+
+
+def _backfill_window(since: str | None, until: str | None, now: datetime) -> dict[str, Any]:
+    """``since_ms``, ``until_ms`` and ``window_key`` (the text of a window relative to now,
+    by which the job is found) of ``--since`` / ``--until``."""
+    relative = _is_relative(since) or _is_relative(until)
+    return {
+        "since_ms": _when_ms(since, "--since", now),
+        "until_ms": _when_ms(until, "--until", now) if until else None,
+        "window_key": json.dumps({"since": since, "until": until}) if relative else None,
+    }
+
+
+def _echo_backfill_plan(report: Any, budget: float | None) -> None:
+    """The job as planned, on stderr, before scoring starts."""
+    est = "n/a (code scorer)" if not report.estimate_usd else f"${report.estimate_usd:.4f}"
+    click.echo(
+        f"backfill {report.job_id}: {report.total} traces, {report.already_done} already "
+        f"done; estimated judge spend {est}"
+        + ("" if budget is None else f", budget ${budget:.4f}")
+        + f"; window {_iso(report.since_ms)} .. {_iso(report.until_ms)}",
+        err=True,
+    )
+    if budget is not None and report.estimate_usd and report.estimate_usd > budget:
+        click.echo("  the estimate exceeds the budget: it will stop at the budget", err=True)
 
 
 @scorers_group.command("quality")

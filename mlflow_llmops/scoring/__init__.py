@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "ScoringRunReport": "mlflow_llmops.scoring.runner",
     "sampled": "mlflow_llmops.scoring.runner",
     "backfill": "mlflow_llmops.scoring.backfill_job",
+    "BackfillParams": "mlflow_llmops.scoring.backfill_job",
     "BackfillReport": "mlflow_llmops.scoring.backfill_job",
     "BackfillError": "mlflow_llmops.scoring.backfill_job",
     "quality_aggregates": "mlflow_llmops.scoring.aggregates",

@@ -17,13 +17,12 @@ rerun never logs a second assessment for (trace, scorer, version).
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -359,196 +358,336 @@ class BackfillJob:
             )
 
 
+def _check_sample_rate(rate: float) -> None:
+    if not 0 < rate <= 1:
+        raise BackfillError(f"--sample-rate must be in (0, 1], got {rate}")
+
+
+@dataclass(frozen=True)
+class BackfillParams:
+    """What one backfill is asked to do (the keyword arguments of ``backfill``), checked
+    when built: a bad sample rate, window or budget raises ``BackfillError``.
+
+    ``window_key``: the text of a window relative to now (the CLI passes ``--since`` and
+    ``--until`` when one is a duration); the job is then found by it, and ``since_ms`` /
+    ``until_ms`` only matter to the worker that creates the job. ``run_name``: record the
+    job as an MLflow run of that name (one per job: a rerun or another worker joins it).
+    ``on_plan(report, budget)`` is called once the job is planned, before scoring.
+    """
+
+    scorer: str
+    since_ms: int | None = None
+    until_ms: int | None = None
+    filter_string: str | None = None
+    sample_rate: float | None = None  # None: the scorer's
+    max_cost_usd: float | None = None  # None: the job's budget (none for a new job)
+    concurrency: int | None = None  # None: scoring.concurrency
+    rate_limit_rps: float | None = None  # None: scoring.rate_limit_rps
+    experiment_ids: Sequence[str] | None = None  # None: scoring.experiments
+    worker_id: str | None = None  # None: host:pid:random
+    retry_errors: bool = False
+    progress: bool = True
+    clock: Clock | None = None
+    on_plan: Callable[[BackfillReport, float | None], None] | None = None
+    window_key: str | None = None
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.experiment_ids is not None:
+            object.__setattr__(self, "experiment_ids", tuple(self.experiment_ids))
+        if self.sample_rate is not None:
+            _check_sample_rate(self.sample_rate)
+        if self.since_ms is not None and self.until_ms is not None:
+            if self.until_ms <= self.since_ms:
+                raise BackfillError("--until must be after --since")
+        if self.max_cost_usd is not None and self.max_cost_usd <= 0:
+            raise BackfillError(f"--max-cost-usd must be positive, got {self.max_cost_usd}")
+
+
+@dataclass
+class _Setup:
+    """What the stages of one backfill share: its parameters and the scorer resolved."""
+
+    config: Any
+    store: StateStore
+    params: BackfillParams
+    clock: Clock
+    spec: Any
+    rate: float
+    resolved: Any
+    exp_ids: list[str]
+    holder: str
+    user_flt: str | None  # the filter asked for (or the scorer's), without the window
+
+    @property
+    def sc(self) -> Any:
+        return self.config.scoring
+
+
 @fewer_gc_pauses()
 def backfill(
     config: Any,
     store: StateStore,
     *,
-    scorer: str,
-    since_ms: int | None = None,
-    until_ms: int | None = None,
-    filter_string: str | None = None,
-    sample_rate: float | None = None,
-    max_cost_usd: float | None = None,
-    concurrency: int | None = None,
-    rate_limit_rps: float | None = None,
-    experiment_ids: Sequence[str] | None = None,
-    worker_id: str | None = None,
-    retry_errors: bool = False,
-    progress: bool = True,
-    clock: Clock | None = None,
-    on_plan: Any = None,
-    window_key: str | None = None,
-    run_name: str | None = None,
+    params: BackfillParams | None = None,
+    **fields: Any,
 ) -> BackfillReport:
     """Score every (sampled) trace of the window with the scorer's current version.
 
-    ``window_key``: the text of a window relative to now (the CLI passes ``--since`` and
-    ``--until`` when one is a duration); the job is then found by it, and ``since_ms`` /
-    ``until_ms`` only matter to the worker that creates the job. ``run_name``: record the
-    job as an MLflow run of that name (one per job: a rerun or another worker joins it),
-    its assessments and traces linked to it and its results logged as metrics, as
-    ``mlflow.genai.evaluate`` records an evaluation.
+    Pass ``params=BackfillParams(...)``, or its fields as keyword arguments (``scorer=``,
+    ``since_ms=``, ...). With ``run_name`` the job's assessments and traces are linked to
+    its MLflow run and its results logged as metrics, as ``mlflow.genai.evaluate`` records
+    an evaluation.
     """
     from mlflow.tracing.client import TracingClient
-    from tqdm import tqdm
 
+    p = _params_of(params, fields)
+    s = _resolve_scorer(config, store, p)
+    job, row = _find_job(s)
+    # joining: the window is the one its creator resolved
+    since_ms, until_ms = (p.since_ms, p.until_ms) if row is None else (row.since_ms, row.until_ms)
+    flt = _window_filter(s.user_flt, since_ms, until_ms)
+    client = TracingClient(config.tracking.uri)
+    report = BackfillReport(job.job_id, s.spec.name, s.spec.version, s.holder)
+    if row is None:
+        row = _plan_job(s, job, client, flt, since_ms, until_ms)
+    budget = _rejoin(s, job, row)
+    _report_plan(report, job, row, budget, p.on_plan)
+    worker, run = _start_worker(s, job, row)
+    report.run_id = worker.run_id
+    per_trace = (row.estimate_usd or 0.0) / row.total_items if row.total_items else 0.0
+    bar = _progress_bar(report, s)
+    loop = _BackfillLoop(job, worker, client, s.clock, s.sc, report, bar, budget, per_trace, run)
+    _score(loop, worker, p.concurrency or s.sc.concurrency, bar)
+    return _finish(s, job, loop, worker, report, run)
+
+
+def _params_of(params: BackfillParams | None, fields: dict[str, Any]) -> BackfillParams:
+    if params is None:
+        return BackfillParams(**fields)
+    if fields:
+        raise TypeError(
+            f"backfill() takes params= or keyword arguments, not both (got {sorted(fields)})"
+        )
+    return params
+
+
+def _resolve_scorer(config: Any, store: StateStore, p: BackfillParams) -> _Setup:
+    """Stage 1: the scorer's current version, ready to score, and where its traces are."""
     from mlflow_llmops.scoring.runner import judge_calculator
 
-    clock = clock or SystemClock()
+    clock = p.clock or SystemClock()
     store.ensure_schema(SCORING_MIGRATIONS)
     sc = config.scoring
-    spec = ScorerRegistry(store).get(scorer)
-    rate = spec.sample_rate if sample_rate is None else sample_rate
-    if not 0 < rate <= 1:
-        raise BackfillError(f"--sample-rate must be in (0, 1], got {rate}")
-    if since_ms is not None and until_ms is not None and until_ms <= since_ms:
-        raise BackfillError("--until must be after --since")
-    if max_cost_usd is not None and max_cost_usd <= 0:
-        raise BackfillError(f"--max-cost-usd must be positive, got {max_cost_usd}")
+    spec = ScorerRegistry(store).get(p.scorer)
+    rate = spec.sample_rate if p.sample_rate is None else p.sample_rate
+    _check_sample_rate(rate)
     exp_ids = list(
-        experiment_ids
+        p.experiment_ids
         or resolve_experiment_ids(
             config.tracking.uri, sc.experiments or [config.tracking.experiment_name]
         )
     )
-    conc = concurrency or sc.concurrency
-    limiter = RateLimiter(rate_limit_rps or sc.rate_limit_rps)
+    limiter = RateLimiter(p.rate_limit_rps or sc.rate_limit_rps)
     calculator = judge_calculator(config, clock) if spec.kind == "judge" else None
     resolved = resolve(
         spec, judge_defaults=sc.judge.model_dump(), limiter=limiter, calculator=calculator
     )
-    user_flt = filter_string if filter_string is not None else spec.filter_string
-    holder = worker_id or new_holder_id()
-    ttl_ms = int(sc.lease_ttl_s * 1000)
-    if window_key is None:
+    return _Setup(
+        config=config,
+        store=store,
+        params=p,
+        clock=clock,
+        spec=spec,
+        rate=rate,
+        resolved=resolved,
+        exp_ids=exp_ids,
+        holder=p.worker_id or new_holder_id(),
+        user_flt=p.filter_string if p.filter_string is not None else spec.filter_string,
+    )
+
+
+def _find_job(s: _Setup) -> tuple[BackfillJob, Any]:
+    """Stage 2: the job these parameters name, and its row (None: not created yet). A
+    relative window names the first of its jobs not done yet."""
+    p, spec = s.params, s.spec
+    ttl_ms = int(s.sc.lease_ttl_s * 1000)
+    if p.window_key is None:
+        flt = _window_filter(s.user_flt, p.since_ms, p.until_ms)
+        jid = job_id_for(spec.name, spec.version, p.since_ms, p.until_ms, flt, s.rate, s.exp_ids)
+        job = BackfillJob(s.store, jid, s.holder, ttl_ms)
+        return job, job.row()
+    generation = 0
+    while True:
         jid = job_id_for(
             spec.name,
             spec.version,
-            since_ms,
-            until_ms,
-            _window_filter(user_flt, since_ms, until_ms),
-            rate,
-            exp_ids,
+            None,
+            None,
+            s.user_flt,
+            s.rate,
+            s.exp_ids,
+            window_key=p.window_key,
+            generation=generation,
         )
-        job = BackfillJob(store, jid, holder, ttl_ms)
+        job = BackfillJob(s.store, jid, s.holder, ttl_ms)
         row = job.row()
-    else:
-        for generation in itertools.count():
-            jid = job_id_for(
-                spec.name,
-                spec.version,
-                None,
-                None,
-                user_flt,
-                rate,
-                exp_ids,
-                window_key=window_key,
-                generation=generation,
-            )
-            job = BackfillJob(store, jid, holder, ttl_ms)
-            row = job.row()
-            if row is None or row.status != "done":
-                break
-    if row is not None:  # joining: the window is the one its creator resolved
-        since_ms, until_ms = row.since_ms, row.until_ms
-    flt = _window_filter(user_flt, since_ms, until_ms)
-    client = TracingClient(config.tracking.uri)
-    report = BackfillReport(jid, spec.name, spec.version, holder)
-    if row is None:
-        items = _enumerate(client, exp_ids, flt, spec.name, rate)
-        estimate: float | None = 0.0
-        if resolved.estimate is not None:
-            for _, _, req, resp in items:
-                e = resolved.estimate(req, resp)
-                if e is None:
-                    estimate = None
-                    break
-                estimate += e
-        if estimate is None and max_cost_usd is not None:
-            raise BackfillError(
-                f"cannot keep to --max-cost-usd: the judge model of {spec.name!r} has no price; "
-                "add it to the pricing overrides (pricing.overrides_file) or drop --max-cost-usd"
-            )
-        now_ms = to_ms(clock.now())
-        job.create(
-            {
-                "scorer": spec.name,
-                "version": spec.version,
-                "since_ms": since_ms,
-                "until_ms": until_ms,
-                "filter_string": flt,
-                "sample_rate": rate,
-                "max_cost_usd": max_cost_usd,
-                "estimate_usd": estimate,
-                "spent_usd": 0.0,
-                "total_items": len(items),
-                "status": "running",
-                "created_ms": now_ms,
-                "updated_ms": now_ms,
-            },
-            [(tid, ts) for tid, ts, _, _ in items],
+        if row is None or row.status != "done":
+            return job, row
+        generation += 1
+
+
+def _plan_job(
+    s: _Setup,
+    job: BackfillJob,
+    client: Any,
+    flt: str | None,
+    since_ms: int | None,
+    until_ms: int | None,
+) -> Any:
+    """Stage 3, by the worker that creates the job: its work list and spend estimate.
+    Returns the job's row (another worker's, if it created the job first)."""
+    p, spec = s.params, s.spec
+    items = _enumerate(client, s.exp_ids, flt, spec.name, s.rate)
+    estimate = _estimate(s.resolved, items)
+    if estimate is None and p.max_cost_usd is not None:
+        raise BackfillError(
+            f"cannot keep to --max-cost-usd: the judge model of {spec.name!r} has no price; "
+            "add it to the pricing overrides (pricing.overrides_file) or drop --max-cost-usd"
         )
-        row = job.row()
-    if retry_errors:
+    now_ms = to_ms(s.clock.now())
+    job.create(
+        {
+            "scorer": spec.name,
+            "version": spec.version,
+            "since_ms": since_ms,
+            "until_ms": until_ms,
+            "filter_string": flt,
+            "sample_rate": s.rate,
+            "max_cost_usd": p.max_cost_usd,
+            "estimate_usd": estimate,
+            "spent_usd": 0.0,
+            "total_items": len(items),
+            "status": "running",
+            "created_ms": now_ms,
+            "updated_ms": now_ms,
+        },
+        [(tid, ts) for tid, ts, _, _ in items],
+    )
+    return job.row()
+
+
+def _estimate(resolved: Any, items: Sequence[tuple[str, int, str, str]]) -> float | None:
+    """The judge spend of scoring ``items`` (0 for a code scorer); None: a judge model has
+    no price."""
+    estimate = 0.0
+    if resolved.estimate is not None:
+        for _, _, req, resp in items:
+            e = resolved.estimate(req, resp)
+            if e is None:
+                return None
+            estimate += e
+    return estimate
+
+
+def _rejoin(s: _Setup, job: BackfillJob, row: Any) -> float | None:
+    """Stage 4: put errored items back if asked; returns the budget (a rerun keeps the
+    job's unless given a new one, which is then the job's)."""
+    p = s.params
+    if p.retry_errors:
         job.retry_errors()
-        Ledger(store, holder, lease_ttl_ms=job.ttl).reset_errors(spec.name, spec.version)
-    if max_cost_usd is None:
-        max_cost_usd = row.max_cost_usd  # a rerun keeps the job's budget unless given a new one
-    elif max_cost_usd != row.max_cost_usd:
-        job.set_budget(max_cost_usd)
+        Ledger(s.store, s.holder, lease_ttl_ms=job.ttl).reset_errors(s.spec.name, s.spec.version)
+    if p.max_cost_usd is None:
+        return row.max_cost_usd
+    if p.max_cost_usd != row.max_cost_usd:
+        job.set_budget(p.max_cost_usd)
+    return p.max_cost_usd
+
+
+def _report_plan(
+    report: BackfillReport,
+    job: BackfillJob,
+    row: Any,
+    budget: float | None,
+    on_plan: Callable[[BackfillReport, float | None], None] | None,
+) -> None:
+    """Stage 5: the job's size, window and progress so far, told to ``on_plan``."""
     report.total, report.estimate_usd = row.total_items, row.estimate_usd
     report.since_ms, report.until_ms = row.since_ms, row.until_ms
     counts = job.counts()
     report.already_done = counts.get("done", 0) + counts.get("error", 0)
     if on_plan is not None:
-        on_plan(report, max_cost_usd)
-    per_trace = (row.estimate_usd or 0.0) / row.total_items if row.total_items else 0.0
+        on_plan(report, budget)
+
+
+def _start_worker(s: _Setup, job: BackfillJob, row: Any) -> tuple[TraceScorer, BackfillRun | None]:
+    """Stage 6: this worker's scorer, and the job's MLflow run if it records one."""
     worker = TraceScorer(
-        resolved,
-        tracking_uri=config.tracking.uri,
-        store=store,
-        clock=clock,
-        holder=holder,
-        lease_ttl_s=sc.lease_ttl_s,
-        job_id=jid,
-        max_attempts=sc.max_attempts,
+        s.resolved,
+        tracking_uri=s.config.tracking.uri,
+        store=s.store,
+        clock=s.clock,
+        holder=s.holder,
+        lease_ttl_s=s.sc.lease_ttl_s,
+        job_id=job.job_id,
+        max_attempts=s.sc.max_attempts,
     )
+    run_name = s.params.run_name
     run = (
-        BackfillRun.open(config.tracking.uri, exp_ids[0], jid, run_name, spec, row)
+        BackfillRun.open(s.config.tracking.uri, s.exp_ids[0], job.job_id, run_name, s.spec, row)
         if run_name
         else None
     )
     worker.run_id = run.run_id if run is not None else None
-    report.run_id = worker.run_id
-    bar = tqdm(
+    return worker, run
+
+
+def _progress_bar(report: BackfillReport, s: _Setup) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
         total=report.total,
         initial=report.already_done,
         file=sys.stderr,
-        disable=not progress,
-        desc=f"backfill {spec.name}@v{spec.version}",
+        disable=not s.params.progress,
+        desc=f"backfill {s.spec.name}@v{s.spec.version}",
         unit="trace",
         dynamic_ncols=True,
     )
-    loop = _BackfillLoop(job, worker, client, clock, sc, report, bar, max_cost_usd, per_trace, run)
+
+
+def _score(loop: _BackfillLoop, worker: TraceScorer, concurrency: int, bar: Any) -> None:
+    """Stage 7: score the work list through the pipeline until it is done, the budget is
+    reached or only retries held by other workers are left."""
     try:
-        with ScoringPipeline(worker, concurrency=conc, on_commit=loop.on_commit) as pipe:
+        with ScoringPipeline(worker, concurrency=concurrency, on_commit=loop.on_commit) as pipe:
             try:
                 loop.run(pipe)
             finally:
                 loop.close()
     finally:
         bar.close()
+
+
+def _finish(
+    s: _Setup,
+    job: BackfillJob,
+    loop: _BackfillLoop,
+    worker: TraceScorer,
+    report: BackfillReport,
+    run: BackfillRun | None,
+) -> BackfillReport:
+    """Stage 8: the job's status and spend, on its row, the report and its MLflow run."""
     counts = job.counts()
     if loop.budget_hit:
         report.status = "budget_exhausted"
     elif counts.get("pending", 0) == 0 and counts.get("leased", 0) == 0:
         report.status = "done"
     report.job_errors = counts.get("error", 0)
-    job.set_status(report.status, to_ms(clock.now()))
-    report.spent_usd = worker.ledger.job_spend(jid)
+    job.set_status(report.status, to_ms(s.clock.now()))
+    report.spent_usd = worker.ledger.job_spend(job.job_id)
     if run is not None:
-        run.finish(store, report)
+        run.finish(s.store, report)
     return report
 
 

@@ -239,72 +239,108 @@ class TraceScorer:
             return PendingWrite(TraceOutcome(info.trace_id, "skipped"))
         if claim.kind == "held":
             return PendingWrite(TraceOutcome(info.trace_id, "held", retry_at_ms=claim.expires_ms))
-        replaces = claim.assessment_id
         if claim.kind == "takeover":
-            found = self._existing(info.trace_id, claim.assessment_id)
-            now_ms = to_ms(self.clock.now())
-            if found is not None and getattr(found, "error", None) is not None:
-                return PendingWrite(
-                    TraceOutcome(info.trace_id, "failed", error=found.error.error_message),
-                    confirm=Confirmation(
-                        key, "failed", now_ms, assessment_id=found.assessment_id, adopted=True
-                    ),
-                )
-            if found is not None:
-                value = getattr(found, "value", None)
-                num = value_number(value)
-                passed = passed_of(value, self.resolved.pass_threshold)
-                return PendingWrite(
-                    TraceOutcome(info.trace_id, "adopted", num),
-                    confirm=Confirmation(
-                        key, "done", now_ms, num, passed, found.assessment_id, adopted=True
-                    ),
-                )
+            adopted = self._adopt(key, claim)
+            if adopted is not None:
+                return adopted
         source = AssessmentSource(source_type=self.resolved.source_type, source_id=spec.source_id)
         meta = {META_SCORER: spec.name, META_VERSION: str(spec.version)}
         if self.run_id is not None:
             meta[SOURCE_RUN_ID] = self.run_id
         try:
-            out = self.resolved.score(trace)
-            if out.cost_usd:  # paid now: recorded before anything else can fail
-                self.ledger.add_cost(key, out.cost_usd)
-            errors = [f for f in out.feedbacks if f.error is not None]
-            if errors:
-                e = errors[0].error
-                raise RuntimeError(getattr(e, "error_message", None) or str(e))
+            out = self._score_once(trace, key)
         except Exception as e:  # noqa: BLE001 - a scorer's failure is data, not a crash
-            msg = f"{type(e).__name__}: {e}"
-            cost = getattr(e, "cost_usd", None)
-            if cost:
-                self.ledger.add_cost(key, cost)
-            attempt = claim.attempts + 1
-            now_ms = to_ms(self.clock.now())
-            if attempt < self.ledger.max_attempts:  # tried again later
-                return PendingWrite(
-                    TraceOutcome(info.trace_id, "error", error=msg, cost_usd=cost),
-                    confirm=Confirmation(
-                        key, "error", now_ms, error=msg, cost_usd=cost, cost_paid=True
-                    ),
-                )
-            err = AssessmentError(
-                error_code=type(e).__name__, error_message=f"{e} (gave up after {attempt} attempts)"
-            )
-            fb = Feedback(
-                name=spec.name,
-                error=err,
-                source=source,
-                metadata={**meta, META_ATTEMPTS: str(attempt)},
-            )
-            fb.overrides = replaces
+            return self._failed(key, claim, e, source, meta)
+        return self._scored(key, claim, out, source, meta)
+
+    def _adopt(self, key: LedgerKey, claim: Claim) -> PendingWrite | None:
+        """Taking over a crashed holder's claim: what it logged, adopted (None: nothing)."""
+        found = self._existing(key.trace_id, claim.assessment_id)
+        now_ms = to_ms(self.clock.now())
+        if found is not None and getattr(found, "error", None) is not None:
             return PendingWrite(
-                TraceOutcome(info.trace_id, "failed", error=msg, cost_usd=cost),
-                [fb],
-                Confirmation(key, "failed", now_ms, error=msg, cost_usd=cost, cost_paid=True),
+                TraceOutcome(key.trace_id, "failed", error=found.error.error_message),
+                confirm=Confirmation(
+                    key, "failed", now_ms, assessment_id=found.assessment_id, adopted=True
+                ),
             )
+        if found is not None:
+            value = getattr(found, "value", None)
+            num = value_number(value)
+            passed = passed_of(value, self.resolved.pass_threshold)
+            return PendingWrite(
+                TraceOutcome(key.trace_id, "adopted", num),
+                confirm=Confirmation(
+                    key, "done", now_ms, num, passed, found.assessment_id, adopted=True
+                ),
+            )
+        return None
+
+    def _score_once(self, trace: Trace, key: LedgerKey) -> Any:
+        """The scorer's output; its cost recorded first. Raises for an error Feedback too."""
+        out = self.resolved.score(trace)
+        if out.cost_usd:  # paid now: recorded before anything else can fail
+            self.ledger.add_cost(key, out.cost_usd)
+        errors = [f for f in out.feedbacks if f.error is not None]
+        if errors:
+            e = errors[0].error
+            raise RuntimeError(getattr(e, "error_message", None) or str(e))
+        return out
+
+    def _failed(
+        self,
+        key: LedgerKey,
+        claim: Claim,
+        e: Exception,
+        source: AssessmentSource,
+        meta: dict[str, str],
+    ) -> PendingWrite:
+        """An attempt that failed: tried again later, or given up on with an error Feedback
+        once the attempts run out."""
+        msg = f"{type(e).__name__}: {e}"
+        cost = getattr(e, "cost_usd", None)
+        if cost:
+            self.ledger.add_cost(key, cost)
+        attempt = claim.attempts + 1
+        now_ms = to_ms(self.clock.now())
+        if attempt < self.ledger.max_attempts:  # tried again later
+            return PendingWrite(
+                TraceOutcome(key.trace_id, "error", error=msg, cost_usd=cost),
+                confirm=Confirmation(
+                    key, "error", now_ms, error=msg, cost_usd=cost, cost_paid=True
+                ),
+            )
+        err = AssessmentError(
+            error_code=type(e).__name__, error_message=f"{e} (gave up after {attempt} attempts)"
+        )
+        fb = Feedback(
+            name=self.spec.name,
+            error=err,
+            source=source,
+            metadata={**meta, META_ATTEMPTS: str(attempt)},
+        )
+        fb.overrides = claim.assessment_id
+        return PendingWrite(
+            TraceOutcome(key.trace_id, "failed", error=msg, cost_usd=cost),
+            [fb],
+            Confirmation(key, "failed", now_ms, error=msg, cost_usd=cost, cost_paid=True),
+        )
+
+    def _scored(
+        self,
+        key: LedgerKey,
+        claim: Claim,
+        out: Any,
+        source: AssessmentSource,
+        meta: dict[str, str],
+    ) -> PendingWrite:
+        """A scorer's output as the Feedbacks to log (none: not applicable); the first
+        replaces the assessment of an earlier attempt."""
+        spec = self.spec
         done_ms = to_ms(self.clock.now())
         if not out.feedbacks:
             return PendingWrite(
-                TraceOutcome(info.trace_id, "not_applicable", cost_usd=out.cost_usd),
+                TraceOutcome(key.trace_id, "not_applicable", cost_usd=out.cost_usd),
                 confirm=Confirmation(key, "done", done_ms, cost_usd=out.cost_usd, cost_paid=True),
             )
         meta.update(out.extra_metadata)
@@ -321,12 +357,12 @@ class TraceScorer:
                 metadata={**(fb.metadata or {}), **meta},
             )
             if i == 0:
-                logged.overrides = replaces
+                logged.overrides = claim.assessment_id
             feedbacks.append(logged)
         first = out.feedbacks[0].value
         num, passed = value_number(first), passed_of(first, self.resolved.pass_threshold)
         return PendingWrite(
-            TraceOutcome(info.trace_id, "done", num, passed, out.cost_usd),
+            TraceOutcome(key.trace_id, "done", num, passed, out.cost_usd),
             feedbacks,
             Confirmation(key, "done", done_ms, num, passed, cost_usd=out.cost_usd, cost_paid=True),
         )
@@ -473,45 +509,112 @@ def _run_scorer(
     now: datetime,
     exp_ids: list[str],
 ) -> ScorerRunStats:
-    from mlflow.entities import TraceState
-
-    sc, spec, client = config.scoring, worker.spec, worker.client
+    """Retries due, then the new traces since the watermark (by start time), then the late
+    arrivals; the watermark moves on to where this pass finished."""
+    sc = config.scoring
     budget = sc.max_traces_per_cycle - _retry_errors(worker, pipe, stats, sc, exp_ids)
-    wm_name = f"scoring:{spec.name}:v{spec.version}"
-    raw = store.get_watermark(wm_name)
     now_ms = to_ms(now)
-    start_ms = int(json.loads(raw)["ts"]) if raw else now_ms - int(sc.initial_lookback_s * 1000)
-    upper_ms = now_ms - int(sc.completion_buffer_s * 1000)
-    if upper_ms <= start_ms:
-        stats.watermark_ms = start_ms
+    window = _ScanWindow.of(sc, worker.spec, store, now_ms)
+    if window.upper_ms <= window.start_ms:
+        stats.watermark_ms = window.start_ms
         return stats
-    scan_from = max(0, start_ms - int(sc.late_arrival_s * 1000)) if raw else start_ms
-    flt = combine_filters(
-        spec.filter_string,
-        f"trace.timestamp_ms >= {scan_from}",
-        f"trace.timestamp_ms < {upper_ms}",
-    )
-    hold_ms: int | None = None
+    scan = _IncrementalScan(worker, pipe, stats, exp_ids)
     give_up_ms = now_ms - int(sc.max_in_progress_wait_s * 1000)
-    new_wm, token = upper_ms, None
-    todo: list[Any] = []
-    ts_of: dict[str, int] = {}
-    held: list[str] = []  # traces another live worker holds: not finished
+    new_wm, budget = scan.scan(window, budget, give_up_ms)
+    late = None
+    if budget > 0:
+        late = _late_arrivals(scan, sc, store, now_ms, window.scan_from, budget)
+        scan.take(late.outcomes)
+    scan.take(pipe.drain())  # every trace before the new watermark is written
+    if late is not None:
+        late.save(store, scan.held)
+    new_wm = scan.watermark(new_wm, window.start_ms)
+    store.set_watermark(window.name, json.dumps({"ts": new_wm, "last_run_ms": now_ms}))
+    stats.watermark_ms = new_wm
+    return stats
 
-    def take(outcomes: Iterable[TraceOutcome]) -> None:
+
+@dataclass(frozen=True)
+class _ScanWindow:
+    """The start times one incremental pass scans: from its watermark (less the late
+    arrival margin after the first run) to now less the completion buffer."""
+
+    name: str  # the watermark's
+    start_ms: int
+    upper_ms: int
+    scan_from: int
+
+    @classmethod
+    def of(cls, sc: Any, spec: ScorerSpec, store: StateStore, now_ms: int) -> _ScanWindow:
+        name = f"scoring:{spec.name}:v{spec.version}"
+        raw = store.get_watermark(name)
+        start_ms = int(json.loads(raw)["ts"]) if raw else now_ms - int(sc.initial_lookback_s * 1000)
+        upper_ms = now_ms - int(sc.completion_buffer_s * 1000)
+        scan_from = max(0, start_ms - int(sc.late_arrival_s * 1000)) if raw else start_ms
+        return cls(name, start_ms, upper_ms, scan_from)
+
+
+class _IncrementalScan:
+    """Feeds one scorer's pipeline from MLflow, page by page, within a trace budget, and
+    keeps what the watermark must not pass (traces in progress or held elsewhere)."""
+
+    def __init__(
+        self, worker: TraceScorer, pipe: Any, stats: ScorerRunStats, exp_ids: list[str]
+    ) -> None:
+        self.worker, self.pipe, self.stats, self.exp_ids = worker, pipe, stats, exp_ids
+        self.hold_ms: int | None = None  # the first trace still in progress, not given up on
+        self.ts_of: dict[str, int] = {}
+        self.held: list[str] = []  # traces another live worker holds: not finished
+
+    def take(self, outcomes: Iterable[TraceOutcome]) -> None:
         for o in outcomes:
-            stats.add(o)
+            self.stats.add(o)
             if o.state == "held":
-                held.append(o.trace_id)
+                self.held.append(o.trace_id)
 
-    while budget > 0:
-        page = _search_page(client, exp_ids, flt, min(500, max(budget, 100)), False, token)
+    def scan(self, window: _ScanWindow, budget: int, give_up_ms: int) -> tuple[int, int]:
+        """Feed the window's unscored traces, at most ``budget``; returns the watermark
+        reached and the budget left."""
+        spec, client = self.worker.spec, self.worker.client
+        flt = combine_filters(
+            spec.filter_string,
+            f"trace.timestamp_ms >= {window.scan_from}",
+            f"trace.timestamp_ms < {window.upper_ms}",
+        )
+        new_wm, token = window.upper_ms, None
+        todo: list[Any] = []
+        while budget > 0:
+            page = _search_page(client, self.exp_ids, flt, min(500, max(budget, 100)), False, token)
+            todo = self._candidates(page, window.start_ms, give_up_ms)
+            ids = self._unfinished(todo, window.start_ms)
+            if len(ids) > budget:  # stop here; the next cycle goes on from this trace
+                ids = ids[:budget]
+                new_wm = next(i.timestamp_ms for i in todo if i.trace_id == ids[-1])
+                page.token = None
+            budget -= len(ids)
+            self.ts_of.update((i.trace_id, i.timestamp_ms) for i in todo)
+            for chunk in range(0, len(ids), 200):
+                self.take(self.pipe.feed(load_traces(client, ids[chunk : chunk + 200])))
+            token = page.token
+            if not token:
+                break
+        else:
+            new_wm = min(
+                new_wm, max(window.start_ms, todo[-1].timestamp_ms if todo else window.start_ms)
+            )
+        return new_wm, budget
+
+    def _candidates(self, page: Any, start_ms: int, give_up_ms: int) -> list[Any]:
+        """The page's finished, sampled traces (infos); counts those sampled out."""
+        from mlflow.entities import TraceState
+
+        spec, stats = self.worker.spec, self.stats
         todo = []
         for t in page:
             info = t.info
             if info.state == TraceState.IN_PROGRESS:
-                if info.timestamp_ms >= give_up_ms and hold_ms is None:
-                    hold_ms = info.timestamp_ms
+                if info.timestamp_ms >= give_up_ms and self.hold_ms is None:
+                    self.hold_ms = info.timestamp_ms
                 continue
             if not sampled(info.trace_id, spec.name, spec.sample_rate):
                 if info.timestamp_ms >= start_ms:
@@ -519,43 +622,60 @@ def _run_scorer(
                     stats.sampled_out += 1
                 continue
             todo.append(info)
-        done = worker.ledger.finished(spec.name, spec.version, (i.trace_id for i in todo))
+        return todo
+
+    def _unfinished(self, todo: list[Any], start_ms: int) -> list[str]:
+        """The ids of ``todo`` the ledger has not finished; counts those it has."""
+        spec, stats = self.worker.spec, self.stats
+        done = self.worker.ledger.finished(spec.name, spec.version, (i.trace_id for i in todo))
         for i in todo:
             if i.timestamp_ms >= start_ms or i.trace_id not in done:
                 stats.considered += 1
                 stats.skipped += i.trace_id in done
-        ids = [i.trace_id for i in todo if i.trace_id not in done]
-        if len(ids) > budget:  # stop here; the next cycle goes on from this trace
-            ids = ids[:budget]
-            new_wm = next(i.timestamp_ms for i in todo if i.trace_id == ids[-1])
-            page.token = None
-        budget -= len(ids)
-        ts_of.update((i.trace_id, i.timestamp_ms) for i in todo)
-        for chunk in range(0, len(ids), 200):
-            take(pipe.feed(load_traces(client, ids[chunk : chunk + 200])))
-        token = page.token
-        if not token:
-            break
-    else:
-        new_wm = min(new_wm, max(start_ms, todo[-1].timestamp_ms if todo else start_ms))
-    late = None
-    if budget > 0:
-        late = _late_arrivals(
-            worker, pipe, stats, config, store, now_ms, exp_ids, scan_from, budget
+        return [i.trace_id for i in todo if i.trace_id not in done]
+
+    def watermark(self, new_wm: int, start_ms: int) -> int:
+        """``new_wm``, held back to a trace still in progress or held by another worker."""
+        if self.hold_ms is not None:
+            new_wm = min(new_wm, self.hold_ms)
+        held_ms = [self.ts_of[t] for t in self.held if t in self.ts_of]
+        if held_ms:  # not finished: the next run scans them again
+            new_wm = min(new_wm, min(held_ms))
+        return max(new_wm, start_ms)
+
+    def feed_arrivals(self, scan: LateScan, minute: int, before_ms: int, budget: int) -> int:
+        """Feed the unscored traces stamped with arrival ``minute`` that started before
+        ``before_ms``, at most ``budget``; returns the budget left."""
+        from mlflow.entities import TraceState
+
+        from mlflow_llmops.core.keys import INGESTED_MINUTE, ingested_minute
+
+        spec, client, stats = self.worker.spec, self.worker.client, self.stats
+        flt = combine_filters(
+            spec.filter_string,
+            f"metadata.`{INGESTED_MINUTE}` = '{ingested_minute(minute)}'",
+            f"trace.timestamp_ms < {before_ms}",
         )
-        take(late.outcomes)
-    take(pipe.drain())  # every trace before the new watermark is written
-    if late is not None:
-        late.save(store, held)
-    if hold_ms is not None:
-        new_wm = min(new_wm, hold_ms)
-    held_ms = [ts_of[t] for t in held if t in ts_of]
-    if held_ms:  # not finished: the next run scans them again
-        new_wm = min(new_wm, min(held_ms))
-    new_wm = max(new_wm, start_ms)
-    store.set_watermark(wm_name, json.dumps({"ts": new_wm, "last_run_ms": now_ms}))
-    stats.watermark_ms = new_wm
-    return stats
+        token = None
+        while True:
+            page = _search_page(client, self.exp_ids, flt, 500, False, token)
+            infos = [
+                t.info
+                for t in page
+                if t.info.state != TraceState.IN_PROGRESS
+                and sampled(t.info.trace_id, spec.name, spec.sample_rate)
+            ]
+            done = self.worker.ledger.finished(spec.name, spec.version, (i.trace_id for i in infos))
+            ids = [i.trace_id for i in infos if i.trace_id not in done][:budget]
+            budget -= len(ids)
+            stats.considered += len(ids)
+            stats.late += len(ids)
+            scan.minute_of.update((i, minute) for i in ids)
+            for chunk in range(0, len(ids), 200):
+                scan.outcomes.extend(self.pipe.feed(load_traces(client, ids[chunk : chunk + 200])))
+            token = page.token
+            if not token or budget <= 0:
+                return budget
 
 
 #: Arrival minutes one run reads at most (the rest waits for the next run).
@@ -563,24 +683,17 @@ MAX_ARRIVAL_MINUTES = 240
 
 
 def _late_arrivals(
-    worker: TraceScorer,
-    pipe: Any,
-    stats: ScorerRunStats,
-    config: Any,
+    feeder: _IncrementalScan,
+    sc: Any,
     store: StateStore,
     now_ms: int,
-    exp_ids: list[str],
     before_ms: int,
     budget: int,
 ) -> LateScan:
     """Traces that started before the start-time scan's window but were written since the
     last run: found by the minute the exporter stamped on them (``llmops.ingested_minute``),
     however late they came (a store outage, a spool replayed an hour later)."""
-    from mlflow.entities import TraceState
-
-    from mlflow_llmops.core.keys import INGESTED_MINUTE, ingested_minute
-
-    sc, spec, client = config.scoring, worker.spec, worker.client
+    spec = feeder.worker.spec
     scan = LateScan(f"scoring:{spec.name}:v{spec.version}:arrivals")
     raw = store.get_watermark(scan.watermark)
     last = now_ms // 60_000 * 60_000
@@ -590,34 +703,9 @@ def _late_arrivals(
         if raw
         else last - int(max(sc.late_arrival_s, 60) * 1000) // 60_000 * 60_000
     )
-    first = max(first, last - MAX_ARRIVAL_MINUTES * 60_000)
-    minute = first
+    minute = max(first, last - MAX_ARRIVAL_MINUTES * 60_000)
     while minute <= last and budget > 0:
-        flt = combine_filters(
-            spec.filter_string,
-            f"metadata.`{INGESTED_MINUTE}` = '{ingested_minute(minute)}'",
-            f"trace.timestamp_ms < {before_ms}",
-        )
-        token = None
-        while True:
-            page = _search_page(client, exp_ids, flt, 500, False, token)
-            infos = [
-                t.info
-                for t in page
-                if t.info.state != TraceState.IN_PROGRESS
-                and sampled(t.info.trace_id, spec.name, spec.sample_rate)
-            ]
-            done = worker.ledger.finished(spec.name, spec.version, (i.trace_id for i in infos))
-            ids = [i.trace_id for i in infos if i.trace_id not in done][:budget]
-            budget -= len(ids)
-            stats.considered += len(ids)
-            stats.late += len(ids)
-            scan.minute_of.update((i, minute) for i in ids)
-            for chunk in range(0, len(ids), 200):
-                scan.outcomes.extend(pipe.feed(load_traces(client, ids[chunk : chunk + 200])))
-            token = page.token
-            if not token or budget <= 0:
-                break
+        budget = feeder.feed_arrivals(scan, minute, before_ms, budget)
         if budget <= 0:
             break  # this minute again next run
         minute += 60_000
@@ -709,16 +797,9 @@ def run_due_scorers(
             report.not_due.append(spec.name)
             continue
         if spec.kind == "judge" and calculator is None:
-            try:
-                calculator = judge_calculator(config, clock)
-            except Exception as e:  # noqa: BLE001 - bad prices stop the judges, not the rest
-                report.scorers.append(
-                    ScorerRunStats(
-                        spec.name,
-                        spec.version,
-                        problem=(f"cannot price the judge: {type(e).__name__}: {e}"),
-                    )
-                )
+            calculator, problem = _judge_prices(config, clock)
+            if problem is not None:  # bad prices stop the judges, not the rest
+                report.scorers.append(ScorerRunStats(spec.name, spec.version, problem=problem))
                 continue
         report.scorers.append(
             run_scorer_once(
@@ -733,6 +814,14 @@ def run_due_scorers(
             )
         )
     return report
+
+
+def _judge_prices(config: Any, clock: Clock) -> tuple[Any, str | None]:
+    """The judges' calculator, or why there is none."""
+    try:
+        return judge_calculator(config, clock), None
+    except Exception as e:  # noqa: BLE001 - bad prices stop the judges, not the rest
+        return None, f"cannot price the judge: {type(e).__name__}: {e}"
 
 
 def judge_calculator(config: Any, clock: Clock | None = None) -> Any:

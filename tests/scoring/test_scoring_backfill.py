@@ -18,6 +18,7 @@ from scoring_helpers import EPOCH, EPOCH_MS, config_for, make_traces
 
 from mlflow_llmops.scoring import (
     BackfillError,
+    BackfillParams,
     ScorerRegistry,
     ScorerSpec,
     backfill,
@@ -97,6 +98,24 @@ def test_backfill_skips_what_the_runner_scored_and_records_errors(mlflow_db, sto
     nothing = backfill(cfg, store, scorer="empty", filter_string="tags.team = 'nobody'",
                        progress=False)  # fmt: skip
     assert (nothing.total, nothing.status) == (0, "done")
+
+
+def test_backfill_params_are_checked_when_built():
+    """Bad input fails as ``backfill`` did, before any store or MLflow is touched."""
+    import dataclasses
+
+    with pytest.raises(BackfillError, match=r"--sample-rate must be in \(0, 1\], got 0"):
+        BackfillParams(scorer="s", sample_rate=0)
+    with pytest.raises(BackfillError, match="--until must be after --since"):
+        BackfillParams(scorer="s", since_ms=10, until_ms=10)
+    with pytest.raises(BackfillError, match="--max-cost-usd must be positive, got -1"):
+        BackfillParams(scorer="s", max_cost_usd=-1)
+    p = BackfillParams(scorer="s", experiment_ids=["1", "2"])
+    assert p.experiment_ids == ("1", "2")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.scorer = "t"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="not both"):
+        backfill(None, None, params=p, scorer="s")
 
 
 def test_takeover_adopts_an_assessment_logged_before_a_crash(mlflow_db, store, state_url):
