@@ -306,6 +306,48 @@ def _usage_int(usage: Any, key: str) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class _TraceContext:
+    """What every row of one trace carries."""
+
+    info: Any
+    metadata: dict[str, Any]
+    exp_id: int | None
+    ts: int
+    weight: float
+
+    @classmethod
+    def of(cls, info: Any) -> _TraceContext:
+        md = info.trace_metadata or {}
+        raw_weight = md.get("llmops.sample_weight")
+        return cls(
+            info=info,
+            metadata=md,
+            exp_id=int(info.experiment_id) if info.experiment_id is not None else None,
+            ts=int(info.request_time),
+            weight=float(raw_weight) if raw_weight else 1.0,
+        )
+
+
+@dataclass
+class _TraceTally:
+    """What a trace's spans add up to: its first LLM model and its cost by source."""
+
+    model: Any = None
+    llmops_rows: int = 0
+    llmops_sum: float | None = None
+    mlflow_sum: float | None = None
+    unpriced: int = 0
+
+    def cost(self) -> tuple[float | None, str | None]:
+        """The trace's cost and its source: ours if we priced any span, else MLflow's."""
+        if self.llmops_rows:
+            return self.llmops_sum, "llmops"
+        if self.mlflow_sum is not None:
+            return self.mlflow_sum, "mlflow"
+        return None, None
+
+
 def rows_from_traces(
     traces: Iterable[Any], *, calculator: Any | None = None
 ) -> dict[str, list[dict[str, Any]]]:
@@ -313,124 +355,158 @@ def rows_from_traces(
     ``get_trace``), for stores without SQL access. With a ``CostCalculator`` every LLM
     span is priced by it (cost source ``llmops``); otherwise MLflow's own span cost is
     used (``mlflow``)."""
-    from mlflow_llmops.pricing.job import cost_row
-    from mlflow_llmops.pricing.spans import span_from_attributes
-
     out: dict[str, list[dict[str, Any]]] = {v: [] for v in EXPORT_TABLES}
     priced_at = datetime.now(UTC)
     for tr in traces:
-        info = tr.info
-        md = info.trace_metadata or {}
-        exp_id = int(info.experiment_id) if info.experiment_id is not None else None
-        ts = int(info.request_time)
-        spans = sorted(tr.data.spans, key=lambda s: (s.start_time_ns, s.span_id))
-        raw_weight = md.get("llmops.sample_weight")
-        weight = float(raw_weight) if raw_weight else 1.0
-        llmops_rows = 0
-        llmops_sum: float | None = None
-        mlflow_sum: float | None = None
-        unpriced = 0
-        model = None
-        for s in spans:
-            attrs = s.attributes or {}
-            usage = attrs.get("mlflow.chat.tokenUsage")
-            if s.span_type in LLM_SPAN_TYPES and model is None and attrs.get("mlflow.llm.model"):
-                model = attrs.get("mlflow.llm.model")
-            cost: float | None = None
-            status: str | None = None
-            csource: str | None = None
-            ls = None
-            if calculator is not None:
-                ls = span_from_attributes(info.trace_id, s.span_id, str(exp_id), ts, attrs)
-            if ls is not None:
-                r = None
-                if ls.usage is not None:
-                    r = calculator.cost(
-                        model=ls.model,
-                        provider=ls.provider,
-                        usage=ls.usage,
-                        service_tier=ls.service_tier,
-                        at=ts,
-                    )
-                row = cost_row(ls, r, calculator.catalog_version, priced_at)
-                out["llmops_costs"].append({**row, "timestamp_ms": ts, "sample_weight": weight})
-                status, csource = row["status"], "llmops"
-                llmops_rows += 1
-                unpriced += status == "unpriced"
-                if row["total_cost_usd"] is not None:
-                    cost = float(row["total_cost_usd"])
-                    llmops_sum = (llmops_sum or 0.0) + cost
-            else:
-                mcost = attrs.get("mlflow.llm.cost")
-                if isinstance(mcost, dict) and mcost.get("total_cost") is not None:
-                    cost, csource = float(mcost["total_cost"]), "mlflow"
-                    mlflow_sum = (mlflow_sum or 0.0) + cost
-            end = s.end_time_ns
-            ttft = attrs.get("llmops.ttft_ms")
-            out["llmops_spans"].append(
-                {
-                    "trace_id": info.trace_id,
-                    "span_id": s.span_id,
-                    "parent_span_id": s.parent_id,
-                    "experiment_id": exp_id,
-                    "name": s.name,
-                    "span_type": s.span_type,
-                    "status": s.status.status_code.value if s.status else None,
-                    "start_ms": s.start_time_ns // 1_000_000,
-                    "end_ms": end // 1_000_000 if end is not None else None,
-                    "latency_ms": (end - s.start_time_ns) // 1_000_000 if end else None,
-                    "model": attrs.get("mlflow.llm.model"),
-                    "provider": attrs.get("mlflow.llm.provider"),
-                    "input_tokens": _usage_int(usage, "input_tokens"),
-                    "output_tokens": _usage_int(usage, "output_tokens"),
-                    "cache_read_tokens": _usage_int(usage, "cache_read_input_tokens"),
-                    "cache_write_tokens": _usage_int(usage, "cache_creation_input_tokens"),
-                    "reasoning_tokens": int(attrs.get("gen_ai.usage.reasoning.output_tokens") or 0),
-                    "ttft_ms": float(ttft) if ttft is not None else None,
-                    "cost_usd": cost,
-                    "cost_source": csource,
-                    "cost_status": status,
-                    "sample_weight": weight,
-                }
-            )
-        usage = info.token_usage or {}
-        if llmops_rows:
-            trace_cost, source = llmops_sum, "llmops"
-        elif mlflow_sum is not None:
-            trace_cost, source = mlflow_sum, "mlflow"
-        else:
-            trace_cost, source = None, None
-        out["llmops_traces"].append(
-            {
-                "trace_id": info.trace_id,
-                "experiment_id": exp_id,
-                "timestamp_ms": ts,
-                "status": info.state.value,
-                "latency_ms": info.execution_duration,
-                "trace_name": (info.tags or {}).get("mlflow.traceName"),
-                "user_id": md.get("mlflow.trace.user"),
-                "session_id": md.get("mlflow.trace.session"),
-                "task_type": md.get("llmops.task_type"),
-                "route": md.get("llmops.route"),
-                "tenant": md.get("llmops.tenant"),
-                "environment": md.get("llmops.environment"),
-                "service": md.get("llmops.service"),
-                "service_version": md.get("llmops.service_version"),
-                "model": model,
-                "input_tokens": _usage_int(usage, "input_tokens"),
-                "output_tokens": _usage_int(usage, "output_tokens"),
-                "total_tokens": _usage_int(usage, "total_tokens"),
-                "cache_read_tokens": _usage_int(usage, "cache_read_input_tokens"),
-                "cache_write_tokens": _usage_int(usage, "cache_creation_input_tokens"),
-                "sample_weight": weight,
-                "cost_usd": trace_cost,
-                "cost_source": source,
-                "unpriced_spans": unpriced,
-            }
-        )
-        for a in getattr(info, "assessments", None) or []:
-            out["llmops_assessments"].append(_assessment_row(a, exp_id, ts))
+        _add_trace_rows(tr, calculator, priced_at, out)
     return out
+
+
+def _add_trace_rows(
+    tr: Any, calculator: Any | None, priced_at: datetime, out: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Append one trace's rows to every view in ``out``."""
+    ctx = _TraceContext.of(tr.info)
+    tally = _TraceTally()
+    for s in sorted(tr.data.spans, key=lambda s: (s.start_time_ns, s.span_id)):
+        attrs = s.attributes or {}
+        if s.span_type in LLM_SPAN_TYPES and tally.model is None and attrs.get("mlflow.llm.model"):
+            tally.model = attrs.get("mlflow.llm.model")
+        cost, source, status = _span_cost(
+            ctx, s, attrs, calculator, priced_at, tally, out["llmops_costs"]
+        )
+        out["llmops_spans"].append(_span_row(ctx, s, attrs, cost, source, status))
+    out["llmops_traces"].append(_trace_row(ctx, tally))
+    for a in getattr(ctx.info, "assessments", None) or []:
+        out["llmops_assessments"].append(_assessment_row(a, ctx.exp_id, ctx.ts))
+
+
+def _span_cost(
+    ctx: _TraceContext,
+    s: Any,
+    attrs: dict[str, Any],
+    calculator: Any | None,
+    priced_at: datetime,
+    tally: _TraceTally,
+    costs: list[dict[str, Any]],
+) -> tuple[float | None, str | None, str | None]:
+    """A span's (cost, cost source, cost status): priced by ``calculator`` when the span
+    is an LLM call it can read (its cost row appended to ``costs``), else MLflow's cost."""
+    from mlflow_llmops.pricing.spans import span_from_attributes
+
+    ls = None
+    if calculator is not None:
+        ls = span_from_attributes(ctx.info.trace_id, s.span_id, str(ctx.exp_id), ctx.ts, attrs)
+    if ls is not None:
+        return _priced_span_cost(ctx, ls, calculator, priced_at, tally, costs)
+    mcost = attrs.get("mlflow.llm.cost")
+    if isinstance(mcost, dict) and mcost.get("total_cost") is not None:
+        cost = float(mcost["total_cost"])
+        tally.mlflow_sum = (tally.mlflow_sum or 0.0) + cost
+        return cost, "mlflow", None
+    return None, None, None
+
+
+def _priced_span_cost(
+    ctx: _TraceContext,
+    ls: Any,
+    calculator: Any,
+    priced_at: datetime,
+    tally: _TraceTally,
+    costs: list[dict[str, Any]],
+) -> tuple[float | None, str, str]:
+    """Price one LLM span with ``calculator``, as the re-pricing job's cost row."""
+    from mlflow_llmops.pricing.job import cost_row
+
+    r = None
+    if ls.usage is not None:
+        r = calculator.cost(
+            model=ls.model,
+            provider=ls.provider,
+            usage=ls.usage,
+            service_tier=ls.service_tier,
+            at=ctx.ts,
+        )
+    row = cost_row(ls, r, calculator.catalog_version, priced_at)
+    costs.append({**row, "timestamp_ms": ctx.ts, "sample_weight": ctx.weight})
+    tally.llmops_rows += 1
+    tally.unpriced += row["status"] == "unpriced"
+    cost: float | None = None
+    if row["total_cost_usd"] is not None:
+        cost = float(row["total_cost_usd"])
+        tally.llmops_sum = (tally.llmops_sum or 0.0) + cost
+    return cost, "llmops", row["status"]
+
+
+def _span_row(
+    ctx: _TraceContext,
+    s: Any,
+    attrs: dict[str, Any],
+    cost: float | None,
+    source: str | None,
+    status: str | None,
+) -> dict[str, Any]:
+    """One ``llmops_spans`` row."""
+    usage = attrs.get("mlflow.chat.tokenUsage")
+    end = s.end_time_ns
+    ttft = attrs.get("llmops.ttft_ms")
+    return {
+        "trace_id": ctx.info.trace_id,
+        "span_id": s.span_id,
+        "parent_span_id": s.parent_id,
+        "experiment_id": ctx.exp_id,
+        "name": s.name,
+        "span_type": s.span_type,
+        "status": s.status.status_code.value if s.status else None,
+        "start_ms": s.start_time_ns // 1_000_000,
+        "end_ms": end // 1_000_000 if end is not None else None,
+        "latency_ms": (end - s.start_time_ns) // 1_000_000 if end else None,
+        "model": attrs.get("mlflow.llm.model"),
+        "provider": attrs.get("mlflow.llm.provider"),
+        "input_tokens": _usage_int(usage, "input_tokens"),
+        "output_tokens": _usage_int(usage, "output_tokens"),
+        "cache_read_tokens": _usage_int(usage, "cache_read_input_tokens"),
+        "cache_write_tokens": _usage_int(usage, "cache_creation_input_tokens"),
+        "reasoning_tokens": int(attrs.get("gen_ai.usage.reasoning.output_tokens") or 0),
+        "ttft_ms": float(ttft) if ttft is not None else None,
+        "cost_usd": cost,
+        "cost_source": source,
+        "cost_status": status,
+        "sample_weight": ctx.weight,
+    }
+
+
+def _trace_row(ctx: _TraceContext, tally: _TraceTally) -> dict[str, Any]:
+    """One ``llmops_traces`` row, after its spans were tallied."""
+    info, md = ctx.info, ctx.metadata
+    usage = info.token_usage or {}
+    trace_cost, source = tally.cost()
+    return {
+        "trace_id": info.trace_id,
+        "experiment_id": ctx.exp_id,
+        "timestamp_ms": ctx.ts,
+        "status": info.state.value,
+        "latency_ms": info.execution_duration,
+        "trace_name": (info.tags or {}).get("mlflow.traceName"),
+        "user_id": md.get("mlflow.trace.user"),
+        "session_id": md.get("mlflow.trace.session"),
+        "task_type": md.get("llmops.task_type"),
+        "route": md.get("llmops.route"),
+        "tenant": md.get("llmops.tenant"),
+        "environment": md.get("llmops.environment"),
+        "service": md.get("llmops.service"),
+        "service_version": md.get("llmops.service_version"),
+        "model": tally.model,
+        "input_tokens": _usage_int(usage, "input_tokens"),
+        "output_tokens": _usage_int(usage, "output_tokens"),
+        "total_tokens": _usage_int(usage, "total_tokens"),
+        "cache_read_tokens": _usage_int(usage, "cache_read_input_tokens"),
+        "cache_write_tokens": _usage_int(usage, "cache_creation_input_tokens"),
+        "sample_weight": ctx.weight,
+        "cost_usd": trace_cost,
+        "cost_source": source,
+        "unpriced_spans": tally.unpriced,
+    }
 
 
 def _assessment_row(a: Any, exp_id: int | None, ts: int) -> dict[str, Any]:
@@ -467,6 +543,145 @@ def _assessment_row(a: Any, exp_id: int | None, ts: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- export
+@dataclass(frozen=True)
+class ExportParams:
+    """The inputs of one export run (the arguments of :func:`export_parquet`)."""
+
+    source: Engine | str
+    out_dir: Path
+    now: datetime
+    experiment_ids: Sequence[str] | None = None
+    since: datetime | None = None
+    lookback_days: int = 2
+    full: bool = False
+    progress: Callable[[str], None] | None = None
+    calculator: Any | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+
+    @property
+    def now_ms(self) -> int:
+        """``now`` in epoch milliseconds: the export's upper bound."""
+        return int(self.now.timestamp() * 1000)
+
+
+@dataclass
+class _DayPlan:
+    """The days one run exports, and the per-day signatures to record with them."""
+
+    days: list[date]
+    signatures: dict[str, list[Any]] = field(default_factory=dict)
+    old_signatures: dict[str, list[Any]] = field(default_factory=dict)
+
+
+def _open_source(p: ExportParams) -> _SqlSource | _RestSource:
+    """The SQL source for an engine, the REST source for an MLflow server's URI."""
+    source = p.source
+    if isinstance(source, Engine):
+        return _SqlSource(source, p.experiment_ids)
+    if isinstance(source, str) and source.startswith(("http://", "https://", "databricks")):
+        return _RestSource(source, p.experiment_ids, p.calculator)
+    raise StoreError(
+        f"cannot export from {source!r}: give a database URL/engine of the tracking store "
+        "or the http(s):// URI of an MLflow server"
+    )
+
+
+def _start_ms(p: ExportParams, manifest: dict[str, Any], src: Any) -> int | None:
+    """Where this run starts: ``since``, else the watermark minus the lookback, else the
+    first trace (None: the source has no trace)."""
+    if p.since is not None:
+        return int(p.since.timestamp() * 1000)
+    if manifest["watermark_ms"] is not None:
+        return int(manifest["watermark_ms"]) - p.lookback_days * DAY_MS
+    first = src.first_ms()
+    return None if first is None else int(first)
+
+
+def _plan_days(p: ExportParams, manifest: dict[str, Any], src: Any, start_ms: int) -> _DayPlan:
+    """Every day from ``start_ms`` to ``now``, after the older exported days whose
+    content changed at a SQL source (or whose rows are gone there)."""
+    d = datetime.fromtimestamp(start_ms / 1000, UTC).date()
+    if hasattr(src, "prefetch"):
+        src.prefetch(_day_start_ms(d), p.now_ms + 1)
+    last = datetime.fromtimestamp(p.now_ms / 1000, UTC).date()
+    plan = _DayPlan(days=[], old_signatures=manifest.get("signatures") or {})
+    if hasattr(src, "signatures"):
+        plan.signatures = sigs = src.signatures()
+        old, done = plan.old_signatures, set(manifest["days"])
+        changed = {
+            day for day in set(sigs) | set(old) if day in done and sigs.get(day) != old.get(day)
+        }
+        plan.days = sorted(date.fromisoformat(x) for x in changed if date.fromisoformat(x) < d)
+    while d <= last:
+        plan.days.append(d)
+        d += timedelta(days=1)
+    return plan
+
+
+def _write_day(src: Any, out: Path, d: date, lo: int, hi: int, result: ExportResult) -> None:
+    """Write each view's rows of one day to its partition (removed when now empty)."""
+    name = d.isoformat()
+    for view, folder in EXPORT_TABLES.items():
+        table = to_arrow(view, src.rows(view, lo, hi))
+        target = out / folder / f"day={name}" / "part.parquet"
+        if table.num_rows == 0:
+            if target.exists():
+                target.unlink()  # the day's rows are gone at the source
+            continue
+        _write_atomic(target, lambda p, t=table: pq.write_table(t, p))
+        result.rows[view] += table.num_rows
+
+
+def _record_day(
+    out: Path,
+    manifest: dict[str, Any],
+    done: set[str],
+    name: str,
+    hi: int,
+    now_ms: int,
+    plan: _DayPlan,
+) -> None:
+    """Mark one day exported in the manifest and write it atomically."""
+    done.add(name)
+    # The watermark only moves over complete days: today is exported again next run.
+    manifest["watermark_ms"] = max(manifest["watermark_ms"] or 0, min(hi, now_ms))
+    manifest["days"] = sorted(done)
+    if plan.signatures or plan.old_signatures:
+        manifest.setdefault("signatures", {})
+        if name in plan.signatures:
+            manifest["signatures"][name] = plan.signatures[name]
+        else:
+            manifest["signatures"].pop(name, None)
+    _write_atomic(out / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+
+
+def run_export(p: ExportParams) -> ExportResult:
+    """Resolve the days, then read, convert and write each one, recording it in the
+    manifest as it is done (so an interrupted run resumes after the last day written)."""
+    out = p.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"version": 1, "watermark_ms": None, "days": []} if p.full else _read_manifest(out)
+    src = _open_source(p)
+    start_ms = _start_ms(p, manifest, src)
+    if start_ms is None:
+        return ExportResult(out, watermark_ms=None)
+    result = ExportResult(out)
+    plan = _plan_days(p, manifest, src, start_ms)
+    done = set(manifest["days"])
+    for d in plan.days:
+        lo = _day_start_ms(d)
+        hi = min(lo + DAY_MS, p.now_ms + 1)
+        _write_day(src, out, d, lo, hi, result)
+        result.days.append(d.isoformat())
+        _record_day(out, manifest, done, d.isoformat(), hi, p.now_ms, plan)
+        if p.progress:
+            p.progress(d.isoformat())
+    result.watermark_ms = manifest["watermark_ms"]
+    return result
+
+
 def export_parquet(
     source: Engine | str,
     out_dir: str | Path,
@@ -485,81 +700,20 @@ def export_parquet(
     ``source`` is an engine on the tracking database or an MLflow tracking URI
     (``http://...``) read through the public API, whose spans are priced with
     ``calculator`` (default: ``CostCalculator.default()``). ``full=True`` ignores the
-    watermark.
+    watermark. The stages are in :func:`run_export`.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = {"version": 1, "watermark_ms": None, "days": []} if full else _read_manifest(out)
-    src: Any
-    if isinstance(source, Engine):
-        src = _SqlSource(source, experiment_ids)
-    elif isinstance(source, str) and source.startswith(("http://", "https://", "databricks")):
-        src = _RestSource(source, experiment_ids, calculator)
-    else:
-        raise StoreError(
-            f"cannot export from {source!r}: give a database URL/engine of the tracking store "
-            "or the http(s):// URI of an MLflow server"
-        )
-    now_ms = int(now.timestamp() * 1000)
-    if since is not None:
-        start_ms = int(since.timestamp() * 1000)
-    elif manifest["watermark_ms"] is not None:
-        start_ms = int(manifest["watermark_ms"]) - lookback_days * DAY_MS
-    else:
-        first = src.first_ms()
-        if first is None:
-            return ExportResult(out, watermark_ms=None)
-        start_ms = int(first)
-    result = ExportResult(out)
-    d = datetime.fromtimestamp(start_ms / 1000, UTC).date()
-    if hasattr(src, "prefetch"):
-        src.prefetch(_day_start_ms(d), now_ms + 1)
-    last = datetime.fromtimestamp(now_ms / 1000, UTC).date()
-    done = set(manifest["days"])
-    days = []
-    sigs: dict[str, list[Any]] = {}
-    old_sigs: dict[str, list[Any]] = manifest.get("signatures") or {}
-    if hasattr(src, "signatures"):
-        sigs = src.signatures()
-        # Older days that changed since their export, or whose rows are gone at the source.
-        changed = {
-            day
-            for day in set(sigs) | set(old_sigs)
-            if day in done and sigs.get(day) != old_sigs.get(day)
-        }
-        days = sorted(date.fromisoformat(x) for x in changed if date.fromisoformat(x) < d)
-    while d <= last:
-        days.append(d)
-        d += timedelta(days=1)
-    for d in days:
-        lo = _day_start_ms(d)
-        hi = min(lo + DAY_MS, now_ms + 1)
-        name = d.isoformat()
-        for view, folder in EXPORT_TABLES.items():
-            table = to_arrow(view, src.rows(view, lo, hi))
-            target = out / folder / f"day={name}" / "part.parquet"
-            if table.num_rows == 0:
-                if target.exists():
-                    target.unlink()  # the day's rows are gone at the source
-                continue
-            _write_atomic(target, lambda p, t=table: pq.write_table(t, p))
-            result.rows[view] += table.num_rows
-        result.days.append(name)
-        done.add(name)
-        # The watermark only moves over complete days: today is exported again next run.
-        manifest["watermark_ms"] = max(manifest["watermark_ms"] or 0, min(hi, now_ms))
-        manifest["days"] = sorted(done)
-        if sigs or old_sigs:
-            manifest.setdefault("signatures", {})
-            if name in sigs:
-                manifest["signatures"][name] = sigs[name]
-            else:
-                manifest["signatures"].pop(name, None)
-        _write_atomic(out / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
-        if progress:
-            progress(name)
-    result.watermark_ms = manifest["watermark_ms"]
-    return result
+    params = ExportParams(
+        source,
+        Path(out_dir),
+        now,
+        experiment_ids=experiment_ids,
+        since=since,
+        lookback_days=lookback_days,
+        full=full,
+        progress=progress,
+        calculator=calculator,
+    )
+    return run_export(params)
 
 
 def read_export(out_dir: str | Path, con: Any | None = None) -> Any:

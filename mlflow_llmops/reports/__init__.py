@@ -1,5 +1,5 @@
 """Reports built from the SQL analyses in ``sql/`` (the daily cost report)."""
 
-from mlflow_llmops.reports.daily import DailyReport, daily_report, previous_day
+from mlflow_llmops.reports.daily import DailyReport, ReportParams, daily_report, previous_day
 
-__all__ = ["DailyReport", "daily_report", "previous_day"]
+__all__ = ["DailyReport", "ReportParams", "daily_report", "previous_day"]

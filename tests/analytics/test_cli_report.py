@@ -162,3 +162,27 @@ def test_chart_leaves_unpriced_models_out_of_the_bars():
     bars, unpriced = chart_series(rows, [0])
     assert bars == {"gpt-4o": {0: 1.5}, "mixed": {0: 0.5}}
     assert unpriced == {"acme-internal-llm": 4}
+
+
+def test_markdown_renders_from_sections_alone(tmp_path):
+    """The render stage needs no database and writes no file."""
+    from mlflow_llmops.reports.daily import ReportParams, ReportSections, render_markdown
+
+    day = {"requests": 4, "kept_traces": 2, "errors": 1, "total_tokens": None,
+           "cost_usd": 2.0, "unpriced_traces": 0}  # fmt: skip
+    month = {"spend_mtd_usd": 2.0, "spend_last_7d_usd": 2.0, "elapsed_days": 9.5,
+             "forecast_linear_usd": 6.5, "forecast_recent_usd": None}  # fmt: skip
+    unpriced = {"model": "acme", "provider": None, "spans": 3, "traces": 2, "input_tokens": 5,
+                "output_tokens": 1, "sample_weight": 2.0}  # fmt: skip
+    s = ReportSections(current=day, previous={**day, "cost_usd": 1.0}, last_week=day,
+                       by_model=[], by_task_type=[], top_traces=[], unpriced=[unpriced],
+                       by_user=[], by_tenant=[], cache=[], latency=[], scorers=[], month=month)  # fmt: skip
+    p = ReportParams(None, date(2026, 3, 9), tmp_path, NOW, top_n=3, chart=False)
+    md = render_markdown(p, s).splitlines()
+    assert s.estimated and "**Estimates.** " in md[4] and "from the 2 traces" in md[4]
+    assert "| spend | $2.0000 | $1.0000 | +100.0% | $2.0000 | +0.0% |" in md
+    assert "| error rate | 25.0% | 25.0% |  | 25.0% |  |" in md
+    assert "| tokens | 0 | 0 | 0% | 0 | 0% |" in md
+    assert md[md.index("## Top 3 traces") + 2] == "_none_"
+    assert "| acme |  | 3 | 2 | 5 | 1 |" in md and md[-1].startswith("Add these models")
+    assert s.totals()["total_tokens"] == 0 and not list(tmp_path.iterdir())
