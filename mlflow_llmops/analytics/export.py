@@ -40,6 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from mlflow_llmops.analytics.views import VIEW_COLUMNS, create_views
+from mlflow_llmops.core.keys import LLM_SPAN_TYPES
 from mlflow_llmops.errors import StoreError
 
 _logger = logging.getLogger(__name__)
@@ -293,9 +294,6 @@ class _RestSource:
             for r in self._rows[view]
             if lo <= (r[col] if r[col] is not None else r.get("created_ms") or 0) < hi
         ]
-
-
-LLM_SPAN_TYPES = ("LLM", "CHAT_MODEL")
 
 
 def _usage_int(usage: Any, key: str) -> int:

@@ -13,8 +13,6 @@ from typing import Any
 
 from mlflow_llmops.pricing.usage import TokenUsage, UsageError, usage_from_span_attributes
 
-LLM_SPAN_TYPES = ("LLM", "CHAT_MODEL")
-
 
 @dataclass(frozen=True)
 class LlmSpan:
