@@ -33,13 +33,9 @@ from typing import Any
 
 import yaml
 
-from mlflow_llmops.alerting.rules import (
-    BaselineRule,
-    BurnRateRule,
-    SignalSpec,
-    ThresholdRule,
-    percentile_of,
-)
+from mlflow_llmops.alerting import catalog
+from mlflow_llmops.alerting.catalog import percentile_of
+from mlflow_llmops.alerting.rules import BaselineRule, BurnRateRule, SignalSpec, ThresholdRule
 from mlflow_llmops.core.duration import format_duration
 from mlflow_llmops.tracing.metrics import DURATION_BUCKETS  # the GenAI semconv buckets
 
@@ -80,9 +76,7 @@ def _by(groups: list[str], *extra: str) -> str:
 
 
 #: signals whose value is a share (0..1): shown as percentages (0.12 -> "12%")
-RATIO_SIGNALS = frozenset(
-    {"error_rate", "latency_over", "unpriced_share", "scorer_pass_rate", "scorer_fail_rate"}
-)
+RATIO_SIGNALS = frozenset(catalog.names(unit="ratio"))
 #: signals the GenAI metrics count per LLM call, where the monitor counts traces
 _PER_CALL = {
     "request_count": "counts LLM calls (gen_ai_client_operation_duration_seconds_count) where "

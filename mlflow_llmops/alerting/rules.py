@@ -6,7 +6,6 @@ and the field to fix. Import-light (pydantic and yaml only): the config loads it
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +21,8 @@ from pydantic import (
     field_validator,
 )
 
+from mlflow_llmops.alerting.catalog import signal as signal_def
+from mlflow_llmops.alerting.catalog import signal_kind
 from mlflow_llmops.alerting.model import Severity
 from mlflow_llmops.core.config import Section as _Model
 from mlflow_llmops.core.configfile import merge
@@ -42,41 +43,6 @@ LABEL_COLUMNS: tuple[str, ...] = (
 )
 #: Extra label of assessment-based signals: the assessment (scorer) name.
 SCORER_LABEL = "scorer"
-
-_TRACE_SIGNALS = (
-    "request_count",
-    "error_rate",
-    "tokens",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "unpriced_share",
-    "latency_over",
-)
-_ASSESSMENT_SIGNALS = ("scorer_pass_rate", "scorer_fail_rate", "mean_score", "feedback_score")
-_PERCENTILE = re.compile(r"^(latency|ttft)_p(\d{1,2}(?:\.\d+)?)$")
-
-
-def signal_kind(name: str) -> str:
-    """``trace``, ``assessment`` or ``percentile``; ValueError naming the valid signals."""
-    if name in _TRACE_SIGNALS:
-        return "trace"
-    if name in _ASSESSMENT_SIGNALS:
-        return "assessment"
-    if _PERCENTILE.match(name):
-        return "percentile"
-    raise ValueError(
-        f"unknown signal {name!r}; use one of {', '.join(_TRACE_SIGNALS + _ASSESSMENT_SIGNALS)}, "
-        "latency_pNN or ttft_pNN (e.g. latency_p95)"
-    )
-
-
-def percentile_of(name: str) -> tuple[str, float]:
-    """``latency_p95`` -> (``latency``, 0.95)."""
-    m = _PERCENTILE.match(name)
-    if not m:
-        raise ValueError(f"{name!r} is not a percentile signal")
-    return m.group(1), float(m.group(2)) / 100.0
 
 
 class SignalSpec(_Model):
@@ -122,8 +88,9 @@ class SignalSpec(_Model):
     @field_validator("latency_threshold_ms")
     @classmethod
     def _latency_threshold(cls, v: float | None, info: ValidationInfo) -> float | None:
-        if info.data.get("signal") == "latency_over" and v is None:
-            raise ValueError("signal latency_over needs latency_threshold_ms")
+        name = info.data.get("signal")
+        if v is None and name is not None and "latency_threshold_ms" in signal_def(name).params:
+            raise ValueError(f"signal {name} needs latency_threshold_ms")
         return v
 
 

@@ -1,5 +1,8 @@
 """Signals: windowed aggregates over traces, spans and assessments, per label group.
 
+Each signal is declared once, in ``catalog.SIGNALS``; this module renders a
+declaration as SQL and evaluates it in memory.
+
 ``SqlSignalSource`` computes them in SQL over the ``llmops_*`` views (one query
 per signal and window, written once for SQLite and PostgreSQL). Sampled
 traffic is extrapolated with ``sample_weight``: counts, rates, tokens and cost
@@ -15,17 +18,21 @@ engine tests and to cross-check the SQL.
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 import time
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from mlflow_llmops.alerting.rules import SCORER_LABEL, SignalSpec, percentile_of, signal_kind
+from mlflow_llmops.alerting.catalog import PERCENTILES, SIGNALS, Signal, Test, percentile_of
+from mlflow_llmops.alerting.catalog import signal as signal_def
+from mlflow_llmops.alerting.rules import LABEL_COLUMNS, SCORER_LABEL, SignalSpec
 from mlflow_llmops.errors import StoreError
 
 VIEWS = ("llmops_traces", "llmops_spans", "llmops_assessments")
@@ -50,47 +57,64 @@ class SignalSource(Protocol):
     def query(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]: ...
 
 
-# --------------------------------------------------------------------------- SQL
+# --------------------------------------------------------------------------- declarations as SQL
+
+BUCKET_MS = 3_600_000
+ROW_BUCKET_MS = 60_000
 
 
 def _weight(alias: str = "t") -> str:
     return f"COALESCE({alias}.sample_weight, 1.0)"
 
 
-#: Additive trace signals as (numerator, denominator or None): summable per time bucket,
-#: so long windows (burn rates over 6h and 3d) are summed from cached hourly buckets.
-_TRACE_PARTS = {
-    "request_count": ("SUM({w})", None),
-    "error_rate": ("SUM(CASE WHEN t.status = 'ERROR' THEN {w} ELSE 0 END)", "SUM({w})"),
-    "tokens": ("SUM({w} * COALESCE(t.total_tokens, 0))", None),
-    "input_tokens": ("SUM({w} * COALESCE(t.input_tokens, 0))", None),
-    "output_tokens": ("SUM({w} * COALESCE(t.output_tokens, 0))", None),
-    "cost_usd": ("SUM({w} * t.cost_usd)", None),
-    "unpriced_share": (
-        "SUM(CASE WHEN COALESCE(t.unpriced_spans, 0) > 0 THEN {w} ELSE 0 END)",
-        "SUM({w})",
-    ),
-    "latency_over": ("SUM(CASE WHEN t.latency_ms > :lat_thr THEN {w} ELSE 0 END)", "SUM({w})"),
-}
-_TRACE_VALUE = {k: n if d is None else f"{n} * 1.0 / {d}" for k, (n, d) in _TRACE_PARTS.items()}
-BUCKET_MS = 3_600_000
-ROW_BUCKET_MS = 60_000
-_TRACE_FILTER = {
-    "unpriced_share": "t.model IS NOT NULL",
-    "latency_over": "t.latency_ms IS NOT NULL",
-}
-_ASSESSMENT_VALUE = {
-    "scorer_pass_rate": "AVG(CASE WHEN a.value_num >= :pass_thr THEN 1.0 ELSE 0.0 END)",
-    "scorer_fail_rate": "AVG(CASE WHEN a.value_num < :pass_thr THEN 1.0 ELSE 0.0 END)",
-    "mean_score": "AVG(a.value_num)",
-    "feedback_score": "AVG(a.value_num)",
-}
+def _sql_test(x: Test, alias: str) -> str:
+    col = f"{alias}.{x.column}"
+    if x.op == "is not null":
+        return f"{col} IS NOT NULL"
+    if x.param is not None:
+        return f"{col} {x.op} :{x.param}"
+    if isinstance(x.operand, str):
+        return f"{col} {x.op} '{x.operand}'"
+    return f"{col} {x.op} {x.operand}"
 
 
-def _from_rows(spec: SignalSpec) -> bool:
+def _bind_tests(d: Signal, spec: SignalSpec, params: dict[str, object]) -> None:
+    """The values of the ``SignalSpec`` fields the signal's tests compare with."""
+    for name in d.params:
+        params[name] = float(getattr(spec, name) or 0)
+
+
+def _trace_parts_sql(d: Signal) -> tuple[str, str | None]:
+    """A trace signal's numerator and denominator (None: the value is the numerator),
+    both sums, so long windows (burn rates over 6h and 3d) are summed from cached
+    hourly buckets."""
+    w = _weight()
+    if d.column is None:
+        value = w
+    elif d.nulls_as_zero:
+        value = f"{w} * COALESCE(t.{d.column}, 0)"
+    else:
+        value = f"{w} * t.{d.column}"
+    if d.counts is not None:
+        value = f"CASE WHEN {_sql_test(d.counts, 't')} THEN {value} ELSE 0 END"
+    return f"SUM({value})", f"SUM({w})" if d.aggregate == "share" else None
+
+
+def _trace_filters(d: Signal) -> list[str]:
+    """Finished traces, and those the signal considers at all."""
+    return ["t.status <> 'IN_PROGRESS'"] + ([_sql_test(d.where, "t")] if d.where else [])
+
+
+def _assessment_value_sql(d: Signal) -> str:
+    if d.aggregate == "share" and d.counts is not None:
+        return f"AVG(CASE WHEN {_sql_test(d.counts, 'a')} THEN 1.0 ELSE 0.0 END)"
+    return f"AVG(a.{d.column})"
+
+
+def _row_signal(spec: SignalSpec) -> bool:
     """Whether the signal is computed from trace (or, for TTFT, span) rows, so the
     in-memory definition over those rows gives the SQL's answer: not assessments."""
-    return signal_kind(spec.signal) != "assessment"
+    return signal_def(spec.signal).kind != "assessment"
 
 
 def _label_expr(label: str) -> str:
@@ -99,6 +123,31 @@ def _label_expr(label: str) -> str:
     if label == "experiment_id":
         return "CAST(t.experiment_id AS VARCHAR(64))"
     return f"t.{label}"
+
+
+def _row_labels(d: Signal, spec: SignalSpec) -> tuple[str, ...]:
+    """The labels the rows of ``spec`` must carry: its groups, filters and tested labels."""
+    tested = {x.column for x in d.tests if x.column in LABEL_COLUMNS}
+    return tuple(sorted({*spec.group_by, *spec.where} | tested))
+
+
+@dataclass
+class _Query:
+    """One signal query being built: its declaration, bind parameters and groups."""
+
+    spec: SignalSpec
+    signal: Signal
+    params: dict[str, object]
+    groups: list[str]
+    binds: list[sa.BindParameter] = field(default_factory=list)
+
+    @property
+    def select(self) -> str:
+        return "".join(f"{g} AS g{i}, " for i, g in enumerate(self.groups))
+
+    @property
+    def group_by(self) -> str:
+        return f" GROUP BY {', '.join(self.groups)}" if self.groups else ""
 
 
 class SqlSignalSource:
@@ -177,81 +226,88 @@ class SqlSignalSource:
 
     def build(self, spec: SignalSpec, start_ms: int, end_ms: int) -> tuple[sa.TextClause, dict]:
         """The SQL text and bind parameters of one signal query (public for EXPLAIN)."""
-        kind = signal_kind(spec.signal)
-        params: dict[str, object] = {"start_ms": start_ms, "end_ms": end_ms}
-        groups = [_label_expr(g) for g in spec.group_by]
-        sel = "".join(f"{g} AS g{i}, " for i, g in enumerate(groups))
-        group_clause = f" GROUP BY {', '.join(groups)}" if groups else ""
-        w = _weight()
-        if kind == "trace":
-            clauses, binds = self._where(spec.where, params, time_col="t.timestamp_ms")
-            clauses.append("t.status <> 'IN_PROGRESS'")
-            if spec.signal in _TRACE_FILTER:
-                clauses.append(_TRACE_FILTER[spec.signal])
-            if spec.signal == "latency_over":
-                params["lat_thr"] = float(spec.latency_threshold_ms or 0)
-            value = _TRACE_VALUE[spec.signal].format(w=w)
-            sql = (
-                f"SELECT {sel}{value} AS value, COUNT(*) AS n FROM llmops_traces t "
-                f"WHERE {' AND '.join(clauses)}{group_clause}"
-            )
-        elif kind == "assessment":
-            needs_trace = bool(self.experiment_ids) or any(
-                lbl != SCORER_LABEL for lbl in (*spec.group_by, *spec.where)
-            )
-            time_col = "t.timestamp_ms" if needs_trace else "a.trace_timestamp_ms"
-            clauses, binds = self._where(spec.where, params, time_col=time_col)
-            clauses += [
-                "a.assessment_type = 'feedback'",
-                "a.value_num IS NOT NULL",
-                "a.error IS NULL",
-                "(a.valid IS NULL OR a.valid = :valid)",
-            ]
-            params["valid"] = True
-            if spec.signal == "feedback_score":
-                clauses.append("a.source_type = 'HUMAN'")
-            else:
-                clauses.append("(a.source_type IS NULL OR a.source_type <> 'HUMAN')")
-            if spec.scorer:
-                clauses.append("a.name = :scorer")
-                params["scorer"] = spec.scorer
-            params["pass_thr"] = spec.pass_threshold
-            src = "llmops_assessments a"
-            if needs_trace:
-                src += " JOIN llmops_traces t ON t.trace_id = a.trace_id"
-            sql = (
-                f"SELECT {sel}{_ASSESSMENT_VALUE[spec.signal]} AS value, COUNT(*) AS n "
-                f"FROM {src} WHERE {' AND '.join(clauses)}{group_clause}"
-            )
+        d = signal_def(spec.signal)
+        q = _Query(
+            spec,
+            d,
+            {"start_ms": start_ms, "end_ms": end_ms},
+            [_label_expr(g) for g in spec.group_by],
+        )
+        render = {
+            "trace": self._trace_sql,
+            "assessment": self._assessment_sql,
+            "percentile": self._percentile_sql,
+        }[d.kind]
+        stmt = sa.text(render(q))
+        if q.binds:
+            stmt = stmt.bindparams(*q.binds)
+        return stmt, q.params
+
+    def _trace_sql(self, q: _Query) -> str:
+        clauses, q.binds = self._where(q.spec.where, q.params, time_col="t.timestamp_ms")
+        clauses += _trace_filters(q.signal)
+        _bind_tests(q.signal, q.spec, q.params)
+        num, den = _trace_parts_sql(q.signal)
+        value = num if den is None else f"{num} * 1.0 / {den}"
+        return (
+            f"SELECT {q.select}{value} AS value, COUNT(*) AS n FROM llmops_traces t "
+            f"WHERE {' AND '.join(clauses)}{q.group_by}"
+        )
+
+    def _assessment_sql(self, q: _Query) -> str:
+        spec = q.spec
+        needs_trace = bool(self.experiment_ids) or any(
+            lbl != SCORER_LABEL for lbl in (*spec.group_by, *spec.where)
+        )
+        time_col = "t.timestamp_ms" if needs_trace else "a.trace_timestamp_ms"
+        clauses, q.binds = self._where(spec.where, q.params, time_col=time_col)
+        clauses += [
+            "a.assessment_type = 'feedback'",
+            "a.value_num IS NOT NULL",
+            "a.error IS NULL",
+            "(a.valid IS NULL OR a.valid = :valid)",
+        ]
+        q.params["valid"] = True
+        if q.signal.human:
+            clauses.append("a.source_type = 'HUMAN'")
         else:
-            what, q = percentile_of(spec.signal)
-            params["q"] = q
-            clauses, binds = self._where(spec.where, params, time_col="t.timestamp_ms")
-            clauses.append("t.status <> 'IN_PROGRESS'")
-            if what == "latency":
-                src, v = "llmops_traces t", "t.latency_ms"
-            else:
-                src = "llmops_spans s JOIN llmops_traces t ON t.trace_id = s.trace_id"
-                v = "s.ttft_ms"
-            clauses.append(f"{v} IS NOT NULL")
-            gcols = [f"g{i}" for i in range(len(groups))]
-            part = f"PARTITION BY {', '.join(gcols)} " if gcols else ""
-            outer_sel = "".join(f"{g}, " for g in gcols)
-            outer_group = f" GROUP BY {', '.join(gcols)}" if gcols else ""
-            sql = (
-                f"WITH base AS (SELECT {sel}{v} AS v, {w} AS wt FROM {src} "
-                f"WHERE {' AND '.join(clauses)}), "
-                f"ranked AS (SELECT {outer_sel}v, "
-                f"SUM(wt) OVER ({part}ORDER BY v ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
-                f" AS cum, SUM(wt) OVER ({part.strip()}) AS tot, "
-                f"COUNT(*) OVER ({part.strip()}) AS n FROM base) "
-                f"SELECT {outer_sel}MIN(v) AS value, MAX(n) AS n FROM ranked "
-                f"WHERE cum >= :q * tot - 1e-9{outer_group}"
-            )
-        stmt = sa.text(sql)
-        if binds:
-            stmt = stmt.bindparams(*binds)
-        return stmt, params
+            clauses.append("(a.source_type IS NULL OR a.source_type <> 'HUMAN')")
+        if spec.scorer:
+            clauses.append("a.name = :scorer")
+            q.params["scorer"] = spec.scorer
+        _bind_tests(q.signal, spec, q.params)
+        src = "llmops_assessments a"
+        if needs_trace:
+            src += " JOIN llmops_traces t ON t.trace_id = a.trace_id"
+        return (
+            f"SELECT {q.select}{_assessment_value_sql(q.signal)} AS value, COUNT(*) AS n "
+            f"FROM {src} WHERE {' AND '.join(clauses)}{q.group_by}"
+        )
+
+    def _percentile_sql(self, q: _Query) -> str:
+        q.params["q"] = percentile_of(q.spec.signal)[1]
+        clauses, q.binds = self._where(q.spec.where, q.params, time_col="t.timestamp_ms")
+        clauses.append("t.status <> 'IN_PROGRESS'")
+        if q.signal.per_span:
+            src = "llmops_spans s JOIN llmops_traces t ON t.trace_id = s.trace_id"
+            v = f"s.{q.signal.column}"
+        else:
+            src, v = "llmops_traces t", f"t.{q.signal.column}"
+        clauses.append(f"{v} IS NOT NULL")
+        gcols = [f"g{i}" for i in range(len(q.groups))]
+        part = f"PARTITION BY {', '.join(gcols)} " if gcols else ""
+        outer_sel = "".join(f"{g}, " for g in gcols)
+        outer_group = f" GROUP BY {', '.join(gcols)}" if gcols else ""
+        return (
+            f"WITH base AS (SELECT {q.select}{v} AS v, {_weight()} AS wt FROM {src} "
+            f"WHERE {' AND '.join(clauses)}), "
+            f"ranked AS (SELECT {outer_sel}v, "
+            f"SUM(wt) OVER ({part}ORDER BY v ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+            f" AS cum, SUM(wt) OVER ({part.strip()}) AS tot, "
+            f"COUNT(*) OVER ({part.strip()}) AS n FROM base) "
+            f"SELECT {outer_sel}MIN(v) AS value, MAX(n) AS n FROM ranked "
+            f"WHERE cum >= :q * tot - 1e-9{outer_group}"
+        )
 
     def new_tick(self) -> None:
         """Called by the engine before each evaluation: within it, the same query asked
@@ -270,9 +326,10 @@ class SqlSignalSource:
         return list(self._tick[key])
 
     def _query(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]:
-        if self.bucket_cache and spec.signal in _TRACE_PARTS and end_ms - start_ms >= 2 * BUCKET_MS:
+        long = end_ms - start_ms >= 2 * BUCKET_MS
+        if self.bucket_cache and long and signal_def(spec.signal).kind == "trace":
             return self._bucketed(spec, start_ms, end_ms)
-        if self.bucket_cache and end_ms - start_ms < 2 * BUCKET_MS and _from_rows(spec):
+        if self.bucket_cache and not long and _row_signal(spec):
             return self._from_rows(spec, start_ms, end_ms)
         stmt, params = self.build(spec, start_ms, end_ms)
         with self.engine.connect() as conn:
@@ -289,64 +346,49 @@ class SqlSignalSource:
 
     # -- short windows from the traces' rows, cached per minute -----------------------
     def _rows_sql(
-        self, kind: str, labels: Sequence[str], lo: int, hi: int
+        self, per_span: bool, labels: Sequence[str], lo: int, hi: int
     ) -> tuple[sa.TextClause, dict]:
+        """The rows the in-memory evaluation reads: per trace, or per span with a value."""
         params: dict[str, object] = {"start_ms": lo, "end_ms": hi}
         clauses, binds = self._where({}, params, time_col="t.timestamp_ms")
         clauses.append("t.status <> 'IN_PROGRESS'")
-        cols = "".join(f", {_label_expr(lbl)} AS l{i}" for i, lbl in enumerate(labels))
-        if kind == "ttft":  # one row per span with a time to first token
-            clauses.append("s.ttft_ms IS NOT NULL")
-            sql = (
-                f"SELECT t.timestamp_ms, s.ttft_ms, {_weight()}{cols} FROM llmops_spans s "
-                f"JOIN llmops_traces t ON t.trace_id = s.trace_id WHERE {' AND '.join(clauses)}"
-            )
+        if per_span:
+            src = "llmops_spans s JOIN llmops_traces t ON t.trace_id = s.trace_id"
+            cols = [f"s.{c}" for c in _SPAN_COLUMNS]
+            clauses += [f"{c} IS NOT NULL" for c in cols]
         else:
-            sql = (
-                "SELECT t.timestamp_ms, t.status, t.latency_ms, t.total_tokens, "
-                "t.input_tokens, t.output_tokens, t.cost_usd, t.unpriced_spans, "
-                f"{_weight()}{cols} FROM llmops_traces t WHERE {' AND '.join(clauses)}"
-            )
+            src, cols = "llmops_traces t", [f"t.{c}" for c in _TRACE_COLUMNS]
+        sel = "".join(f", {c}" for c in cols)
+        sel += "".join(f", {_label_expr(lbl)} AS l{i}" for i, lbl in enumerate(labels))
+        sql = f"SELECT t.timestamp_ms, {_weight()}{sel} FROM {src} WHERE {' AND '.join(clauses)}"
         stmt = sa.text(sql)
         if binds:
             stmt = stmt.bindparams(*binds)
         return stmt, params
 
-    def _read_rows(self, kind: str, labels: Sequence[str], lo: int, hi: int) -> list[TraceEvent]:
-        stmt, params = self._rows_sql(kind, labels, lo, hi)
+    def _read_rows(
+        self, per_span: bool, labels: Sequence[str], lo: int, hi: int
+    ) -> list[TraceEvent]:
+        stmt, params = self._rows_sql(per_span, labels, lo, hi)
         with self.engine.connect() as conn:
             rows = conn.execute(stmt, params).all()
-        nl = len(labels)
+        cols = _SPAN_COLUMNS if per_span else _TRACE_COLUMNS
+        # a span's row has no trace latency
+        extra: dict[str, Any] = {"latency_ms": None} if per_span else {}
         out = []
         for r in rows:
-            named = {
-                lbl: str(v)
-                for lbl, v in zip(labels, r[len(r) - nl :], strict=True)
-                if v is not None
-            }
-            if kind == "ttft":
-                out.append(
-                    TraceEvent(
-                        timestamp_ms=int(r[0]),
-                        latency_ms=None,
-                        labels=named,
-                        ttft_ms=float(r[1]),
-                        sample_weight=float(r[2]),
-                    )
-                )
-                continue
+            values = r[2 : 2 + len(cols)]
             out.append(
                 TraceEvent(
                     timestamp_ms=int(r[0]),
-                    status=r[1],
-                    latency_ms=None if r[2] is None else float(r[2]),
-                    labels=named,
-                    total_tokens=int(r[3] or 0),
-                    input_tokens=int(r[4] or 0),
-                    output_tokens=int(r[5] or 0),
-                    cost_usd=None if r[6] is None else float(r[6]),
-                    unpriced_spans=int(r[7] or 0),
-                    sample_weight=float(r[8]),
+                    sample_weight=float(r[1]),
+                    labels={
+                        lbl: str(v)
+                        for lbl, v in zip(labels, r[2 + len(cols) :], strict=True)
+                        if v is not None
+                    },
+                    **extra,
+                    **{c: _CELL[c](v) for c, v in zip(cols, values, strict=True)},
                 )
             )
         return out
@@ -355,11 +397,9 @@ class SqlSignalSource:
         """The rows ``spec`` needs between ``lo_ms`` and ``hi_ms`` (and perhaps a few
         around them): minutes settled ``row_settle_ms`` before ``hi_ms`` come from the
         cache (read again after ``cache_ttl_s``), later ones are read once per tick."""
-        ttft = signal_kind(spec.signal) == "percentile" and spec.signal.startswith("ttft")
-        kind = "ttft" if ttft else "traces"
-        extra = {"model"} if spec.signal == "unpriced_share" else set()
-        labels = sorted({*spec.group_by, *spec.where} | extra)
-        key = (kind, tuple(labels), self.experiment_ids)
+        d = signal_def(spec.signal)
+        labels = _row_labels(d, spec)
+        key = (d.per_span, labels, self.experiment_ids)
         cache = self._rows.setdefault(key, {})
         now = time.monotonic()
         for m in [m for m, (at, _) in cache.items() if now - at > self.cache_ttl_s]:
@@ -376,7 +416,7 @@ class SqlSignalSource:
         if missing:
             lo, hi = missing[0], missing[-1] + 1
             fresh: dict[int, list[TraceEvent]] = {m: [] for m in range(lo, hi)}
-            for e in self._read_rows(kind, labels, lo * ROW_BUCKET_MS, hi * ROW_BUCKET_MS):
+            for e in self._read_rows(d.per_span, labels, lo * ROW_BUCKET_MS, hi * ROW_BUCKET_MS):
                 fresh[e.timestamp_ms // ROW_BUCKET_MS].append(e)
             for m, events in fresh.items():
                 cache[m] = (now, events)
@@ -385,16 +425,17 @@ class SqlSignalSource:
         live_key = (key, live_from, hi_ms)
         live = self._live.get(live_key) if self._tick is not None else None
         if live is None:
-            live = self._read_rows(kind, labels, live_from, hi_ms)
+            live = self._read_rows(d.per_span, labels, live_from, hi_ms)
             if self._tick is not None:
                 self._live[live_key] = live
         return [e for m in settled for e in cache[m][1]] + live
 
     def _from_rows(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]:
-        # rules on other signals over the same window and labels share the grouping
+        # rules on other signals over the same window and row labels share the grouping
+        d = signal_def(spec.signal)
         key = (
-            spec.signal.startswith("ttft"),
-            spec.signal == "unpriced_share",
+            d.per_span,
+            _row_labels(d, spec),
             tuple(spec.group_by),
             tuple(sorted(spec.where.items())),
             start_ms,
@@ -415,41 +456,22 @@ class SqlSignalSource:
     def _parts_from_rows(self, spec: SignalSpec, ranges: Sequence[tuple[int, int]]) -> list[tuple]:
         """The rows of ``_parts_sql`` (labels, numerator, denominator, count) computed
         from cached trace rows, for the recent edges of a long window."""
+        d = signal_def(spec.signal)
         acc: dict[tuple, list] = {}
-        s, thr = spec.signal, float(spec.latency_threshold_ms or 0)
-        tokens = {"tokens": "total_tokens"}.get(s, s)
         for lo, hi in ranges:
             events = [e for e in self._events(spec, lo, hi) if lo <= e.timestamp_ms < hi]
             for labels, rows in MemorySignalSource.group(spec, events).items():
-                if s == "unpriced_share":
-                    rows = [e for e in rows if e.labels.get("model")]
-                elif s == "latency_over":
-                    rows = [e for e in rows if e.latency_ms is not None]
-                if not rows:
+                parts = trace_parts(d, spec, rows)
+                if parts is None:
                     continue
-                if s == "request_count":
-                    num: float | None = sum(e.sample_weight for e in rows)
-                elif s == "error_rate":
-                    num = sum(e.sample_weight for e in rows if e.status == "ERROR")
-                elif s == "unpriced_share":
-                    num = sum(e.sample_weight for e in rows if e.unpriced_spans > 0)
-                elif s == "latency_over":
-                    num = sum(e.sample_weight for e in rows if e.latency_ms > thr)  # type: ignore[operator]
-                elif s == "cost_usd":
-                    priced = [e.sample_weight * e.cost_usd for e in rows if e.cost_usd is not None]
-                    num = sum(priced) if priced else None
-                else:
-                    num = sum(e.sample_weight * getattr(e, tokens) for e in rows)
-                a = acc.setdefault(labels, [None, 0.0, 0])
+                num, den, n = parts
+                a = acc.setdefault(labels, [None, None, 0])
                 if num is not None:
                     a[0] = (a[0] or 0.0) + num
-                a[1] += sum(e.sample_weight for e in rows)
-                a[2] += len(rows)
-        has_den = _TRACE_PARTS[s][1] is not None
-        return [
-            (*(v or None for v in k), num, den if has_den else None, n)
-            for k, (num, den, n) in acc.items()
-        ]
+                if den is not None:
+                    a[1] = (a[1] or 0.0) + den
+                a[2] += n
+        return [(*(v or None for v in k), num, den, n) for k, (num, den, n) in acc.items()]
 
     # -- long windows from cached hourly buckets ------------------------------------
     def _parts_sql(
@@ -457,6 +479,7 @@ class SqlSignalSource:
     ) -> tuple[sa.TextClause, dict]:
         """Numerator, denominator and count per group (and per hour with ``by_bucket``)
         over the union of ``ranges``."""
+        d = signal_def(spec.signal)
         params: dict[str, object] = {}
         clauses, binds = self._where(spec.where, params, time_col="t.timestamp_ms")
         clauses = clauses[2:]  # the time range is the union below
@@ -465,20 +488,15 @@ class SqlSignalSource:
             spans.append(f"(t.timestamp_ms >= :lo{i} AND t.timestamp_ms < :hi{i})")
             params[f"lo{i}"], params[f"hi{i}"] = lo, hi
         clauses.insert(0, "(" + " OR ".join(spans) + ")")
-        clauses.append("t.status <> 'IN_PROGRESS'")
-        if spec.signal in _TRACE_FILTER:
-            clauses.append(_TRACE_FILTER[spec.signal])
-        if spec.signal == "latency_over":
-            params["lat_thr"] = float(spec.latency_threshold_ms or 0)
-        num, den = _TRACE_PARTS[spec.signal]
-        w = _weight()
+        clauses += _trace_filters(d)
+        _bind_tests(d, spec, params)
+        num, den = _trace_parts_sql(d)
         keys = [_label_expr(g) for g in spec.group_by]
         if by_bucket:
             keys.append(f"t.timestamp_ms / {BUCKET_MS}")
         sel = "".join(f"{k} AS k{i}, " for i, k in enumerate(keys))
-        den_sql = den.format(w=w) if den else "NULL"
         sql = (
-            f"SELECT {sel}{num.format(w=w)} AS num, {den_sql} AS den, COUNT(*) AS n "
+            f"SELECT {sel}{num} AS num, {den or 'NULL'} AS den, COUNT(*) AS n "
             f"FROM llmops_traces t WHERE {' AND '.join(clauses)}"
             + (f" GROUP BY {', '.join(keys)}" if keys else "")
         )
@@ -488,62 +506,70 @@ class SqlSignalSource:
         return stmt, params
 
     def _bucketed(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]:
-        ng = len(spec.group_by)
+        """A long window of an additive trace signal: its settled hours from the cache,
+        its edges (before the first whole hour, after the last settled one) from rows."""
         first = -(-start_ms // BUCKET_MS)  # first whole hour inside the window
         last = min(end_ms, end_ms - self.settle_ms) // BUCKET_MS  # hours settled before it
+        cache = self._hours(spec, range(first, last))
+        if first >= last:  # no settled hour: read the whole window
+            ranges = [(start_ms, end_ms)]
+        else:
+            ranges = [(start_ms, first * BUCKET_MS), (last * BUCKET_MS, end_ms)]
+        edges = [r for r in ranges if r[0] < r[1]]
+        live = self._parts_from_rows(spec, edges) if edges else []
+        cached = [row for b in range(first, last) for row in cache[b][1]]
+        return _values_from_parts(spec, [*cached, *live])
+
+    def _hours(self, spec: SignalSpec, hours: range) -> dict[int, tuple[float, list[tuple]]]:
+        """The hourly parts cache of ``spec``, with ``hours`` in it: expired hours are
+        dropped, missing ones read in one query."""
         key = (
             spec.signal,
             tuple(spec.group_by),
             tuple(sorted(spec.where.items())),
-            spec.latency_threshold_ms,
+            tuple(getattr(spec, p) for p in signal_def(spec.signal).params),
             self.experiment_ids,
         )
         cache = self._buckets.setdefault(key, {})
         now = time.monotonic()
         for b in [b for b, (at, _) in cache.items() if now - at > self.cache_ttl_s]:
             del cache[b]
-        missing = [b for b in range(first, last) if b not in cache]
-        if missing:
-            lo, hi = missing[0], missing[-1] + 1
-            stmt, params = self._parts_sql(spec, [(lo * BUCKET_MS, hi * BUCKET_MS)], True)
-            with self.engine.connect() as conn:
-                rows = conn.execute(stmt, params).all()
-            fresh: dict[int, list[tuple]] = {b: [] for b in range(lo, hi)}
-            for r in rows:
-                fresh[int(r[ng])].append((*r[:ng], *r[ng + 1 :]))
-            for b, bucket_rows in fresh.items():
-                cache[b] = (now, bucket_rows)
-        ranges = []
-        if first >= last:  # no settled hour: read the whole window
-            ranges.append((start_ms, end_ms))
-        else:
-            ranges += [(start_ms, first * BUCKET_MS), (last * BUCKET_MS, end_ms)]
-        edges = [r for r in ranges if r[0] < r[1]]
-        live = self._parts_from_rows(spec, edges) if edges else []
-        totals: dict[tuple, list] = {}
-        cached = [row for b in range(first, last) for row in cache[b][1]]
-        for row in (*cached, *live):
-            labels, (num, den, n) = row[:ng], row[ng:]
-            acc = totals.setdefault(tuple(labels), [None, None, 0])
-            if num is not None:
-                acc[0] = (acc[0] or 0.0) + float(num)
-            if den is not None:
-                acc[1] = (acc[1] or 0.0) + float(den)
-            acc[2] += int(n or 0)
-        has_den = _TRACE_PARTS[spec.signal][1] is not None
-        out = []
-        for labels, (num, den, n) in totals.items():
-            if n == 0:
-                continue
-            if has_den:
-                value = None if num is None or not den else num / den
-            else:
-                value = num
-            named = {
-                g: "" if v is None else str(v) for g, v in zip(spec.group_by, labels, strict=True)
-            }
-            out.append(SignalValue(named, value, n))
-        return out
+        missing = [b for b in hours if b not in cache]
+        if not missing:
+            return cache
+        lo, hi = missing[0], missing[-1] + 1
+        stmt, params = self._parts_sql(spec, [(lo * BUCKET_MS, hi * BUCKET_MS)], True)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt, params).all()
+        ng = len(spec.group_by)
+        fresh: dict[int, list[tuple]] = {b: [] for b in range(lo, hi)}
+        for r in rows:
+            fresh[int(r[ng])].append((*r[:ng], *r[ng + 1 :]))
+        for b, bucket_rows in fresh.items():
+            cache[b] = (now, bucket_rows)
+        return cache
+
+
+def _values_from_parts(spec: SignalSpec, rows: Iterable[tuple]) -> list[SignalValue]:
+    """Sum parts rows (labels, numerator, denominator, count) per group into values."""
+    ng = len(spec.group_by)
+    totals: dict[tuple, list] = {}
+    for row in rows:
+        labels, (num, den, n) = row[:ng], row[ng:]
+        acc = totals.setdefault(tuple(labels), [None, None, 0])
+        if num is not None:
+            acc[0] = (acc[0] or 0.0) + float(num)
+        if den is not None:
+            acc[1] = (acc[1] or 0.0) + float(den)
+        acc[2] += int(n or 0)
+    d = signal_def(spec.signal)
+    out = []
+    for labels, (num, den, n) in totals.items():
+        if n == 0:
+            continue
+        named = {g: "" if v is None else str(v) for g, v in zip(spec.group_by, labels, strict=True)}
+        out.append(SignalValue(named, trace_value(d, num, den), n))
+    return out
 
 
 # --------------------------------------------------------------------------- memory
@@ -582,6 +608,103 @@ def weighted_percentile(values: Iterable[tuple[float, float]], q: float) -> floa
     return pairs[-1][0]
 
 
+# --------------------------------------------------------------------------- declarations in memory
+
+
+def _getter(column: str) -> Callable[[TraceEvent], Any]:
+    """A trace row's column; an empty label counts as missing (labels are strings, a
+    missing one groups as "")."""
+    if column in LABEL_COLUMNS:
+        return lambda e: e.labels.get(column) or None
+    return operator.attrgetter(column)
+
+
+def _select(x: Test, spec: SignalSpec, rows: Sequence[Any], get: Callable[[Any], Any]) -> list:
+    """The rows passing ``x`` (``get`` reads a row's column), as SQL evaluates it: a NULL
+    passes no comparison. One comprehension per operator: this runs per row per rule."""
+    if x.op == "is not null":
+        return [r for r in rows if get(r) is not None]
+    k = float(getattr(spec, x.param) or 0) if x.param is not None else x.operand
+    if x.op == "=":
+        return [r for r in rows if (v := get(r)) is not None and v == k]
+    if x.op == "<>":
+        return [r for r in rows if (v := get(r)) is not None and v != k]
+    if x.op == ">":
+        return [r for r in rows if (v := get(r)) is not None and v > k]
+    if x.op == ">=":
+        return [r for r in rows if (v := get(r)) is not None and v >= k]
+    if x.op == "<":
+        return [r for r in rows if (v := get(r)) is not None and v < k]
+    return [r for r in rows if (v := get(r)) is not None and v <= k]
+
+
+def trace_parts(
+    d: Signal, spec: SignalSpec, rows: Sequence[TraceEvent]
+) -> tuple[float | None, float | None, int] | None:
+    """A trace signal over one group's rows: numerator, denominator (shares only) and
+    count of the rows it considers (``_trace_parts_sql`` in memory); None when it
+    considers none."""
+    if d.where is not None:
+        rows = _select(d.where, spec, rows, _getter(d.where.column))
+    if not rows:
+        return None
+    counted = rows if d.counts is None else _select(d.counts, spec, rows, _getter(d.counts.column))
+    num: float | None
+    if d.column is None:
+        num = sum([e.sample_weight for e in counted])
+    else:
+        get = _getter(d.column)
+        if d.nulls_as_zero:
+            num = sum([e.sample_weight * (get(e) or 0) for e in counted])
+        else:
+            present = [e.sample_weight * v for e in counted if (v := get(e)) is not None]
+            num = sum(present) if present else None
+    den = sum([e.sample_weight for e in rows]) if d.aggregate == "share" else None
+    return num, den, len(rows)
+
+
+def trace_value(d: Signal, num: float | None, den: float | None) -> float | None:
+    """A trace signal's value from its summed parts."""
+    if d.aggregate == "share":
+        return None if num is None or not den else num / den
+    return None if num is None else float(num)
+
+
+def score_value(d: Signal, spec: SignalSpec, scores: Sequence[float]) -> float:
+    """An assessment signal over one group's scores (unweighted, as in SQL)."""
+    if d.aggregate == "share" and d.counts is not None:
+        # a score is its own ``value_num``
+        return len(_select(d.counts, spec, scores, lambda s: s)) / len(scores)
+    return sum(scores) / len(scores)
+
+
+def _convert(annotation: str) -> Callable[[Any], Any]:
+    """How a database value becomes a ``TraceEvent`` field of this annotation."""
+    if annotation == "int":
+        return lambda v: int(v or 0)
+    if annotation == "float | None":
+        return lambda v: None if v is None else float(v)
+    return lambda v: v
+
+
+def _columns(per_span: bool) -> tuple[str, ...]:
+    """The columns the trace (or span) signals read from their rows, declaration order."""
+    out: dict[str, None] = {}
+    for d in (*SIGNALS, *PERCENTILES):
+        if d.kind == "assessment" or d.per_span != per_span:
+            continue
+        for c in (d.column, *(x.column for x in d.tests)):
+            if c is not None and c not in LABEL_COLUMNS:
+                out[c] = None
+    return tuple(out)
+
+
+#: what the short windows read per trace and per span, and how each becomes a field
+_TRACE_COLUMNS = _columns(per_span=False)
+_SPAN_COLUMNS = _columns(per_span=True)
+_CELL = {f.name: _convert(str(f.type)) for f in dataclasses.fields(TraceEvent)}
+
+
 class MemorySignalSource:
     """The same signals over in-memory ``TraceEvent``s."""
 
@@ -606,8 +729,7 @@ class MemorySignalSource:
     def query(self, spec: SignalSpec, start_ms: int, end_ms: int) -> list[SignalValue]:
         if self.fail is not None:
             raise self.fail
-        kind = signal_kind(spec.signal)
-        if kind == "assessment":
+        if signal_def(spec.signal).kind == "assessment":
             return self.values(spec, self._scores(spec, self._window(start_ms, end_ms)))
         return self.values(spec, self.group(spec, self._window(start_ms, end_ms)))
 
@@ -629,7 +751,7 @@ class MemorySignalSource:
     @staticmethod
     def _scores(spec: SignalSpec, events: Iterable[TraceEvent]) -> dict[tuple, list]:
         groups: dict[tuple, list] = defaultdict(list)
-        human = spec.signal == "feedback_score"
+        human = signal_def(spec.signal).human
         for e in events:
             if e.status == "IN_PROGRESS":
                 continue
@@ -651,59 +773,26 @@ class MemorySignalSource:
     @classmethod
     def values(cls, spec: SignalSpec, groups: Mapping[tuple, list]) -> list[SignalValue]:
         """One value per group (the rows of ``group`` or ``_scores``)."""
-        kind = signal_kind(spec.signal)
+        d = signal_def(spec.signal)
         out = []
         for key, rows in groups.items():
             labels = dict(zip(spec.group_by, key, strict=True))
-            value = cls._value(spec, kind, rows)
-            n = len(rows) if kind != "percentile" else value[1]
+            value, considered = cls._value(d, spec, rows)
+            n = len(rows) if d.kind != "percentile" else considered
             if n:
-                out.append(SignalValue(labels, value[0], n))
+                out.append(SignalValue(labels, value, n))
         return out
 
     @staticmethod
-    def _value(spec: SignalSpec, kind: str, rows: list) -> tuple[float | None, int]:
-        if kind == "assessment":
-            if spec.signal == "scorer_pass_rate":
-                return sum(s >= spec.pass_threshold for s in rows) / len(rows), len(rows)
-            if spec.signal == "scorer_fail_rate":
-                return sum(s < spec.pass_threshold for s in rows) / len(rows), len(rows)
-            return sum(rows) / len(rows), len(rows)
-        if kind == "percentile":
-            what, q = percentile_of(spec.signal)
-            attr = "latency_ms" if what == "latency" else "ttft_ms"
-            pairs = [(getattr(e, attr), e.sample_weight) for e in rows]
+    def _value(d: Signal, spec: SignalSpec, rows: list) -> tuple[float | None, int]:
+        """The value over one group's rows, and how many rows it considered."""
+        if d.kind == "assessment":
+            return score_value(d, spec, rows), len(rows)
+        if d.kind == "percentile":
+            pairs = [(getattr(e, d.column), e.sample_weight) for e in rows]
             pairs = [(v, w) for v, w in pairs if v is not None]
-            return weighted_percentile(pairs, q), len(pairs)
-        w = [e.sample_weight for e in rows]
-        s = spec.signal
-        if s == "unpriced_share":
-            rows = [e for e in rows if e.labels.get("model")]
-            w = [e.sample_weight for e in rows]
-            if not rows:
-                return None, 0
-            return sum(x for e, x in zip(rows, w, strict=True) if e.unpriced_spans) / sum(w), len(
-                rows
-            )
-        if s == "latency_over":
-            rows = [e for e in rows if e.latency_ms is not None]
-            w = [e.sample_weight for e in rows]
-            if not rows:
-                return None, 0
-            thr = spec.latency_threshold_ms or 0
-            bad = sum(x for e, x in zip(rows, w, strict=True) if e.latency_ms > thr)
-            return bad / sum(w), len(rows)
-        if s == "request_count":
-            return float(sum(w)), len(rows)
-        if s == "error_rate":
-            bad = sum(x for e, x in zip(rows, w, strict=True) if e.status == "ERROR")
-            return bad / sum(w), len(rows)
-        if s in ("tokens", "input_tokens", "output_tokens"):
-            attr = "total_tokens" if s == "tokens" else s
-            return float(sum(getattr(e, attr) * x for e, x in zip(rows, w, strict=True))), len(rows)
-        if s == "cost_usd":
-            priced = [
-                (e.cost_usd, x) for e, x in zip(rows, w, strict=True) if e.cost_usd is not None
-            ]
-            return (sum(c * x for c, x in priced) if priced else None), len(rows)
-        raise ValueError(f"unknown signal {s!r}")  # pragma: no cover - validated by SignalSpec
+            return weighted_percentile(pairs, percentile_of(spec.signal)[1]), len(pairs)
+        parts = trace_parts(d, spec, rows)
+        if parts is None:
+            return None, 0
+        return trace_value(d, parts[0], parts[1]), parts[2]

@@ -44,14 +44,17 @@ from mlflow_llmops.notify.stages import (
     Inhibitor,
     Matcher,
     NflogEntry,
+    RouteMatch,
     Silence,
     TokenBucket,
     backoff,
     gives_up,
     group_key,
     group_labels_for,
+    inhibit,
     match_routes,
     needs_update,
+    silence,
     silenced_by,
 )
 from mlflow_llmops.statestore.state import StateStore
@@ -205,6 +208,153 @@ class Silences:
         return bool(n)
 
 
+@dataclass(frozen=True)
+class _GroupRef:
+    """The aggregation group one route match files an alert in: its labels, its key (as
+    in Alertmanager) and its id (a hash of the key)."""
+
+    route: RouteMatch
+    labels: dict[str, str]
+    key: str
+    id: str
+
+    @classmethod
+    def of(cls, m: RouteMatch, alert_labels: Mapping[str, str]) -> _GroupRef:
+        glabels = group_labels_for(alert_labels, m.group_by)
+        gkey = group_key(m.path, m.receiver, glabels)
+        return cls(m, glabels, gkey, hashlib.sha256(gkey.encode()).hexdigest()[:32])
+
+
+@dataclass
+class _Filing:
+    """One ``submit`` batch on its way into the groups: what the store holds (groups and
+    whether they are active, group members) and the member rows to write."""
+
+    conn: sa.Connection
+    now: datetime
+    active: dict[str, bool]
+    known: set[tuple[str, str]]
+    updates: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    inserts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, c: sa.Connection, now: datetime) -> _Filing:
+        active = {
+            r[0]: bool(r[1]) for r in c.execute(sa.select(t.groups.c.group_id, t.groups.c.active))
+        }
+        known = set(
+            c.execute(sa.select(t.group_alerts.c.group_id, t.group_alerts.c.fingerprint)).tuples()
+        )
+        return cls(c, now, active, known)
+
+    def stage_member(self, gid: str, a: Alert) -> None:
+        """A known member is updated (the last submission wins); a new one is inserted
+        unless it is already resolved."""
+        blob = json.dumps(alert_to_dict(a))
+        key = (gid, a.fingerprint)
+        if key in self.known:
+            self.updates[key] = {"g": gid, "f": a.fingerprint, "j": blob, "r": a.resolved}
+        elif not a.resolved:
+            self.inserts[key] = {
+                "group_id": gid,
+                "fingerprint": a.fingerprint,
+                "alert_json": blob,
+                "resolved": False,
+                "updated_at": self.now,
+            }
+
+    def write_members(self) -> None:
+        if self.updates:
+            self.conn.execute(
+                t.group_alerts.update()
+                .where(
+                    t.group_alerts.c.group_id == sa.bindparam("g"),
+                    t.group_alerts.c.fingerprint == sa.bindparam("f"),
+                )
+                .values(
+                    alert_json=sa.bindparam("j"), resolved=sa.bindparam("r"), updated_at=self.now
+                ),
+                list(self.updates.values()),
+            )
+        if self.inserts:
+            self.conn.execute(t.group_alerts.insert(), list(self.inserts.values()))
+
+
+@dataclass(frozen=True)
+class _Group:
+    """A due ``groups`` row, parsed: what dedup and the notification need."""
+
+    group_id: str
+    receiver: str
+    group_key: str
+    group_labels: dict[str, str]
+    send_resolved: bool
+    group_interval: timedelta
+    repeat_interval: timedelta
+    seq: int
+    #: what was last notified (the notification log entry); None if nothing yet
+    notified: NflogEntry | None
+
+    @classmethod
+    def from_row(cls, g: Mapping[str, Any]) -> _Group:
+        notified = (
+            NflogEntry(
+                notified_at=utc(g["notified_at"]),  # type: ignore[arg-type]
+                firing=frozenset(json.loads(g["notified_firing"])),
+                resolved=frozenset(json.loads(g["notified_resolved"])),
+            )
+            if g["notified_at"] is not None
+            else None
+        )
+        return cls(
+            group_id=g["group_id"],
+            receiver=g["receiver"],
+            group_key=g["group_key"],
+            group_labels=json.loads(g["group_labels"]),
+            send_resolved=bool(g["send_resolved"]),
+            group_interval=timedelta(seconds=g["group_interval_s"]),
+            repeat_interval=timedelta(seconds=g["repeat_interval_s"]),
+            seq=int(g["seq"]),
+            notified=notified,
+        )
+
+
+def _fingerprints(alerts: Sequence[Alert]) -> tuple[set[str], set[str]]:
+    """The firing and the resolved alerts' fingerprints (a notification log entry)."""
+    return (
+        {a.fingerprint for a in alerts if not a.resolved},
+        {a.fingerprint for a in alerts if a.resolved},
+    )
+
+
+@dataclass(frozen=True)
+class _FlushContext:
+    """What every due group of one flush shares: the inhibitor (built once from all
+    firing alerts), the active silences, and the report the stages count into."""
+
+    now: datetime
+    inhibitor: Inhibitor
+    silences: Sequence[Silence]
+    report: DispatchReport
+
+
+@dataclass
+class _DeliveryPass:
+    """One pass over the outbox: the groups whose next row must wait, and the sends."""
+
+    now: datetime
+    report: DispatchReport
+    #: the ``time.monotonic()`` at which ``now`` was read
+    started: float
+    blocked: set[tuple[str, str]] = field(default_factory=set)
+    sends: int = 0
+
+    def answered_at(self) -> datetime:
+        """A backoff or Retry-After counts from the answer that asked for it, not from
+        the start of this flush (a 429 late in a long flush is not retried at once)."""
+        return self.now + timedelta(seconds=time.monotonic() - self.started)
+
+
 def _default_route(cfg: NotificationsConfig) -> Route:
     names = [r.name for r in cfg.receivers]
     return Route(
@@ -291,95 +441,66 @@ class Dispatcher:
                 log.exception("rollback hooks failed")
 
     def _file(self, alerts: Sequence[Alert], now: datetime) -> None:
+        """The route and group stages: file each alert in the group of every route it
+        matches (one transaction per batch)."""
         with self._lock, self.store.engine.begin() as c:
-            existing = {
-                r[0]: bool(r[1])
-                for r in c.execute(sa.select(t.groups.c.group_id, t.groups.c.active))
-            }
-            known = set(
-                c.execute(
-                    sa.select(t.group_alerts.c.group_id, t.group_alerts.c.fingerprint)
-                ).tuples()
-            )
-            updates: dict[tuple[str, str], dict[str, Any]] = {}
-            inserts: dict[tuple[str, str], dict[str, Any]] = {}
+            filing = _Filing.start(c, now)
             for a in alerts:
-                for m in match_routes(
-                    a.labels,
-                    self.route,
-                    group_by=self.config.group_by,
-                    group_wait=self.config.group_wait,
-                    group_interval=self.config.group_interval,
-                    repeat_interval=self.config.repeat_interval,
-                ):
-                    rcv = self._receivers[m.receiver]
-                    glabels = group_labels_for(a.labels, m.group_by)
-                    gkey = group_key(m.path, m.receiver, glabels)
-                    gid = hashlib.sha256(gkey.encode()).hexdigest()[:32]
-                    active = existing.get(gid)
-                    if not active and a.resolved:
-                        continue  # the receiver never heard of it
-                    if active is None:
-                        c.execute(
-                            t.groups.insert().values(
-                                group_id=gid,
-                                receiver=m.receiver,
-                                group_key=gkey,
-                                group_labels=json.dumps(glabels),
-                                send_resolved=rcv.send_resolved,
-                                group_wait_s=m.group_wait.total_seconds(),
-                                group_interval_s=m.group_interval.total_seconds(),
-                                repeat_interval_s=m.repeat_interval.total_seconds(),
-                                created_at=now,
-                                next_flush_at=now + m.group_wait,
-                                active=True,
-                                notified_firing="[]",
-                                notified_resolved="[]",
-                                seq=0,
-                            )
-                        )
-                    elif not active:
-                        # an idle group wakes up: a fresh group_wait, same log and sequence
-                        c.execute(
-                            t.groups.update()
-                            .where(t.groups.c.group_id == gid)
-                            .values(
-                                active=True,
-                                created_at=now,
-                                next_flush_at=now + m.group_wait,
-                                send_resolved=rcv.send_resolved,
-                                group_wait_s=m.group_wait.total_seconds(),
-                                group_interval_s=m.group_interval.total_seconds(),
-                                repeat_interval_s=m.repeat_interval.total_seconds(),
-                            )
-                        )
-                    existing[gid] = True
-                    blob = json.dumps(alert_to_dict(a))
-                    key = (gid, a.fingerprint)
-                    if key in known:
-                        updates[key] = {"g": gid, "f": a.fingerprint, "j": blob, "r": a.resolved}
-                    elif not a.resolved:
-                        inserts[key] = {
-                            "group_id": gid,
-                            "fingerprint": a.fingerprint,
-                            "alert_json": blob,
-                            "resolved": False,
-                            "updated_at": now,
-                        }
-            if updates:
-                c.execute(
-                    t.group_alerts.update()
-                    .where(
-                        t.group_alerts.c.group_id == sa.bindparam("g"),
-                        t.group_alerts.c.fingerprint == sa.bindparam("f"),
-                    )
-                    .values(
-                        alert_json=sa.bindparam("j"), resolved=sa.bindparam("r"), updated_at=now
-                    ),
-                    list(updates.values()),
+                for m in self._route(a):
+                    self._group(filing, a, _GroupRef.of(m, a.labels))
+            filing.write_members()
+
+    def _route(self, a: Alert) -> list[RouteMatch]:
+        """The route stage: the receivers (with their grouping settings) ``a`` goes to."""
+        return match_routes(
+            a.labels,
+            self.route,
+            group_by=self.config.group_by,
+            group_wait=self.config.group_wait,
+            group_interval=self.config.group_interval,
+            repeat_interval=self.config.repeat_interval,
+        )
+
+    def _group(self, filing: _Filing, a: Alert, ref: _GroupRef) -> None:
+        """The group stage: open (or wake) the group and stage ``a`` as its member. A
+        resolved alert the group never had active is dropped: the receiver never heard of it."""
+        active = filing.active.get(ref.id)
+        if not active and a.resolved:
+            return
+        if not active:
+            self._open_group(filing, ref, new=active is None)
+        filing.active[ref.id] = True
+        filing.stage_member(ref.id, a)
+
+    def _open_group(self, filing: _Filing, ref: _GroupRef, *, new: bool) -> None:
+        m = ref.route
+        timers = {
+            "active": True,
+            "created_at": filing.now,
+            "next_flush_at": filing.now + m.group_wait,
+            "send_resolved": self._receivers[m.receiver].send_resolved,
+            "group_wait_s": m.group_wait.total_seconds(),
+            "group_interval_s": m.group_interval.total_seconds(),
+            "repeat_interval_s": m.repeat_interval.total_seconds(),
+        }
+        if new:
+            filing.conn.execute(
+                t.groups.insert().values(
+                    group_id=ref.id,
+                    receiver=m.receiver,
+                    group_key=ref.key,
+                    group_labels=json.dumps(ref.labels),
+                    notified_firing="[]",
+                    notified_resolved="[]",
+                    seq=0,
+                    **timers,
                 )
-            if inserts:
-                c.execute(t.group_alerts.insert(), list(inserts.values()))
+            )
+        else:
+            # an idle group wakes up: a fresh group_wait, same log and sequence
+            filing.conn.execute(
+                t.groups.update().where(t.groups.c.group_id == ref.id).values(**timers)
+            )
 
     # -- flush ----------------------------------------------------------
     def flush(self, now: datetime) -> DispatchReport:
@@ -405,140 +526,157 @@ class Dispatcher:
         return report
 
     def _flush_groups(self, now: datetime, report: DispatchReport) -> None:
+        due, firing = self._due_groups(now)
+        if not due:
+            return
+        ctx = _FlushContext(
+            now=now,
+            inhibitor=Inhibitor(self.config.inhibit_rules, firing),
+            silences=[s for s in self.silences.list(now) if s.active(now)],
+            report=report,
+        )
+        for g in due:
+            self._flush_group(_Group.from_row(g), ctx)
+
+    def _due_groups(self, now: datetime) -> tuple[list[Mapping[str, Any]], list[Alert]]:
+        """The active groups whose timer is due, and every firing alert (the inhibitor's
+        sources, whatever group they are in); nothing when no group is due."""
         with self.store.engine.connect() as c:
-            due = (
+            due = list(
                 c.execute(
                     sa.select(t.groups).where(
                         t.groups.c.active.is_(True), t.groups.c.next_flush_at <= now
                     )
-                )
-                .mappings()
-                .all()
+                ).mappings()
             )
             if not due:
-                return
+                return [], []
             all_rows = c.execute(
                 sa.select(t.group_alerts.c.alert_json, t.group_alerts.c.resolved)
             ).all()
-        firing_all = {}
+        firing: dict[str, Alert] = {}
         for blob, resolved in all_rows:
             if not resolved:
                 a = alert_from_dict(json.loads(blob))
-                firing_all[a.fingerprint] = a
-        inhibitor = Inhibitor(self.config.inhibit_rules, firing_all.values())
-        active_silences = [s for s in self.silences.list(now) if s.active(now)]
-        for g in due:
-            self._flush_group(dict(g), now, inhibitor, active_silences, report)
+                firing[a.fingerprint] = a
+        return due, list(firing.values())
 
-    def _flush_group(
-        self,
-        g: dict[str, Any],
-        now: datetime,
-        inhibitor: Inhibitor,
-        silences: list[Silence],
-        report: DispatchReport,
-    ) -> None:
-        gid = g["group_id"]
+    def _flush_group(self, group: _Group, ctx: _FlushContext) -> None:
+        """One due group through resolve-timeout, inhibit, silence and dedup; the
+        notification and the log entry (set-notified) are written in one transaction."""
         with self.store.engine.begin() as c:
-            rows = c.execute(
-                sa.select(t.group_alerts.c.alert_json, t.group_alerts.c.updated_at).where(
-                    t.group_alerts.c.group_id == gid
-                )
-            ).all()
-            alerts = []
-            stale_before = now - self.config.resolve_timeout
-            for blob, updated_at in rows:
-                a = alert_from_dict(json.loads(blob))
-                if not a.resolved and utc(updated_at) < stale_before:  # type: ignore[operator]
-                    # not re-submitted for resolve_timeout: resolved, as in Alertmanager
-                    a = dataclasses.replace(
-                        a,
-                        state=AlertState.RESOLVED,
-                        ends_at=utc(updated_at) + self.config.resolve_timeout,
-                    )
-                    c.execute(
-                        t.group_alerts.update()
-                        .where(
-                            t.group_alerts.c.group_id == gid,
-                            t.group_alerts.c.fingerprint == a.fingerprint,
-                        )
-                        .values(alert_json=json.dumps(alert_to_dict(a)), resolved=True)
-                    )
-                alerts.append(a)
-            report.groups_flushed += 1
-            kept: list[Alert] = []
-            for a in alerts:
-                if not a.resolved and inhibitor.mutes(a):
-                    report.inhibited += 1
-                    continue
-                if silenced_by(a, silences, now) is not None:
-                    report.silenced += 1
-                    continue
-                kept.append(a)
-            firing = {a.fingerprint for a in kept if not a.resolved}
-            resolved = {a.fingerprint for a in kept if a.resolved}
-            entry = (
-                NflogEntry(
-                    notified_at=utc(g["notified_at"]),  # type: ignore[arg-type]
-                    firing=frozenset(json.loads(g["notified_firing"])),
-                    resolved=frozenset(json.loads(g["notified_resolved"])),
-                )
-                if g["notified_at"] is not None
-                else None
-            )
-            send_resolved = bool(g["send_resolved"])
-            values: dict[str, Any] = {
-                "next_flush_at": now + timedelta(seconds=g["group_interval_s"])
-            }
-            if needs_update(
-                entry,
-                firing,
-                resolved,
-                send_resolved=send_resolved,
-                repeat_interval=timedelta(seconds=g["repeat_interval_s"]),
-                now=now,
-            ):
-                payload_alerts = [a for a in kept if not a.resolved] + (
-                    [a for a in kept if a.resolved] if send_resolved else []
-                )
-                seq = int(g["seq"]) + 1
-                if payload_alerts and (firing or send_resolved):
-                    n = Notification(
-                        receiver=g["receiver"],
-                        group_id=gid,
-                        group_key=g["group_key"],
-                        seq=seq,
-                        kind="alert",
-                        status="firing" if firing else "resolved",
-                        group_labels=json.loads(g["group_labels"]),
-                        alerts=tuple(payload_alerts),
-                        created_at=now,
-                        mlflow_ui_url=self.config.mlflow_ui_url,
-                    )
-                    self._insert_outbox(c, n, now)
-                    report.notifications_enqueued += 1
-                values.update(
-                    notified_at=now,
-                    notified_firing=json.dumps(sorted(firing)),
-                    notified_resolved=json.dumps(sorted(resolved)),
-                    seq=seq,
-                )
+            alerts = self._resolve_stale(c, group.group_id, ctx.now)
+            ctx.report.groups_flushed += 1
+            kept, muted = inhibit(alerts, ctx.inhibitor)
+            ctx.report.inhibited += muted
+            kept, muted = silence(kept, ctx.silences, ctx.now)
+            ctx.report.silenced += muted
+            values: dict[str, Any] = {"next_flush_at": ctx.now + group.group_interval}
+            if self._dedup(group, kept, ctx.now):
+                values.update(self._set_notified(c, group, kept, ctx))
             elif alerts:
-                report.deduplicated += 1
-            c.execute(t.groups.update().where(t.groups.c.group_id == gid).values(**values))
-            # resolved alerts are done once a flush has seen them (not re-submitted since)
+                ctx.report.deduplicated += 1
             c.execute(
-                t.group_alerts.delete().where(
-                    t.group_alerts.c.group_id == gid,
-                    t.group_alerts.c.resolved.is_(True),
-                    t.group_alerts.c.updated_at <= now,
-                )
+                t.groups.update().where(t.groups.c.group_id == group.group_id).values(**values)
             )
-            left = c.execute(
-                sa.select(sa.func.count()).where(t.group_alerts.c.group_id == gid)
-            ).scalar_one()
-            if not left:
-                c.execute(t.groups.update().where(t.groups.c.group_id == gid).values(active=False))
+            self._retire_resolved(c, group.group_id, ctx.now)
+
+    def _resolve_stale(self, c: sa.Connection, gid: str, now: datetime) -> list[Alert]:
+        """The group's alerts; one not re-submitted for ``resolve_timeout`` is resolved
+        (and stored so), as in Alertmanager."""
+        rows = c.execute(
+            sa.select(t.group_alerts.c.alert_json, t.group_alerts.c.updated_at).where(
+                t.group_alerts.c.group_id == gid
+            )
+        ).all()
+        alerts = []
+        timeout = self.config.resolve_timeout
+        for blob, updated_at in rows:
+            a = alert_from_dict(json.loads(blob))
+            if not a.resolved and utc(updated_at) < now - timeout:  # type: ignore[operator]
+                a = dataclasses.replace(
+                    a, state=AlertState.RESOLVED, ends_at=utc(updated_at) + timeout
+                )
+                c.execute(
+                    t.group_alerts.update()
+                    .where(
+                        t.group_alerts.c.group_id == gid,
+                        t.group_alerts.c.fingerprint == a.fingerprint,
+                    )
+                    .values(alert_json=json.dumps(alert_to_dict(a)), resolved=True)
+                )
+            alerts.append(a)
+        return alerts
+
+    @staticmethod
+    def _dedup(group: _Group, kept: list[Alert], now: datetime) -> bool:
+        """The dedup stage: whether the notification log says the receiver needs an
+        update about ``kept`` (the group's alerts after inhibit and silence)."""
+        firing, resolved = _fingerprints(kept)
+        return needs_update(
+            group.notified,
+            firing,
+            resolved,
+            send_resolved=group.send_resolved,
+            repeat_interval=group.repeat_interval,
+            now=now,
+        )
+
+    def _set_notified(
+        self, c: sa.Connection, group: _Group, kept: list[Alert], ctx: _FlushContext
+    ) -> dict[str, Any]:
+        """Write the group's notification to the outbox and return the group row's new
+        log entry and sequence: one transaction, so it is decided once and never lost."""
+        seq = group.seq + 1
+        n = self._group_notification(group, kept, seq, ctx.now)
+        if n is not None:
+            self._insert_outbox(c, n, ctx.now)
+            ctx.report.notifications_enqueued += 1
+        firing, resolved = _fingerprints(kept)
+        return {
+            "notified_at": ctx.now,
+            "notified_firing": json.dumps(sorted(firing)),
+            "notified_resolved": json.dumps(sorted(resolved)),
+            "seq": seq,
+        }
+
+    def _group_notification(
+        self, group: _Group, kept: list[Alert], seq: int, now: datetime
+    ) -> Notification | None:
+        """The group's notification: its firing alerts, then its resolved ones if the
+        receiver wants them; None when that leaves nothing to say."""
+        firing = [a for a in kept if not a.resolved]
+        payload = firing + ([a for a in kept if a.resolved] if group.send_resolved else [])
+        if not payload or not (firing or group.send_resolved):
+            return None
+        return Notification(
+            receiver=group.receiver,
+            group_id=group.group_id,
+            group_key=group.group_key,
+            seq=seq,
+            kind="alert",
+            status="firing" if firing else "resolved",
+            group_labels=group.group_labels,
+            alerts=tuple(payload),
+            created_at=now,
+            mlflow_ui_url=self.config.mlflow_ui_url,
+        )
+
+    def _retire_resolved(self, c: sa.Connection, gid: str, now: datetime) -> None:
+        """Resolved alerts are done once a flush has seen them (not re-submitted since);
+        a group left empty goes idle."""
+        c.execute(
+            t.group_alerts.delete().where(
+                t.group_alerts.c.group_id == gid,
+                t.group_alerts.c.resolved.is_(True),
+                t.group_alerts.c.updated_at <= now,
+            )
+        )
+        left = c.execute(
+            sa.select(sa.func.count()).where(t.group_alerts.c.group_id == gid)
+        ).scalar_one()
+        if not left:
+            c.execute(t.groups.update().where(t.groups.c.group_id == gid).values(active=False))
 
     def _insert_outbox(self, c: sa.Connection, n: Notification, now: datetime) -> int:
         res = c.execute(
@@ -575,7 +713,6 @@ class Dispatcher:
         the ``time.monotonic()`` at which ``now`` was read (default: on entry)."""
         now = utc(now)
         report = report or DispatchReport()
-        policy = self.config.retry
         with self.store.engine.connect() as c:
             rows = (
                 c.execute(
@@ -586,75 +723,84 @@ class Dispatcher:
                 .mappings()
                 .all()
             )
-        blocked: set[tuple[str, str]] = set()
-        sends = 0
-        started = time.monotonic() if started is None else started
-
-        def answered_at() -> datetime:
-            # a backoff or Retry-After counts from the answer that asked for it, not from
-            # the start of this flush (a 429 late in a long flush is not retried at once)
-            return now + timedelta(seconds=time.monotonic() - started)
-
+        run = _DeliveryPass(now, report, time.monotonic() if started is None else started)
         for r in rows:
-            key = (r["receiver"], r["group_id"])
-            if key in blocked:
-                continue
-            blocked.add(key)  # later rows of this group wait for this one
-            if r["status"] == "pending" and utc(r["next_attempt_at"]) > now:  # type: ignore[operator]
-                continue
-            if r["status"] == "sending" and utc(r["claimed_until"]) > now:  # type: ignore[operator]
-                continue
-            if sends >= self.max_sends_per_flush:
-                continue
-            if r["receiver"] not in self._receivers:
-                self._finish(
-                    r["id"], "failed", now, error=f"receiver {r['receiver']!r} no longer configured"
-                )
-                report.failed.append((r["receiver"], "receiver no longer configured"))
-                continue
-            payload = json.loads(r["payload"])
-            n = dataclasses.replace(
-                Notification.from_json(payload),
-                outbox_key=outbox_key(
-                    r["receiver"], r["group_id"], r["seq"], payload.get("created_at")
-                ),
-                # claimed before and never confirmed: the receiver may have it already
-                maybe_sent=int(r["attempts"]) > 0,
-                epoch=self.store.fence.epoch if self.store.fence else None,
-            )
-            bucket = self._buckets.get(r["receiver"])
-            if bucket is not None:
-                # one request per notification, but one per alert to PagerDuty per instance
-                need = max(1, len(n.alerts)) if self._pd_per_instance(r["receiver"]) else 1
-                wait = bucket.take(now, min(need, bucket.capacity))
-                if wait > 0:
-                    report.rate_limited += 1
-                    self._rate_wait[r["receiver"]] = now + timedelta(seconds=wait)
-                    continue
-            if not self._claim(r["id"], now, policy.claim_timeout):
-                continue
-            sends += 1
-            attempts = int(r["attempts"]) + 1
-            try:
-                result = self.notifier(r["receiver"]).send(n)
-            except NotifyError as e:
-                self._failed_attempt(r, attempts, e, answered_at(), report)
-                continue
-            except Exception as e:  # noqa: BLE001 - a notifier bug must not stop the others
-                log.exception("notifier %s raised", r["receiver"])
-                self._failed_attempt(
-                    r, attempts, NotifyError(f"{type(e).__name__}: {e}"), answered_at(), report
-                )
-                continue
-            self._finish(r["id"], "sent", now, ref=result.external_ref)
-            blocked.discard(key)  # the next of this group may follow in this pass
-            report.sent += 1
-            report.requests += result.requests
+            if self._in_turn(r, run):
+                self._deliver_row(r, run)
         with self.store.engine.connect() as c:
             report.pending = c.execute(
                 sa.select(sa.func.count()).where(t.outbox.c.status.in_(("pending", "sending")))
             ).scalar_one()
         return report
+
+    def _in_turn(self, r: Mapping[str, Any], run: _DeliveryPass) -> bool:
+        """Whether row ``r`` may be sent in this pass: the first unsent row of its group
+        (later rows of the group wait for it), due, unclaimed, under the send cap."""
+        key = (r["receiver"], r["group_id"])
+        if key in run.blocked:
+            return False
+        run.blocked.add(key)
+        if r["status"] == "pending" and utc(r["next_attempt_at"]) > run.now:  # type: ignore[operator]
+            return False
+        if r["status"] == "sending" and utc(r["claimed_until"]) > run.now:  # type: ignore[operator]
+            return False
+        return run.sends < self.max_sends_per_flush
+
+    def _deliver_row(self, r: Mapping[str, Any], run: _DeliveryPass) -> None:
+        """Rate limit, claim, send, then finish the row or schedule its retry."""
+        if r["receiver"] not in self._receivers:
+            self._finish(
+                r["id"], "failed", run.now, error=f"receiver {r['receiver']!r} no longer configured"
+            )
+            run.report.failed.append((r["receiver"], "receiver no longer configured"))
+            return
+        n = self._outbox_notification(r)
+        if self._rate_limited(r["receiver"], n, run):
+            return
+        if not self._claim(r["id"], run.now, self.config.retry.claim_timeout):
+            return
+        run.sends += 1
+        try:
+            result = self.notifier(r["receiver"]).send(n)
+        except NotifyError as e:
+            self._retry(r, e, run)
+            return
+        except Exception as e:  # noqa: BLE001 - a notifier bug must not stop the others
+            log.exception("notifier %s raised", r["receiver"])
+            self._retry(r, NotifyError(f"{type(e).__name__}: {e}"), run)
+            return
+        self._finish(r["id"], "sent", run.now, ref=result.external_ref)
+        run.blocked.discard((r["receiver"], r["group_id"]))  # the group's next may follow now
+        run.report.sent += 1
+        run.report.requests += result.requests
+
+    def _outbox_notification(self, r: Mapping[str, Any]) -> Notification:
+        """The row's notification with what makes a re-send single: its outbox key, whether
+        it was claimed before and never confirmed (the receiver may have it already), and
+        the lease epoch of this writer."""
+        payload = json.loads(r["payload"])
+        return dataclasses.replace(
+            Notification.from_json(payload),
+            outbox_key=outbox_key(
+                r["receiver"], r["group_id"], r["seq"], payload.get("created_at")
+            ),
+            maybe_sent=int(r["attempts"]) > 0,
+            epoch=self.store.fence.epoch if self.store.fence else None,
+        )
+
+    def _rate_limited(self, receiver: str, n: Notification, run: _DeliveryPass) -> bool:
+        """Take the tokens ``n`` needs from the receiver's bucket, or note when to retry."""
+        bucket = self._buckets.get(receiver)
+        if bucket is None:
+            return False
+        # one request per notification, but one per alert to PagerDuty per instance
+        need = max(1, len(n.alerts)) if self._pd_per_instance(receiver) else 1
+        wait = bucket.take(run.now, min(need, bucket.capacity))
+        if wait <= 0:
+            return False
+        run.report.rate_limited += 1
+        self._rate_wait[receiver] = run.now + timedelta(seconds=wait)
+        return True
 
     # -- resend (Alertmanager) ---------------------------------------------
     def resend(self, now: datetime, report: DispatchReport | None = None) -> DispatchReport:
@@ -763,14 +909,12 @@ class Dispatcher:
         with self.store.engine.begin() as c:
             c.execute(t.outbox.update().where(t.outbox.c.id == row_id).values(**values))
 
-    def _failed_attempt(
-        self,
-        r: Mapping[str, Any],
-        attempts: int,
-        e: NotifyError,
-        now: datetime,
-        report: DispatchReport,
-    ) -> None:
+    def _retry(self, r: Mapping[str, Any], e: NotifyError, run: _DeliveryPass) -> None:
+        """The retry stage: after a failed send, give up (permanent error, too many
+        attempts, too old) or schedule the next attempt with backoff, counted from the
+        answer (``Retry-After`` honoured)."""
+        attempts = int(r["attempts"]) + 1
+        now, report = run.answered_at(), run.report
         policy = self.config.retry
         created = utc(r["created_at"])
         assert created is not None

@@ -153,6 +153,13 @@ def is_inhibited(target: Alert, firing: Iterable[Alert], rules: Sequence[Inhibit
     return Inhibitor(rules, firing).mutes(target)
 
 
+def inhibit(alerts: Sequence[Alert], inhibitor: Inhibitor) -> tuple[list[Alert], int]:
+    """The inhibit stage: the alerts left once ``inhibitor`` muted the firing ones it
+    mutes (a resolved alert always passes), and how many it muted."""
+    kept = [a for a in alerts if a.resolved or not inhibitor.mutes(a)]
+    return kept, len(alerts) - len(kept)
+
+
 # -- silence ---------------------------------------------------------------
 
 _MATCHER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(=~|!~|!=|=)\s*(.*?)\s*$")
@@ -216,6 +223,14 @@ def silenced_by(alert: Alert, silences: Iterable[Silence], now: datetime) -> Sil
         if s.mutes(alert, now):
             return s
     return None
+
+
+def silence(
+    alerts: Sequence[Alert], silences: Sequence[Silence], now: datetime
+) -> tuple[list[Alert], int]:
+    """The silence stage: the alerts no silence mutes at ``now``, and how many were muted."""
+    kept = [a for a in alerts if silenced_by(a, silences, now) is None]
+    return kept, len(alerts) - len(kept)
 
 
 # -- dedup -----------------------------------------------------------------

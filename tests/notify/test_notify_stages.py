@@ -10,6 +10,7 @@ from notify_helpers import T0, make_alert, resolved
 
 from mlflow_llmops.notify.config import InhibitRule, RateLimit, RetryPolicy, Route
 from mlflow_llmops.notify.stages import (
+    Inhibitor,
     Matcher,
     NflogEntry,
     Silence,
@@ -17,9 +18,11 @@ from mlflow_llmops.notify.stages import (
     backoff,
     gives_up,
     group_labels_for,
+    inhibit,
     is_inhibited,
     match_routes,
     needs_update,
+    silence,
     silenced_by,
 )
 
@@ -90,6 +93,21 @@ def test_silence_matchers():
         Matcher.parse("just words")
     with pytest.raises(ValueError, match="regular expression"):
         Matcher.parse("model=~(")
+
+
+def test_inhibit_and_silence_stages_keep_the_rest_in_order_and_count_what_they_mute():
+    rules = [InhibitRule(source_match={"severity": "critical"}, target_match={"severity": "warning"},
+                         equal=("alertname",))]  # fmt: skip
+    crit = make_alert("Latency", "critical", model="a")
+    warn = make_alert("Latency", "warning", model="b")
+    gone = resolved(make_alert("Latency", "warning", model="c"), T0)
+    cost = make_alert("HighCost", "warning", model="a")
+    kept, muted = inhibit([crit, warn, gone, cost], Inhibitor(rules, [crit, warn, cost]))
+    assert (kept, muted) == ([crit, gone, cost], 1)  # a resolved alert is never inhibited
+    s = Silence("s1", (Matcher.parse("alertname=HighCost"),), T0, T0 + timedelta(hours=1),
+                "me", "deploy")  # fmt: skip
+    assert silence(kept, [s], T0) == ([crit, gone], 1)
+    assert silence(kept, [s], T0 + timedelta(hours=1)) == (kept, 0)  # expired
 
 
 def test_needs_update_follows_alertmanager():
