@@ -47,7 +47,9 @@ def replaying() -> bool:
 class LightTrace:
     """What the tail rules need of a head-dropped trace, filled while it runs."""
 
-    __slots__ = ("trace_id", "spans", "metadata", "tags", "context", "updates", "state")
+    __slots__ = (
+        "trace_id", "spans", "metadata", "tags", "context", "updates", "state", "experiment_id"
+    )  # fmt: skip
 
     def __init__(self, trace_id: int, context: Any) -> None:
         self.trace_id = trace_id
@@ -57,6 +59,7 @@ class LightTrace:
         self.tags: dict[str, str] = dict(context.tags) if context is not None else {}
         self.updates: list[dict[str, Any]] = []  # update_current_trace calls, replayed
         self.state: str | None = None
+        self.experiment_id: str | None = None  # the root's own destination, if it named one
 
 
 class LightSpan(NonRecordingSpan):
@@ -197,11 +200,16 @@ class Recorder:
                     light.attrs.update(loc.get("attributes") or {})
                     light.trace.tags.update(loc.get("tags") or {})
                     light.trace.metadata.update(loc.get("metadata") or {})
+                    if light.parent is None:
+                        light.trace.experiment_id = loc.get("experiment_id")
                 elif code is start_code:
                     loc = f.f_locals
                     light.span_type = loc.get("span_type")
                     light.attrs.update(loc.get("attributes") or {})
                     self._auto_end = not light.claimed
+                    if light.parent is None:
+                        dest = loc.get("trace_destination")
+                        light.trace.experiment_id = getattr(dest, "experiment_id", None)
                 light.claimed = True
 
             @property
@@ -400,6 +408,7 @@ class Recorder:
                     attributes=s.attrs,
                     tags=dict(trace.tags) if root else None,
                     metadata=meta,
+                    experiment_id=trace.experiment_id if root else None,
                     start_time_ns=s.start_ns,
                 )
                 if root:

@@ -300,3 +300,18 @@ def test_a_failed_replay_is_counted(tracing, shared_sqlite_uri, monkeypatch):
     report = h.shutdown(20)
     assert (report["created"], report["failed"], report["exported"]) == (1, 1, 0)
     assert _identity(report)
+
+
+def test_a_kept_root_with_its_own_destination_lands_there(tracing, shared_sqlite_uri):
+    from mlflow.entities.trace_location import MlflowExperimentLocation
+
+    h = tracing("min-dest", tracking_uri=shared_sqlite_uri,
+                sampling={"ratio": 0.0, "minimal_when_dropped": True})  # fmt: skip
+    other = MlflowClient(shared_sqlite_uri).create_experiment("min-dest-other")
+    with pytest.raises(RuntimeError):
+        with mlflow.start_span("r", trace_destination=MlflowExperimentLocation(other)):
+            raise RuntimeError("kept by keep_errors")
+    assert h.flush(20)
+    assert traces_of(h) == []
+    (t,) = mlflow.search_traces(locations=[other], return_type="list")
+    assert t.info.trace_metadata[keys.SAMPLING] == "tail:error"
