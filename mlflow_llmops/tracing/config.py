@@ -46,6 +46,11 @@ class SamplingConfig(_Section):
     #: record traces the head ratio drops without span inputs/outputs (cheaper for the
     #: caller); a tail rule that keeps such a trace then stores it without them
     light_when_dropped: bool = False
+    #: record traces the head ratio drops outside MLflow (it sees a no-op span, as under its
+    #: own sampling): only what the tail rules and the GenAI metrics read, plus references
+    #: to inputs/outputs; a trace a tail rule keeps is then replayed through MLflow in full
+    #: (without inputs/outputs with ``light_when_dropped``)
+    minimal_when_dropped: bool = False
 
     @field_validator("ratio")
     @classmethod

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from mlflow_llmops.core import keys
 from mlflow_llmops.tracing.cost import TraceCoster
-from mlflow_llmops.tracing.sampling import ALWAYS, Sampler
+from mlflow_llmops.tracing.sampling import ALWAYS, Decision, Sampler
 
 _logger = logging.getLogger("mlflow_llmops.tracing")
 #: MLflow's active experiment while the store is unreachable at start-up: traces created
@@ -609,6 +609,34 @@ class LlmopsSpanExporter(SpanExporter):
         self.closed = False
         #: takes traces the queue cannot (the spool's ``put``); True when it took them
         self.overflow: Callable[[list[Any]], bool] | None = None
+        #: decisions already taken for a trace (a head-dropped trace a tail rule kept,
+        #: replayed through MLflow: ``minimal.py``), by OTel trace id
+        self._forced: dict[int, Decision] = {}
+
+    def force(self, otel_trace_id: int, decision: Decision) -> None:
+        """Take ``decision`` for this trace when its root ends instead of deciding again."""
+        self._forced[otel_trace_id] = decision
+
+    def unforce(self, otel_trace_id: int) -> bool:
+        """Withdraw a forced decision; False when the trace's root already ended here."""
+        return self._forced.pop(otel_trace_id, None) is not None
+
+    def count_failed(self, otel_trace_id: int | None) -> None:
+        """A trace that could not be handed over (a failed replay): counted created and
+        failed; its unfinished spans, if any, are taken out of MLflow's trace manager."""
+        if otel_trace_id is not None:
+            self._pop(otel_trace_id)
+        with self._lock:
+            self.stats.created += 1
+            self.stats.failed += 1
+
+    def count_sampled_out(self, route: str | None) -> None:
+        """A trace decided (dropped) outside this exporter: counted as created, sampled out."""
+        with self._lock:
+            self.stats.created += 1
+            self.stats.sampled_out += 1
+            by_route = self.stats.sampled_out_by_route
+            by_route[route or ""] = by_route.get(route or "", 0) + 1
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         for span in spans:
@@ -676,7 +704,10 @@ class LlmopsSpanExporter(SpanExporter):
         info = trace.info
         meta = info.trace_metadata
         sampler = self.sampler
-        if sampler.always_keeps:  # the decision needs nothing from the trace
+        forced = self._forced.pop(otel_trace_id, None) if self._forced else None
+        if forced is not None:
+            decision = forced
+        elif sampler.always_keeps:  # the decision needs nothing from the trace
             decision = ALWAYS
         else:
             coster = self.coster
@@ -691,12 +722,7 @@ class LlmopsSpanExporter(SpanExporter):
         if self.on_decision is not None:
             self.on_decision(otel_trace_id, decision.keep)
         if not decision.keep:
-            route = meta.get(keys.ROUTE) or ""
-            with self._lock:
-                self.stats.created += 1
-                self.stats.sampled_out += 1
-                by_route = self.stats.sampled_out_by_route
-                by_route[route] = by_route.get(route, 0) + 1
+            self.count_sampled_out(meta.get(keys.ROUTE))
             return
         meta.update(self.static_metadata)
         meta[keys.SAMPLING] = decision.reason  # type: ignore[assignment]

@@ -15,6 +15,7 @@ from typing import Any
 
 from mlflow_llmops.core import keys
 from mlflow_llmops.tracing.metrics import GenAiMetrics
+from mlflow_llmops.tracing.minimal import HeadTracer, LightSpan, replaying
 from mlflow_llmops.tracing.redaction import CHUNK_EVENT_PREFIX, CHUNK_VALUE_KEY, Redactor
 
 _logger = logging.getLogger("mlflow_llmops.tracing")
@@ -202,7 +203,7 @@ class SpanEndProcessor:
         ttft_ms = get(keys.TTFT_MS)
         if ttft_ms is None or get(keys.SERVICE_TIER) is None:
             ttft_ms = self._from_stream(span, attrs, get, ttft_ms)
-        if self.metrics is None:
+        if self.metrics is None or replaying():  # a replayed light trace: measured already
             return
         usage = _usage_dict(get(keys.TOKEN_USAGE))
         # autolog sets mlflow.llm.model from the response (a dated snapshot), and a failed
@@ -220,6 +221,47 @@ class SpanEndProcessor:
             output_tokens=usage.get("output_tokens"),
             ttft_s=float(ttft_ms) / 1000 if ttft_ms is not None else None,
             error_type=_error_type(span),
+        )
+
+    def light_metrics(self, span: LightSpan) -> None:
+        """GenAI metrics of an LLM call in a head-dropped trace recorded minimally
+        (``minimal.py``): the same labels and values as from an MLflow span."""
+        m = self.metrics
+        if m is None:
+            return
+        a = span.attrs
+        provider = a.get(keys.PROVIDER)
+        if provider is None:
+            fmt = a.get("mlflow.message.format")
+            provider = fmt if isinstance(fmt, str) and fmt in _KNOWN_FORMATS else None
+        model = a.get("model")
+        if not isinstance(model, str):
+            inputs = span.inputs
+            model = inputs.get("model") if isinstance(inputs, dict) else None
+        response_model = a.get(keys.MODEL)
+        usage = _usage_dict(a.get(keys.TOKEN_USAGE))
+        ttft_ms = a.get(keys.TTFT_MS)
+        if ttft_ms is None:
+            first = next((e for e in span.events if e.name.startswith(CHUNK_EVENT_PREFIX)), None)
+            if first is not None and first.timestamp:
+                ttft_ms = max(0, first.timestamp - span.start_ns) / 1e6
+        error_type = None
+        if span.status_error:
+            error_type = "error"
+            for event in reversed(span.events):
+                if event.name == "exception":
+                    error_type = str(event.attributes.get("exception.type") or "error")
+                    break
+        m.record(
+            provider=provider if isinstance(provider, str) else None,
+            model=(model if isinstance(model, str) else None) or response_model,
+            response_model=response_model if isinstance(response_model, str) else None,
+            operation=_OPERATION_BY_TYPE.get(span.span_type or "", "chat"),
+            duration_s=max(0.0, ((span.end_ns or time.time_ns()) - span.start_ns) / 1e9),
+            input_tokens=usage.get("input_tokens"),
+            output_tokens=usage.get("output_tokens"),
+            ttft_s=float(ttft_ms) / 1000 if ttft_ms is not None else None,
+            error_type=error_type,
         )
 
 
@@ -317,12 +359,14 @@ def make_mlflow_span_processor(exporter: Any, sampler: Any, light: bool = False)
     return LlmopsMlflowSpanProcessor()
 
 
-def make_tracer_provider(resource: Any) -> Any:
+def make_tracer_provider(resource: Any, recorder: Any = None) -> Any:
     """An OpenTelemetry SDK ``TracerProvider`` whose ``get_tracer`` answers from a dict.
 
     MLflow calls ``get_tracer`` for every span; the SDK then builds two scope objects and
     re-installs a warnings filter before finding the tracer it already made for that scope.
-    The cache returns that same tracer (so tracer configurators still apply to it)."""
+    The cache returns that same tracer (so tracer configurators still apply to it).
+    With a ``recorder`` (``minimal.Recorder``), the tracer takes the head decision at
+    trace start and hands a head-dropped trace light spans."""
     from opentelemetry.sdk.trace import TracerProvider
 
     class CachedTracerProvider(TracerProvider):
@@ -345,7 +389,11 @@ def make_tracer_provider(resource: Any) -> Any:
             tracer = self._llmops_tracers.get(key)
             if tracer is None:
                 tracer = super().get_tracer(*key)
+                if recorder is not None:
+                    tracer = HeadTracer(tracer, recorder.ids, recorder.ratio)
                 self._llmops_tracers[key] = tracer
             return tracer
 
-    return CachedTracerProvider(resource=resource)
+    if recorder is None:
+        return CachedTracerProvider(resource=resource)
+    return CachedTracerProvider(resource=resource, id_generator=recorder.ids)

@@ -37,6 +37,7 @@ from mlflow_llmops.tracing.export import (
     TracingStats,
 )
 from mlflow_llmops.tracing.metrics import GenAiMetrics
+from mlflow_llmops.tracing.minimal import Recorder, light_trace_cost
 from mlflow_llmops.tracing.otlp import (
     SampledOtlpProcessor,
     abandon_exporter,
@@ -199,7 +200,18 @@ class TracingHandle:
             self.exporter.overflow = self.worker.spool_traces
         self.span_processor = SpanEndProcessor(Redactor(config.redaction), self.metrics)
 
-        tp = make_tracer_provider(Resource.create({"service.name": service_name}))
+        #: head-dropped traces recorded outside MLflow (``sampling.minimal_when_dropped``)
+        self.recorder: Recorder | None = None
+        if config.sampling.minimal_when_dropped and not self.sampler.always_keeps:
+            coster = self.coster
+            self.recorder = Recorder(
+                sampler=self.sampler,
+                exporter=self.exporter,
+                metrics_of=self.span_processor.light_metrics,
+                cost_of=None if coster is None else lambda t: light_trace_cost(coster, t),
+                omit_io=config.sampling.light_when_dropped,
+            )
+        tp = make_tracer_provider(Resource.create({"service.name": service_name}), self.recorder)
         # MLflow's processor, plus the head decision at trace start (sampled-out traces are
         # recorded light: no input/output serialisation; see processors.py)
         tp.add_span_processor(
@@ -212,6 +224,8 @@ class TracingHandle:
         self.tracer_provider = tp
         self.worker.start()
         self._install(tp)
+        if self.recorder is not None:
+            self.recorder.install()
         # keep the application's own span processors; ours runs first (redaction before them)
         self._previous_span_processors = list(app_span_processors or [])
         mlflow.tracing.configure(
@@ -434,6 +448,8 @@ class TracingHandle:
         import mlflow
         from mlflow.tracing.provider import provider
 
+        if self.recorder is not None:
+            self.recorder.uninstall()
         try:
             if provider.get() is self.tracer_provider:
                 mlflow.tracing.reset()  # also resets MLflow's tracing config
