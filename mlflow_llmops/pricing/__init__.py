@@ -21,6 +21,8 @@ _EXPORTS: dict[str, str] = {
     "build_catalog": "mlflow_llmops.pricing.catalog",
     "reprice": "mlflow_llmops.pricing.job",
     "RepriceResult": "mlflow_llmops.pricing.job",
+    "RepriceParams": "mlflow_llmops.pricing.job",
+    "run_reprice": "mlflow_llmops.pricing.job",
     "unpriced_models": "mlflow_llmops.pricing.job",
     "cost_by_model": "mlflow_llmops.pricing.job",
     "PRICING_MIGRATIONS": "mlflow_llmops.pricing.job",

@@ -730,6 +730,48 @@ def _is_sql(uri: str) -> bool:
     return not uri.startswith(("http://", "https://", "databricks", "file:", "/")) and "://" in uri
 
 
+@dataclass(frozen=True)
+class RepriceParams:
+    """What one run of :func:`reprice` prices and where (see its docstring)."""
+
+    tracking_uri: str
+    analytics_url: str | None = None
+    experiment_ids: tuple[str, ...] | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    database_url: str | None = None
+    force: bool = False
+    lookback_s: float | None = None
+    batch_size: int | None = None
+    scalar: bool = False
+
+
+@dataclass
+class _Run:
+    """One run of the job: its stores, scope, catalog and tallies."""
+
+    p: RepriceParams
+    calc: CostCalculator
+    now: datetime
+    state_store: StateStore
+    analytics: StateStore
+    sql_url: str | None
+    scope: str
+    lo: int | None
+    batch_size: int
+    result: RepriceResult
+    max_ts: int | None
+    diffs: dict[tuple[str | None, str | None], ModelDiff] = field(default_factory=dict)
+    before_total: Decimal = Decimal(0)
+    after_total: Decimal = Decimal(0)
+    join: bool = False  # the stored pricing comes with the spans (same PostgreSQL database)
+    analyzed: int = 5000  # spans written at the last ANALYZE of the cost table
+
+    @property
+    def version(self) -> str:
+        return self.calc.catalog_version
+
+
 def reprice(
     tracking_uri: str,
     analytics_url: str | None = None,
@@ -758,141 +800,49 @@ def reprice(
     ``cost()`` per span, per-row statements), kept for the benchmark beside the default
     batch path; both write the same rows.
     """
-    now = now or datetime.now(UTC)
-    config = config or PricingConfig()
-    calc = calculator or CostCalculator.from_config(config)
-    lookback_s = config.lookback_s if lookback_s is None else lookback_s
-    batch_size = config.batch_size if batch_size is None else batch_size
-    version = calc.catalog_version
-    sql_url = database_url or (tracking_uri if _is_sql(tracking_uri) else None)
-    if state_store is None:
-        state_store = StateStore()
-    state_store.ensure_schema(PRICING_MIGRATIONS)
-    analytics_url = analytics_url or sql_url or state_store.url
-    analytics = state_store if analytics_url == state_store.url else StateStore(analytics_url)
-    analytics.ensure_schema(ANALYTICS_MIGRATIONS)
-
-    exp_key = ",".join(sorted(str(e) for e in experiment_ids)) if experiment_ids else "*"
-    scope_text = f"{sql_url or tracking_uri}|{exp_key}"
-    scope = "pricing.reprice:" + hashlib.sha1(scope_text.encode()).hexdigest()[:16]
-    wm_raw = state_store.get_watermark(scope)
-    wm = json.loads(wm_raw) if wm_raw else {}
-    previous = wm.get("catalog_version")
-    full = previous != version
-    lo = since_ms
-    if lo is None and not full and not force and wm.get("ts_ms") is not None:
-        lo = int(wm["ts_ms"]) - int(lookback_s * 1000)
-    result = RepriceResult(
-        version, previous, full and since_ms is None, "sql" if sql_url else "rest"
+    params = RepriceParams(
+        tracking_uri,
+        analytics_url,
+        tuple(str(e) for e in experiment_ids) if experiment_ids else None,
+        since_ms,
+        until_ms,
+        database_url,
+        force,
+        lookback_s,
+        batch_size,
+        scalar,
+    )
+    return run_reprice(
+        params, calculator=calculator, config=config, state_store=state_store, now=now
     )
 
-    with state_store.engine.begin() as conn:
-        if not conn.execute(
-            sa.select(price_versions.c.catalog_version).where(
-                price_versions.c.catalog_version == version
-            )
-        ).first():
-            conn.execute(
-                price_versions.insert().values(
-                    catalog_version=version,
-                    sources=json.dumps(list(calc.catalog.sources)),
-                    entries=len(calc.catalog),
-                    first_used_at=now,
-                )
-            )
 
-    join = False
-    if sql_url:
-        engine = make_engine(sql_url)
-        # the stored pricing comes with the spans when the costs live beside them
-        join = not scalar and engine.dialect.name == "postgresql" and _same_db(engine, analytics)
-        batches = _iter_sql_spans(
-            engine, experiment_ids, lo, until_ms, batch_size, not scalar, join
-        )
-        if not scalar and engine.dialect.name == "postgresql":  # SQLite: one writer or reader
-            batches = _read_ahead(batches)
-    else:
-        engine = None
-        batches = _iter_rest_spans(tracking_uri, experiment_ids, lo, until_ms, batch_size)
-    diffs: dict[tuple[str | None, str | None], ModelDiff] = {}
-    max_ts = wm.get("ts_ms")
-    before_total = Decimal(0)
-    after_total = Decimal(0)
-    # PostgreSQL plans the stored-pricing look-ups on the table's statistics: a table that
-    # grew since its last ANALYZE looks small, and each look-up became a full scan (the job
-    # went quadratic). So the job analyzes it as it grows (doubling), and once at the end.
-    pg_costs = analytics.dialect == "postgresql"
-    analyzed = 5000
+def run_reprice(
+    params: RepriceParams,
+    *,
+    calculator: CostCalculator | None = None,
+    config: PricingConfig | None = None,
+    state_store: StateStore | None = None,
+    now: datetime | None = None,
+) -> RepriceResult:
+    """:func:`reprice` over a :class:`RepriceParams`: open the run, price batch by batch,
+    record the run and move the watermark."""
+    config = config or PricingConfig()
+    run = _open_run(
+        params,
+        calculator or CostCalculator.from_config(config),
+        config,
+        state_store or StateStore(),
+        now or datetime.now(UTC),
+    )
+    _record_catalog_version(run)
+    batches, engine = _open_batches(run)
     try:
         for batch, stored in batches:
-            if not batch:
-                continue
-            result.spans_seen += len(batch)
-            with analytics.engine.begin() as conn:
-                existing = stored if stored is not None else _existing(conn, batch)
-                batch_max = max(s.trace_timestamp_ms for s in batch)
-                max_ts = batch_max if max_ts is None else max(max_ts, batch_max)
-                todo = []
-                for s in batch:
-                    old = existing.get((s.trace_id, s.span_id))
-                    if old is not None and old[0] == version and not force:
-                        result.spans_skipped += 1
-                    else:
-                        todo.append(s)
-                if scalar:
-                    rows = [
-                        cost_row(
-                            s,
-                            None
-                            if s.usage is None
-                            else calc.cost(
-                                model=s.model,
-                                provider=s.provider,
-                                usage=s.usage,
-                                service_tier=s.service_tier,
-                                at=s.trace_timestamp_ms,
-                            ),
-                            version,
-                            now,
-                        )
-                        for s in todo
-                    ]
-                else:
-                    rows = price_spans(calc, todo, version, now)
-                for s, row in zip(todo, rows, strict=True):
-                    old = existing.get((s.trace_id, s.span_id))
-                    status = row["status"]
-                    result.status_counts[status] = result.status_counts.get(status, 0) + 1
-                    new_total = row["total_cost_usd"]
-                    mkey = s.model or "(none)"
-                    if new_total is not None:
-                        result.cost_by_model[mkey] = (
-                            result.cost_by_model.get(mkey, Decimal(0)) + new_total
-                        )
-                    if status != "priced":
-                        k = (s.model, s.provider)
-                        result.unpriced[k] = result.unpriced.get(k, 0) + 1
-                    d = diffs.setdefault((s.model, s.provider), ModelDiff(s.model, s.provider))
-                    d.spans += 1
-                    if old is None:
-                        d.new_spans += 1
-                        d.new_usd += new_total or Decimal(0)
-                    else:
-                        d.before_usd += old[2] or Decimal(0)
-                        d.after_usd += new_total or Decimal(0)
-                        before_total += old[2] or Decimal(0)
-                        after_total += new_total or Decimal(0)
-                        if old[2] != new_total or old[1] != status:
-                            d.changed_spans += 1
-                            result.spans_changed += 1
-                new = not any((s.trace_id, s.span_id) in existing for s in todo)
-                _upsert(conn, rows, bulk=not scalar, new=new)
-                result.spans_written += len(rows)
-                if pg_costs and not join and result.spans_written >= 2 * analyzed:
-                    _analyze(conn)  # the look-ups above plan on the table's current size
-                    analyzed = result.spans_written
-        if pg_costs and result.spans_written > analyzed:
-            with analytics.engine.begin() as conn:
+            if batch:
+                _price_batch(run, batch, stored)
+        if run.analytics.dialect == "postgresql" and run.result.spans_written > run.analyzed:
+            with run.analytics.engine.begin() as conn:
                 _analyze(conn)  # for the readers of the costs (autovacuum may be late or off)
     finally:
         close = getattr(batches, "close", None)
@@ -900,34 +850,203 @@ def reprice(
             close()  # the read (and its thread) ends before its engine goes
         if engine is not None:
             engine.dispose()
+    _finish_run(run)
+    if run.analytics is not run.state_store:
+        run.analytics.dispose()
+    return run.result
 
-    result.diffs = sorted(diffs.values(), key=lambda d: (-abs(d.delta_usd), str(d.model)))
-    result.watermark_ms = max_ts
-    with state_store.engine.begin() as conn:
+
+def _open_run(
+    p: RepriceParams,
+    calc: CostCalculator,
+    config: PricingConfig,
+    state_store: StateStore,
+    now: datetime,
+) -> _Run:
+    """Resolve the stores, the scope and where the watermark starts this run."""
+    lookback_s = config.lookback_s if p.lookback_s is None else p.lookback_s
+    sql_url = p.database_url or (p.tracking_uri if _is_sql(p.tracking_uri) else None)
+    state_store.ensure_schema(PRICING_MIGRATIONS)
+    analytics_url = p.analytics_url or sql_url or state_store.url
+    analytics = state_store if analytics_url == state_store.url else StateStore(analytics_url)
+    analytics.ensure_schema(ANALYTICS_MIGRATIONS)
+    exp_key = ",".join(sorted(p.experiment_ids)) if p.experiment_ids else "*"
+    scope_text = f"{sql_url or p.tracking_uri}|{exp_key}"
+    scope = "pricing.reprice:" + hashlib.sha1(scope_text.encode()).hexdigest()[:16]
+    wm_raw = state_store.get_watermark(scope)
+    wm = json.loads(wm_raw) if wm_raw else {}
+    previous = wm.get("catalog_version")
+    full = previous != calc.catalog_version
+    lo = p.since_ms
+    if lo is None and not full and not p.force and wm.get("ts_ms") is not None:
+        lo = int(wm["ts_ms"]) - int(lookback_s * 1000)
+    result = RepriceResult(
+        calc.catalog_version, previous, full and p.since_ms is None, "sql" if sql_url else "rest"
+    )
+    batch_size = config.batch_size if p.batch_size is None else p.batch_size
+    return _Run(
+        p,
+        calc,
+        now,
+        state_store,
+        analytics,
+        sql_url,
+        scope,
+        lo,
+        batch_size,
+        result,
+        wm.get("ts_ms"),
+    )
+
+
+def _record_catalog_version(run: _Run) -> None:
+    """Keep what the catalog version was built from, the first time it prices."""
+    pv = price_versions.c
+    with run.state_store.engine.begin() as conn:
+        if not conn.execute(
+            sa.select(pv.catalog_version).where(pv.catalog_version == run.version)
+        ).first():
+            conn.execute(
+                price_versions.insert().values(
+                    catalog_version=run.version,
+                    sources=json.dumps(list(run.calc.catalog.sources)),
+                    entries=len(run.calc.catalog),
+                    first_used_at=run.now,
+                )
+            )
+
+
+def _open_batches(run: _Run) -> tuple[Iterator[tuple[list[LlmSpan], Stored | None]], Any]:
+    """The batches of spans in scope, and the engine they are read with (None: REST)."""
+    p = run.p
+    if not run.sql_url:
+        rest = _iter_rest_spans(
+            p.tracking_uri, p.experiment_ids, run.lo, p.until_ms, run.batch_size
+        )
+        return rest, None
+    engine = make_engine(run.sql_url)
+    pg = engine.dialect.name == "postgresql"
+    run.join = not p.scalar and pg and _same_db(engine, run.analytics)
+    batches = _iter_sql_spans(
+        engine, p.experiment_ids, run.lo, p.until_ms, run.batch_size, not p.scalar, run.join
+    )
+    if not p.scalar and pg:  # SQLite: one writer or reader at a time
+        batches = _read_ahead(batches)
+    return batches, engine
+
+
+def _price_batch(run: _Run, batch: list[LlmSpan], stored: Stored | None) -> None:
+    """Price the spans of one batch not yet priced with this catalog and write them, with
+    their traces' costs, in one transaction."""
+    result = run.result
+    result.spans_seen += len(batch)
+    with run.analytics.engine.begin() as conn:
+        existing = stored if stored is not None else _existing(conn, batch)
+        batch_max = max(s.trace_timestamp_ms for s in batch)
+        run.max_ts = batch_max if run.max_ts is None else max(run.max_ts, batch_max)
+        todo = []
+        for s in batch:
+            old = existing.get((s.trace_id, s.span_id))
+            if old is not None and old[0] == run.version and not run.p.force:
+                result.spans_skipped += 1
+            else:
+                todo.append(s)
+        rows = (
+            _scalar_rows(run, todo)
+            if run.p.scalar
+            else price_spans(run.calc, todo, run.version, run.now)
+        )
+        _tally(run, todo, rows, existing)
+        new = not any((s.trace_id, s.span_id) in existing for s in todo)
+        _upsert(conn, rows, bulk=not run.p.scalar, new=new)
+        result.spans_written += len(rows)
+        # PostgreSQL plans the stored-pricing look-ups on the table's statistics: a table
+        # that grew since its last ANALYZE looks small, and each look-up became a full scan
+        # (the job went quadratic). So the job analyzes it as it grows (doubling).
+        pg = run.analytics.dialect == "postgresql"
+        if pg and not run.join and result.spans_written >= 2 * run.analyzed:
+            _analyze(conn)
+            run.analyzed = result.spans_written
+
+
+def _scalar_rows(run: _Run, spans: Sequence[LlmSpan]) -> list[dict[str, Any]]:
+    """The reference path: one ``cost()`` per span."""
+    return [
+        cost_row(
+            s,
+            None
+            if s.usage is None
+            else run.calc.cost(
+                model=s.model,
+                provider=s.provider,
+                usage=s.usage,
+                service_tier=s.service_tier,
+                at=s.trace_timestamp_ms,
+            ),
+            run.version,
+            run.now,
+        )
+        for s in spans
+    ]
+
+
+def _tally(
+    run: _Run, todo: Sequence[LlmSpan], rows: Sequence[dict[str, Any]], existing: Stored
+) -> None:
+    """Count statuses, cost per model and the per-model difference to the stored pricing."""
+    result = run.result
+    for s, row in zip(todo, rows, strict=True):
+        old = existing.get((s.trace_id, s.span_id))
+        status = row["status"]
+        result.status_counts[status] = result.status_counts.get(status, 0) + 1
+        new_total = row["total_cost_usd"]
+        mkey = s.model or "(none)"
+        if new_total is not None:
+            result.cost_by_model[mkey] = result.cost_by_model.get(mkey, Decimal(0)) + new_total
+        if status != "priced":
+            k = (s.model, s.provider)
+            result.unpriced[k] = result.unpriced.get(k, 0) + 1
+        d = run.diffs.setdefault((s.model, s.provider), ModelDiff(s.model, s.provider))
+        d.spans += 1
+        if old is None:
+            d.new_spans += 1
+            d.new_usd += new_total or Decimal(0)
+            continue
+        d.before_usd += old[2] or Decimal(0)
+        d.after_usd += new_total or Decimal(0)
+        run.before_total += old[2] or Decimal(0)
+        run.after_total += new_total or Decimal(0)
+        if old[2] != new_total or old[1] != status:
+            d.changed_spans += 1
+            result.spans_changed += 1
+
+
+def _finish_run(run: _Run) -> None:
+    """Record the run with its per-model diff; move the watermark (a whole-scope run)."""
+    result = run.result
+    result.diffs = sorted(run.diffs.values(), key=lambda d: (-abs(d.delta_usd), str(d.model)))
+    result.watermark_ms = run.max_ts
+    with run.state_store.engine.begin() as conn:
         run_id = conn.execute(
             reprice_runs.insert().values(
-                scope=scope,
-                started_at=now,
-                catalog_version=version,
-                previous_version=previous,
+                scope=run.scope,
+                started_at=run.now,
+                catalog_version=run.version,
+                previous_version=result.previous_version,
                 full_history=result.full_history,
                 spans_seen=result.spans_seen,
                 spans_written=result.spans_written,
                 spans_changed=result.spans_changed,
                 spans_unpriced=result.status_counts.get("unpriced", 0),
-                cost_before_usd=str(before_total),
-                cost_after_usd=str(after_total),
+                cost_before_usd=str(run.before_total),
+                cost_after_usd=str(run.after_total),
                 diff=json.dumps([d.as_dict() for d in result.diffs]),
             )
         ).inserted_primary_key[0]
         result.run_id = int(run_id)
-        if since_ms is None and until_ms is None:
-            state_store.set_watermark(
-                scope, json.dumps({"ts_ms": max_ts, "catalog_version": version}), conn=conn
-            )
-    if analytics is not state_store:
-        analytics.dispose()
-    return result
+        if run.p.since_ms is None and run.p.until_ms is None:
+            value = json.dumps({"ts_ms": run.max_ts, "catalog_version": run.version})
+            run.state_store.set_watermark(run.scope, value, conn=conn)
 
 
 # ----------------------------------------------------------------------------
