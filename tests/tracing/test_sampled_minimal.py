@@ -201,45 +201,6 @@ def test_head_ratio_keeps_its_share_recorded_in_full(tracing, shared_sqlite_uri)
         assert len(t.data.spans) == 3
 
 
-def test_autologged_calls_in_head_dropped_traces_are_measured_and_tail_kept(
-    tracing, shared_sqlite_uri
-):
-    import openai
-
-    from mlflow_llmops.testing.fake_llm import FakeLLMConfig, FakeLLMServer, Fault
-
-    reader = InMemoryMetricReader()
-    cfg = FakeLLMConfig(response_models={"gpt-4o": "gpt-4o-2024-08-06"})
-    with FakeLLMServer(cfg) as srv:
-        h = tracing(
-            "min-autolog", tracking_uri=shared_sqlite_uri, metric_readers=[reader],
-            sampling={"ratio": 0.0, "minimal_when_dropped": True},
-        )  # fmt: skip
-        mlflow.openai.autolog()
-        try:
-            client = openai.OpenAI(base_url=srv.base_url, api_key="sk-test", max_retries=0)
-            srv.script(Fault(status=500))
-            for _ in range(3):
-                try:
-                    client.chat.completions.create(
-                        model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
-                    )
-                except openai.APIError:
-                    pass
-        finally:
-            mlflow.openai.autolog(disable=True)
-    dur = metric_points(reader)["gen_ai.client.operation.duration"]
-    assert sum(p.count for p in dur) == 3
-    assert {p.attributes["gen_ai.request.model"] for p in dur} == {"gpt-4o"}
-    assert sorted(p.attributes.get("error.type") or "" for p in dur)[0] == ""
-    assert h.flush(20)
-    (t,) = traces_of(h)
-    assert t.info.trace_metadata[keys.SAMPLING] == "tail:error"
-    (span,) = t.data.spans
-    assert span.status.status_code == "ERROR" and span.inputs is not None
-    assert (h.stats()["created"], h.stats()["sampled_out"]) == (3, 2)
-
-
 def test_shutdown_puts_mlflow_back(tracing, shared_sqlite_uri):
     import mlflow.tracing.fluent as fluent
     from mlflow.entities import NoOpSpan

@@ -8,6 +8,7 @@ import time
 
 import mlflow
 import mlflow.entities.span as mlflow_span_module
+import pytest
 from mlflow import MlflowClient
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -198,11 +199,13 @@ def test_route_ratio_at_trace_start_and_accounting_identity(tracing, shared_sqli
     )
 
 
+@pytest.mark.parametrize("mode", ["light_when_dropped", "minimal_when_dropped"])
 def test_autologged_calls_in_head_dropped_traces_are_measured_and_tail_kept(
-    tracing, shared_sqlite_uri
+    tracing, shared_sqlite_uri, mode
 ):
-    """OpenAI autolog records light too: metrics label the requested model from the raw
-    inputs (no serialised inputs exist), and a failed call is kept by ``keep_errors``."""
+    """OpenAI autolog records light (and minimal) too: metrics label the requested model
+    from the raw inputs (no serialised inputs exist), and a failed call is kept by
+    ``keep_errors``; the minimal record keeps the inputs of a trace the tail keeps."""
     import openai
 
     from mlflow_llmops.testing.fake_llm import FakeLLMConfig, FakeLLMServer, Fault
@@ -211,8 +214,8 @@ def test_autologged_calls_in_head_dropped_traces_are_measured_and_tail_kept(
     cfg = FakeLLMConfig(response_models={"gpt-4o": "gpt-4o-2024-08-06"})
     with FakeLLMServer(cfg) as srv:
         h = tracing(
-            "so-autolog", tracking_uri=shared_sqlite_uri, metric_readers=[reader],
-            sampling={"ratio": 0.0, "light_when_dropped": True},
+            f"so-autolog-{mode}", tracking_uri=shared_sqlite_uri, metric_readers=[reader],
+            sampling={"ratio": 0.0, mode: True},
         )  # fmt: skip
         mlflow.openai.autolog()
         try:
@@ -233,7 +236,11 @@ def test_autologged_calls_in_head_dropped_traces_are_measured_and_tail_kept(
     assert h.flush(20)
     (t,) = traces_of(h)
     assert t.info.trace_metadata[keys.SAMPLING] == "tail:error"
-    assert t.info.trace_metadata[IO_OMITTED] == "head_sampled_out"
     (span,) = t.data.spans
-    assert span.status.status_code == "ERROR" and span.inputs is None
+    assert span.status.status_code == "ERROR"
+    if mode == "light_when_dropped":
+        assert t.info.trace_metadata[IO_OMITTED] == "head_sampled_out" and span.inputs is None
+    else:
+        assert span.inputs is not None
+        assert sorted(p.attributes.get("error.type") or "" for p in dur)[0] == ""
     assert (h.stats()["created"], h.stats()["sampled_out"]) == (3, 2)
