@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from mlflow_llmops.config import load_config
@@ -91,6 +93,31 @@ def test_cli_config_check_loads_the_rule_files(tmp_path):
         "    op: '>'\n    threshold: 5000\n")  # fmt: skip
     ok = subprocess.run(cmd, capture_output=True, text=True)
     assert ok.returncode == 0 and "1 alert rules" in ok.stdout, ok.stderr
+
+
+def test_cli_config_check_lists_the_deprecated_keys_in_use(tmp_path):
+    import subprocess
+    import sys
+
+    p = tmp_path / "c.yaml"
+    p.write_text("tracing:\n  shutdown_timeout_s: 5\n  otlp: {timeout: 2s}\n")
+    cmd = [sys.executable, "-m", "mlflow_llmops.cli", "--config", str(p), "config", "check"]
+    env = {**os.environ, "MLFLOW_LLMOPS__TRACING__METRICS__PROMETHEUS_INTERVAL_S": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "configuration OK" in r.stdout
+    assert (
+        "deprecated: tracing.shutdown_timeout_s is deprecated; use tracing.shutdown_timeout"
+        in r.stdout
+    )
+    assert (
+        "deprecated: MLFLOW_LLMOPS__TRACING__METRICS__PROMETHEUS_INTERVAL_S is deprecated; "
+        "use MLFLOW_LLMOPS__TRACING__METRICS__PROMETHEUS_INTERVAL " in r.stdout
+    )
+    assert "otlp" not in r.stdout  # the new spelling: nothing to say
+    show = subprocess.run([*cmd[:-1], "show"], capture_output=True, text=True, env=env)
+    assert "shutdown_timeout: 5s" in show.stdout and "prometheus_interval: 1s" in show.stdout
+    assert "shutdown_timeout_s" not in show.stdout
 
 
 def test_a_bad_variable_is_named_in_the_error():
