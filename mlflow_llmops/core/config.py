@@ -67,7 +67,7 @@ def _rename_here(
 ) -> dict[str, Any]:
     out = dict(data)
     for old, new in model.deprecated_keys.items():
-        if old not in out:
+        if old not in out or new not in model.model_fields:
             continue
         if new in out:
             raise DeprecatedKeyConflict(path, old, new)

@@ -750,7 +750,7 @@ def reprice(
     now = now or datetime.now(UTC)
     config = config or PricingConfig()
     calc = calculator or CostCalculator.from_config(config)
-    lookback_s = config.lookback_s if lookback_s is None else lookback_s
+    lookback_s = config.lookback.total_seconds() if lookback_s is None else lookback_s
     batch_size = config.batch_size if batch_size is None else batch_size
     version = calc.catalog_version
     sql_url = database_url or (tracking_uri if _is_sql(tracking_uri) else None)

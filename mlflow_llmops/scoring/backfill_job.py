@@ -420,7 +420,7 @@ def backfill(
     )
     user_flt = filter_string if filter_string is not None else spec.filter_string
     holder = worker_id or new_holder_id()
-    ttl_ms = int(sc.lease_ttl_s * 1000)
+    ttl_ms = int(sc.lease_ttl.total_seconds() * 1000)
     if window_key is None:
         jid = job_id_for(
             spec.name,
@@ -510,7 +510,7 @@ def backfill(
         store=store,
         clock=clock,
         holder=holder,
-        lease_ttl_s=sc.lease_ttl_s,
+        lease_ttl_s=sc.lease_ttl.total_seconds(),
         job_id=jid,
         max_attempts=sc.max_attempts,
     )
@@ -623,14 +623,14 @@ class BackfillRun:
 
 
 #: How often a backfill asks again for a trace another live worker holds (its claim goes
-#: stale after ``lease_ttl_s``); then the item is left leased for a rerun.
+#: stale after ``lease_ttl``); then the item is left leased for a rerun.
 MAX_HELD_RETRIES = 3
 
 
 class _BackfillLoop:
     """Feeds the pipeline from the job's work list and this worker's retries.
 
-    A failed attempt is tried again in the same run after ``backfill_retry_backoff_s``
+    A failed attempt is tried again in the same run after ``backfill_retry_backoff``
     (doubling), until the scorer's ``max_attempts`` turns it into an error Feedback; a trace
     another live worker holds is asked for again when that claim goes stale. Neither is
     marked finished in the job before then, so no item ends ``done`` unscored.
@@ -656,7 +656,7 @@ class _BackfillLoop:
     ) -> None:
         self.mlflow_run = run
         self.job, self.worker, self.client, self.clock = job, worker, client, clock
-        self.backoff_s = sc.backfill_retry_backoff_s
+        self.backoff_s = sc.backfill_retry_backoff.total_seconds()
         self.report, self.bar = report, bar
         self.max_cost_usd, self.per_trace = max_cost_usd, per_trace
         self.retries: list[tuple[float, str]] = []  # (monotonic due time, trace id)
@@ -678,7 +678,7 @@ class _BackfillLoop:
         except Exception:  # noqa: BLE001 - the store may be what failed: leases expire
             log.warning(
                 "could not give back the items read ahead; they are leased again "
-                "after scoring.lease_ttl_s",
+                "after scoring.lease_ttl",
                 exc_info=True,
             )
 

@@ -440,7 +440,7 @@ def run_scorer_once(
     calculator: Any = None,
 ) -> ScorerRunStats:
     """One incremental pass of one scorer: first the traces whose earlier attempts failed
-    (after ``retry_backoff_s``), then the new traces since its watermark."""
+    (after ``retry_backoff``), then the new traces since its watermark."""
     sc = config.scoring
     stats = ScorerRunStats(spec.name, spec.version)
     try:
@@ -457,7 +457,7 @@ def run_scorer_once(
         tracking_uri=config.tracking.uri,
         store=store,
         clock=clock,
-        lease_ttl_s=sc.lease_ttl_s,
+        lease_ttl_s=sc.lease_ttl.total_seconds(),
         max_attempts=sc.max_attempts,
     )
     with fewer_gc_pauses(), ScoringPipeline(worker, concurrency=sc.concurrency) as pipe:
@@ -480,19 +480,23 @@ def _run_scorer(
     wm_name = f"scoring:{spec.name}:v{spec.version}"
     raw = store.get_watermark(wm_name)
     now_ms = to_ms(now)
-    start_ms = int(json.loads(raw)["ts"]) if raw else now_ms - int(sc.initial_lookback_s * 1000)
-    upper_ms = now_ms - int(sc.completion_buffer_s * 1000)
+    start_ms = (
+        int(json.loads(raw)["ts"])
+        if raw
+        else now_ms - int(sc.initial_lookback.total_seconds() * 1000)
+    )
+    upper_ms = now_ms - int(sc.completion_buffer.total_seconds() * 1000)
     if upper_ms <= start_ms:
         stats.watermark_ms = start_ms
         return stats
-    scan_from = max(0, start_ms - int(sc.late_arrival_s * 1000)) if raw else start_ms
+    scan_from = max(0, start_ms - int(sc.late_arrival.total_seconds() * 1000)) if raw else start_ms
     flt = combine_filters(
         spec.filter_string,
         f"trace.timestamp_ms >= {scan_from}",
         f"trace.timestamp_ms < {upper_ms}",
     )
     hold_ms: int | None = None
-    give_up_ms = now_ms - int(sc.max_in_progress_wait_s * 1000)
+    give_up_ms = now_ms - int(sc.max_in_progress_wait.total_seconds() * 1000)
     new_wm, token = upper_ms, None
     todo: list[Any] = []
     ts_of: dict[str, int] = {}
@@ -588,7 +592,7 @@ def _late_arrivals(
     first = (
         int(json.loads(raw)["minute_ms"]) - 60_000
         if raw
-        else last - int(max(sc.late_arrival_s, 60) * 1000) // 60_000 * 60_000
+        else last - int(max(sc.late_arrival.total_seconds(), 60) * 1000) // 60_000 * 60_000
     )
     first = max(first, last - MAX_ARRIVAL_MINUTES * 60_000)
     minute = first
@@ -650,7 +654,7 @@ def _retry_errors(
     """Score again the traces whose last attempt failed long enough ago (at most half the
     cycle's budget, so new traffic still moves on); how many."""
     spec, ledger = worker.spec, worker.ledger
-    before_ms = to_ms(worker.clock.now()) - int(sc.retry_backoff_s * 1000)
+    before_ms = to_ms(worker.clock.now()) - int(sc.retry_backoff.total_seconds() * 1000)
     due = ledger.retry_due(
         spec.name,
         spec.version,

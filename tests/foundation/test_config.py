@@ -139,3 +139,31 @@ def test_an_otlp_url_without_its_path_is_rejected_with_the_fix():
     ok = load_config(env={"MLFLOW_LLMOPS__TRACING__OTLP__TRACES_ENDPOINT":
                           "http://collector:4318/v1/traces"})  # fmt: skip
     assert ok.tracing.otlp.traces_endpoint == "http://collector:4318/v1/traces"
+
+
+def test_old_duration_keys_of_pricing_and_receivers_still_work(tmp_path):
+    """``pricing.lookback_s`` and a receiver's ``timeout_s`` became durations; the old
+    spellings are read with a DeprecationWarning, both together are an error."""
+    from datetime import timedelta
+
+    p = tmp_path / "c.yaml"
+    p.write_text(
+        "pricing: {lookback_s: 60}\n"
+        "alerting:\n  notifications:\n    receivers:\n"
+        "      - {name: hook, type: webhook, url: 'http://127.0.0.1:9/x', timeout_s: 2.5}\n"
+        "      - {name: am, type: alertmanager, url: 'http://127.0.0.1:9', timeout: 3s}\n"
+    )
+    with pytest.warns(DeprecationWarning) as caught:
+        cfg = load_config(p, env={})
+    messages = " ".join(str(w.message) for w in caught)
+    assert "pricing.lookback_s is deprecated; use pricing.lookback" in messages
+    assert "timeout_s is deprecated; use timeout" in messages
+    assert cfg.pricing.lookback == timedelta(minutes=1)
+    hook, am = cfg.alerting.notifications.receivers
+    assert hook.timeout == timedelta(seconds=2.5) and am.timeout == timedelta(seconds=3)
+    p.write_text(
+        "alerting:\n  notifications:\n    receivers:\n"
+        "      - {name: hook, type: webhook, url: 'http://x/y', timeout_s: 2, timeout: 2s}\n"
+    )
+    with pytest.raises(ConfigError, match="both timeout_s and timeout are set"):
+        load_config(p, env={})
