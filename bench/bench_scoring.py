@@ -82,7 +82,7 @@ def config(uri: str, state_url: str, concurrency: int):  # noqa: ANN201
     return load_config(None, env={}, overrides={
         "tracking": {"uri": uri, "experiment_name": "bench"},
         "state_store": {"url": state_url},
-        "scoring": {"concurrency": concurrency, "completion_buffer_s": 0},
+        "scoring": {"concurrency": concurrency, "completion_buffer": 0},
     })  # fmt: skip
 
 
@@ -126,7 +126,7 @@ def kill_storm(work: Path, n: int = 300, kills: int = 3) -> None:
     cfg = work / "kill.yaml"
     cfg.write_text(yaml.safe_dump({"tracking": {"uri": uri, "experiment_name": "bench"},
                                    "state_store": {"url": store.url},
-                                   "scoring": {"concurrency": 8, "completion_buffer_s": 0}}))  # fmt: skip
+                                   "scoring": {"concurrency": 8, "completion_buffer": 0}}))  # fmt: skip
     env = {**os.environ, "MLFLOW_LLMOPS_CONFIG": str(cfg)}
     cmd = [sys.executable, "-m", "mlflow_llmops.cli", "scorers", "backfill", "--scorer",
            "judge", "--no-progress"]  # fmt: skip

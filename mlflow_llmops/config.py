@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from mlflow_llmops.analytics.config import AnalyticsConfig
 from mlflow_llmops.core.config import Section
 from mlflow_llmops.core.configfile import (
+    ENV_SOURCE,
     config_path,
     env_names,
     env_overrides,
@@ -23,6 +24,7 @@ from mlflow_llmops.core.configfile import (
     load_section_model,
     merge,
     read_file,
+    renamed,
 )
 from mlflow_llmops.errors import ConfigError
 from mlflow_llmops.monitor.config import AlertingConfig
@@ -120,11 +122,12 @@ def load_config(
     p = config_path(path, env)
     if p is not None:
         source = str(p)
-        data = read_file(p, env)
-    data = merge(data, env_overrides(env))
+        data = renamed(LlmopsConfig, read_file(p, env), source)
+    data = merge(data, renamed(LlmopsConfig, env_overrides(env), ENV_SOURCE))
     if overrides:
-        data = merge(data, overrides)
+        data = merge(data, renamed(LlmopsConfig, overrides, "arguments"))
     try:
         return LlmopsConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source, env_names(env))) from None
+        names = env_names(env, LlmopsConfig)
+        raise ConfigError(format_validation_error(e, source, names)) from None

@@ -83,7 +83,7 @@ def run(ctx) -> None:  # noqa: ANN001 - DemoContext, defined in examples/demo.py
         cfg = load_config(None, env={}, overrides={
             "tracking": {"uri": ctx.tracking_uri, "experiment_name": ctx.experiment_name},
             "state_store": {"url": ctx.state_url},
-            "scoring": {"completion_buffer_s": 0, "initial_lookback_s": 86400 * 60,
+            "scoring": {"completion_buffer": 0, "initial_lookback": 86400 * 60,
                         "max_traces_per_cycle": 300, "concurrency": 8},
         })  # fmt: skip
         report = run_due_scorers(cfg, store, now)

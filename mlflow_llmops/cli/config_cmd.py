@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import click
 import yaml
 
@@ -17,11 +19,19 @@ def config_group() -> None:
 @pass_app
 def check(app: AppContext) -> None:
     """Validate the configuration file, the environment and the alert rules it names (rule
-    files, packs, inline rules); exit 2 with the fix if invalid."""
+    files, packs, inline rules); exit 2 with the fix if invalid. Deprecated keys still in
+    use are listed with their new spelling."""
     from mlflow_llmops.cli.alerts import _base_dir
 
-    rules = app.config.alerting.all_rules(_base_dir(app))  # loading validates
-    cfg = app.config
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)
+        cfg = app.config
+    deprecated = [
+        str(w.message).removeprefix(_DEPRECATED_PREFIX)
+        for w in caught
+        if str(w.message).startswith(_DEPRECATED_PREFIX)
+    ]
+    rules = cfg.alerting.all_rules(_base_dir(app))  # loading validates
     problems = [
         _sqlite_problem("tracking.uri", cfg.tracking.uri),
         _sqlite_problem("state_store.url", cfg.state_store.url),
@@ -34,6 +44,11 @@ def check(app: AppContext) -> None:
         f"configuration OK ({app.config_path or 'defaults and environment'}; "
         f"{len(rules)} alert rules)"
     )
+    for message in dict.fromkeys(deprecated):
+        click.echo(f"  deprecated: {message}")
+
+
+_DEPRECATED_PREFIX = "mlflow-llmops configuration: "
 
 
 def _sqlite_problem(name: str, url: str) -> str | None:

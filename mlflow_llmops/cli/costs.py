@@ -93,7 +93,7 @@ def reprice_cmd(
             calculator=calc,
             database_url=cfg.tracking.sql_url(),
             force=force,
-            lookback_s=cfg.pricing.lookback_s,
+            lookback_s=cfg.pricing.lookback.total_seconds(),
             batch_size=cfg.pricing.batch_size,
         )
     finally:

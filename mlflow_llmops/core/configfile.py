@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from mlflow_llmops.core.config import DeprecatedKeyConflict, new_key_path, rename_deprecated_keys
 from mlflow_llmops.errors import ConfigError
 from mlflow_llmops.secrets import SECRET_KEYS, mask_text, register_config_secrets
 
@@ -21,6 +22,7 @@ M = TypeVar("M", bound=BaseModel)
 
 ENV_PREFIX = "MLFLOW_LLMOPS__"
 DEFAULT_CONFIG_FILES = ("mlflow-llmops.yaml", "mlflow-llmops.yml")
+ENV_SOURCE = "the environment"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
@@ -78,9 +80,42 @@ def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def env_names(env: Mapping[str, str]) -> dict[str, str]:
-    """Config key path (``tracing.otlp.timeout_s``) -> the variable that set it."""
-    return {".".join(parts): key for parts, key in _env_keys(env)}
+def env_names(
+    env: Mapping[str, str], model: type[BaseModel] | None = None, prefix: str = ""
+) -> dict[str, str]:
+    """Config key path (``tracing.otlp.timeout``) -> the variable that set it; with
+    ``model`` (whose keys start after ``prefix``), a deprecated key's variable
+    (``..._TIMEOUT_S``) is also found under the new key."""
+    out = {".".join(parts): key for parts, key in _env_keys(env)}
+    if model is not None:
+        skip = len([p for p in prefix.split(".") if p])
+        for parts, key in _env_keys(env):
+            if parts[:skip] == prefix.split(".")[:skip]:
+                out.setdefault(".".join(parts[:skip] + new_key_path(model, parts[skip:])), key)
+    return out
+
+
+def _env_var(path: str, key: str) -> str:
+    """The variable that sets key ``path + key`` (``tracing.`` + ``shutdown_timeout``)."""
+    return ENV_PREFIX + f"{path}{key}".replace(".", "__").upper()
+
+
+def renamed(
+    model: type[BaseModel], data: Mapping[str, Any], source: str, path: str = ""
+) -> dict[str, Any]:
+    """``data`` read from ``source`` with deprecated keys spelled the new way (see
+    ``rename_deprecated_keys``); both spellings in one source is a ConfigError."""
+    from_env = source == ENV_SOURCE
+    try:
+        return rename_deprecated_keys(model, data, path, _env_var if from_env else None)
+    except DeprecatedKeyConflict as e:
+        if from_env:
+            old, new = _env_var(e.path, e.old), _env_var(e.path, e.new)
+            raise ConfigError(
+                f"the environment: both {old} and {new} are set; {old} is the deprecated "
+                f"spelling of {new}: unset {old}"
+            ) from None
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def format_validation_error(
@@ -159,9 +194,14 @@ def load_section_model(
     data = read_file(p, env).get(name) or {} if p is not None else {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: section {name!r} must be a mapping, got {type(data).__name__}")
-    data = merge(data, env_overrides(env).get(name) or {})
+    path = f"{name}."
+    data = renamed(model, data, str(p), path)
+    from_env = env_overrides(env).get(name) or {}
+    if isinstance(from_env, dict):
+        from_env = renamed(model, from_env, ENV_SOURCE, path)
+    data = merge(data, from_env)
     if overrides:
-        data = merge(data, overrides)
+        data = merge(data, renamed(model, overrides, "arguments", path))
     try:
         section = model.model_validate(data)
         register_config_secrets(section)  # a service's OTLP headers, without the rest
@@ -169,5 +209,5 @@ def load_section_model(
     except ValidationError as e:
         where = str(p) if p is not None else "configuration"
         raise ConfigError(
-            format_validation_error(e, where, env_names(env), prefix=f"{name}.")
+            format_validation_error(e, where, env_names(env, model, path), prefix=path)
         ) from None

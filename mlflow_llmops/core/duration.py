@@ -41,7 +41,10 @@ def parse_duration(value: Any) -> timedelta:
 
 
 def format_duration(td: timedelta) -> str:
-    """Shortest Prometheus-style spelling (``1h``, ``90s``, ``1d``)."""
+    """Shortest Prometheus-style spelling (``1h``, ``90s``, ``1d``, ``500ms``)."""
+    ms = round(td.total_seconds() * 1000, 3)
+    if ms % 1000:  # below a second: parsed back to the same value
+        return f"{int(ms) if ms == int(ms) else ms}ms"
     secs = int(td.total_seconds())
     if secs == 0:
         return "0s"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -27,6 +27,8 @@ class RateLimit(_Section):
 
 
 class _Receiver(_Section):
+    deprecated_keys: ClassVar[dict[str, str]] = {"timeout_s": "timeout"}
+
     name: str
     #: also notify when alerts resolve
     send_resolved: bool = True
@@ -68,7 +70,7 @@ class SlackReceiver(_Receiver):
     #: that may have been sent before a crash (its outbox key is in the message metadata)
     history_lookback: int = Field(default=200, ge=1, le=5000)
     rate_limit: RateLimit | None = Field(default_factory=RateLimit)
-    timeout_s: float = 10.0
+    timeout: Duration = timedelta(seconds=10)
 
     @model_validator(mode="after")
     def _mode(self) -> SlackReceiver:
@@ -100,7 +102,7 @@ class PagerDutyReceiver(_Receiver):
     #: ``group``: one incident per alert group (a storm of 1,000 alerts in 50 groups opens
     #: 50); ``instance``: one per alert instance (its label set)
     incident_per: Literal["group", "instance"] = "group"
-    timeout_s: float = 10.0
+    timeout: Duration = timedelta(seconds=10)
     rate_limit: RateLimit | None = Field(
         default_factory=lambda: RateLimit(per_second=2.0, burst=20)
     )
@@ -127,7 +129,7 @@ class AlertmanagerReceiver(_Receiver):
 
     type: Literal["alertmanager"] = "alertmanager"
     url: str
-    timeout_s: float = 10.0
+    timeout: Duration = timedelta(seconds=10)
     #: re-post the active alerts this often (Prometheus' ``--rules.alert.resend-delay``)
     resend_interval: Duration = timedelta(minutes=1)
     #: a firing alert's ``endsAt`` lies this far after each post; default 4 x the longer
@@ -160,7 +162,7 @@ class WebhookReceiver(_Receiver):
     url: str
     secret: SecretStr | None = None
     headers: dict[str, str] = Field(default_factory=dict)
-    timeout_s: float = 10.0
+    timeout: Duration = timedelta(seconds=10)
 
 
 class ConsoleReceiver(_Receiver):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import ClassVar
+
 from pydantic import Field
 
 from mlflow_llmops.core.config import Section as _Section
+from mlflow_llmops.core.duration import Duration
 
 
 class PricingConfig(_Section):
@@ -22,6 +26,8 @@ class PricingConfig(_Section):
     #: YAML overrides: own models, fine-tunes, discounts, aliases, patterns (win over all).
     overrides_file: str | None = None
     #: The re-pricing job re-reads traces this far behind its watermark (late arrivals).
-    lookback_s: float = Field(default=900.0, ge=0)
+    lookback: Duration = timedelta(minutes=15)
     #: Spans per database round trip in the re-pricing job.
     batch_size: int = Field(default=2000, ge=1)
+
+    deprecated_keys: ClassVar[dict[str, str]] = {"lookback_s": "lookback"}

@@ -864,7 +864,7 @@ def _open_run(
     now: datetime,
 ) -> _Run:
     """Resolve the stores, the scope and where the watermark starts this run."""
-    lookback_s = config.lookback_s if p.lookback_s is None else p.lookback_s
+    lookback_s = config.lookback.total_seconds() if p.lookback_s is None else p.lookback_s
     sql_url = p.database_url or (p.tracking_uri if _is_sql(p.tracking_uri) else None)
     state_store.ensure_schema(PRICING_MIGRATIONS)
     analytics_url = p.analytics_url or sql_url or state_store.url

@@ -511,7 +511,7 @@ def _find_job(s: _Setup) -> tuple[BackfillJob, Any]:
     """Stage 2: the job these parameters name, and its row (None: not created yet). A
     relative window names the first of its jobs not done yet."""
     p, spec = s.params, s.spec
-    ttl_ms = int(s.sc.lease_ttl_s * 1000)
+    ttl_ms = int(s.sc.lease_ttl.total_seconds() * 1000)
     if p.window_key is None:
         flt = _window_filter(s.user_flt, p.since_ms, p.until_ms)
         jid = job_id_for(spec.name, spec.version, p.since_ms, p.until_ms, flt, s.rate, s.exp_ids)
@@ -628,7 +628,7 @@ def _start_worker(s: _Setup, job: BackfillJob, row: Any) -> tuple[TraceScorer, B
         store=s.store,
         clock=s.clock,
         holder=s.holder,
-        lease_ttl_s=s.sc.lease_ttl_s,
+        lease_ttl_s=s.sc.lease_ttl.total_seconds(),
         job_id=job.job_id,
         max_attempts=s.sc.max_attempts,
     )
@@ -762,14 +762,14 @@ class BackfillRun:
 
 
 #: How often a backfill asks again for a trace another live worker holds (its claim goes
-#: stale after ``lease_ttl_s``); then the item is left leased for a rerun.
+#: stale after ``lease_ttl``); then the item is left leased for a rerun.
 MAX_HELD_RETRIES = 3
 
 
 class _BackfillLoop:
     """Feeds the pipeline from the job's work list and this worker's retries.
 
-    A failed attempt is tried again in the same run after ``backfill_retry_backoff_s``
+    A failed attempt is tried again in the same run after ``backfill_retry_backoff``
     (doubling), until the scorer's ``max_attempts`` turns it into an error Feedback; a trace
     another live worker holds is asked for again when that claim goes stale. Neither is
     marked finished in the job before then, so no item ends ``done`` unscored.
@@ -795,7 +795,7 @@ class _BackfillLoop:
     ) -> None:
         self.mlflow_run = run
         self.job, self.worker, self.client, self.clock = job, worker, client, clock
-        self.backoff_s = sc.backfill_retry_backoff_s
+        self.backoff_s = sc.backfill_retry_backoff.total_seconds()
         self.report, self.bar = report, bar
         self.max_cost_usd, self.per_trace = max_cost_usd, per_trace
         self.retries: list[tuple[float, str]] = []  # (monotonic due time, trace id)
@@ -817,7 +817,7 @@ class _BackfillLoop:
         except Exception:  # noqa: BLE001 - the store may be what failed: leases expire
             log.warning(
                 "could not give back the items read ahead; they are leased again "
-                "after scoring.lease_ttl_s",
+                "after scoring.lease_ttl",
                 exc_info=True,
             )
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from datetime import timedelta
+from typing import ClassVar
+
+from pydantic import Field, field_validator
 
 from mlflow_llmops.core.config import Section as _Section
+from mlflow_llmops.core.duration import Duration
 
 
 class JudgeDefaults(_Section):
@@ -29,14 +33,14 @@ class ScoringConfig(_Section):
     #: Experiments to score (names or ids); empty means ``tracking.experiment_name``.
     experiments: list[str] = Field(default_factory=list)
     #: Traces younger than this (or still IN_PROGRESS) wait for the next cycle.
-    completion_buffer_s: float = Field(default=120.0, ge=0)
+    completion_buffer: Duration = timedelta(minutes=2)
     #: An IN_PROGRESS trace older than this is given up on (it no longer holds the watermark).
-    max_in_progress_wait_s: float = Field(default=3600.0, ge=0)
+    max_in_progress_wait: Duration = timedelta(hours=1)
     #: Each cycle re-reads this far behind the watermark for traces that arrived late
     #: (already scored ones are skipped through the ledger).
-    late_arrival_s: float = Field(default=900.0, ge=0)
+    late_arrival: Duration = timedelta(minutes=15)
     #: A new scorer (or a new version) starts scoring this far back in time.
-    initial_lookback_s: float = Field(default=3600.0, ge=0)
+    initial_lookback: Duration = timedelta(hours=1)
     #: Upper bound of traces one scorer handles per cycle (the rest waits for the next).
     max_traces_per_cycle: int = Field(default=5000, ge=1)
     #: Traces scored in parallel (threads) by the runner and by backfills.
@@ -44,13 +48,33 @@ class ScoringConfig(_Section):
     #: Requests per second to judges, shared by all threads of a process (None: unlimited).
     rate_limit_rps: float | None = Field(default=None, gt=0)
     #: A claimed trace or a leased backfill item is taken over after this long.
-    lease_ttl_s: float = Field(default=300.0, gt=0)
+    lease_ttl: Duration = timedelta(minutes=5)
     #: Attempts per trace and scorer version before giving up: a failure (429 storm, timeout)
     #: is tried again on later runs; the last one is logged on the trace as a Feedback error.
     max_attempts: int = Field(default=3, ge=1)
     #: A failed trace is tried again no sooner than this after its previous attempt.
-    retry_backoff_s: float = Field(default=300.0, ge=0)
+    retry_backoff: Duration = timedelta(minutes=5)
     #: A backfill tries a failed trace again within the same run, after this long (doubling
     #: per attempt), up to ``max_attempts``; then logs the error Feedback.
-    backfill_retry_backoff_s: float = Field(default=2.0, ge=0)
+    backfill_retry_backoff: Duration = timedelta(seconds=2)
     judge: JudgeDefaults = Field(default_factory=JudgeDefaults)
+
+    deprecated_keys: ClassVar[dict[str, str]] = {
+        f"{new}_s": new
+        for new in (
+            "completion_buffer",
+            "max_in_progress_wait",
+            "late_arrival",
+            "initial_lookback",
+            "lease_ttl",
+            "retry_backoff",
+            "backfill_retry_backoff",
+        )
+    }
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _lease_ttl(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("must be longer than 0 (e.g. 5m; a number means seconds)")
+        return v

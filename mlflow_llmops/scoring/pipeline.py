@@ -309,7 +309,7 @@ class ScoringPipeline:
             except Exception:  # noqa: BLE001 - the store may be what failed: leases expire
                 log.warning(
                     "could not give back %d unscored claims; they are taken over "
-                    "after scoring.lease_ttl_s",
+                    "after scoring.lease_ttl",
                     len(never),
                     exc_info=True,
                 )

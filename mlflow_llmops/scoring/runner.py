@@ -476,7 +476,7 @@ def run_scorer_once(
     calculator: Any = None,
 ) -> ScorerRunStats:
     """One incremental pass of one scorer: first the traces whose earlier attempts failed
-    (after ``retry_backoff_s``), then the new traces since its watermark."""
+    (after ``retry_backoff``), then the new traces since its watermark."""
     sc = config.scoring
     stats = ScorerRunStats(spec.name, spec.version)
     try:
@@ -493,7 +493,7 @@ def run_scorer_once(
         tracking_uri=config.tracking.uri,
         store=store,
         clock=clock,
-        lease_ttl_s=sc.lease_ttl_s,
+        lease_ttl_s=sc.lease_ttl.total_seconds(),
         max_attempts=sc.max_attempts,
     )
     with fewer_gc_pauses(), ScoringPipeline(worker, concurrency=sc.concurrency) as pipe:
@@ -519,7 +519,7 @@ def _run_scorer(
         stats.watermark_ms = window.start_ms
         return stats
     scan = _IncrementalScan(worker, pipe, stats, exp_ids)
-    give_up_ms = now_ms - int(sc.max_in_progress_wait_s * 1000)
+    give_up_ms = now_ms - int(sc.max_in_progress_wait.total_seconds() * 1000)
     new_wm, budget = scan.scan(window, budget, give_up_ms)
     late = None
     if budget > 0:
@@ -548,9 +548,9 @@ class _ScanWindow:
     def of(cls, sc: Any, spec: ScorerSpec, store: StateStore, now_ms: int) -> _ScanWindow:
         name = f"scoring:{spec.name}:v{spec.version}"
         raw = store.get_watermark(name)
-        start_ms = int(json.loads(raw)["ts"]) if raw else now_ms - int(sc.initial_lookback_s * 1000)
-        upper_ms = now_ms - int(sc.completion_buffer_s * 1000)
-        scan_from = max(0, start_ms - int(sc.late_arrival_s * 1000)) if raw else start_ms
+        start_ms = int(json.loads(raw)["ts"]) if raw else now_ms - int(sc.initial_lookback.total_seconds() * 1000)
+        upper_ms = now_ms - int(sc.completion_buffer.total_seconds() * 1000)
+        scan_from = max(0, start_ms - int(sc.late_arrival.total_seconds() * 1000)) if raw else start_ms
         return cls(name, start_ms, upper_ms, scan_from)
 
 
@@ -701,7 +701,7 @@ def _late_arrivals(
     first = (
         int(json.loads(raw)["minute_ms"]) - 60_000
         if raw
-        else last - int(max(sc.late_arrival_s, 60) * 1000) // 60_000 * 60_000
+        else last - int(max(sc.late_arrival.total_seconds(), 60) * 1000) // 60_000 * 60_000
     )
     minute = max(first, last - MAX_ARRIVAL_MINUTES * 60_000)
     while minute <= last and budget > 0:
@@ -738,7 +738,7 @@ def _retry_errors(
     """Score again the traces whose last attempt failed long enough ago (at most half the
     cycle's budget, so new traffic still moves on); how many."""
     spec, ledger = worker.spec, worker.ledger
-    before_ms = to_ms(worker.clock.now()) - int(sc.retry_backoff_s * 1000)
+    before_ms = to_ms(worker.clock.now()) - int(sc.retry_backoff.total_seconds() * 1000)
     due = ledger.retry_due(
         spec.name,
         spec.version,

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from datetime import timedelta
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from mlflow_llmops.core.config import Section as _Section
+from mlflow_llmops.core.duration import Duration
+
+
+def _positive_duration(v: timedelta) -> timedelta:
+    if v <= timedelta(0):
+        raise ValueError("must be longer than 0 (e.g. 10s, 500ms; a number means seconds)")
+    return v
 
 
 def _ratio(v: float, what: str) -> float:
@@ -102,8 +110,13 @@ class OtlpConfig(_Section):
     headers: dict[str, str] = Field(default_factory=dict)
     metrics_headers: dict[str, str] | None = None
     metrics_enabled: bool = True
-    metrics_export_interval_s: float = 15.0
-    timeout_s: float = 10.0
+    metrics_export_interval: Duration = timedelta(seconds=15)
+    timeout: Duration = timedelta(seconds=10)
+
+    deprecated_keys: ClassVar[dict[str, str]] = {
+        "metrics_export_interval_s": "metrics_export_interval",
+        "timeout_s": "timeout",
+    }
 
     @field_validator("traces_endpoint", "metrics_endpoint")
     @classmethod
@@ -124,12 +137,10 @@ class OtlpConfig(_Section):
             )
         return v
 
-    @field_validator("metrics_export_interval_s", "timeout_s")
+    @field_validator("metrics_export_interval", "timeout")
     @classmethod
-    def _pos(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("must be > 0 seconds")
-        return v
+    def _pos(cls, v: timedelta) -> timedelta:
+        return _positive_duration(v)
 
 
 class MetricsConfig(_Section):
@@ -143,7 +154,9 @@ class MetricsConfig(_Section):
     #: ``<tmp>/mlflow-llmops-metrics-<port>``
     prometheus_dir: str | None = None
     #: how often each worker publishes its metrics for the others to serve
-    prometheus_interval_s: float = 2.0
+    prometheus_interval: Duration = timedelta(seconds=2)
+
+    deprecated_keys: ClassVar[dict[str, str]] = {"prometheus_interval_s": "prometheus_interval"}
 
     @field_validator("prometheus_port")
     @classmethod
@@ -152,12 +165,10 @@ class MetricsConfig(_Section):
             raise ValueError("must be a TCP port between 1 and 65535 (e.g. 9464), or omitted")
         return v
 
-    @field_validator("prometheus_interval_s")
+    @field_validator("prometheus_interval")
     @classmethod
-    def _interval(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("must be > 0 seconds")
-        return v
+    def _interval(cls, v: timedelta) -> timedelta:
+        return _positive_duration(v)
 
 
 class MetadataConfig(_Section):
@@ -200,11 +211,11 @@ class TracingConfig(_Section):
     queue_capacity: int = 10_000
     #: traces written to the store per batch (at most queue_capacity)
     batch_size: int = 100
-    #: first retry delay when the store fails; doubles up to ``max_backoff_s``
-    retry_backoff_s: float = 0.5
-    max_backoff_s: float = 30.0
+    #: first retry delay when the store fails; doubles up to ``max_backoff``
+    retry_backoff: Duration = timedelta(milliseconds=500)
+    max_backoff: Duration = timedelta(seconds=30)
     #: flush deadline at exit / SIGTERM
-    shutdown_timeout_s: float = 10.0
+    shutdown_timeout: Duration = timedelta(seconds=10)
     install_signal_handlers: bool = True
     #: MLflow's HTTP client retries inside one call with long backoff, which would hold the
     #: export worker (and shutdown) for minutes while a server is down; our worker retries
@@ -214,13 +225,20 @@ class TracingConfig(_Section):
     #: wait at most this long at start-up for the tracking store to resolve the experiment;
     #: a store that is down (or slower) only gets a warning: set-up goes on, traces queue
     #: and the experiment is resolved when the store answers
-    startup_timeout_s: float = 10.0
+    startup_timeout: Duration = timedelta(seconds=10)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     redaction: RedactionConfig = Field(default_factory=RedactionConfig)
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)
     otlp: OtlpConfig = Field(default_factory=OtlpConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
+
+    deprecated_keys: ClassVar[dict[str, str]] = {
+        "retry_backoff_s": "retry_backoff",
+        "max_backoff_s": "max_backoff",
+        "shutdown_timeout_s": "shutdown_timeout",
+        "startup_timeout_s": "startup_timeout",
+    }
 
     @field_validator("queue_capacity", "batch_size")
     @classmethod
@@ -229,9 +247,7 @@ class TracingConfig(_Section):
             raise ValueError("must be at least 1")
         return v
 
-    @field_validator("retry_backoff_s", "max_backoff_s", "shutdown_timeout_s", "startup_timeout_s")
+    @field_validator("retry_backoff", "max_backoff", "shutdown_timeout", "startup_timeout")
     @classmethod
-    def _positive_s(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("must be > 0 seconds")
-        return v
+    def _positive_durations(cls, v: timedelta) -> timedelta:
+        return _positive_duration(v)

@@ -20,6 +20,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,29 +99,38 @@ def _redact_url(url: str | None) -> str:
     return re.sub(r"//([^/:@]*):[^/@]*@", r"//\1:***@", url)
 
 
+@dataclass(frozen=True)
+class TracingTarget:
+    """Where a handle's traces go, and under which service name they are recorded."""
+
+    tracking_uri: str
+    experiment_name: str
+    service_name: str
+    #: None while the store was unreachable at start-up (resolved by the export worker)
+    experiment_id: str | None = None
+
+
 class TracingHandle:
-    """What ``setup_production_tracing`` returns: live counters and a bounded shutdown."""
+    """What ``setup_production_tracing`` returns: live counters and a bounded shutdown.
+
+    Built in stages, in this order: sampling (sampler, coster), telemetry (OTLP traces,
+    metric readers, Prometheus, GenAI metrics), export (exporter, store writer, spool,
+    worker, redacting processor), then installation as MLflow's tracer provider."""
 
     def __init__(
         self,
-        *,
         config: TracingConfig,
-        tracking_uri: str,
-        experiment_id: str | None,
-        experiment_name: str,
-        service_name: str,
+        target: TracingTarget,
+        *,
         metric_readers: list[Any] | None = None,
         app_span_processors: list[Any] | None = None,
         pricing: PricingConfig | None = None,
     ) -> None:
-        import mlflow
-        from opentelemetry.sdk.resources import Resource
-
         self.config = config
-        self.tracking_uri = tracking_uri
-        self.experiment_id = experiment_id
-        self.experiment_name = experiment_name
-        self.service_name = service_name
+        self.tracking_uri = target.tracking_uri
+        self.experiment_id = target.experiment_id
+        self.experiment_name = target.experiment_name
+        self.service_name = target.service_name
         self._lock = threading.Lock()
         self._stats = TracingStats()
         self._closed = False
@@ -129,45 +139,55 @@ class TracingHandle:
         self._shutdown_report: dict[str, Any] | None = None
         self._shutdown_callbacks: list[Callable[[dict[str, Any]], None]] = []
         self.queue = TraceQueue(config.queue_capacity)
-        self.static_metadata = static_metadata(service_name, config)
-        self.sampler = Sampler(config.sampling)
+        self.static_metadata = static_metadata(self.service_name, config)
+        self._build_sampling(pricing)
+        self._build_telemetry(list(metric_readers or []))
+        self._build_export()
+        self._install_processors(list(app_span_processors or []))
+
+    # -- stages of __init__ ------------------------------------------------
+    def _build_sampling(self, pricing: PricingConfig | None) -> None:
+        """The head/tail sampler, and the coster its cost rule needs (warmed up now)."""
+        self.sampler = Sampler(self.config.sampling)
         self.coster: TraceCoster | None = None
         if self.sampler.needs_cost:
             self.coster = TraceCoster(pricing)
             self.coster.warm_up()
 
-        otlp_cfg = config.otlp
+    def _build_telemetry(self, readers: list[Any]) -> None:
+        """OTLP trace export, the metric readers (the application's, OTLP, Prometheus) and
+        the GenAI metrics that feed them; the Prometheus endpoint starts serving now."""
+        otlp_cfg = self.config.otlp
+        timeout = otlp_cfg.timeout.total_seconds()
         self.otlp: SampledOtlpProcessor | None = None
         if otlp_cfg.traces_endpoint:
             self.otlp = SampledOtlpProcessor(
-                make_span_exporter(otlp_cfg.traces_endpoint, otlp_cfg.headers, otlp_cfg.timeout_s)
+                make_span_exporter(otlp_cfg.traces_endpoint, otlp_cfg.headers, timeout)
             )
-        readers = list(metric_readers or [])
         self._otlp_reader: Any = None
         if otlp_cfg.metrics_enabled and otlp_cfg.metrics_endpoint:
+            headers = otlp_cfg.metrics_headers
             self._otlp_reader = make_metric_reader(
                 otlp_cfg.metrics_endpoint,
-                otlp_cfg.metrics_headers
-                if otlp_cfg.metrics_headers is not None
-                else otlp_cfg.headers,
-                otlp_cfg.timeout_s,
-                otlp_cfg.metrics_export_interval_s,
+                headers if headers is not None else otlp_cfg.headers,
+                timeout,
+                otlp_cfg.metrics_export_interval.total_seconds(),
             )
             readers.append(self._otlp_reader)
         self.prometheus: PrometheusEndpoint | None = None
-        prom = config.metrics
+        prom = self.config.metrics
         if otlp_cfg.metrics_enabled and prom.prometheus_port is not None:
             self.prometheus = PrometheusEndpoint(
                 prom.prometheus_port,
                 host=prom.prometheus_host,
                 directory=prom.prometheus_dir,
-                interval_s=prom.prometheus_interval_s,
+                interval_s=prom.prometheus_interval.total_seconds(),
             )
             readers.append(self.prometheus.reader)
         self.metrics: GenAiMetrics | None = None
         if otlp_cfg.metrics_enabled and readers:
             self.metrics = GenAiMetrics(
-                service_name=service_name, readers=readers, stats=self._counter_snapshot
+                service_name=self.service_name, readers=readers, stats=self._counter_snapshot
             )
         if self.prometheus is not None:
             self.prometheus.start()
@@ -175,6 +195,10 @@ class TracingHandle:
         #: thread may not start at interpreter exit (Python 3.12's atexit) or in a handler
         self._closer = _TaskThread("llmops-telemetry-close") if self.otlp or self.metrics else None
 
+    def _build_export(self) -> None:
+        """Our exporter in MLflow's place, the store writer, the spool, the export worker
+        (not started yet) and the span processor that redacts and measures."""
+        config = self.config
         self.exporter = LlmopsSpanExporter(
             self.sampler,
             self.queue,
@@ -184,16 +208,16 @@ class TracingHandle:
             on_decision=self.otlp.decide if self.otlp else None,
             coster=self.coster,
         )
-        self.writer = StoreWriter(tracking_uri, self._resolve_experiment)
-        self.spool = open_spool(config.spool, tracking_uri, experiment_name)
+        self.writer = StoreWriter(self.tracking_uri, self._resolve_experiment)
+        self.spool = open_spool(config.spool, self.tracking_uri, self.experiment_name)
         self.worker = ExportWorker(
             self.queue,
             self.writer,
             self._stats,
             self._lock,
             batch_size=min(config.batch_size, config.queue_capacity),
-            retry_backoff_s=config.retry_backoff_s,
-            max_backoff_s=config.max_backoff_s,
+            retry_backoff_s=config.retry_backoff.total_seconds(),
+            max_backoff_s=config.max_backoff.total_seconds(),
             spool=self.spool,
         )
         if self.spool is not None:
@@ -211,12 +235,21 @@ class TracingHandle:
                 cost_of=None if coster is None else lambda t: light_trace_cost(coster, t),
                 omit_io=config.sampling.light_when_dropped,
             )
-        tp = make_tracer_provider(Resource.create({"service.name": service_name}), self.recorder)
+
+    def _install_processors(self, app_span_processors: list[Any]) -> None:
+        """Our tracer provider (MLflow's processor fed by our exporter, plus OTLP) becomes
+        MLflow's; the export worker starts; the application's span processors are kept."""
+        import mlflow
+        from opentelemetry.sdk.resources import Resource
+
+        tp = make_tracer_provider(
+            Resource.create({"service.name": self.service_name}), self.recorder
+        )
         # MLflow's processor, plus the head decision at trace start (sampled-out traces are
         # recorded light: no input/output serialisation; see processors.py)
         tp.add_span_processor(
             make_mlflow_span_processor(
-                self.exporter, self.sampler, light=config.sampling.light_when_dropped
+                self.exporter, self.sampler, light=self.config.sampling.light_when_dropped
             )
         )
         if self.otlp is not None:
@@ -227,7 +260,7 @@ class TracingHandle:
         if self.recorder is not None:
             self.recorder.install()
         # keep the application's own span processors; ours runs first (redaction before them)
-        self._previous_span_processors = list(app_span_processors or [])
+        self._previous_span_processors = app_span_processors
         mlflow.tracing.configure(
             span_processors=[self.span_processor, *self._previous_span_processors]
         )
@@ -298,10 +331,10 @@ class TracingHandle:
         return self.worker.wait_flushed(time.monotonic() + timeout_s)
 
     def shutdown(self, timeout_s: float | None = None) -> dict[str, Any]:
-        """Flush within ``timeout_s`` (default ``shutdown_timeout_s``), stop, and report what
+        """Flush within ``timeout_s`` (default ``shutdown_timeout``), stop, and report what
         could not be sent. Idempotent: a second caller (atexit while a signal's flush runs)
         waits for the first one's report, within its own timeout."""
-        timeout_s = self.config.shutdown_timeout_s if timeout_s is None else timeout_s
+        timeout_s = self.config.shutdown_timeout.total_seconds() if timeout_s is None else timeout_s
         with _ACTIVE_LOCK:
             first = not self._closed
             self._closed = True
@@ -631,7 +664,7 @@ def _on_signal(signum: int, frame: Any, previous: Any) -> None:
                 flusher.resend_later(signum)
                 return
             _DEFERRED_SINCE = None
-            _FLUSH_DEADLINE = now + active.config.shutdown_timeout_s + 2.0
+            _FLUSH_DEADLINE = now + active.config.shutdown_timeout.total_seconds() + 2.0
             flusher.start(active)
         _IN_HANDLER = True
         try:
@@ -849,46 +882,26 @@ def setup_production_tracing(
     working directory; ``MLFLOW_LLMOPS__TRACING__...`` variables too). ``config`` (a dict:
     keys of the ``tracing:`` section, merged over the file; a ``TracingConfig``: used as
     it is) and keyword ``overrides`` (e.g. ``queue_capacity=50_000``,
-    ``sampling={"ratio": 0.1}``) win over the file. ``metric_readers`` adds OpenTelemetry metric readers
+    ``shutdown_timeout="30s"``, ``sampling={"ratio": 0.1}``) win over the file. The old
+    ``*_s`` keys (``shutdown_timeout_s=30``) still work, with a DeprecationWarning.
+    ``metric_readers`` adds OpenTelemetry metric readers
     (e.g. a Prometheus reader) beside the OTLP one. ``pricing`` (the ``pricing:``
     section) prices traces for the tail rule ``sampling.tail.cost_above_usd``; default:
     MLflow's bundled catalog. Calling it again replaces the previous set-up (the old one
     is flushed first).
 
     A tracking store that is down at start-up does not fail or block set-up: after
-    at most ``startup_timeout_s`` it logs a warning and continues; traces queue and
+    at most ``startup_timeout`` it logs a warning and continues; traces queue and
     are written once the store answers.
 
     Sets ``MLFLOW_MODEL_CATALOG_URI=""`` unless already set: otherwise MLflow fetches a
     remote price catalog for the first LLM span of each provider (a 6.6 s stall
     without network); prices then come from the catalog bundled with MLflow.
     """
-    global _ACTIVE
-    import mlflow
-    from pydantic import ValidationError
-
-    from mlflow_llmops.core.configfile import format_validation_error, load_section_model
-
     if not experiment_name or not str(experiment_name).strip():
         raise ConfigError("setup_production_tracing: experiment_name must be a non-empty string")
-    try:
-        if isinstance(config, TracingConfig):
-            cfg = config.model_copy(update=overrides) if overrides else config
-            if overrides:
-                cfg = TracingConfig.model_validate(cfg.model_dump())
-        else:
-            cfg = load_section_model(
-                "tracing", TracingConfig, config_file, overrides={**dict(config or {}), **overrides}
-            )
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, "tracing config", prefix="tracing.")) from None
-    if pricing is None or isinstance(pricing, PricingConfig):
-        price_cfg = pricing if pricing is not None else _file_pricing(config_file)
-    else:
-        price_cfg = load_section_model(
-            "pricing", PricingConfig, config_file, overrides=dict(pricing)
-        )
-
+    cfg = _resolve_config(config, config_file, overrides)
+    price_cfg = _resolve_pricing(pricing, config_file)
     service_name = service_name or cfg.service_name
     if not service_name or not str(service_name).strip():
         raise ConfigError(
@@ -899,10 +912,74 @@ def setup_production_tracing(
         previous = _ACTIVE
     if previous is not None:
         previous.shutdown()
+    uri, app_span_processors = _point_mlflow_at(tracking_uri, cfg)
+    target = TracingTarget(
+        tracking_uri=uri,
+        experiment_name=experiment_name,
+        service_name=service_name,
+        experiment_id=_connect_store(uri, experiment_name, cfg),
+    )
+    handle = TracingHandle(
+        cfg,
+        target,
+        metric_readers=metric_readers,
+        app_span_processors=app_span_processors,
+        pricing=price_cfg,
+    )
+    _activate(handle)
+    return handle
 
+
+def _resolve_config(
+    config: TracingConfig | Mapping[str, Any] | None,
+    config_file: str | os.PathLike[str] | None,
+    overrides: Mapping[str, Any],
+) -> TracingConfig:
+    """The ``tracing:`` section: a ``TracingConfig`` as given (the keyword overrides
+    replacing its top-level keys), else the file and environment under ``config`` and the
+    overrides. Deprecated ``*_s`` keys are renamed in each source before they merge."""
+    from pydantic import ValidationError
+
+    from mlflow_llmops.core.configfile import (
+        format_validation_error,
+        load_section_model,
+        renamed,
+    )
+
+    try:
+        if isinstance(config, TracingConfig):
+            if not overrides:
+                return config
+            update = renamed(TracingConfig, overrides, "arguments", "tracing.")
+            return TracingConfig.model_validate({**config.model_dump(), **update})
+        from_args = renamed(TracingConfig, dict(config or {}), "config", "tracing.")
+        from_args.update(renamed(TracingConfig, overrides, "arguments", "tracing."))
+        return load_section_model("tracing", TracingConfig, config_file, overrides=from_args)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, "tracing config", prefix="tracing.")) from None
+
+
+def _resolve_pricing(
+    pricing: PricingConfig | Mapping[str, Any] | None,
+    config_file: str | os.PathLike[str] | None,
+) -> PricingConfig | None:
+    """The ``pricing:`` section for the cost tail rule (None: MLflow's bundled catalog)."""
+    from mlflow_llmops.core.configfile import load_section_model
+
+    if isinstance(pricing, PricingConfig):
+        return pricing
+    if pricing is None:
+        return _file_pricing(config_file)
+    return load_section_model("pricing", PricingConfig, config_file, overrides=dict(pricing))
+
+
+def _point_mlflow_at(tracking_uri: str | None, cfg: TracingConfig) -> tuple[str, list[Any]]:
+    """Set MLflow's tracking URI and the environment defaults our export relies on;
+    returns the URI and the application's span processors, read before
+    ``set_tracking_uri`` / ``set_experiment`` reset MLflow's tracing config."""
+    import mlflow
     from mlflow.tracing.config import get_config
 
-    # read before set_tracking_uri / set_experiment, which reset MLflow's tracing config
     app_span_processors = [
         p for p in get_config().span_processors if not isinstance(p, SpanEndProcessor)
     ]
@@ -913,33 +990,35 @@ def setup_production_tracing(
     if cfg.http_max_retries is not None and uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.http_max_retries))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    experiment_id, error = _resolve_at_startup(uri, experiment_name, cfg.startup_timeout_s)
+    return uri, app_span_processors
+
+
+def _connect_store(uri: str, experiment_name: str, cfg: TracingConfig) -> str | None:
+    """Resolve and activate the experiment within ``startup_timeout``; a store that does
+    not answer only gets a warning (None: the export worker resolves it later)."""
+    timeout = cfg.startup_timeout.total_seconds()
+    experiment_id, error = _resolve_at_startup(uri, experiment_name, timeout)
     if experiment_id is not None:
         _activate_experiment(experiment_id)
-    else:
-        _activate_experiment(UNRESOLVED_EXPERIMENT)
-        _logger.warning(
-            "mlflow-llmops tracing: tracking store %s unreachable at start-up (%s); continuing "
-            "without it: traces queue (up to %d) and are written once experiment %r resolves",
-            _redact_url(uri),
-            str(error)[:300],
-            cfg.queue_capacity,
-            experiment_name,
-        )
-
-    handle = TracingHandle(
-        config=cfg,
-        tracking_uri=uri,
-        experiment_id=experiment_id,
-        experiment_name=experiment_name,
-        service_name=service_name,
-        metric_readers=metric_readers,
-        app_span_processors=app_span_processors,
-        pricing=price_cfg,
+        return experiment_id
+    _activate_experiment(UNRESOLVED_EXPERIMENT)
+    _logger.warning(
+        "mlflow-llmops tracing: tracking store %s unreachable at start-up (%s); continuing "
+        "without it: traces queue (up to %d) and are written once experiment %r resolves",
+        _redact_url(uri),
+        str(error)[:300],
+        cfg.queue_capacity,
+        experiment_name,
     )
+    return None
+
+
+def _activate(handle: TracingHandle) -> None:
+    """Make ``handle`` the process's active set-up: the one flushed at exit and on
+    SIGTERM/SIGINT (handlers installed unless the config says not to)."""
+    global _ACTIVE
     with _ACTIVE_LOCK:
         _ACTIVE = handle
-    if cfg.install_signal_handlers:
+    if handle.config.install_signal_handlers:
         _install_signal_handlers(handle)
     _logger.info(handle.describe())
-    return handle

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from mlflow_llmops.config import load_config
@@ -93,6 +95,31 @@ def test_cli_config_check_loads_the_rule_files(tmp_path):
     assert ok.returncode == 0 and "1 alert rules" in ok.stdout, ok.stderr
 
 
+def test_cli_config_check_lists_the_deprecated_keys_in_use(tmp_path):
+    import subprocess
+    import sys
+
+    p = tmp_path / "c.yaml"
+    p.write_text("tracing:\n  shutdown_timeout_s: 5\n  otlp: {timeout: 2s}\n")
+    cmd = [sys.executable, "-m", "mlflow_llmops.cli", "--config", str(p), "config", "check"]
+    env = {**os.environ, "MLFLOW_LLMOPS__TRACING__METRICS__PROMETHEUS_INTERVAL_S": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "configuration OK" in r.stdout
+    assert (
+        "deprecated: tracing.shutdown_timeout_s is deprecated; use tracing.shutdown_timeout"
+        in r.stdout
+    )
+    assert (
+        "deprecated: MLFLOW_LLMOPS__TRACING__METRICS__PROMETHEUS_INTERVAL_S is deprecated; "
+        "use MLFLOW_LLMOPS__TRACING__METRICS__PROMETHEUS_INTERVAL " in r.stdout
+    )
+    assert "otlp" not in r.stdout  # the new spelling: nothing to say
+    show = subprocess.run([*cmd[:-1], "show"], capture_output=True, text=True, env=env)
+    assert "shutdown_timeout: 5s" in show.stdout and "prometheus_interval: 1s" in show.stdout
+    assert "shutdown_timeout_s" not in show.stdout
+
+
 def test_a_bad_variable_is_named_in_the_error():
     env = {"MLFLOW_LLMOPS__TRACING__QUEUE_CAPACITY": "0"}
     with pytest.raises(ConfigError) as e:
@@ -112,3 +139,31 @@ def test_an_otlp_url_without_its_path_is_rejected_with_the_fix():
     ok = load_config(env={"MLFLOW_LLMOPS__TRACING__OTLP__TRACES_ENDPOINT":
                           "http://collector:4318/v1/traces"})  # fmt: skip
     assert ok.tracing.otlp.traces_endpoint == "http://collector:4318/v1/traces"
+
+
+def test_old_duration_keys_of_pricing_and_receivers_still_work(tmp_path):
+    """``pricing.lookback_s`` and a receiver's ``timeout_s`` became durations; the old
+    spellings are read with a DeprecationWarning, both together are an error."""
+    from datetime import timedelta
+
+    p = tmp_path / "c.yaml"
+    p.write_text(
+        "pricing: {lookback_s: 60}\n"
+        "alerting:\n  notifications:\n    receivers:\n"
+        "      - {name: hook, type: webhook, url: 'http://127.0.0.1:9/x', timeout_s: 2.5}\n"
+        "      - {name: am, type: alertmanager, url: 'http://127.0.0.1:9', timeout: 3s}\n"
+    )
+    with pytest.warns(DeprecationWarning) as caught:
+        cfg = load_config(p, env={})
+    messages = " ".join(str(w.message) for w in caught)
+    assert "pricing.lookback_s is deprecated; use pricing.lookback" in messages
+    assert "timeout_s is deprecated; use timeout" in messages
+    assert cfg.pricing.lookback == timedelta(minutes=1)
+    hook, am = cfg.alerting.notifications.receivers
+    assert hook.timeout == timedelta(seconds=2.5) and am.timeout == timedelta(seconds=3)
+    p.write_text(
+        "alerting:\n  notifications:\n    receivers:\n"
+        "      - {name: hook, type: webhook, url: 'http://x/y', timeout_s: 2, timeout: 2s}\n"
+    )
+    with pytest.raises(ConfigError, match="both timeout_s and timeout are set"):
+        load_config(p, env={})

@@ -315,7 +315,7 @@ def test_calculator_from_config_section(tmp_path):
     prices = tmp_path / "prices.yaml"
     prices.write_text(OVERRIDES)
     cfg_file = tmp_path / "mlflow-llmops.yaml"
-    cfg_file.write_text(f"pricing:\n  overrides_file: {prices}\n  lookback_s: 60\n")
+    cfg_file.write_text(f"pricing:\n  overrides_file: {prices}\n  lookback: 1m\n")
     cfg = load_config(cfg_file, env={})
     calc = CostCalculator.from_config(cfg.pricing)
     assert calc.match("support-bot").entry_key == "acme/acme-ft-support"

@@ -72,7 +72,7 @@ def config_for(
     overrides = {
         "tracking": {"uri": tracking_uri, "experiment_name": "exp"},
         "state_store": {"url": state_url},
-        "scoring": {"completion_buffer_s": 0, "initial_lookback_s": 86400 * 3650, **scoring},
+        "scoring": {"completion_buffer": 0, "initial_lookback": 86400 * 3650, **scoring},
     }
     if pricing is not None:
         overrides["pricing"] = pricing

@@ -49,7 +49,7 @@ def test_a_judge_answering_500_ends_in_error_feedbacks_and_retry_errors_replaces
     n = 8
     mlflow_db.load(make_traces(n))
     cfg = config_for(mlflow_db.uri, state_url, concurrency=4, max_attempts=3,
-                     backfill_retry_backoff_s=0.02,
+                     backfill_retry_backoff=0.02,
                      judge={"max_retries": 0, "timeout_s": 10})  # fmt: skip
     from test_scoring_judge import grader
 
@@ -93,8 +93,8 @@ def test_cli_backfill_exits_non_zero_when_every_trace_failed(mlflow_db, store, s
     mlflow_db.load(make_traces(3))
     _judge(store, f"http://127.0.0.1:{free_port()}/v1", name="broken")  # nothing listens
     cfg = _write_config(tmp_path / "c.yaml", mlflow_db.uri, state_url)
-    text = cfg.read_text().replace("completion_buffer_s: 0", "completion_buffer_s: 0\n"
-                                   "  backfill_retry_backoff_s: 0.01\n"
+    text = cfg.read_text().replace("completion_buffer: 0", "completion_buffer: 0\n"
+                                   "  backfill_retry_backoff: 0.01\n"
                                    "  judge: {max_retries: 0, timeout_s: 5}")  # fmt: skip
     cfg.write_text(text)
     proc = _cli(cfg, "scorers", "backfill", "--scorer", "broken", "--since", "2026-03-01",
@@ -126,7 +126,7 @@ def _foreign_claims(mlflow_db, store, state_url, n: int, claimed: int):  # noqa:
     ScorerRegistry(store).register(ScorerSpec(name="paris", ref="scoring_helpers:mentions_paris"),
                                    now=EPOCH)  # fmt: skip
     _claim_as_another_host(state_url, ids[:claimed], "paris")
-    return ids, config_for(mlflow_db.uri, state_url, lease_ttl_s=1.5)
+    return ids, config_for(mlflow_db.uri, state_url, lease_ttl=1.5)
 
 
 def test_a_claim_of_a_dead_worker_on_another_host_is_taken_over_by_the_backfill(
@@ -160,8 +160,8 @@ def test_traces_that_arrive_an_hour_late_are_scored(tracing_to, mlflow_db, store
     The runner has long passed that time; it finds them by their arrival minute."""
     ScorerRegistry(store).register(ScorerSpec(name="paris", ref="scoring_helpers:mentions_paris"),
                                    now=EPOCH)  # fmt: skip
-    cfg = config_for(mlflow_db.uri, state_url, completion_buffer_s=0, initial_lookback_s=600,
-                     late_arrival_s=900)  # fmt: skip
+    cfg = config_for(mlflow_db.uri, state_url, completion_buffer=0, initial_lookback=600,
+                     late_arrival=900)  # fmt: skip
     now = datetime.now(UTC)
     assert run_due_scorers(cfg, store, now, force=True).scorers[0].scored == 0
     handle = tracing_to(mlflow_db)
@@ -290,6 +290,6 @@ def test_failures_written_while_the_loop_looks_away_are_still_retried(
             time.sleep(0.01)
 
     monkeypatch.setattr(backfill_job._BackfillLoop, "_feed", feed_then_wait)
-    cfg = config_for(mlflow_db.uri, state_url, backfill_retry_backoff_s=0.01)
+    cfg = config_for(mlflow_db.uri, state_url, backfill_retry_backoff=0.01)
     r = backfill(cfg, store, scorer="broken", progress=False, **WINDOW)
     assert (r.status, r.errors, r.job_errors, r.retried) == ("done", 6, 6, 12)

@@ -146,7 +146,7 @@ def _write_config(path: Path, tracking_uri: str, state_url: str, experiment: str
     path.write_text(yaml.safe_dump({
         "tracking": {"uri": tracking_uri, "experiment_name": experiment},
         "state_store": {"url": state_url},
-        "scoring": {"concurrency": 4, "completion_buffer_s": 0},
+        "scoring": {"concurrency": 4, "completion_buffer": 0},
     }))  # fmt: skip
     return path
 

@@ -429,7 +429,7 @@ def test_crash_between_a_batch_write_and_its_confirmation_is_adopted_not_rescore
     mlflow_db.load(make_traces(n))
     ScorerRegistry(store).register(ScorerSpec(name="empty", ref="builtin:empty_answer"),
                                    now=EPOCH)  # fmt: skip
-    cfg = config_for(mlflow_db.uri, state_url, concurrency=4, lease_ttl_s=60)
+    cfg = config_for(mlflow_db.uri, state_url, concurrency=4, lease_ttl=60)
     clock = FakeClock(EPOCH + timedelta(days=1))
     confirm = Ledger.confirm_many
     calls = {"n": 0}
@@ -463,7 +463,7 @@ def test_crash_in_the_middle_of_a_one_at_a_time_batch(mlflow_db, store, state_ur
     mlflow_db.load(make_traces(n))
     ScorerRegistry(store).register(ScorerSpec(name="empty", ref="builtin:empty_answer"),
                                    now=EPOCH)  # fmt: skip
-    cfg = config_for(mlflow_db.uri, state_url, concurrency=2, lease_ttl_s=60)
+    cfg = config_for(mlflow_db.uri, state_url, concurrency=2, lease_ttl=60)
     monkeypatch.setattr(mlflow_io, "_sql_store_parts", lambda store: None)
     real = TracingClient.log_assessment
     calls = {"n": 0}
@@ -494,7 +494,7 @@ def test_runner_scores_in_batches_and_gives_up_after_max_attempts(mlflow_db, sto
     mlflow_db.load(make_traces(25))
     ScorerRegistry(store).register(ScorerSpec(name="flaky", ref="scoring_helpers:flaky"),
                                    now=EPOCH)  # fmt: skip
-    cfg = config_for(mlflow_db.uri, state_url, retry_backoff_s=0, max_attempts=2,
+    cfg = config_for(mlflow_db.uri, state_url, retry_backoff=0, max_attempts=2,
                      concurrency=4)  # fmt: skip
     clock = FakeClock(EPOCH + timedelta(days=1))
     scoring_helpers.FLAKY["fail"] = True
@@ -551,7 +551,7 @@ def test_closing_early_gives_back_the_claims_never_scored(mlflow_db, store):
 def test_items_read_ahead_and_never_scored_are_given_back(mlflow_db, store, state_url):
     """The backfill reads the next batch (lease and traces) while the current one is scored;
     a run that stops before putting it gives those items back to the job, pending for any
-    worker, instead of leaving them leased until ``lease_ttl_s``."""
+    worker, instead of leaving them leased until ``lease_ttl``."""
     from mlflow_llmops.scoring.backfill_job import BackfillReport, _BackfillLoop
 
     mlflow_db.load(make_traces(30))

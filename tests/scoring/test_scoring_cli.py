@@ -26,7 +26,7 @@ def config_file(tmp_path, mlflow_db, state_url) -> Path:
     p.write_text(yaml.safe_dump({
         "tracking": {"uri": mlflow_db.uri, "experiment_name": "exp"},
         "state_store": {"url": state_url},
-        "scoring": {"completion_buffer_s": 0, "initial_lookback_s": 10**9},
+        "scoring": {"completion_buffer": 0, "initial_lookback": 10**9},
     }))  # fmt: skip
     return p
 

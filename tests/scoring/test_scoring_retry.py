@@ -49,7 +49,7 @@ def test_transient_error_is_retried_after_the_backoff(mlflow_db, store, state_ur
     mlflow_db.load(make_traces(5))
     ScorerRegistry(store).register(ScorerSpec(name="flaky", ref="scoring_helpers:flaky"),
                                    now=EPOCH)  # fmt: skip
-    cfg = config_for(mlflow_db.uri, state_url, retry_backoff_s=300)
+    cfg = config_for(mlflow_db.uri, state_url, retry_backoff=300)
     clock = FakeClock(EPOCH + timedelta(days=1))
 
     def run():  # noqa: ANN202
@@ -85,7 +85,7 @@ def test_permanent_error_gives_up_after_max_attempts_with_one_error_feedback(
     reg = ScorerRegistry(store)
     reg.register(ScorerSpec(name="broken", ref="scoring_helpers:exploding"), now=EPOCH)
     reg.register(ScorerSpec(name="flaky", ref="scoring_helpers:flaky"), now=EPOCH)
-    cfg = config_for(mlflow_db.uri, state_url, retry_backoff_s=60, max_attempts=3)
+    cfg = config_for(mlflow_db.uri, state_url, retry_backoff=60, max_attempts=3)
     clock = FakeClock(EPOCH + timedelta(days=1))
     runs = []
     for _ in range(5):

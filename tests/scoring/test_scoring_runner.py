@@ -80,7 +80,7 @@ def test_schedule_completion_buffer_and_sampling(mlflow_db, store, state_url):
     mlflow_db.load(make_traces(40, start_ms=base, step_ms=60_000))  # one a minute for 40 min
     _register(store, ScorerSpec(name="half", ref="builtin:refusal", sample_rate=0.5,
                                 schedule_s=600))  # fmt: skip
-    cfg = config_for(mlflow_db.uri, state_url, completion_buffer_s=600)
+    cfg = config_for(mlflow_db.uri, state_url, completion_buffer=600)
     t = EPOCH + timedelta(minutes=30)  # traces of the last 10 minutes are still "open"
     first = run_due_scorers(cfg, store, t).scorers[0]
     assert first.considered == 20  # minutes 0..19

@@ -162,7 +162,7 @@ from mlflow_llmops.tracing import llm_call, setup_production_tracing
 logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
 logging.getLogger("mlflow_llmops").setLevel(logging.INFO)
 h = setup_production_tracing("busy", "svc", tracking_uri=sys.argv[1],
-                             shutdown_timeout_s=float(sys.argv[2]))
+                             shutdown_timeout=float(sys.argv[2]))
 @mlflow.trace(name="req")
 def req(i):
     with llm_call(model="gpt-4o-mini", provider="openai") as c:
@@ -207,7 +207,7 @@ import json, logging, signal, sys, threading, time, mlflow
 from mlflow_llmops.tracing import setup_production_tracing
 logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
 logging.getLogger("mlflow_llmops").setLevel(logging.INFO)
-h = setup_production_tracing("locked", "svc", tracking_uri=sys.argv[1], shutdown_timeout_s=10)
+h = setup_production_tracing("locked", "svc", tracking_uri=sys.argv[1], shutdown_timeout="10s")
 # "ours": the counters' lock, as when the signal interrupts the exporter in its critical
 # section. "foreign": a lock inside some library that both the request code and the
 # store writer take (Python 3.11's class-wide cached_property lock on MLflow's spans is
@@ -264,7 +264,7 @@ def own_server(tmp_path_factory):
 
 def test_store_down_never_blocks_and_everything_arrives_when_back(tracing, own_server):
     h = tracing(
-        "outage", tracking_uri=own_server.url, retry_backoff_s=0.2, max_backoff_s=1.0,
+        "outage", tracking_uri=own_server.url, retry_backoff="200ms", max_backoff="1s",
     )  # fmt: skip
 
     for i in range(5):
@@ -292,8 +292,8 @@ def test_store_down_at_start_up_does_not_fail_set_up(tracing, own_server, caplog
     with caplog.at_level(logging.WARNING, logger="mlflow_llmops.tracing"):
         t0 = time.monotonic()
         h = tracing(
-            "down-at-start", tracking_uri=own_server.url, retry_backoff_s=0.2,
-            max_backoff_s=1.0,
+            "down-at-start", tracking_uri=own_server.url, retry_backoff="200ms",
+            max_backoff="1s",
         )  # fmt: skip
         setup_s = time.monotonic() - t0
     assert setup_s < 5, f"set-up blocked for {setup_s:.1f}s"
@@ -350,7 +350,7 @@ def test_otlp_dual_export_metrics_and_no_secret_in_logs(tracing, shared_sqlite_u
             otlp={"traces_endpoint": rx.traces_endpoint + "?token=querysecret",
                   "metrics_endpoint": rx.metrics_endpoint,
                   "headers": {"Authorization": "Bearer s3cr3t-token"},
-                  "metrics_export_interval_s": 60},
+                  "metrics_export_interval": "1m"},
         )  # fmt: skip
 
         @mlflow.trace(name="req")

@@ -99,7 +99,7 @@ def test_a_worker_without_the_port_publishes_and_takes_over(tracing, shared_sqli
     try:
         h = tracing("prom-busy", "svc", tracking_uri=shared_sqlite_uri,
                     metrics={"prometheus_port": port, "prometheus_dir": str(tmp_path),
-                             "prometheus_interval_s": 0.2})  # fmt: skip
+                             "prometheus_interval": "200ms"})  # fmt: skip
         assert not h.prometheus.serving
         with llm_call(model="gpt-4o", provider="openai", inputs={"q": "hi"}) as call:
             call.set_usage(input_tokens=1, output_tokens=1)
@@ -118,7 +118,7 @@ from mlflow_llmops.tracing import llm_call, setup_production_tracing
 setup_production_tracing(
     "prom-workers", "svc", tracking_uri=os.environ["TRACKING_URI"],
     metrics={"prometheus_port": int(os.environ["PROM_PORT"]),
-             "prometheus_dir": os.environ["PROM_DIR"], "prometheus_interval_s": 0.5},
+             "prometheus_dir": os.environ["PROM_DIR"], "prometheus_interval": "500ms"},
 )
 app = FastAPI()
 
@@ -139,7 +139,7 @@ from mlflow_llmops.tracing import llm_call, setup_production_tracing
 setup_production_tracing(
     "prom-workers", "svc", tracking_uri=os.environ["TRACKING_URI"],
     metrics={"prometheus_port": int(os.environ["PROM_PORT"]),
-             "prometheus_dir": os.environ["PROM_DIR"], "prometheus_interval_s": 0.5},
+             "prometheus_dir": os.environ["PROM_DIR"], "prometheus_interval": "500ms"},
 )
 
 

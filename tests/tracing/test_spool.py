@@ -107,9 +107,9 @@ def _wait(pred, timeout: float = 120.0) -> bool:
 def _cfg(spool_dir: Path) -> dict:
     return {
         "spool": {"directory": str(spool_dir), "fsync": True},
-        "startup_timeout_s": 2,
-        "retry_backoff_s": 0.2,
-        "max_backoff_s": 1.0,
+        "startup_timeout": "2s",
+        "retry_backoff": "200ms",
+        "max_backoff": "1s",
     }
 
 
@@ -202,7 +202,7 @@ _KILLED_BURST = """
 import sys, mlflow
 from mlflow_llmops.tracing import setup_production_tracing
 h = setup_production_tracing("pg-kill", "svc", tracking_uri=sys.argv[1], queue_capacity=20,
-                             batch_size=10, startup_timeout_s=1, retry_backoff_s=0.2,
+                             batch_size=10, startup_timeout=1, retry_backoff="200ms",
                              spool={"directory": sys.argv[2]})
 @mlflow.trace(name="request")
 def request(i):

@@ -93,7 +93,7 @@ class AlertmanagerNotifier:
             return SendResult(requests=0)  # Alertmanager has no notion of change events
         url = self.cfg.url.rstrip("/") + "/api/v2/alerts"
         try:
-            r = self.session.post(url, json=body, timeout=self.cfg.timeout_s)
+            r = self.session.post(url, json=body, timeout=self.cfg.timeout.total_seconds())
         except requests.RequestException as e:
             raise NotifyError(f"alertmanager {self.name}: {type(e).__name__}: {e}") from e
         if r.status_code // 100 != 2:

@@ -106,12 +106,12 @@ class _Backend:
                     if not response.is_success:
                         raise _Status(response)
 
-            kw: dict[str, Any] = {"timeout": cfg.timeout_s}
+            kw: dict[str, Any] = {"timeout": cfg.timeout.total_seconds()}
             if cfg.ca_bundle:
                 kw["verify"] = cfg.ca_bundle
             self.events = Client(key, base_url=cfg.base_url, **kw)
             self.events.max_network_attempts = 0
-            self.events.timeout = cfg.timeout_s
+            self.events.timeout = cfg.timeout.total_seconds()
             self.change = self.events
             self._kind = "pagerduty"
         else:
@@ -132,7 +132,7 @@ class _Backend:
             for s in (self.events, self.change):
                 s.url = cfg.base_url
                 s.max_network_attempts = 0
-                s.timeout = cfg.timeout_s
+                s.timeout = cfg.timeout.total_seconds()
                 if cfg.ca_bundle:
                     # requests lets REQUESTS_CA_BUNDLE override session.verify unless
                     # the environment is ignored: an explicit ca_bundle must win

@@ -148,7 +148,9 @@ class SlackNotifier:
         self.threads = threads
         if cfg.webhook_url is not None:
             self._webhook = WebhookClient(
-                cfg.webhook_url.get_secret_value(), timeout=int(cfg.timeout_s), retry_handlers=[]
+                cfg.webhook_url.get_secret_value(),
+                timeout=int(cfg.timeout.total_seconds()),
+                retry_handlers=[],
             )
             self._web = None
         else:
@@ -164,7 +166,7 @@ class SlackNotifier:
         return WebClient(
             token=self.cfg.token.get_secret_value(),
             base_url=base,
-            timeout=int(self.cfg.timeout_s),
+            timeout=int(self.cfg.timeout.total_seconds()),
             retry_handlers=[],
         )
 

@@ -113,7 +113,7 @@ class WebhookNotifier:
             )
         try:
             r = self.session.post(
-                self.cfg.url, data=body, headers=headers, timeout=self.cfg.timeout_s
+                self.cfg.url, data=body, headers=headers, timeout=self.cfg.timeout.total_seconds()
             )
         except requests.RequestException as e:
             raise NotifyError(f"webhook {self.name}: {type(e).__name__}: {e}") from e
