@@ -10,14 +10,9 @@ import threading
 import mlflow
 import pytest
 import sqlalchemy as sa
+from tracing_helpers import accounted
 
 from mlflow_llmops.testing.postgres import create_database, drop_database, pg_available
-
-IDENTITY = ("exported", "sampled_out", "dropped", "failed", "unsent_at_shutdown", "spooled")
-
-
-def _identity(stats: dict) -> tuple[int, int]:
-    return stats["created"], sum(stats[k] for k in IDENTITY)
 
 
 def _burst(n: int, start: int = 0) -> None:
@@ -52,7 +47,7 @@ def test_full_queue_and_deadline_go_to_the_spool_then_replay_once(tracing, tmp_p
     report = h.shutdown(1)
     gate.set()
     assert report["spooled"] == 30 and report["unsent_at_shutdown"] == 0, report
-    assert _identity(report) == (30, 30)
+    assert accounted(report) == (30, 30)
     with sqlite3.connect(db) as c:
         assert c.execute("select count(*) from trace_info").fetchone()[0] == 0
 
@@ -62,7 +57,7 @@ def test_full_queue_and_deadline_go_to_the_spool_then_replay_once(tracing, tmp_p
     st = h2.stats()
     # the 30 adopted, plus the new ones that followed them through the spool (kept in order)
     assert 30 <= st["replayed"] <= 37 and st["exported"] == 7, st
-    assert _identity(st) == (7, 7)
+    assert accounted(st) == (7, 7)
     with sqlite3.connect(db) as c:
         assert c.execute("select count(*) from trace_info").fetchone()[0] == 37
         assert c.execute("select count(distinct request_id) from trace_info").fetchone()[0] == 37
@@ -83,7 +78,7 @@ def test_burst_drains_through_the_bulk_path(tracing, tmp_path, kind):
         assert h.flush(180)
         st = h.stats()
         assert h.writer.path == "bulk"
-        assert st["exported"] == 300 and st["spooled"] == 0 and _identity(st) == (300, 300)
+        assert st["exported"] == 300 and st["spooled"] == 0 and accounted(st) == (300, 300)
         eng = sa.create_engine(uri)
         with eng.connect() as c:
             assert c.execute(sa.text("select count(*) from trace_info")).scalar() == 300

@@ -12,6 +12,7 @@ import pytest
 from mlflow import MlflowClient
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from test_sampled_out import Marker, _serialised_values, metric_points, traces_of
+from tracing_helpers import identity_holds
 
 from mlflow_llmops.core import keys
 from mlflow_llmops.tracing import llm_call, request_context
@@ -40,17 +41,6 @@ def _three_span(i: int, *, fail: bool = False, sleep: float = 0.0, marker=None) 
         request(i)
     except RuntimeError:
         pass
-
-
-def _identity(report) -> bool:
-    return report["created"] == (
-        report["exported"]
-        + report["sampled_out"]
-        + report["dropped"]
-        + report["failed"]
-        + report["unsent_at_shutdown"]
-        + report.get("spooled", 0)
-    )
 
 
 def test_dropped_traces_touch_no_mlflow_span_and_metrics_count_every_call(
@@ -162,10 +152,10 @@ def test_tail_kept_head_dropped_traces_are_stored_complete(tracing, shared_sqlit
     assert {p.attributes.get("error.type") for p in dur} == {None}
     report = h.shutdown(20)
     assert (report["created"], report["kept"], report["sampled_out"]) == (5, 4, 1)
-    assert _identity(report)
+    assert identity_holds(report)
 
 
-def test_route_ratio_at_trace_start_and_accounting_identity(tracing, shared_sqlite_uri):
+def test_route_ratio_at_trace_start_and_accountingidentity_holds(tracing, shared_sqlite_uri):
     h = tracing(
         "min-routes", tracking_uri=shared_sqlite_uri,
         sampling={"ratio": 1.0, "routes": {"/health": 0.0}, "tail": {"keep_errors": False},
@@ -181,7 +171,7 @@ def test_route_ratio_at_trace_start_and_accounting_identity(tracing, shared_sqli
         assert t.info.trace_metadata[keys.ROUTE] == "/chat"
         assert all(s.inputs is not None for s in t.data.spans if s.name == "tool")
     assert report["sampled_out"] == 3 and report["sampled_out_by_route"] == {"/health": 3}
-    assert _identity(report)
+    assert identity_holds(report)
 
 
 def test_head_ratio_keeps_its_share_recorded_in_full(tracing, shared_sqlite_uri):
@@ -193,7 +183,7 @@ def test_head_ratio_keeps_its_share_recorded_in_full(tracing, shared_sqlite_uri)
     for i in range(200):
         _three_span(i)
     report = h.shutdown(20)
-    assert report["created"] == 200 and _identity(report)
+    assert report["created"] == 200 and identity_holds(report)
     assert 60 <= report["kept"] <= 140
     for t in traces_of(h)[:5]:
         assert t.info.trace_metadata[keys.SAMPLING] == "head"
@@ -260,7 +250,7 @@ def test_a_failed_replay_is_counted(tracing, shared_sqlite_uri, monkeypatch):
     _three_span(0, fail=True)  # kept by keep_errors; the replay fails
     report = h.shutdown(20)
     assert (report["created"], report["failed"], report["exported"]) == (1, 1, 0)
-    assert _identity(report)
+    assert identity_holds(report)
 
 
 def test_a_kept_root_with_its_own_destination_lands_there(tracing, shared_sqlite_uri):

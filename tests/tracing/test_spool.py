@@ -12,17 +12,12 @@ from pathlib import Path
 import mlflow
 import pytest
 import sqlalchemy as sa
+from tracing_helpers import identity_holds
 
 from mlflow_llmops.testing.mlflow_server import MlflowServer
 from mlflow_llmops.testing.ports import free_port
 from mlflow_llmops.testing.postgres import ADMIN_URL, drop_database, pg_available
 from mlflow_llmops.tracing.spool import Spool, store_key
-
-IDENTITY = ("exported", "sampled_out", "dropped", "failed", "unsent_at_shutdown", "spooled")
-
-
-def _identity_holds(stats: dict) -> bool:
-    return stats["created"] == sum(stats[k] for k in IDENTITY)
 
 
 class _FakeTrace:
@@ -125,7 +120,7 @@ def test_server_down_for_the_whole_run_then_back(tracing, tmp_path):
     report = h.shutdown(10)
     assert report["spooled"] == 40, report
     assert report["exported"] == 0 and report["dropped"] == 0
-    assert _identity_holds(report), report
+    assert identity_holds(report), report
     files = list(spool_dir.glob("*/proc-*/*.json"))
     assert files
 
@@ -135,7 +130,7 @@ def test_server_down_for_the_whole_run_then_back(tracing, tmp_path):
         assert h2.flush(120)
         st = h2.stats()
         assert st["replayed"] == 40 and st["spool_pending"] == 0, st
-        assert st["created"] == 0 and _identity_holds(st)
+        assert st["created"] == 0 and identity_holds(st)
         assert _sqlite_counts(db) == (40, 120, 0)
         h2.shutdown(10)
     assert not list(spool_dir.glob("*/proc-*/*.json"))
@@ -157,7 +152,7 @@ def test_server_returns_while_the_process_runs(tracing, tmp_path):
         assert h.flush(60)
         st = h.stats()
         assert st["exported"] == 40 and st["spooled"] == 0 and st["replayed"] == 30, st
-        assert _identity_holds(st)
+        assert identity_holds(st)
         assert _sqlite_counts(db) == (40, 120, 0)
         h.shutdown(10)
 
@@ -172,7 +167,7 @@ def test_postgres_database_missing_for_the_whole_run_then_back(tracing, tmp_path
     h = tracing("pg-outage", "svc", tracking_uri=url, **_cfg(spool_dir))
     _burst(25)
     report = h.shutdown(10)
-    assert report["spooled"] == 25 and _identity_holds(report), report
+    assert report["spooled"] == 25 and identity_holds(report), report
 
     admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:

@@ -11,6 +11,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
+#: Where every created trace ends up: ``created`` is the sum of these at shutdown.
+IDENTITY = ("exported", "sampled_out", "dropped", "failed", "unsent_at_shutdown", "spooled")
+
+
+def accounted(stats: dict) -> tuple[int, int]:
+    """(created, the sum of :data:`IDENTITY`): equal when no trace went uncounted."""
+    return stats["created"], sum(stats.get(k, 0) for k in IDENTITY)
+
+
+def identity_holds(stats: dict) -> bool:
+    created, total = accounted(stats)
+    return created == total
+
 
 def count_traces(db_path: Path | str) -> int:
     with sqlite3.connect(str(db_path)) as db:
