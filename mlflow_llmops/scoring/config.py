@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from mlflow_llmops.core.config import Section as _Section
-from mlflow_llmops.core.duration import Duration
+from mlflow_llmops.core.duration import Duration, PositiveDuration
 
 
 class JudgeDefaults(_Section):
@@ -48,7 +48,7 @@ class ScoringConfig(_Section):
     #: Requests per second to judges, shared by all threads of a process (None: unlimited).
     rate_limit_rps: float | None = Field(default=None, gt=0)
     #: A claimed trace or a leased backfill item is taken over after this long.
-    lease_ttl: Duration = timedelta(minutes=5)
+    lease_ttl: PositiveDuration = timedelta(minutes=5)
     #: Attempts per trace and scorer version before giving up: a failure (429 storm, timeout)
     #: is tried again on later runs; the last one is logged on the trace as a Feedback error.
     max_attempts: int = Field(default=3, ge=1)
@@ -71,10 +71,3 @@ class ScoringConfig(_Section):
             "backfill_retry_backoff",
         )
     }
-
-    @field_validator("lease_ttl")
-    @classmethod
-    def _lease_ttl(cls, v: timedelta) -> timedelta:
-        if v <= timedelta(0):
-            raise ValueError("must be longer than 0 (e.g. 5m; a number means seconds)")
-        return v

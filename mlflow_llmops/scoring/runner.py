@@ -548,9 +548,15 @@ class _ScanWindow:
     def of(cls, sc: Any, spec: ScorerSpec, store: StateStore, now_ms: int) -> _ScanWindow:
         name = f"scoring:{spec.name}:v{spec.version}"
         raw = store.get_watermark(name)
-        start_ms = int(json.loads(raw)["ts"]) if raw else now_ms - int(sc.initial_lookback.total_seconds() * 1000)
+        start_ms = (
+            int(json.loads(raw)["ts"])
+            if raw
+            else now_ms - int(sc.initial_lookback.total_seconds() * 1000)
+        )
         upper_ms = now_ms - int(sc.completion_buffer.total_seconds() * 1000)
-        scan_from = max(0, start_ms - int(sc.late_arrival.total_seconds() * 1000)) if raw else start_ms
+        scan_from = (
+            max(0, start_ms - int(sc.late_arrival.total_seconds() * 1000)) if raw else start_ms
+        )
         return cls(name, start_ms, upper_ms, scan_from)
 
 

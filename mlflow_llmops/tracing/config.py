@@ -9,13 +9,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from mlflow_llmops.core.config import Section as _Section
-from mlflow_llmops.core.duration import Duration
-
-
-def _positive_duration(v: timedelta) -> timedelta:
-    if v <= timedelta(0):
-        raise ValueError("must be longer than 0 (e.g. 10s, 500ms; a number means seconds)")
-    return v
+from mlflow_llmops.core.duration import PositiveDuration
 
 
 def _ratio(v: float, what: str) -> float:
@@ -110,8 +104,8 @@ class OtlpConfig(_Section):
     headers: dict[str, str] = Field(default_factory=dict)
     metrics_headers: dict[str, str] | None = None
     metrics_enabled: bool = True
-    metrics_export_interval: Duration = timedelta(seconds=15)
-    timeout: Duration = timedelta(seconds=10)
+    metrics_export_interval: PositiveDuration = timedelta(seconds=15)
+    timeout: PositiveDuration = timedelta(seconds=10)
 
     deprecated_keys: ClassVar[dict[str, str]] = {
         "metrics_export_interval_s": "metrics_export_interval",
@@ -137,11 +131,6 @@ class OtlpConfig(_Section):
             )
         return v
 
-    @field_validator("metrics_export_interval", "timeout")
-    @classmethod
-    def _pos(cls, v: timedelta) -> timedelta:
-        return _positive_duration(v)
-
 
 class MetricsConfig(_Section):
     """GenAI metrics on a Prometheus scrape endpoint (``pip install 'mlflow-llmops[prometheus]'``)."""
@@ -154,7 +143,7 @@ class MetricsConfig(_Section):
     #: ``<tmp>/mlflow-llmops-metrics-<port>``
     prometheus_dir: str | None = None
     #: how often each worker publishes its metrics for the others to serve
-    prometheus_interval: Duration = timedelta(seconds=2)
+    prometheus_interval: PositiveDuration = timedelta(seconds=2)
 
     deprecated_keys: ClassVar[dict[str, str]] = {"prometheus_interval_s": "prometheus_interval"}
 
@@ -164,11 +153,6 @@ class MetricsConfig(_Section):
         if v is not None and not 1 <= v <= 65535:
             raise ValueError("must be a TCP port between 1 and 65535 (e.g. 9464), or omitted")
         return v
-
-    @field_validator("prometheus_interval")
-    @classmethod
-    def _interval(cls, v: timedelta) -> timedelta:
-        return _positive_duration(v)
 
 
 class MetadataConfig(_Section):
@@ -212,10 +196,10 @@ class TracingConfig(_Section):
     #: traces written to the store per batch (at most queue_capacity)
     batch_size: int = 100
     #: first retry delay when the store fails; doubles up to ``max_backoff``
-    retry_backoff: Duration = timedelta(milliseconds=500)
-    max_backoff: Duration = timedelta(seconds=30)
+    retry_backoff: PositiveDuration = timedelta(milliseconds=500)
+    max_backoff: PositiveDuration = timedelta(seconds=30)
     #: flush deadline at exit / SIGTERM
-    shutdown_timeout: Duration = timedelta(seconds=10)
+    shutdown_timeout: PositiveDuration = timedelta(seconds=10)
     install_signal_handlers: bool = True
     #: MLflow's HTTP client retries inside one call with long backoff, which would hold the
     #: export worker (and shutdown) for minutes while a server is down; our worker retries
@@ -225,7 +209,7 @@ class TracingConfig(_Section):
     #: wait at most this long at start-up for the tracking store to resolve the experiment;
     #: a store that is down (or slower) only gets a warning: set-up goes on, traces queue
     #: and the experiment is resolved when the store answers
-    startup_timeout: Duration = timedelta(seconds=10)
+    startup_timeout: PositiveDuration = timedelta(seconds=10)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     redaction: RedactionConfig = Field(default_factory=RedactionConfig)
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)
@@ -246,8 +230,3 @@ class TracingConfig(_Section):
         if v < 1:
             raise ValueError("must be at least 1")
         return v
-
-    @field_validator("retry_backoff", "max_backoff", "shutdown_timeout", "startup_timeout")
-    @classmethod
-    def _positive_durations(cls, v: timedelta) -> timedelta:
-        return _positive_duration(v)
